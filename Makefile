@@ -1,0 +1,34 @@
+# One command each: `make demo` installs and runs the demo; `make test` installs and runs
+# every test, against the compiled engine and then against the pure-Python twin.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench-engine clean
+
+install: $(STAMP)
+
+# torch's CPU wheel goes in first: resolving a bare `torch` could pull a CUDA build.
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/engine/*.pyx csrc/engine/*.pxd csrc/engine/*.hpp csrc/engine/*.h)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test,plot]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/orloj-rt demo
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install lint
+	ORLOJ_RT_PURE=0 $(BIN)/python -m pytest -q
+	ORLOJ_RT_PURE=1 $(BIN)/python -m pytest -q
+
+bench-engine: install
+	$(BIN)/python bench/sched_overhead.py
+
+clean:
+	rm -rf build $(VENV) orloj_rt/engine/_native*.so csrc/engine/*.cpp csrc/engine/*.html

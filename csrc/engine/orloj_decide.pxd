@@ -1,0 +1,25 @@
+# The Orloj decision engine (orloj_decide.hpp).
+from libc.stdint cimport int64_t
+from libcpp cimport bool
+from libcpp.vector cimport vector
+
+from batch_model cimport Group
+from histogram cimport Histogram
+from status cimport Status
+
+cdef extern from "orloj_decide.hpp" namespace "orloj" nogil:
+    cdef cppclass OrlojEngine:
+        OrlojEngine(const vector[double]& c, double theta, double epsilon, bool fallback)
+        int max_batch()
+        double c(int b)
+        int num_apps()
+        size_t size()
+        size_t queued(int a)
+        bool has_dist(int a)
+        Histogram& dist(int a)
+        int add_app()
+        void set_dist(int a, const Histogram& h)
+        Status enqueue(int64_t id, int a, double deadline)
+        Status remove(int64_t id)
+        void decide(double now, vector[int64_t]* batch, vector[int64_t]* dropped)
+        void groups_of(const vector[int]& counts, vector[Group]* groups)
