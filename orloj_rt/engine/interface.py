@@ -77,6 +77,14 @@ class Policy(abc.ABC):
         """
         return None
 
+    def set_default_distribution(self, dist) -> None:  # noqa: B027 - optional hook
+        """Called before serving with the model's prior execution-time distribution (from
+        warm-up or a profile); apps first seen later start from it. Policies that do not
+        model execution times ignore it."""
+
+    def set_distribution(self, app: str, dist) -> None:  # noqa: B027 - optional hook
+        """Called to give `app` its own prior distribution."""
+
     def observe_solo(self, app: str, solo_time: float) -> None:  # noqa: B027 - optional hook
         """Called with a measured per-request solo execution time (a batch of one, or a
         model's per-request work report), so that the policy learns online."""
