@@ -148,6 +148,7 @@ cdef class Distribution:
             "bins": self.h.bins(), "lo": self.h.lo(), "hi": self.h.hi(),
             "window": self.h.window(),
             "w": list(self.h.raw_w()), "s": list(self.h.raw_s()), "q": list(self.h.raw_q()),
+            "mn": list(self.h.raw_mn()), "mx": list(self.h.raw_mx()),
             "g": self.h.g(), "g_last": self.h.g_last(), "n": self.h.samples_added(),
         }
 
@@ -156,11 +157,15 @@ cdef class Distribution:
         cdef Distribution d = cls(state["bins"], state["lo"], state["hi"], state["window"])
         if not (len(state["w"]) == len(state["s"]) == len(state["q"]) == d.h.bins()):
             raise ValueError("distribution state: w, s and q must each have `bins` entries")
+        if not (len(state["mn"]) == len(state["mx"]) == d.h.bins()):
+            raise ValueError("distribution state: mn and mx must each have `bins` entries")
         cdef int k
         for k in range(d.h.bins()):
             d.h.raw_w()[k] = state["w"][k]
             d.h.raw_s()[k] = state["s"][k]
             d.h.raw_q()[k] = state["q"][k]
+            d.h.raw_mn()[k] = state["mn"][k]
+            d.h.raw_mx()[k] = state["mx"][k]
         d.h.set_raw(state["g"], state["g_last"], state["n"])
         return d
 
@@ -543,8 +548,10 @@ cdef class OrlojPolicy:
         self.e.set_dist(a, (<Distribution>dist).h[0])
 
     def distribution(self, app):
-        """A copy of `app`'s current distribution."""
+        """A copy of `app`'s current distribution (the default prior for an unseen app)."""
         a = self._app_index.get(app)
+        if a is None and self._default is not None:
+            return self._default.copy()
         if a is None or not self.e.has_dist(a):
             raise KeyError(f"unknown app {app!r}: no distribution has been set or learned for it")
         return Distribution.wrap_copy(self.e.dist(a))

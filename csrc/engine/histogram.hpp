@@ -47,6 +47,8 @@ class Histogram {
         keep_(window ? 1.0 - 1.0 / window : 1.0),
         inv_dlog_(static_cast<double>(bins - 2) / std::log(hi / lo)),
         edges_(bins + 1), w_(bins), s_(bins), q_(bins),
+        mn_(bins, std::numeric_limits<double>::infinity()),
+        mx_(bins, -std::numeric_limits<double>::infinity()),
         cumw_(bins + 1), blo_(bins), bhi_(bins), binv_(bins) {
     double dlog = std::log(hi / lo) / (bins - 2);
     edges_[0] = 0.0;
@@ -202,6 +204,8 @@ class Histogram {
   std::vector<double>& raw_w() { return w_; }
   std::vector<double>& raw_s() { return s_; }
   std::vector<double>& raw_q() { return q_; }
+  std::vector<double>& raw_mn() { return mn_; }
+  std::vector<double>& raw_mx() { return mx_; }
   double g() const { return g_; }
   double g_last() const { return g_last_; }
   void set_raw(double g, double g_last, int64_t n) {
@@ -217,6 +221,8 @@ class Histogram {
     w_[k] += g;
     s_[k] += g * x;
     q_[k] += g * x * x;
+    if (x < mn_[k]) mn_[k] = x;
+    if (x > mx_[k]) mx_[k] = x;
   }
 
   void rescale() {
@@ -248,11 +254,11 @@ class Histogram {
         if (var < 0.0) var = 0.0;
         double h = std::sqrt(3.0 * var);
         double a = m - h, b = m + h;
-        if (a < edges_[k]) a = edges_[k];
-        if (b > edges_[k + 1]) b = edges_[k + 1];
+        if (a < mn_[k]) a = mn_[k];
+        if (b > mx_[k]) b = mx_[k];
         if (!(b - a > kPointMassRel * b)) {
-          if (m < edges_[k]) m = edges_[k];
-          if (m > edges_[k + 1]) m = edges_[k + 1];
+          if (m < mn_[k]) m = mn_[k];
+          if (m > mx_[k]) m = mx_[k];
           a = m;
           b = m;
           binv_[k] = 0.0;
@@ -276,6 +282,7 @@ class Histogram {
   double inv_dlog_;
   std::vector<double> edges_;
   std::vector<double> w_, s_, q_;
+  std::vector<double> mn_, mx_;  // in-bin extremes; never decay, they only bound the spread
   double g_ = 1.0, g_last_ = 1.0;
   int64_t n_ = 0;
   uint64_t version_ = 0;

@@ -34,6 +34,8 @@ cdef extern from "histogram.hpp" namespace "orloj" nogil:
         vector[double]& raw_w()
         vector[double]& raw_s()
         vector[double]& raw_q()
+        vector[double]& raw_mn()
+        vector[double]& raw_mx()
         double g()
         double g_last()
         void set_raw(double g, double g_last, int64_t n)

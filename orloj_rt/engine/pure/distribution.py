@@ -6,9 +6,11 @@ A `Distribution` is a histogram of per-request solo execution times on a fixed g
     bins 1..K-2      log-spaced over [lo, hi)
     bin K-1          [hi, inf)               overflow
 
-Every bin keeps three decayed sums of its samples: weight, sum, and sum of squares. Inside
-a bin, the mass is spread uniformly over mean +- sqrt(3) * std (the uniform law with the
-bin's own mean and variance), clipped to the bin's edges. So the CDF is piecewise linear,
+Every bin keeps three decayed sums of its samples: weight, sum, and sum of squares, and
+the smallest and largest sample it has seen. Inside a bin, the mass is spread uniformly
+over mean +- sqrt(3) * std (the uniform law with the bin's own mean and variance), clipped
+to the bin's edges and to its observed extremes, so that no mass lies beyond the largest
+sample (the overflow bin has no upper edge). So the CDF is piecewise linear,
 continuous where the samples spread, and exact for a point mass (a bin whose samples are
 all equal). A plain grid of 64 bins is 29% wide per bin; the in-bin moments keep a static
 model with a 2% spread sharp instead of smearing it over a whole bin.
@@ -98,7 +100,7 @@ class Distribution:
 
     __slots__ = (
         "_bins", "_lo", "_hi", "_window", "_keep", "_edges", "_inv_dlog",
-        "_w", "_s", "_q", "_g", "_g_last", "_n", "_version",
+        "_w", "_s", "_q", "_mn", "_mx", "_g", "_g_last", "_n", "_version",
         "_clean", "_cumw", "_blo", "_bhi", "_binv", "_first", "_last", "_emax",
     )  # fmt: skip
 
@@ -124,6 +126,8 @@ class Distribution:
         self._w = [0.0] * bins
         self._s = [0.0] * bins
         self._q = [0.0] * bins
+        self._mn = [math.inf] * bins  # extremes never decay: they only bound the spread
+        self._mx = [-math.inf] * bins
         self._g = 1.0  # the weight the next sample gets
         self._g_last = 1.0  # the weight the newest sample got
         self._n = 0
@@ -150,6 +154,8 @@ class Distribution:
         d._w = list(self._w)
         d._s = list(self._s)
         d._q = list(self._q)
+        d._mn = list(self._mn)
+        d._mx = list(self._mx)
         d._g = self._g
         d._g_last = self._g_last
         d._n = self._n
@@ -161,6 +167,7 @@ class Distribution:
         return {
             "bins": self._bins, "lo": self._lo, "hi": self._hi, "window": self._window,
             "w": list(self._w), "s": list(self._s), "q": list(self._q),
+            "mn": list(self._mn), "mx": list(self._mx),
             "g": self._g, "g_last": self._g_last, "n": self._n,
         }  # fmt: skip
 
@@ -172,6 +179,10 @@ class Distribution:
         d._w = [float(v) for v in state["w"]]
         d._s = [float(v) for v in state["s"]]
         d._q = [float(v) for v in state["q"]]
+        d._mn = [float(v) for v in state["mn"]]
+        d._mx = [float(v) for v in state["mx"]]
+        if not (len(d._mn) == len(d._mx) == d._bins):
+            raise ValueError("distribution state: mn and mx must each have `bins` entries")
         d._g = float(state["g"])
         d._g_last = float(state["g_last"])
         d._n = int(state["n"])
@@ -247,6 +258,10 @@ class Distribution:
         self._w[k] += g
         self._s[k] += g * x
         self._q[k] += g * x * x
+        if x < self._mn[k]:
+            self._mn[k] = x
+        if x > self._mx[k]:
+            self._mx[k] = x
 
     def add(self, x: float) -> None:
         """Adds one measured solo time (seconds); older samples decay by one step."""
@@ -287,7 +302,6 @@ class Distribution:
     # ----------------------------------------------------------------- the model
     def _rebuild(self) -> None:
         K = self._bins
-        e = self._edges
         cumw = [0.0] * (K + 1)
         blo = [0.0] * K
         bhi = [0.0] * K
@@ -310,16 +324,16 @@ class Distribution:
                 h = math.sqrt(3.0 * var)
                 a = m - h
                 b = m + h
-                if a < e[k]:
-                    a = e[k]
-                if b > e[k + 1]:
-                    b = e[k + 1]
+                if a < self._mn[k]:
+                    a = self._mn[k]
+                if b > self._mx[k]:
+                    b = self._mx[k]
                 if not (b - a > _POINT_MASS_REL * b):
-                    # a point mass: clamp the mean into the bin
-                    if m < e[k]:
-                        m = e[k]
-                    if m > e[k + 1]:
-                        m = e[k + 1]
+                    # a point mass: clamp the mean into the observed range
+                    if m < self._mn[k]:
+                        m = self._mn[k]
+                    if m > self._mx[k]:
+                        m = self._mx[k]
                     a = m
                     b = m
                     binv[k] = 0.0

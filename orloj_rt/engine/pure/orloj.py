@@ -161,8 +161,10 @@ class OrlojPolicy(Policy):
         self._dists[a] = dist.copy()
 
     def distribution(self, app: str) -> Distribution:
-        """A copy of `app`'s current distribution."""
+        """A copy of `app`'s current distribution (the default prior for an unseen app)."""
         a = self._app_index.get(app)
+        if a is None and self._default is not None:
+            return self._default.copy()
         if a is None or self._dists[a] is None:
             raise KeyError(f"unknown app {app!r}: no distribution has been set or learned for it")
         return self._dists[a].copy()

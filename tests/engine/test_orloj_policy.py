@@ -1,0 +1,141 @@
+"""The orloj policy on small queues with known right answers, and its bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+
+def policy_with(eng, mean=0.010, cov=0.5, **kw):
+    p = eng.OrlojPolicy(**kw)
+    p.set_default_distribution(eng.Distribution.from_mean_cov(mean, cov))
+    return p
+
+
+def test_drops_only_the_hopeless(eng):
+    p = policy_with(eng, max_batch=8, epsilon=0.05, theta=0.7)
+    p.enqueue(1, "default", 0.0, 0.0005)  # far below any plausible solo time
+    p.enqueue(2, "default", 0.0, 0.200)
+    decision = p.decide(0.0)
+    assert decision.dropped == [1]
+    assert decision.batch == [2]
+    assert len(p) == 0
+
+
+def test_every_member_reaches_theta(eng):
+    theta = 0.8
+    p = policy_with(eng, max_batch=16, theta=theta, epsilon=0.01)
+    for i in range(40):
+        p.enqueue(i, "default", 0.0, 0.005 + 0.004 * i)
+    now = 0.0
+    decision = p.decide(now)
+    assert decision.batch
+    apps = ["default"] * len(decision.batch)
+    for rid in decision.batch:
+        slack = 0.005 + 0.004 * rid - now
+        assert p.batch_cdf(slack, apps) >= theta - 1e-9
+    # the batch is the most urgent admissible requests, in deadline order
+    assert decision.batch == sorted(decision.batch)
+    assert len(p) == 40 - len(decision.batch) - len(decision.dropped)
+
+
+def test_prefers_the_full_batch_when_every_deadline_is_far(eng):
+    # a point mass: a batch of b takes c(b) * 10 ms for sure; throughput favours the largest
+    p = policy_with(eng, mean=0.010, cov=0.0, max_batch=4, alpha=0.15)
+    for i in range(6):
+        p.enqueue(i, "default", 0.0, 10.0 + i)
+    assert p.decide(0.0).batch == [0, 1, 2, 3]
+
+
+def test_tight_deadline_goes_alone_rather_than_miss_in_a_batch(eng):
+    # point mass 10 ms, c(2) = 1.5: request 0 (12 ms of slack) only makes it alone
+    p = policy_with(eng, mean=0.010, cov=0.0, max_batch=2, alpha=0.5)
+    p.enqueue(0, "default", 0.0, 0.012)
+    p.enqueue(1, "default", 0.0, 0.012)
+    first = p.decide(0.0)
+    assert len(first.batch) == 1
+
+
+def test_fallback_runs_the_best_long_shot(eng):
+    # slack at the median: above epsilon, below theta
+    for fallback, expect in ((True, [7]), (False, [])):
+        p = eng.OrlojPolicy(max_batch=4, theta=0.9, epsilon=0.01, fallback=fallback)
+        prior = eng.Distribution.from_mean_cov(0.010, 1.0)
+        p.set_distribution("default", prior)
+        p.enqueue(7, "default", 0.0, prior.quantile(0.5))
+        decision = p.decide(0.0)
+        assert decision.batch == expect
+        assert decision.dropped == []
+
+
+def test_apps_have_their_own_distributions(eng):
+    p = eng.OrlojPolicy(max_batch=4, theta=0.7, epsilon=0.05)
+    p.set_distribution("fast", eng.Distribution.from_mean_cov(0.001, 0.1))
+    p.set_distribution("slow", eng.Distribution.from_mean_cov(0.050, 0.1))
+    p.enqueue(1, "slow", 0.0, 0.010)  # hopeless for a 50 ms model
+    p.enqueue(2, "fast", 0.0, 0.010)  # easy for a 1 ms model
+    decision = p.decide(0.0)
+    assert decision.dropped == [1]
+    assert decision.batch == [2]
+    assert p.batch_mean(["fast", "slow"]) > p.batch_mean(["fast", "fast"])
+
+
+def test_learns_online(eng):
+    p = policy_with(eng, mean=0.010, cov=0.2, max_batch=1)
+    before = p.distribution("default").mean()
+    for _ in range(5000):
+        p.observe_solo("default", 0.030)
+    assert p.distribution("default").mean() > 2.5 * before
+    p.observe_batch(["default"], 0.030)  # a batch of one is a solo time
+    p.observe_batch(["default", "default"], 9.0)  # larger batches teach c(b), not X
+    assert p.distribution("default").mean() < 0.031
+
+
+def test_new_app_starts_from_the_default_prior(eng):
+    p = policy_with(eng, mean=0.010, cov=0.5)
+    p.enqueue(1, "newcomer", 0.0, 1.0)
+    assert p.distribution("newcomer").mean() == pytest.approx(0.010, rel=0.01)
+    assert p.queued("newcomer") == 1 and p.queued() == 1
+
+
+def test_bad_input(eng):
+    p = policy_with(eng, max_batch=4)
+    p.enqueue(1, "default", 1.0, 2.0)
+    with pytest.raises(ValueError, match="in the past"):
+        p.enqueue(2, "default", 1.0, 0.5)
+    with pytest.raises(ValueError, match="already queued"):
+        p.enqueue(1, "default", 1.0, 2.0)
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="finite"):
+            p.enqueue(3, "default", 1.0, bad)
+        with pytest.raises(ValueError, match="finite"):
+            p.decide(bad)
+    with pytest.raises(KeyError, match="unknown request id 99"):
+        p.remove(99)
+    with pytest.raises(ValueError, match="above the model's maximum"):
+        p.batch_cdf(0.1, ["default"] * 5)
+    with pytest.raises(ValueError, match="empty batch"):
+        p.batch_mean([])
+    with pytest.raises(KeyError, match="unknown app"):
+        p.batch_cdf(0.1, ["nobody"])
+    with pytest.raises(ValueError, match="probability"):
+        eng.OrlojPolicy(theta=0.0)
+    with pytest.raises(ValueError, match="one grid"):
+        p.set_distribution("x", eng.Distribution.from_mean_cov(0.01, 0.5, bins=128))
+    with pytest.raises(ValueError, match="empty distribution"):
+        p.set_distribution("x", eng.Distribution())
+    bare = eng.OrlojPolicy()
+    with pytest.raises(ValueError, match="set_default_distribution"):
+        bare.enqueue(1, "default", 0.0, 1.0)
+    p.remove(1)
+    assert len(p) == 0
+
+
+def test_is_a_policy(eng):
+    from orloj_rt.engine.interface import Policy
+
+    p = eng.OrlojPolicy()
+    assert isinstance(p, Policy)
+    assert p.name == "orloj"
+    assert p.next_wakeup(0.0) is None
