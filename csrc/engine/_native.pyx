@@ -485,13 +485,14 @@ cdef class OrlojPolicy:
         self.e = NULL
 
     def __init__(self, max_batch=DEFAULT_MAX_BATCH, alpha=DEFAULT_ALPHA, inflation=None,
-                 theta=DEFAULT_THETA, epsilon=DEFAULT_EPSILON, fallback=True):
+                 theta=DEFAULT_THETA, epsilon=DEFAULT_EPSILON, fallback=True, pools=False):
         self._inflation = as_inflation(max_batch, alpha, inflation)
         self._theta = check_probability("theta", theta, open_low=True)
         self._epsilon = check_probability("epsilon", epsilon)
         if self.e != NULL:
             del self.e
-        self.e = new OrlojEngine(self._inflation.c_, self._theta, self._epsilon, bool(fallback))
+        self.e = new OrlojEngine(self._inflation.c_, self._theta, self._epsilon, bool(fallback),
+                                 bool(pools))
         self._app_index = {}
         self._app_names = []
         self._default = None

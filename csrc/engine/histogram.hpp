@@ -114,8 +114,11 @@ class Histogram {
     if (!clean_) rebuild();
   }
 
-  double cdf(double x) const {
-    int k = bin_of(x);
+  double cdf(double x) const { return cdf_in(x, bin_of(x)); }
+
+  // cdf(x) given k = bin_of(x): histograms on one grid share k, so a product of several
+  // apps' CDFs at one point needs one bin search (and one log), not one per app.
+  double cdf_in(double x, int k) const {
     double w = w_[k];
     if (w > 0.0) {
       double frac;

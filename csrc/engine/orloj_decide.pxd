@@ -9,7 +9,8 @@ from status cimport Status
 
 cdef extern from "orloj_decide.hpp" namespace "orloj" nogil:
     cdef cppclass OrlojEngine:
-        OrlojEngine(const vector[double]& c, double theta, double epsilon, bool fallback)
+        OrlojEngine(const vector[double]& c, double theta, double epsilon, bool fallback,
+                    bool pools)
         int max_batch()
         double c(int b)
         int num_apps()

@@ -1,0 +1,460 @@
+#!/usr/bin/env python3
+"""Finish rate: orloj against fifo, edf, nexus, clockwork and the clairvoyant oracle.
+
+Sweeps workloads x SLO x load in the simulator (orloj_rt.sim), every policy on the same
+requests in each cell, one process per cell. Writes into --out:
+
+    results.csv        one row per cell and policy, every metric
+    results.md         per workload, a table of finish rates and ratios
+    summary.md         the summary below, and the targets
+    finish_rate.png    finish rate against SLO, one line per policy, a panel per
+                       workload (rows) and load (columns); finish_rate_<workload>.png too
+    results.json       everything above as one object (also printed with --json)
+
+Summary, per workload, over SLO {2, 3, 5, 10} x load {2, 4}: the geometric mean of
+orloj / best baseline (the best of fifo, edf, nexus and clockwork in each cell), its
+minimum, and the geometric mean of orloj / oracle. `bound` is the most that any policy
+without knowledge of solo times can reach (orloj_rt/sim/bounds.py); bound / best says how
+far above the baselines such a policy could go at all.
+
+    python bench/finish_rate.py --out out/finish_rate                 # the full sweep
+    python bench/finish_rate.py --out out/fr --hint-cv 0.3            # + orloj with hints
+    python bench/finish_rate.py --slos 2,5 --loads 2 --requests 1000  # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BASELINES = ("fifo", "edf", "nexus", "clockwork")
+DEFAULT_POLICIES = ("orloj", *BASELINES, "oracle")
+WORKLOADS = ("static", "bimodal", "lognormal", "azure-conv")
+SLOS = (1.5, 2, 3, 5, 10, 20)
+LOADS = (1, 2, 4, 6)
+SUMMARY_SLOS = (2, 3, 5, 10)
+SUMMARY_LOADS = (2, 4)
+HIGH_VARIANCE = ("bimodal", "lognormal", "azure-conv")
+# the issue's targets, checked in the summary
+TARGET_GEOMEAN = 1.5
+TARGET_MIN = 1.0
+TARGET_STATIC = 0.98
+TARGET_ORACLE = 0.6
+MIN_REQUESTS = 4000
+
+
+def workload_spec(name: str, slo: float, load: float, args):
+    from orloj_rt.sim.workloads import DEFAULT_COST_COL, DEFAULT_TRACE, WorkloadSpec
+
+    common = dict(slo=slo, load=load, requests=args.requests, seed=args.seed,
+                  hint_cv=args.hint_cv)
+    if name == "azure-conv":
+        return WorkloadSpec(solo="trace", trace=str(args.trace or DEFAULT_TRACE),
+                            cost_col=DEFAULT_COST_COL, **common)
+    return WorkloadSpec(solo=name, **common)
+
+
+def run_cell(job) -> dict:
+    """One cell: every policy on the same requests, and the non-clairvoyant bound."""
+    name, slo, load, args = job
+    from orloj_rt.engine import IMPL, Distribution
+    from orloj_rt.engine.pure.batch_model import Inflation
+    from orloj_rt.sim.bounds import finish_rate_bound
+    from orloj_rt.sim.experiment import SimConfig, run_policy
+    from orloj_rt.sim.workloads import generate
+
+    spec = workload_spec(name, slo, load, args)
+    hint_params = dict(args.orloj_params)
+    if args.hint_classes is not None:
+        hint_params["classes"] = args.hint_classes
+    config = SimConfig(workload=spec, workers=args.workers, max_batch=args.max_batch,
+                       batch_alpha=args.batch_alpha, policies=tuple(args.policies),
+                       policy_params={"orloj": args.orloj_params, "orloj+hint": hint_params})
+    requests = generate(spec)
+    prior = Distribution.from_samples(requests.prior.tolist())
+    t0 = time.perf_counter()
+    policies = {p: run_policy(config, p, requests, prior) for p in config.policies}
+    table = Inflation(args.max_batch, args.batch_alpha).table
+    span = float(requests.arrival[-1]) + slo  # no work after the last deadline counts
+    bound = finish_rate_bound(requests.prior, slo, span / len(requests), table, args.workers)
+    return {"workload": name, "slo": slo, "load": load, "policies": policies,
+            "bound": bound, "seconds": time.perf_counter() - t0, "engine": IMPL}
+
+
+# ------------------------------------------------------------------------ summary
+def geomean(values: list[float]) -> float:
+    if not values or any(not (v > 0) or math.isinf(v) for v in values):
+        return math.nan
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def best_baseline(cell: dict) -> tuple[str, float]:
+    rates = {p: cell["policies"][p]["finish_rate"] for p in BASELINES if p in cell["policies"]}
+    name = max(rates, key=lambda p: rates[p])
+    return name, rates[name]
+
+
+def ratio(a: float, b: float) -> float:
+    if b > 0:
+        return a / b
+    return 1.0 if a == 0 else math.inf
+
+
+def summarise(cells: list[dict], contenders: list[str]) -> dict:
+    """Per workload, over the summary cells: geomean and min of each contender / best
+    baseline, geomean of contender / oracle, and the bound's reach."""
+    out: dict[str, dict] = {}
+    for name in sorted({c["workload"] for c in cells}, key=_workload_order):
+        chosen = [c for c in cells if c["workload"] == name and c["slo"] in SUMMARY_SLOS
+                  and c["load"] in SUMMARY_LOADS]
+        if not chosen:
+            continue
+        row: dict = {"cells": len(chosen)}
+        best = [best_baseline(c)[1] for c in chosen]
+        for p in contenders:
+            vs_best = [ratio(c["policies"][p]["finish_rate"], b) for c, b in zip(chosen, best,
+                                                                                 strict=True)]
+            row[p] = {"geomean_vs_best": geomean(vs_best), "min_vs_best": min(vs_best)}
+            if all("oracle" in c["policies"] for c in chosen):
+                row[p]["geomean_vs_oracle"] = geomean(
+                    [ratio(c["policies"][p]["finish_rate"], c["policies"]["oracle"]["finish_rate"])
+                     for c in chosen])
+        row["bound_vs_best"] = geomean([ratio(c["bound"], b) for c, b in zip(chosen, best,
+                                                                              strict=True)])
+        if "orloj" in contenders:
+            row["orloj_vs_bound"] = geomean(
+                [ratio(c["policies"]["orloj"]["finish_rate"], c["bound"]) for c in chosen])
+        out[name] = row
+    return out
+
+
+def _workload_order(name: str) -> int:
+    return WORKLOADS.index(name) if name in WORKLOADS else len(WORKLOADS)
+
+
+def check_targets(summary: dict, requests: int) -> list[str]:
+    """The issue's targets against the headline (orloj, no hints)."""
+    lines = []
+    for name, row in summary.items():
+        if "orloj" not in row:
+            continue
+        o = row["orloj"]
+        if name == "static":
+            ok = o["min_vs_best"] >= TARGET_STATIC
+            lines.append(f"{'PASS' if ok else 'MISS'} static: every cell >= {TARGET_STATIC} "
+                         f"of the best baseline (min {o['min_vs_best']:.3f})")
+        elif name in HIGH_VARIANCE:
+            ok = o["geomean_vs_best"] >= TARGET_GEOMEAN and o["min_vs_best"] >= TARGET_MIN
+            lines.append(f"{'PASS' if ok else 'MISS'} {name}: geomean >= {TARGET_GEOMEAN} "
+                         f"(got {o['geomean_vs_best']:.3f}; the bound allows "
+                         f"{row['bound_vs_best']:.3f}) and no cell < {TARGET_MIN} "
+                         f"(min {o['min_vs_best']:.3f})")
+            if "geomean_vs_oracle" in o:
+                ok = o["geomean_vs_oracle"] >= TARGET_ORACLE
+                lines.append(f"{'PASS' if ok else 'MISS'} {name}: orloj / oracle geomean >= "
+                             f"{TARGET_ORACLE} (got {o['geomean_vs_oracle']:.3f})")
+    if requests < MIN_REQUESTS:
+        lines.append(f"NOTE the targets are defined with >= {MIN_REQUESTS} requests per cell; "
+                     f"this run used {requests}")
+    return lines
+
+
+def format_summary(summary: dict, contenders: list[str]) -> str:
+    head = ("| workload | policy | geomean vs best baseline | min vs best | geomean vs oracle "
+            "| bound vs best | orloj vs bound |")
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|"]
+    for name, row in summary.items():
+        for p in contenders:
+            r = row[p]
+            oracle = r.get("geomean_vs_oracle", math.nan)
+            extra = (f"{row['bound_vs_best']:.3f} | {row.get('orloj_vs_bound', math.nan):.3f}"
+                     if p == "orloj" else " | ")
+            lines.append(f"| {name} | {p} | {r['geomean_vs_best']:.3f} | "
+                         f"{r['min_vs_best']:.3f} | {oracle:.3f} | {extra} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ outputs
+def write_csv(path: Path, cells: list[dict]) -> None:
+    fields = ["workload", "slo", "load", "policy", "finish_rate", "completed", "late",
+              "dropped", "rejected", "p50_latency", "p99_latency", "mean_batch", "bound"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        for c in cells:
+            for p, m in c["policies"].items():
+                w.writerow([c["workload"], c["slo"], c["load"], p, m["finish_rate"],
+                            m["completed"], m["late"], m["dropped"], m["rejected"],
+                            m["p50_latency"], m["p99_latency"], m["mean_batch"], c["bound"]])
+
+
+def format_tables(cells: list[dict], policies: list[str]) -> str:
+    out = []
+    for name in sorted({c["workload"] for c in cells}, key=_workload_order):
+        out.append(f"### {name}\n")
+        out.append("| SLO | load | " + " | ".join(policies)
+                   + " | bound | best baseline | orloj / best | orloj / oracle |")
+        out.append("|---:|---:|" + "---:|" * len(policies) + "---:|---|---:|---:|")
+        rows = sorted((c for c in cells if c["workload"] == name),
+                      key=lambda c: (c["slo"], c["load"]))
+        for c in rows:
+            rates = [c["policies"][p]["finish_rate"] for p in policies]
+            bname, bval = best_baseline(c)
+            orloj = c["policies"].get("orloj", {}).get("finish_rate", math.nan)
+            oracle = c["policies"].get("oracle", {}).get("finish_rate", math.nan)
+            out.append(f"| {c['slo']:g} | {c['load']:g} | "
+                       + " | ".join(f"{r:.3f}" for r in rates)
+                       + f" | {c['bound']:.3f} | {bname} | {ratio(orloj, bval):.2f} | "
+                       + f"{ratio(orloj, oracle):.2f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(out: Path, cells: list[dict], policies: list[str]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({c["workload"] for c in cells}, key=_workload_order)
+    loads = sorted({c["load"] for c in cells})
+    from matplotlib.ticker import NullFormatter
+
+    # fifo and edf often coincide: different markers and dashes keep both visible
+    style = {"orloj": dict(color="C3", lw=2.2, marker="o"),
+             "orloj+hint": dict(color="C3", ls=":", lw=2, marker="o"),
+             "fifo": dict(color="C0", ls="--", marker="x"),
+             "edf": dict(color="C1", marker="s", ms=2.5),
+             "nexus": dict(color="C2", marker="^"),
+             "clockwork": dict(color="C4", marker="v"),
+             "oracle": dict(color="k", ls="--", lw=1.2, marker=".")}
+
+    def panel(ax, name, load):
+        rows = sorted((c for c in cells if c["workload"] == name and c["load"] == load),
+                      key=lambda c: c["slo"])
+        slos = [c["slo"] for c in rows]
+        for p in policies:
+            kw = {"marker": "o", "ms": 3, **style.get(p, {})}
+            ax.plot(slos, [c["policies"][p]["finish_rate"] for c in rows], label=p, **kw)
+        ax.plot(slos, [c["bound"] for c in rows], color="0.6", ls="-.", lw=1,
+                label="bound (no clairvoyance)")
+        ax.set_xscale("log")
+        ax.set_xticks(slos)
+        ax.set_xticklabels([f"{s:g}" for s in slos])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{name}, load {load:g}", fontsize=9)
+        ax.grid(alpha=0.3)
+
+    def legend(fig, ax, columns):
+        """A legend under the panels; sets legend.bottom, the share of the height it takes."""
+        handles, labels = ax.get_legend_handles_labels()
+        ncol = min(len(labels), max(3, int(2.4 * columns)))
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8)
+        inches = 0.08 + 0.2 * math.ceil(len(labels) / ncol)
+        legend.bottom = inches / fig.get_figheight()
+
+    written = []
+    fig, axes = plt.subplots(len(names), len(loads), figsize=(3.2 * len(loads),
+                             2.6 * len(names)), squeeze=False, sharex=True, sharey=True)
+    for i, name in enumerate(names):
+        for j, load in enumerate(loads):
+            panel(axes[i][j], name, load)
+        axes[i][0].set_ylabel("finish rate")
+    for ax in axes[-1]:
+        ax.set_xlabel("SLO (x mean solo time)")
+    legend(fig, axes[0][0], len(loads))
+    fig.tight_layout(rect=(0, legend.bottom, 1, 1))
+    path = out / "finish_rate.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    for name in names:
+        fig, axes = plt.subplots(1, len(loads), figsize=(3.2 * len(loads), 2.9), squeeze=False,
+                                 sharey=True)
+        for j, load in enumerate(loads):
+            panel(axes[0][j], name, load)
+            axes[0][j].set_xlabel("SLO (x mean solo time)")
+        axes[0][0].set_ylabel("finish rate")
+        legend(fig, axes[0][0], len(loads))
+        fig.tight_layout(rect=(0, legend.bottom, 1, 1))
+        path = out / f"finish_rate_{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------ main
+def float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") \
+            from None
+
+
+def params(text: str) -> dict:
+    """`theta=0.7,pools=0` -> {"theta": 0.7, "pools": False}"""
+    out: dict = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
+        key = key.strip()
+        out[key] = bool(int(value)) if key in ("pools", "fallback") else float(value)
+    return out
+
+
+def progress(total: int, quiet: bool):
+    """A tqdm bar on stderr when tqdm is installed; a plain counter otherwise."""
+    if quiet:
+        return None
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="cell", file=sys.stderr, dynamic_ncols=True)
+    except ImportError:
+
+        class Counter:
+            n = 0
+
+            def update(self, k=1):
+                self.n += k
+                print(f"\r{self.n}/{total} cells", end="", file=sys.stderr, flush=True)
+
+            def set_postfix_str(self, s):
+                pass
+
+            def close(self):
+                print(file=sys.stderr)
+
+        return Counter()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--out", type=Path, default=Path("out/finish_rate"),
+                    help="directory for the table, CSV and plots (default out/finish_rate)")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
+    ap.add_argument("--slos", type=float_list, default=list(SLOS),
+                    help="SLO multiples (default 1.5,2,3,5,10,20)")
+    ap.add_argument("--loads", type=float_list, default=list(LOADS),
+                    help="loads, arrivals per mean solo time (default 1,2,4,6)")
+    ap.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
+                    help="comma-separated (default: orloj and every baseline, and oracle)")
+    ap.add_argument("--hint-cv", type=float, default=None,
+                    help="also run orloj+hint with cost hints of this noise CoV (e.g. 0.3)")
+    ap.add_argument("--hint-classes", type=int, default=None,
+                    help="hint classes for orloj+hint (default 8)")
+    ap.add_argument("--orloj-params", type=params, default={}, metavar="K=V,...",
+                    help="orloj's constructor arguments, e.g. theta=0.7,epsilon=0.02,pools=0 "
+                    "(for orloj and orloj+hint)")
+    ap.add_argument("--requests", type=int, default=MIN_REQUESTS,
+                    help=f"requests per cell (default {MIN_REQUESTS})")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ap.add_argument("--workers", type=int, default=1, help="workers per model (default 1)")
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--batch-alpha", type=float, default=0.15)
+    ap.add_argument("--trace", help="the azure-conv CSV (default: ../shared/data/...)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                    help="processes, one cell each at a time (default: every core)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+
+    names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    for w in names:
+        if w not in WORKLOADS:
+            ap.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
+    args.policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if args.hint_cv is not None and "orloj+hint" not in args.policies:
+        args.policies.insert(1, "orloj+hint")
+    if not any(p in BASELINES for p in args.policies):
+        ap.error("--policies needs at least one baseline to compare with")
+
+    jobs = [(w, s, ld, args) for w in names for s in args.slos for ld in args.loads]
+    started = time.time()
+    bar = progress(len(jobs), args.json)
+    cells = []
+    with Pool(max(1, min(args.jobs, len(jobs)))) as pool:
+        for cell in pool.imap_unordered(run_cell, jobs):
+            cells.append(cell)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{cell['workload']} slo={cell['slo']:g} "
+                                    f"load={cell['load']:g}")
+    if bar is not None:
+        bar.close()
+    cells.sort(key=lambda c: (_workload_order(c["workload"]), c["slo"], c["load"]))
+    elapsed = time.time() - started
+
+    contenders = [p for p in ("orloj", "orloj+hint") if p in args.policies]
+    summary = summarise(cells, contenders)
+    targets = check_targets(summary, args.requests)
+    command = "python bench/finish_rate.py " + " ".join(shlex.quote(a) for a in
+                                                        (argv if argv is not None
+                                                         else sys.argv[1:]))
+    engine = cells[0]["engine"] if cells else "?"
+    header = (f"Command: `{command}`  \nEngine: {engine}; {args.requests} requests per cell, "
+              f"seed {args.seed}, {len(cells)} cells in {elapsed:.0f} s.")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out / "results.csv", cells)
+    (args.out / "results.md").write_text(
+        f"# Finish rate\n\n{header}\n\n{format_tables(cells, args.policies)}\n")
+    summary_md = format_summary(summary, contenders)
+    (args.out / "summary.md").write_text(
+        f"# Summary (SLO {{2, 3, 5, 10}} x load {{2, 4}})\n\n{header}\n\n{summary_md}\n\n"
+        + "\n".join(f"- {t}" for t in targets) + "\n")
+    plots = plot(args.out, cells, args.policies)
+    result = clean({"command": command, "engine": engine, "requests": args.requests,
+              "seed": args.seed, "seconds": elapsed, "summary": summary, "targets": targets,
+              "cells": cells})
+    (args.out / "results.json").write_text(json.dumps(result, indent=1, default=_jsonable))
+
+    if args.json:
+        print(json.dumps(result, default=_jsonable))
+        return 0
+    print(header.replace("  \n", "\n"))
+    print()
+    print(summary_md)
+    print()
+    for t in targets:
+        print(t)
+    print(f"\nwrote {args.out}/results.csv, results.md, summary.md, results.json, "
+          + ", ".join(p.name for p in plots))
+    return 0
+
+
+def _jsonable(obj):
+    return str(obj)
+
+
+def clean(obj):
+    """NaN and infinity become null: JSON has neither."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    return obj
+
+
+if __name__ == "__main__":
+    sys.exit(main())

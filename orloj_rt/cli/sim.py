@@ -1,0 +1,163 @@
+"""`orloj-rt sim`: simulate policies on a workload, on a virtual clock, without GPUs.
+
+    orloj-rt sim --workload lognormal --slo-mult 5 --load 2
+    orloj-rt sim --workload trace --trace conv.csv --cost-col GeneratedTokens \\
+                 --arrival trace --time-col TIMESTAMP --slo-mult 5 --load 2 --json
+
+Prints a table, or with --json one object: {"config": {...}, "policies": {name: {...}}}.
+The workloads are defined exactly in docs/simulation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+WORKLOADS = ("static", "bimodal", "lognormal", "trace")
+ARRIVALS = ("poisson", "gamma", "trace")
+
+
+def positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "sim",
+        help="simulate batching policies on a workload (virtual clock, no GPU)",
+        description="Simulate batching policies on a synthetic or trace workload with a "
+        "virtual clock, driving the same policy objects as the scheduler. Times are in "
+        "units of the mean solo execution time.",
+    )
+    p.add_argument("--workload", choices=WORKLOADS, required=True,
+                   help="solo execution times: static, bimodal, lognormal, or a trace column")
+    p.add_argument("--trace", metavar="FILE",
+                   help="CSV for trace costs and trace arrivals (default: the Azure LLM "
+                   "conversation trace beside the project, when present)")
+    p.add_argument("--time-col", default="TIMESTAMP", metavar="COL",
+                   help="the trace's timestamp column, for --arrival trace (default TIMESTAMP)")
+    p.add_argument("--cost-col", default="GeneratedTokens", metavar="COL",
+                   help="the trace's cost column, for --workload trace (default GeneratedTokens)")
+    p.add_argument("--trace-offset", type=float, default=8.0, metavar="X",
+                   help="added to every cost before normalising (default 8)")
+    p.add_argument("--slo-mult", type=positive(float), required=True, metavar="S",
+                   help="SLO in units of the mean solo time: deadline = arrival + S")
+    p.add_argument("--load", type=positive(float), required=True, metavar="L",
+                   help="arrivals per time unit: the mean gap is 1/L")
+    p.add_argument("--arrival", choices=ARRIVALS, default="poisson",
+                   help="arrival process (default poisson)")
+    p.add_argument("--arrival-cv", type=positive(float), default=1.0, metavar="CV",
+                   help="coefficient of variation of the gaps, for --arrival gamma")
+    p.add_argument("--requests", type=positive(int), default=4000, metavar="N",
+                   help="requests to simulate (default 4000)")
+    p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default 0)")
+    p.add_argument("--workers", type=positive(int), default=1, metavar="W",
+                   help="identical workers serving the model (default 1)")
+    p.add_argument("--max-batch", type=positive(int), default=32, metavar="B",
+                   help="maximum batch size (default 32)")
+    p.add_argument("--batch-alpha", type=float, default=0.15, metavar="A",
+                   help="batch inflation c(b) = 1 + A (b - 1) (default 0.15)")
+    p.add_argument("--policies", default="orloj,fifo,edf,nexus,clockwork,oracle",
+                   metavar="LIST", help="comma-separated policies (default: all); a name "
+                   "with +hint (orloj+hint) uses cost hints, which need --hint-cv")
+    p.add_argument("--hint-cv", type=float, default=None, metavar="H",
+                   help="give requests cost hints: the true solo time times LogNormal noise "
+                   "with CoV H (off by default)")
+    p.add_argument("--prior-samples", type=positive(int), default=20_000, metavar="N",
+                   help="size of the profile the policies' prior comes from (default 20000)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args):
+    from orloj_rt.policies import POLICIES
+    from orloj_rt.sim.experiment import HINT_SUFFIX, SimConfig
+    from orloj_rt.sim.workloads import DEFAULT_TRACE, WorkloadSpec
+
+    names = tuple(n.strip() for n in args.policies.split(",") if n.strip())
+    if not names:
+        raise ValueError("--policies names no policy")
+    for name in names:
+        if name.removesuffix(HINT_SUFFIX) not in POLICIES:
+            raise ValueError(
+                f"unknown policy {name!r}; choose from {', '.join(POLICIES)} "
+                f"(or NAME{HINT_SUFFIX})"
+            )
+        if name.endswith(HINT_SUFFIX) and args.hint_cv is None:
+            raise ValueError(f"policy {name!r} uses cost hints: give --hint-cv")
+    trace = args.trace
+    if trace is None and (args.workload == "trace" or args.arrival == "trace"):
+        if not DEFAULT_TRACE.exists():
+            raise ValueError(f"--workload/--arrival trace needs --trace FILE "
+                             f"(the default {DEFAULT_TRACE} is missing)")
+        trace = str(DEFAULT_TRACE)
+    spec = WorkloadSpec(
+        solo=args.workload,
+        slo=args.slo_mult,
+        load=args.load,
+        requests=args.requests,
+        seed=args.seed,
+        arrival=args.arrival,
+        arrival_cv=args.arrival_cv,
+        trace=trace,
+        time_col=args.time_col,
+        cost_col=args.cost_col,
+        trace_offset=args.trace_offset,
+        prior_samples=args.prior_samples,
+        hint_cv=args.hint_cv,
+    )
+    return SimConfig(
+        workload=spec,
+        workers=args.workers,
+        max_batch=args.max_batch,
+        batch_alpha=args.batch_alpha,
+        policies=names,
+    )
+
+
+def format_table(result: dict) -> str:
+    cfg = result["config"]
+    lines = [
+        f"workload={cfg['solo']} slo={cfg['slo']:g} load={cfg['load']:g} "
+        f"arrival={cfg['arrival']} requests={cfg['requests']} seed={cfg['seed']} "
+        f"workers={cfg['workers']} max_batch={cfg['max_batch']} alpha={cfg['batch_alpha']:g}",
+        f"{'policy':12} {'finish':>7} {'completed':>9} {'late':>6} {'dropped':>7} "
+        f"{'rejected':>8} {'p50':>7} {'p99':>7} {'batch':>6}",
+    ]
+
+    def num(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    for name, m in result["policies"].items():
+        lines.append(
+            f"{name:12} {m['finish_rate']:7.3f} {m['completed']:9d} {m['late']:6d} "
+            f"{m['dropped']:7d} {m['rejected']:8d} {num(m['p50_latency']):>7} "
+            f"{num(m['p99_latency']):>7} {m['mean_batch']:6.2f}"
+        )
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from orloj_rt.sim.experiment import run as run_cell
+
+    try:
+        config = config_from_args(args)
+        result = run_cell(config)
+    except (ValueError, OSError) as exc:
+        print(f"orloj-rt sim: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_table(result))
+    return 0

@@ -1,0 +1,24 @@
+"""The discrete-event simulator: workloads, a virtual clock, and the real policy objects.
+
+    from orloj_rt.sim import SimConfig, WorkloadSpec, run
+    result = run(SimConfig(WorkloadSpec(solo="lognormal", slo=5, load=2)))
+
+See docs/simulation.md for the exact workload definitions.
+"""
+
+from orloj_rt.sim.experiment import ALL_POLICIES, SimConfig, run, run_policy
+from orloj_rt.sim.simulator import Outcome, SimulationError, simulate
+from orloj_rt.sim.workloads import Requests, WorkloadSpec, generate
+
+__all__ = [
+    "ALL_POLICIES",
+    "Outcome",
+    "Requests",
+    "SimConfig",
+    "SimulationError",
+    "WorkloadSpec",
+    "generate",
+    "run",
+    "run_policy",
+    "simulate",
+]

@@ -1,0 +1,103 @@
+"""One simulation cell: a workload, a set of policies, the metrics of each.
+
+This is what `orloj-rt sim` and bench/finish_rate.py run. Every policy sees the same
+requests, and is built by `make_policy`, the factory the runtime uses, so that a policy
+behaves in the simulator as it does in the scheduler process. Each one gets the prior
+distribution (an independent sample of the workload) through `set_default_distribution`
+before the first request, then learns online from what it observes.
+
+A policy name with the suffix `+hint` (e.g. `orloj+hint`) is that policy given the
+requests' cost hints through `HintClassPolicy`, fitted on the prior sample and its hints;
+the workload must have hints (`hint_cv`). Every other policy gets no hint (the oracle gets
+each request's true solo time instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, Inflation
+from orloj_rt.sim.simulator import simulate
+from orloj_rt.sim.workloads import WorkloadSpec, generate
+
+ALL_POLICIES = ("orloj", "fifo", "edf", "nexus", "clockwork", "oracle")
+HINT_SUFFIX = "+hint"
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """A simulation cell: the workload, the serving set-up, and the policies to compare."""
+
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    workers: int = 1
+    max_batch: int = DEFAULT_MAX_BATCH
+    batch_alpha: float = DEFAULT_ALPHA
+    policies: tuple[str, ...] = ALL_POLICIES
+    # extra constructor arguments per policy, e.g. {"orloj": {"theta": 0.8}}
+    policy_params: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out = asdict(self.workload)
+        out.update(
+            workers=self.workers,
+            max_batch=self.max_batch,
+            batch_alpha=self.batch_alpha,
+            policies=list(self.policies),
+        )
+        if self.policy_params:
+            out["policy_params"] = self.policy_params
+        return out
+
+
+def build_policy(config: SimConfig, name: str, requests, prior):
+    """The policy `name` as the runtime would build it, with the prior given."""
+    from orloj_rt.policies import make_policy
+    from orloj_rt.policies.hint_classes import HintClassPolicy
+
+    params = dict(config.policy_params.get(name, {}))
+    base = name.removesuffix(HINT_SUFFIX)
+    hinted = base != name
+    classes = params.pop("classes", None) if hinted else None
+    if hinted and base == "orloj":
+        params.setdefault("pools", True)  # what makes hint classes pay (see HintClassPolicy)
+    table = Inflation(config.max_batch, config.batch_alpha).table
+    policy = make_policy(base, max_batch=config.max_batch, inflation=table, **params)
+    policy.set_default_distribution(prior)
+    if hinted:
+        if requests.prior_hint is None:
+            raise ValueError(f"policy {name!r} needs cost hints: give the workload a hint_cv")
+        kw = {} if classes is None else {"classes": int(classes)}
+        policy = HintClassPolicy.fit(policy, requests.prior, requests.prior_hint, **kw)
+    return policy, hinted
+
+
+def run_policy(config: SimConfig, name: str, requests=None, prior=None) -> dict:
+    """Simulates one policy on the cell's requests; returns its metrics."""
+    from orloj_rt.engine import Distribution
+
+    if requests is None:
+        requests = generate(config.workload)
+    if prior is None:
+        prior = Distribution.from_samples(requests.prior.tolist())
+    policy, hinted = build_policy(config, name, requests, prior)
+    outcome = simulate(
+        policy,
+        requests.arrival,
+        requests.deadline,
+        requests.solo,
+        requests.app,
+        Inflation(config.max_batch, config.batch_alpha).table,
+        workers=config.workers,
+        hints=requests.hint if hinted else None,
+    )
+    return outcome.summary(requests.arrival, requests.deadline)
+
+
+def run(config: SimConfig) -> dict:
+    """Every policy of the cell on the same requests: {"config": ..., "policies": ...}."""
+    from orloj_rt.engine import Distribution
+
+    requests = generate(config.workload)
+    prior = Distribution.from_samples(requests.prior.tolist())
+    results = {name: run_policy(config, name, requests, prior) for name in config.policies}
+    return {"config": config.to_json(), "policies": results}

@@ -1,0 +1,190 @@
+"""A discrete-event simulator on a virtual clock that drives real policy objects.
+
+The simulator plays the scheduler process's part: it calls the same `Policy` methods, at
+the same moments, that the runtime does (see orloj_rt/engine/interface.py):
+
+    enqueue(id, app, arrival, deadline, hint)   at each arrival
+    decide(now)                                 whenever a worker is idle and requests wait
+    observe_batch(apps, exec_time)              when a batch completes
+    next_wakeup(now)                            after an idle worker got an empty batch
+
+Times given to a policy are time units read as seconds. A batch of b members runs for
+c(b) * max of its members' true solo times, where c is the model's inflation table.
+
+Events at the same instant are handled in this order: completions (which free workers),
+then arrivals, then decisions; so a request arriving exactly when a worker frees up is
+already queued for that worker's decision.
+
+Every request ends in exactly one state: completed (on time or late), dropped (the policy
+gave up on it, or it was still queued when nothing else could happen), or rejected.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from orloj_rt.engine.interface import Policy
+
+PENDING, COMPLETED, DROPPED, REJECTED = 0, 1, 2, 3
+
+
+class SimulationError(RuntimeError):
+    """A policy broke the interface's contract (an unknown id, an oversized batch...)."""
+
+
+@dataclass
+class Outcome:
+    """Per-request results of one simulation, indexed by request id."""
+
+    state: np.ndarray  # PENDING / COMPLETED / DROPPED / REJECTED
+    finish: np.ndarray  # completion time, NaN unless completed
+    batches: int
+    batch_sizes: np.ndarray  # the size of every dispatched batch, in order
+    end_time: float
+
+    def summary(self, arrival: np.ndarray, deadline: np.ndarray) -> dict:
+        """The metrics of `orloj-rt sim --json` (latencies in time units)."""
+        n = len(self.state)
+        done = self.state == COMPLETED
+        on_time = done & (self.finish <= deadline)
+        latency = self.finish[done] - arrival[done]
+        return {
+            "finish_rate": float(on_time.sum()) / n if n else 0.0,
+            "completed": int(done.sum()),
+            "late": int((done & ~on_time).sum()),
+            "dropped": int((self.state == DROPPED).sum()),
+            "rejected": int((self.state == REJECTED).sum()),
+            "p50_latency": float(np.percentile(latency, 50)) if len(latency) else None,
+            "p99_latency": float(np.percentile(latency, 99)) if len(latency) else None,
+            "mean_batch": float(self.batch_sizes.mean()) if self.batches else 0.0,
+        }
+
+
+def simulate(
+    policy: Policy,
+    arrival: Sequence[float],
+    deadline: Sequence[float],
+    solo: Sequence[float],
+    apps: Sequence[str],
+    inflation: Sequence[float],
+    *,
+    workers: int = 1,
+    hints: Sequence[float] | None = None,
+    clairvoyant: bool | None = None,
+) -> Outcome:
+    """Runs every request through `policy` on `workers` identical workers.
+
+    `inflation[b - 1]` is c(b), the true batch inflation (the policies get the same table).
+    `hints` are per-request cost hints given to `enqueue`; a clairvoyant policy (one whose
+    class sets `clairvoyant = True`, or when `clairvoyant` says so) gets each request's
+    true solo time as its hint instead.
+    """
+    arrival = np.asarray(arrival, dtype=np.float64)
+    deadline = np.asarray(deadline, dtype=np.float64)
+    solo = np.asarray(solo, dtype=np.float64)
+    n = len(arrival)
+    if not (len(deadline) == len(solo) == len(apps) == n):
+        raise ValueError("arrival, deadline, solo and apps must have one entry per request")
+    if n and np.any(np.diff(arrival) < 0):
+        raise ValueError("requests must be ordered by arrival time")
+    if workers < 1:
+        raise ValueError(f"need at least one worker, got {workers!r}")
+    c = [float(v) for v in inflation]
+    max_batch = len(c)
+    if clairvoyant is None:
+        clairvoyant = bool(getattr(policy, "clairvoyant", False))
+    hint_of = solo if clairvoyant else hints
+
+    # python floats and lists: the loop below touches them once per event
+    arr = arrival.tolist()
+    dl = deadline.tolist()
+    x = solo.tolist()
+    hint_list = None if hint_of is None else [float(h) for h in hint_of]
+    state = [PENDING] * n
+    finish = [math.nan] * n
+    sizes: list[int] = []
+
+    idle = list(range(workers - 1, -1, -1))  # a stack: the lowest-numbered worker first
+    # (end, seq, worker, start, members); seq breaks ties in dispatch order
+    running: list[tuple[float, int, int, float, list[int]]] = []
+    seq = 0
+    wakeup = math.inf
+    nxt = 0  # the next request to arrive
+    now = 0.0
+    last_event = 0.0
+
+    def settle(ids: list[int], to: int, what: str) -> None:
+        for rid in ids:
+            if not (0 <= rid < n) or state[rid] != PENDING or rid >= nxt:
+                raise SimulationError(f"{type(policy).__name__} {what} request {rid}, "
+                                      "which is not queued")
+            state[rid] = to
+
+    while True:
+        t_arr = arr[nxt] if nxt < n else math.inf
+        t_done = running[0][0] if running else math.inf
+        t_wake = wakeup if idle else math.inf
+        now = min(t_arr, t_done, t_wake)
+        if now == math.inf:
+            break
+        last_event = now
+        if t_wake <= now:
+            wakeup = math.inf
+        while running and running[0][0] <= now:
+            end, _, w, start, members = heapq.heappop(running)
+            for rid in members:
+                state[rid] = COMPLETED
+                finish[rid] = end
+            policy.observe_batch([apps[rid] for rid in members], end - start)
+            idle.append(w)
+        while nxt < n and arr[nxt] <= now:
+            hint = None if hint_list is None else hint_list[nxt]
+            policy.enqueue(nxt, apps[nxt], arr[nxt], dl[nxt], hint)
+            nxt += 1
+        while idle and len(policy):
+            decision = policy.decide(now)
+            settle(decision.dropped, DROPPED, "dropped")
+            settle(decision.rejected, REJECTED, "rejected")
+            batch = decision.batch
+            if not batch:
+                w_at = policy.next_wakeup(now)
+                if w_at is not None and len(policy):
+                    if not w_at > now:
+                        raise SimulationError(
+                            f"{type(policy).__name__}.next_wakeup({now!r}) returned "
+                            f"{w_at!r}, which is not in the future"
+                        )
+                    wakeup = min(wakeup, w_at)
+                break
+            if len(batch) > max_batch:
+                raise SimulationError(f"{type(policy).__name__} dispatched a batch of "
+                                      f"{len(batch)} > the maximum {max_batch}")
+            for rid in batch:
+                if not (0 <= rid < n) or state[rid] != PENDING or rid >= nxt:
+                    raise SimulationError(f"{type(policy).__name__} dispatched request "
+                                          f"{rid}, which is not queued")
+                state[rid] = -1  # running: no longer queued, not yet completed
+            w = idle.pop()
+            exec_time = c[len(batch) - 1] * max(x[rid] for rid in batch)
+            seq += 1
+            heapq.heappush(running, (now + exec_time, seq, w, now, list(batch)))
+            sizes.append(len(batch))
+        if not running and nxt >= n and wakeup == math.inf and len(policy):
+            # Nothing can happen any more, yet requests wait (a policy that idles without a
+            # wake-up): they would wait forever, so they count as dropped.
+            left = [rid for rid in range(n) if state[rid] == PENDING]
+            for rid in left:
+                policy.remove(rid)
+                state[rid] = DROPPED
+    return Outcome(
+        state=np.asarray(state, dtype=np.int8),
+        finish=np.asarray(finish, dtype=np.float64),
+        batches=len(sizes),
+        batch_sizes=np.asarray(sizes, dtype=np.int32),
+        end_time=last_event,
+    )

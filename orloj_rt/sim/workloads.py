@@ -1,0 +1,252 @@
+"""Synthetic and trace workloads for the simulator: solo times, arrivals, deadlines.
+
+Every definition here is exact on purpose, so that others can reproduce our figures; it is
+written out in docs/simulation.md. Times are in *time units*: a request's mean solo
+execution time is 1 unit.
+
+Solo execution time X (each kind normalised by its true mean, so that E[X] = 1):
+
+    static      Normal(1, 0.02): CoV 0.02, truncated at 0.01
+    bimodal     early exit: 70% short, 0.3 * (1 + Normal(0, 0.05)),
+                            30% long,  1.0 * (1 + Normal(0, 0.10)),
+                truncated at 0.01, then divided by 0.51 (= 0.7 * 0.3 + 0.3 * 1.0)
+    lognormal   LogNormal with mean 1 and CoV 1: sigma^2 = ln 2, mu = -sigma^2 / 2
+    trace       a numeric CSV column plus a constant offset (default 8), divided by the
+                column's mean plus the offset over the whole file; requests draw rows
+                uniformly with replacement, or in file order with trace arrivals
+
+Arrivals at load L (the mean gap is 1/L units):
+
+    poisson     exponential gaps
+    gamma       Gamma gaps with coefficient of variation `arrival_cv`
+    trace       the gaps between consecutive timestamps of a CSV column, from a seeded
+                start row (wrapping around), multiplied so that the file's mean gap is 1/L
+
+The first request arrives one gap after time 0. Deadline = arrival + SLO.
+
+Cost hints (optional, `hint_cv`): a per-request number known at arrival that predicts the
+solo time, like an input length or a length predictor's output. Here the hint is the true
+solo time times an independent LogNormal factor with mean 1 and coefficient of variation
+`hint_cv` (0.3: a good predictor; 1.0: a poor one). Policies that cannot use hints ignore
+them; the prior sample gets hints drawn the same way, so that a policy can learn what a
+hint says about the solo time.
+
+Random streams: `numpy.random.SeedSequence(seed).spawn(5)` gives five independent
+generators: the arrivals, the request costs, the policies' prior sample, the requests'
+hint noise and the prior's hint noise. Turning hints on changes nothing else.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+SOLO_KINDS = ("static", "bimodal", "lognormal", "trace")
+ARRIVAL_KINDS = ("poisson", "gamma", "trace")
+
+STATIC_COV = 0.02
+BIMODAL_SHORT_SHARE = 0.7
+BIMODAL_SHORT, BIMODAL_SHORT_COV = 0.3, 0.05
+BIMODAL_LONG, BIMODAL_LONG_COV = 1.0, 0.10
+BIMODAL_MEAN = BIMODAL_SHORT_SHARE * BIMODAL_SHORT + (1 - BIMODAL_SHORT_SHARE) * BIMODAL_LONG
+LOGNORMAL_COV = 1.0
+TRACE_OFFSET = 8.0
+# Jitter is Gaussian; truncating at a small positive time keeps every solo time > 0 (a
+# 0.3 short mode would need a 20-sigma draw to reach it, so the means do not move).
+MIN_SOLO = 0.01
+
+#: The trace that the benchmark's `azure-conv` workload replays (beside the project).
+DEFAULT_TRACE = Path(__file__).resolve().parents[2].parent / "shared/data/azure-llm-2023/conv.csv"
+DEFAULT_TIME_COL = "TIMESTAMP"
+DEFAULT_COST_COL = "GeneratedTokens"
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """Everything that defines the requests of one simulation (see the module docstring)."""
+
+    solo: str = "lognormal"
+    slo: float = 5.0  # in units of the mean solo time
+    load: float = 2.0  # arrivals per unit of time
+    requests: int = 4000
+    seed: int = 0
+    arrival: str = "poisson"
+    arrival_cv: float = 1.0  # for gamma arrivals
+    trace: str | None = None  # CSV file for trace costs and trace arrivals
+    time_col: str = DEFAULT_TIME_COL
+    cost_col: str = DEFAULT_COST_COL
+    trace_offset: float = TRACE_OFFSET
+    apps: int = 1  # requests are spread round-robin over apps "app0", "app1", ...
+    prior_samples: int = 20_000
+    hint_cv: float | None = None  # cost hints' noise (see the module docstring); None: none
+
+    def __post_init__(self) -> None:
+        if self.solo not in SOLO_KINDS:
+            raise ValueError(f"unknown workload {self.solo!r}; choose one of {SOLO_KINDS}")
+        if self.arrival not in ARRIVAL_KINDS:
+            raise ValueError(f"unknown arrival {self.arrival!r}; choose one of {ARRIVAL_KINDS}")
+        if not (self.slo > 0 and math.isfinite(self.slo)):
+            raise ValueError(f"the SLO multiple must be > 0, got {self.slo!r}")
+        if not (self.load > 0 and math.isfinite(self.load)):
+            raise ValueError(f"the load must be > 0 arrivals per time unit, got {self.load!r}")
+        if self.requests < 1:
+            raise ValueError(f"need at least one request, got {self.requests!r}")
+        if self.arrival == "gamma" and not self.arrival_cv > 0:
+            raise ValueError(f"gamma arrivals need --arrival-cv > 0, got {self.arrival_cv!r}")
+        if (self.solo == "trace" or self.arrival == "trace") and not self.trace:
+            raise ValueError("trace costs or trace arrivals need a trace file (--trace FILE)")
+        if self.apps < 1:
+            raise ValueError(f"need at least one app, got {self.apps!r}")
+        if self.prior_samples < 1:
+            raise ValueError(f"the prior needs at least one sample, got {self.prior_samples!r}")
+        if self.hint_cv is not None and not (self.hint_cv >= 0 and math.isfinite(self.hint_cv)):
+            raise ValueError(f"hint_cv must be a finite CoV >= 0, got {self.hint_cv!r}")
+
+
+@dataclass
+class Requests:
+    """The generated requests, ordered by arrival. Arrays are indexed by request id."""
+
+    arrival: np.ndarray
+    deadline: np.ndarray
+    solo: np.ndarray  # true solo execution time (units)
+    app: list[str]
+    prior: np.ndarray  # an independent sample of the solo-time law, for the policies
+    spec: WorkloadSpec = field(repr=False, default_factory=WorkloadSpec)
+    hint: np.ndarray | None = None  # per-request cost hints, when the spec asks for them
+    prior_hint: np.ndarray | None = None  # the prior sample's hints
+
+    def __len__(self) -> int:
+        return len(self.arrival)
+
+
+# ------------------------------------------------------------------------ trace files
+@lru_cache(maxsize=8)
+def _read_column(path: str, column: str, kind: str) -> np.ndarray:
+    """A CSV column as floats; `kind` "time" parses ISO timestamps into seconds."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or column not in reader.fieldnames:
+            raise ValueError(
+                f"{path}: no column {column!r}; the columns are {reader.fieldnames}"
+            )
+        raw = [row[column] for row in reader]
+    if not raw:
+        raise ValueError(f"{path}: no rows")
+    if kind == "time":
+        try:
+            values = [float(v) for v in raw]
+        except ValueError:
+            # ISO timestamps with up to 7 fractional digits (Azure's); keep microseconds
+            values = [datetime.fromisoformat(v.strip()[:26]).timestamp() for v in raw]
+    else:
+        values = [float(v) for v in raw]
+    arr = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{path}: column {column!r} has values that are not finite")
+    return arr
+
+
+def trace_costs(spec: WorkloadSpec) -> np.ndarray:
+    """The trace's cost column plus the offset, normalised to mean 1 over the whole file."""
+    col = _read_column(str(spec.trace), spec.cost_col, "number") + spec.trace_offset
+    if np.any(col <= 0):
+        raise ValueError(f"{spec.trace}: {spec.cost_col} + offset must be > 0 for every row")
+    return col / col.mean()
+
+
+def trace_gaps(spec: WorkloadSpec) -> np.ndarray:
+    """The trace's inter-arrival gaps (in file order), scaled to a mean gap of 1/load."""
+    ts = _read_column(str(spec.trace), spec.time_col, "time")
+    gaps = np.diff(ts)
+    if len(gaps) < 1 or np.any(gaps < 0):
+        raise ValueError(f"{spec.trace}: {spec.time_col} must be non-decreasing, >= 2 rows")
+    mean = gaps.mean()
+    if not mean > 0:
+        raise ValueError(f"{spec.trace}: every timestamp in {spec.time_col} is the same")
+    return gaps / (mean * spec.load)
+
+
+# ------------------------------------------------------------------------ solo times
+def sample_solo(spec: WorkloadSpec, rng: np.random.Generator, n: int) -> np.ndarray:
+    """n independent solo times of the workload's law (mean 1)."""
+    if spec.solo == "static":
+        x = rng.normal(1.0, STATIC_COV, n)
+        return np.maximum(x, MIN_SOLO)
+    if spec.solo == "bimodal":
+        short = rng.random(n) < BIMODAL_SHORT_SHARE
+        jitter = rng.normal(0.0, 1.0, n)
+        x = np.where(
+            short,
+            BIMODAL_SHORT * (1.0 + BIMODAL_SHORT_COV * jitter),
+            BIMODAL_LONG * (1.0 + BIMODAL_LONG_COV * jitter),
+        )
+        return np.maximum(x, MIN_SOLO) / BIMODAL_MEAN
+    if spec.solo == "lognormal":
+        sigma2 = math.log1p(LOGNORMAL_COV**2)
+        return rng.lognormal(-sigma2 / 2.0, math.sqrt(sigma2), n)
+    costs = trace_costs(spec)
+    return costs[rng.integers(0, len(costs), n)]
+
+
+# ------------------------------------------------------------------------ arrivals
+def sample_arrivals(spec: WorkloadSpec, rng: np.random.Generator, n: int) -> tuple[np.ndarray, int]:
+    """Arrival times of n requests, and the first trace row used (0 unless trace)."""
+    if spec.arrival == "poisson":
+        gaps = rng.exponential(1.0 / spec.load, n)
+        start = 0
+    elif spec.arrival == "gamma":
+        shape = 1.0 / spec.arrival_cv**2
+        gaps = rng.gamma(shape, 1.0 / (spec.load * shape), n)
+        start = 0
+    else:
+        all_gaps = trace_gaps(spec)
+        start = int(rng.integers(0, len(all_gaps)))
+        gaps = np.take(all_gaps, np.arange(start, start + n), mode="wrap")
+    return np.cumsum(gaps), start
+
+
+def noisy_hints(solo: np.ndarray, cv: float, rng: np.random.Generator) -> np.ndarray:
+    """Each solo time times an independent LogNormal factor with mean 1 and CoV `cv`."""
+    if cv == 0:
+        return solo.copy()
+    sigma2 = math.log1p(cv * cv)
+    return solo * rng.lognormal(-sigma2 / 2.0, math.sqrt(sigma2), len(solo))
+
+
+def generate(spec: WorkloadSpec) -> Requests:
+    """The requests of one simulation, and the policies' prior sample."""
+    arrival_rng, cost_rng, prior_rng, hint_rng, prior_hint_rng = (
+        np.random.Generator(np.random.PCG64(s))
+        for s in np.random.SeedSequence(spec.seed).spawn(5)
+    )
+    n = spec.requests
+    arrival, start = sample_arrivals(spec, arrival_rng, n)
+    if spec.solo == "trace" and spec.arrival == "trace":
+        # replay the trace's own pairing of arrivals and costs, row by row
+        costs = trace_costs(spec)
+        solo = np.take(costs, np.arange(start + 1, start + 1 + n), mode="wrap")
+    else:
+        solo = sample_solo(spec, cost_rng, n)
+    prior = sample_solo(spec, prior_rng, spec.prior_samples)
+    apps = [f"app{i % spec.apps}" for i in range(n)] if spec.apps > 1 else ["default"] * n
+    hint = prior_hint = None
+    if spec.hint_cv is not None:
+        hint = noisy_hints(solo, spec.hint_cv, hint_rng)
+        prior_hint = noisy_hints(prior, spec.hint_cv, prior_hint_rng)
+    return Requests(
+        arrival=arrival,
+        deadline=arrival + spec.slo,
+        solo=solo,
+        app=apps,
+        prior=prior,
+        spec=spec,
+        hint=hint,
+        prior_hint=prior_hint,
+    )

@@ -1,0 +1,30 @@
+"""bench/finish_rate.py on a tiny sweep: its files, and its summary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_writes_table_csv_plots_and_summary(tmp_path):
+    out = tmp_path / "fr"
+    cmd = [sys.executable, str(ROOT / "bench/finish_rate.py"), "--out", str(out),
+           "--workloads", "static,lognormal", "--slos", "2,5", "--loads", "2",
+           "--requests", "150", "--jobs", "2", "--hint-cv", "0.3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name in ("results.csv", "results.md", "summary.md", "results.json",
+                 "finish_rate.png", "finish_rate_lognormal.png"):
+        assert (out / name).stat().st_size > 0, name
+    result = json.loads((out / "results.json").read_text())
+    assert len(result["cells"]) == 4
+    lognormal = result["summary"]["lognormal"]
+    assert set(lognormal["orloj"]) == {"geomean_vs_best", "min_vs_best", "geomean_vs_oracle"}
+    assert "orloj+hint" in lognormal
+    assert "geomean" in done.stdout and "NOTE" in done.stdout  # too few requests for targets
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 * 7

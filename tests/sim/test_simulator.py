@@ -1,0 +1,138 @@
+"""The simulator: conservation, determinism, the batch model, and contract checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from orloj_rt.engine.interface import Decision, Policy
+from orloj_rt.policies import POLICIES
+from orloj_rt.sim import SimConfig, SimulationError, WorkloadSpec, run, simulate
+from orloj_rt.sim.simulator import COMPLETED, DROPPED, REJECTED
+
+SMALL = dict(requests=300, prior_samples=2000)
+
+
+@pytest.mark.parametrize("solo", ["static", "bimodal", "lognormal"])
+@pytest.mark.parametrize("load", [1.0, 4.0])
+def test_every_request_ends_exactly_once_for_every_policy(solo, load):
+    result = run(SimConfig(WorkloadSpec(solo=solo, slo=3.0, load=load, **SMALL)))
+    assert set(result["policies"]) == set(POLICIES)
+    for name, m in result["policies"].items():
+        assert m["completed"] + m["dropped"] + m["rejected"] == 300, name
+        assert 0 <= m["late"] <= m["completed"]
+        assert m["finish_rate"] == pytest.approx((m["completed"] - m["late"]) / 300)
+
+
+def test_a_seed_gives_the_same_output():
+    cfg = SimConfig(WorkloadSpec(solo="lognormal", slo=5.0, load=2.0, seed=11, **SMALL))
+    assert run(cfg) == run(cfg)
+    other = SimConfig(WorkloadSpec(solo="lognormal", slo=5.0, load=2.0, seed=12, **SMALL))
+    assert run(other)["policies"] != run(cfg)["policies"]
+
+
+class Recorder(Policy):
+    """Dispatches everything queued at once (up to max_batch) and records what it sees."""
+
+    name = "recorder"
+
+    def __init__(self, max_batch=8):
+        self.queue: list[int] = []
+        self.max_batch = max_batch
+        self.observed: list[tuple[list[str], float]] = []
+        self.hints: list = []
+
+    def enqueue(self, req_id, app, arrival, deadline, hint=None):
+        self.queue.append(req_id)
+        self.hints.append(hint)
+
+    def remove(self, req_id):
+        self.queue.remove(req_id)
+
+    def decide(self, now):
+        batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch:]
+        return Decision(batch, [], [])
+
+    def observe_batch(self, apps, exec_time):
+        self.observed.append((list(apps), exec_time))
+
+    def __len__(self):
+        return len(self.queue)
+
+
+def test_a_batch_runs_for_inflation_times_its_longest_member():
+    p = Recorder()
+    c = [1.0, 1.5, 2.0]
+    out = simulate(p, [0.0, 0.0, 0.0, 0.5], [9.0, 9.0, 9.0, 9.0], [1.0, 3.0, 2.0, 0.5],
+                   ["a", "a", "b", "a"], c + [2.5] * 5)
+    # t=0: all three arrive; one batch of 3 runs 2.0 * 3.0 = 6; request 3 waits until 6
+    assert list(out.finish) == [6.0, 6.0, 6.0, 6.5]
+    assert p.observed == [(["a", "a", "b"], 6.0), (["a"], 0.5)]
+    assert list(out.batch_sizes) == [3, 1]
+    assert np.all(out.state == COMPLETED)
+
+
+def test_workers_run_batches_side_by_side():
+    p = Recorder(max_batch=1)
+    out = simulate(p, [0.0, 0.0], [5.0, 5.0], [1.0, 1.0], ["a", "a"], [1.0], workers=2)
+    assert list(out.finish) == [1.0, 1.0]
+    out = simulate(Recorder(max_batch=1), [0.0, 0.0], [5.0, 5.0], [1.0, 1.0], ["a", "a"],
+                   [1.0], workers=1)
+    assert list(out.finish) == [1.0, 2.0]
+
+
+def test_a_clairvoyant_policy_gets_the_true_times_and_others_the_hints():
+    class Clairvoyant(Recorder):
+        clairvoyant = True
+
+    p = Clairvoyant()
+    simulate(p, [0.0, 1.0], [5.0, 5.0], [0.7, 0.9], ["a", "a"], [1.0, 1.0], hints=[7, 9])
+    assert p.hints == [0.7, 0.9]
+    q = Recorder()
+    simulate(q, [0.0, 1.0], [5.0, 5.0], [0.7, 0.9], ["a", "a"], [1.0, 1.0], hints=[7, 9])
+    assert q.hints == [7.0, 9.0]
+
+
+def test_requests_left_waiting_for_ever_count_as_dropped():
+    class Idle(Recorder):
+        def decide(self, now):
+            return Decision([], [], [])
+
+    out = simulate(Idle(), [0.0, 1.0], [5.0, 5.0], [1.0, 1.0], ["a", "a"], [1.0])
+    assert list(out.state) == [DROPPED, DROPPED]
+
+
+def test_drops_and_rejections_are_recorded():
+    class Refuser(Recorder):
+        def decide(self, now):
+            rid = self.queue.pop(0)
+            return Decision([], [rid] if rid % 2 else [], [] if rid % 2 else [rid])
+
+    out = simulate(Refuser(), [0.0, 0.0], [5.0, 5.0], [1.0, 1.0], ["a", "a"], [1.0])
+    assert list(out.state) == [REJECTED, DROPPED]
+
+
+def test_a_policy_breaking_the_contract_is_caught():
+    class Oversized(Recorder):
+        def decide(self, now):
+            return Decision([0, 1], [], [])
+
+    with pytest.raises(SimulationError, match="maximum 1"):
+        simulate(Oversized(), [0.0, 0.0], [5.0, 5.0], [1.0, 1.0], ["a", "a"], [1.0])
+
+    class Twice(Recorder):
+        def decide(self, now):
+            return Decision([0], [], [])
+
+    with pytest.raises(SimulationError, match="not queued"):
+        simulate(Twice(), [0.0, 0.0], [5.0, 5.0], [1.0, 1.0], ["a", "a"], [1.0])
+
+
+def test_orloj_with_cost_hints_runs_in_the_simulator():
+    spec = WorkloadSpec(solo="lognormal", slo=5.0, load=4.0, hint_cv=0.3, **SMALL)
+    result = run(SimConfig(spec, policies=("orloj", "orloj+hint", "nexus")))
+    m = result["policies"]["orloj+hint"]
+    assert m["completed"] + m["dropped"] + m["rejected"] == 300
+    assert m["finish_rate"] > result["policies"]["orloj"]["finish_rate"]
+    with pytest.raises(ValueError, match="hint_cv"):
+        run(SimConfig(WorkloadSpec(**SMALL), policies=("orloj+hint",)))
