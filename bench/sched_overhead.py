@@ -49,9 +49,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def measure(mod, queue: int, apps: int, bins: int, max_batch: int, decisions: int,
-            inserts: int, seed: int) -> dict:
+            inserts: int, seed: int, pools: bool = False) -> dict:
     rng = random.Random(seed)
-    policy = mod.OrlojPolicy(max_batch=max_batch)
+    policy = mod.OrlojPolicy(max_batch=max_batch, pools=pools)
     names = [f"app{a}" for a in range(apps)]
     for a, name in enumerate(names):
         policy.set_distribution(name, mod.Distribution.from_mean_cov(APP_MEANS[a % 4], 1.0,
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="timed decisions per row, native (pure: a tenth, at least 30)")
     ap.add_argument("--inserts", type=int, default=3000, help="timed insertions per row")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--pools", action="store_true",
+                    help="time the orloj policy with member pools (pools=True)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = ap.parse_args(argv)
 
@@ -137,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.json:
                 print(f"\r[{n}/{len(grid)}] {impl:6s} queue={q} apps={a} bins={b} ...",
                       end="", file=sys.stderr, flush=True)
-            row = measure(mod, q, a, b, args.max_batch, reps, ins, args.seed)
-            rows.append({"impl": impl, **row})
+            row = measure(mod, q, a, b, args.max_batch, reps, ins, args.seed, args.pools)
+            rows.append({"impl": impl, "pools": args.pools, **row})
     if not args.json:
         print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
 
