@@ -1,0 +1,146 @@
+"""The server options shared by `orloj-rt start` and `orloj-rt demo`, and their checks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def policy_names() -> list[str]:
+    """The registered policies, read at run time (the registry grows)."""
+    from orloj_rt.policies import POLICIES
+
+    return sorted(POLICIES)
+
+
+def default_worker_threads(n_cpu_workers: int) -> int:
+    """torch threads per CPU worker: the cores left after the frontend and scheduler,
+    shared, at most 4 (small models gain nothing from more)."""
+    cores = os.cpu_count() or 1
+    return max(1, min(4, (cores - 2) // max(1, n_cpu_workers)))
+
+
+def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    from orloj_rt.runtime.wire import DEFAULT_ENDPOINT
+
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--gpus",
+        metavar="IDS",
+        help="serve on these CUDA devices, one worker each, e.g. 0,1 "
+        "(default: every visible GPU, or one CPU worker where there is none)",
+    )
+    where.add_argument(
+        "--cpu-workers",
+        type=int,
+        metavar="N",
+        help="serve on the CPU with N worker processes",
+    )
+    p.add_argument(
+        "--models",
+        metavar="DIR",
+        help="a model repository: a directory of *.toml model configs "
+        "(default: the built-in models early_exit and resnet_static)",
+    )
+    p.add_argument(
+        "--bind",
+        default=DEFAULT_ENDPOINT,
+        metavar="ENDPOINT",
+        help="the ZeroMQ endpoint clients connect to: tcp://HOST:PORT (PORT * picks a "
+        "free port) or ipc:///path (default: %(default)s)",
+    )
+    p.add_argument("--policy", default="orloj", choices=policy_names(),
+                   help="the batching policy (default: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--log-level", default="INFO", choices=LOG_LEVELS, type=str.upper,
+        help="the server's log level; logs go to stderr (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--worker-threads",
+        type=int,
+        metavar="N",
+        help="torch threads per CPU worker (default: the cores left after the frontend and "
+        "scheduler, shared among the workers, at most 4)",
+    )
+    p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=180.0,
+        metavar="S",
+        help="give up if the workers are not warmed up and ready after S seconds "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="on SIGTERM/SIGINT, let in-flight requests finish for up to S seconds; the rest "
+        "are answered 'rejected' (default: %(default)s)",
+    )
+
+
+def resolve_devices(args) -> tuple[list[str] | None, str]:
+    """The worker devices, or None and a message (the caller exits 2)."""
+    if args.cpu_workers is not None:
+        if args.cpu_workers < 1:
+            return None, "--cpu-workers must be at least 1"
+        return ["cpu"] * args.cpu_workers, ""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if args.gpus is not None:
+        if not cuda:
+            return None, (
+                f"--gpus {args.gpus}: CUDA is not available here (torch {torch.__version__}, "
+                "torch.cuda.is_available() is False). Serve on the CPU instead with "
+                "--cpu-workers N, e.g. --cpu-workers 1"
+            )
+        try:
+            ids = [int(x) for x in args.gpus.split(",") if x.strip()]
+        except ValueError:
+            return None, f"--gpus {args.gpus!r}: give comma-separated device ids, e.g. 0,1"
+        count = torch.cuda.device_count()
+        bad = [i for i in ids if not 0 <= i < count]
+        if not ids or bad or len(set(ids)) != len(ids):
+            return None, (f"--gpus {args.gpus}: ids must be distinct, in 0..{count - 1} "
+                          f"({count} visible GPU(s))")  # fmt: skip
+        return [f"cuda:{i}" for i in ids], ""
+    if cuda:
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())], ""
+    return ["cpu"], ""
+
+
+def options_from_args(args):
+    """(ServerOptions, 0), or (None, exit code) after printing why to stderr."""
+    from orloj_rt.models.builtin import default_entries
+    from orloj_rt.models.repository import load_repository
+    from orloj_rt.runtime.supervisor import ServerOptions
+
+    devices, problem = resolve_devices(args)
+    if devices is None:
+        print(f"orloj-rt start: {problem}", file=sys.stderr)
+        return None, 2
+    try:
+        models = load_repository(args.models) if args.models else default_entries()
+    except ValueError as exc:
+        print(f"orloj-rt start: {exc}", file=sys.stderr)
+        return None, 2
+    n_cpu = sum(d == "cpu" for d in devices)
+    threads = args.worker_threads or default_worker_threads(n_cpu)
+    return (
+        ServerOptions(
+            models=models,
+            devices=devices,
+            bind=args.bind,
+            policy=args.policy,
+            log_level=args.log_level,
+            ready_timeout_s=args.ready_timeout,
+            drain_timeout_s=args.drain_timeout,
+            worker_threads=threads,
+        ),
+        0,
+    )

@@ -1,0 +1,42 @@
+"""`orloj-rt start`: serve models until SIGTERM / SIGINT (`orloj-rt stop`, Ctrl-C)."""
+
+from __future__ import annotations
+
+import os
+
+from orloj_rt.cli._server_args import add_server_arguments, options_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "start",
+        help="start a server (supervisor, frontend, scheduler, workers) in the foreground",
+        description=(
+            "Start an orloj-rt server in the foreground. It prints one line, "
+            "'orloj-rt: serving on ENDPOINT ...', on stdout once every worker is ready; "
+            "logs go to stderr. SIGTERM or SIGINT (orloj-rt stop, Ctrl-C) shuts it down "
+            "cleanly: in-flight requests are answered, shared memory is removed."
+        ),
+    )
+    add_server_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from orloj_rt.runtime.proc import configure_logging
+    from orloj_rt.runtime.supervisor import run_supervisor_process
+
+    configure_logging(args.log_level, "supervisor")
+    options, code = options_from_args(args)
+    if options is None:
+        return code
+
+    def announce(endpoint: str) -> None:
+        devices = options.devices
+        workers = (f"{len(devices)} cpu worker(s)" if devices[0] == "cpu"
+                   else f"gpu(s) {','.join(d.split(':')[1] for d in devices)}")  # fmt: skip
+        names = ", ".join(e.spec.name for e in options.models)
+        print(f"orloj-rt: serving on {endpoint} (models: {names}; {workers}; "
+              f"policy: {options.policy}; pid {os.getpid()})", flush=True)  # fmt: skip
+
+    return run_supervisor_process(options, announce)

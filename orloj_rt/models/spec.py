@@ -1,0 +1,335 @@
+"""What the runtime knows about a model without importing torch: its tensors and limits.
+
+A `ModelSpec` is everything the frontend needs to validate a request, the ring needs to
+size its slots, the scheduler needs to batch, and the worker needs to pad and bucket. The
+model's code (a factory returning a `torch.nn.Module`) is named by `ModelEntry.factory`,
+an import string, and is imported only inside workers.
+
+Conventions the worker relies on (see docs/runtime.md):
+
+- The module is called as `module(*inputs)` with one batched tensor per input, in the
+  order of `spec.inputs`; each has a leading batch dimension.
+- It returns one tensor, or a tuple with one tensor per entry of `spec.outputs`, in
+  order, each with the batch as its leading dimension.
+- A variable dimension (-1 in `shape`) is padded with the input's `pad_value` up to the
+  batch's shape bucket; the model must treat padding as padding (e.g. token 0).
+- `work_output`, if set, names an integer output that counts the work each request did
+  (layers run, tokens generated); the scheduler learns per-request solo times from it.
+
+Specs are plain frozen dataclasses: they pickle across processes and convert to and from
+dicts (`to_dict` / `from_dict`), which the `models` answer and the model repository's TOML
+files use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: protocol dtype -> (numpy storage dtype, itemsize). numpy has no bfloat16, so its bytes
+#: are stored as uint16 and re-viewed as torch.bfloat16 inside the worker.
+DTYPES: dict[str, tuple[str, int]] = {
+    "float32": ("<f4", 4),
+    "float16": ("<f2", 2),
+    "bfloat16": ("<u2", 2),
+    "int64": ("<i8", 8),
+    "int32": ("<i4", 4),
+    "int8": ("|i1", 1),
+    "uint8": ("|u1", 1),
+    "bool": ("|b1", 1),
+}
+
+#: step-level batching kinds a model may declare (used by a later scheduler mode)
+STEP_KINDS = (None, "token", "layer")
+
+MAX_BATCH_LIMIT = 4096
+MAX_NAME_LEN = 128
+DEFAULT_RING_SLOTS = 1024
+
+
+def _pow2_buckets(limit: int) -> tuple[int, ...]:
+    """1, 2, 4, ... below `limit`, then `limit` itself."""
+    out = []
+    b = 1
+    while b < limit:
+        out.append(b)
+        b *= 2
+    out.append(limit)
+    return tuple(out)
+
+
+def _check_buckets(what: str, buckets: Sequence[int], limit: int) -> tuple[int, ...]:
+    vals = tuple(int(b) for b in buckets)
+    if not vals:
+        raise ValueError(f"{what}: give at least one bucket")
+    if list(vals) != sorted(set(vals)) or vals[0] < 1:
+        raise ValueError(f"{what}: buckets must be increasing integers >= 1, got {list(vals)}")
+    if vals[-1] != limit:
+        raise ValueError(
+            f"{what}: the last bucket must equal the maximum {limit}, got {list(vals)}"
+        )
+    return vals
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of one request (no batch dimension).
+
+    shape:     the dims; -1 marks a variable dimension.
+    max_shape: the largest accepted value of every dim (equal to `shape` where fixed);
+               derived when no dim is variable.
+    buckets:   for each variable dim, in order, the sizes the worker pads it up to
+               (CUDA graphs are captured per bucket); default powers of two up to the max.
+    pad_value: what padding is filled with.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    max_shape: tuple[int, ...] | None = None
+    buckets: tuple[tuple[int, ...], ...] | None = None
+    pad_value: float = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or len(self.name) > MAX_NAME_LEN:
+            raise ValueError(f"tensor name must be a non-empty str, got {self.name!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(
+                f"tensor {self.name!r}: unknown dtype {self.dtype!r}; "
+                f"choose one of {', '.join(DTYPES)}"
+            )
+        shape = tuple(int(d) for d in self.shape)
+        for d in shape:
+            if d != -1 and d < 0:
+                raise ValueError(f"tensor {self.name!r}: dims are >= 0 or -1, got {list(shape)}")
+        object.__setattr__(self, "shape", shape)
+        variable = [i for i, d in enumerate(shape) if d == -1]
+        if self.max_shape is None:
+            if variable:
+                raise ValueError(
+                    f"tensor {self.name!r} has variable dims (-1) in {list(shape)}: "
+                    "give max_shape with the largest value of each"
+                )
+            object.__setattr__(self, "max_shape", shape)
+        else:
+            mx = tuple(int(d) for d in self.max_shape)
+            if len(mx) != len(shape):
+                raise ValueError(
+                    f"tensor {self.name!r}: max_shape {list(mx)} and shape {list(shape)} "
+                    "differ in length"
+                )
+            for i, (d, m) in enumerate(zip(shape, mx, strict=True)):
+                if d == -1 and m < 1:
+                    raise ValueError(f"tensor {self.name!r}: max_shape[{i}] must be >= 1")
+                if d != -1 and m != d:
+                    raise ValueError(
+                        f"tensor {self.name!r}: max_shape[{i}]={m} but the dim is fixed at {d}"
+                    )
+            object.__setattr__(self, "max_shape", mx)
+        if self.buckets is None:
+            bk = tuple(_pow2_buckets(self.max_shape[i]) for i in variable)
+        else:
+            if len(self.buckets) != len(variable):
+                raise ValueError(
+                    f"tensor {self.name!r}: give one bucket list per variable dim "
+                    f"({len(variable)}), got {len(self.buckets)}"
+                )
+            bk = tuple(
+                _check_buckets(f"tensor {self.name!r} dim {i}", b, self.max_shape[i])
+                for i, b in zip(variable, self.buckets, strict=True)
+            )
+        object.__setattr__(self, "buckets", bk)
+        if not math.isfinite(float(self.pad_value)):
+            raise ValueError(f"tensor {self.name!r}: pad_value must be finite")
+
+    @property
+    def variable_dims(self) -> tuple[int, ...]:
+        return tuple(i for i, d in enumerate(self.shape) if d == -1)
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPES[self.dtype][1]
+
+    @property
+    def max_nbytes(self) -> int:
+        return math.prod(self.max_shape) * self.itemsize
+
+    def bucket_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """`shape` with each variable dim rounded up to its bucket."""
+        out = list(shape)
+        for i, sizes in zip(self.variable_dims, self.buckets, strict=True):
+            for s in sizes:
+                if s >= out[i]:
+                    out[i] = s
+                    break
+        return tuple(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.variable_dims:
+            d["max_shape"] = list(self.max_shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
+        known = {"name", "dtype", "shape", "max_shape", "buckets", "pad_value"}
+        extra = set(d) - known
+        if extra:
+            raise ValueError(f"tensor spec: unknown keys {sorted(extra)}; known: {sorted(known)}")
+        buckets = d.get("buckets")
+        return cls(
+            name=d["name"],
+            dtype=d["dtype"],
+            shape=tuple(d["shape"]),
+            max_shape=tuple(d["max_shape"]) if d.get("max_shape") is not None else None,
+            buckets=tuple(tuple(b) for b in buckets) if buckets is not None else None,
+            pad_value=d.get("pad_value", 0),
+        )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A served model's interface and serving limits.
+
+    max_batch_size:  the largest batch the worker runs.
+    batch_buckets:   batch sizes the worker pads up to (CUDA graphs are captured per
+                     bucket); default powers of two up to max_batch_size.
+    default_slo_ms:  the SLO of a request that sends no `slo_ms`.
+    work_output:     the integer output reporting per-request work, or None.
+    step_kind:       None (whole batches), "token" or "layer": step-level batching, which
+                     a later scheduler mode uses; whole-batch serving ignores it.
+    ring_slots:      input-ring slots: requests admitted and not yet answered; when all
+                     are taken, new requests are answered `rejected`.
+    cuda_graphs:     False for models with data-dependent control flow (early exit),
+                     which CUDA graphs cannot capture; they run eagerly on CUDA too.
+    """
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 32
+    batch_buckets: tuple[int, ...] | None = None
+    default_slo_ms: float = 100.0
+    work_output: str | None = None
+    step_kind: str | None = None
+    ring_slots: int = DEFAULT_RING_SLOTS
+    cuda_graphs: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or len(self.name) > MAX_NAME_LEN:
+            raise ValueError(f"model name must be a non-empty str, got {self.name!r}")
+        if not self.inputs:
+            raise ValueError(f"model {self.name!r}: declare at least one input")
+        if not self.outputs:
+            raise ValueError(f"model {self.name!r}: declare at least one output")
+        for group, what in ((self.inputs, "input"), (self.outputs, "output")):
+            names = [t.name for t in group]
+            if len(set(names)) != len(names):
+                raise ValueError(f"model {self.name!r}: duplicate {what} names {names}")
+        mb = self.max_batch_size
+        if not isinstance(mb, int) or not (1 <= mb <= MAX_BATCH_LIMIT):
+            raise ValueError(
+                f"model {self.name!r}: max_batch_size must be an integer in "
+                f"[1, {MAX_BATCH_LIMIT}], got {mb!r}"
+            )
+        if self.batch_buckets is None:
+            object.__setattr__(self, "batch_buckets", _pow2_buckets(mb))
+        else:
+            object.__setattr__(
+                self,
+                "batch_buckets",
+                _check_buckets(f"model {self.name!r} batch_buckets", self.batch_buckets, mb),
+            )
+        slo = float(self.default_slo_ms)
+        if not (math.isfinite(slo) and slo > 0):
+            raise ValueError(f"model {self.name!r}: default_slo_ms must be > 0, got {slo!r}")
+        object.__setattr__(self, "default_slo_ms", slo)
+        if self.work_output is not None:
+            match = [t for t in self.outputs if t.name == self.work_output]
+            if not match:
+                raise ValueError(
+                    f"model {self.name!r}: work_output {self.work_output!r} is not an output"
+                )
+            if match[0].shape != () or not match[0].dtype.startswith(("int", "uint")):
+                raise ValueError(
+                    f"model {self.name!r}: work_output {self.work_output!r} must be an "
+                    "integer scalar per request (shape [])"
+                )
+        if self.step_kind not in STEP_KINDS:
+            raise ValueError(
+                f"model {self.name!r}: step_kind must be one of {STEP_KINDS}, "
+                f"got {self.step_kind!r}"
+            )
+        if not isinstance(self.ring_slots, int) or self.ring_slots < 1:
+            raise ValueError(
+                f"model {self.name!r}: ring_slots must be an integer >= 1, "
+                f"got {self.ring_slots!r}"
+            )
+
+    def input(self, name: str) -> TensorSpec:
+        for t in self.inputs:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def bucket_batch(self, b: int) -> int:
+        """The batch bucket a batch of `b` requests is padded up to."""
+        for s in self.batch_buckets:
+            if s >= b:
+                return s
+        raise ValueError(f"batch of {b} exceeds max_batch_size {self.max_batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `models` answer of the wire protocol."""
+        return {
+            "name": self.name,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "max_batch_size": self.max_batch_size,
+            "default_slo_ms": self.default_slo_ms,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
+        """From a config mapping (e.g. a TOML table); the inverse of a full spec."""
+        known = {
+            "name", "inputs", "outputs", "max_batch_size", "batch_buckets", "default_slo_ms",
+            "work_output", "step_kind", "ring_slots", "cuda_graphs", "description",
+        }  # fmt: skip
+        extra = set(d) - known
+        if extra:
+            raise ValueError(f"model spec: unknown keys {sorted(extra)}; known: {sorted(known)}")
+        kw = dict(d)
+        kw["inputs"] = tuple(TensorSpec.from_dict(t) for t in d.get("inputs", ()))
+        kw["outputs"] = tuple(TensorSpec.from_dict(t) for t in d.get("outputs", ()))
+        if kw.get("batch_buckets") is not None:
+            kw["batch_buckets"] = tuple(kw["batch_buckets"])
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> ModelSpec:
+        """A copy with `changes`; derived batch buckets follow a new max_batch_size."""
+        import dataclasses
+
+        if "max_batch_size" in changes and "batch_buckets" not in changes:
+            changes["batch_buckets"] = None
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A spec plus where its code lives: what the supervisor hands to every process.
+
+    factory:  "package.module:function" or "/path/to/file.py:function"; called with
+              `**factory_args`, it returns the torch.nn.Module. Imported only in workers.
+    examples: optional import string of `function(rng, n) -> list[dict[str, ndarray]]`:
+              representative requests for warm-up and profiling; default: random
+              requests at the largest shape.
+    """
+
+    spec: ModelSpec
+    factory: str
+    factory_args: Mapping[str, Any] = field(default_factory=dict)
+    examples: str | None = None

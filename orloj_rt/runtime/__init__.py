@@ -1,0 +1,12 @@
+"""The multi-process runtime: supervisor, frontend, scheduler and workers.
+
+    clients --ZeroMQ (PROTOCOL.md)--> frontend --descriptors--> scheduler --batches--> workers
+                                         | inputs into shared-memory rings  ^ read in place |
+                                         +------------------------------------------------+
+
+One module per process role (`frontend`, `scheduler`, `worker`, `supervisor`), each with
+its `run_<role>_process()`; every message between them is in `messages`; the client wire
+protocol is in `wire`; the rings are in `shm_ring`; model execution is in `batch_runner`.
+`launcher` starts a server as a subprocess (tests, demo, benchmarks). Importing this
+package imports neither torch nor ZeroMQ.
+"""

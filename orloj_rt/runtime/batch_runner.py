@@ -1,0 +1,368 @@
+"""Running one model's batches on one device: assembly, padding, CUDA graphs, profiling.
+
+Used by the worker process, and directly by tests and benchmarks (no sockets here).
+
+Input path (no copy before the batch exists): the worker hands over, per member, the
+numpy views of its ring slot (`np.frombuffer`). A batch of one becomes `torch.from_numpy`
+of the view with a batch dimension added: the model reads shared memory directly. A
+larger batch is gathered once into a new array (`np.stack`, or a padded array where a
+variable dim differs); on CUDA, into a pinned staging buffer and then the device.
+
+CUDA graphs (`CudaGraphRunner`; untested here: no GPU was available when it was written,
+see docs/runtime.md): one graph per (batch bucket, shape bucket) combination, captured at
+warm-up into one shared memory pool, largest first. Each graph owns persistent input
+buffers; a batch is padded up to its buckets (batch padding repeats member 0, so that the
+padding rows compute something valid; variable dims use the spec's `pad_value`), copied
+into the buffers, replayed, and its outputs sliced back to the real members.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import statistics
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from orloj_rt.models.spec import ModelEntry, ModelSpec
+from orloj_rt.runtime.messages import ModelProfile
+
+log = logging.getLogger("orloj_rt.worker")
+
+PROFILE_SOLO_EXAMPLES = 24  # example requests timed alone: the prior's samples
+PROFILE_REPS = 3  # repetitions per timed point (the median is kept)
+PROFILE_INFLATION_EXAMPLES = 3  # examples whose batches of b copies give c(b)
+MAX_CUDA_GRAPHS = 256  # above this many bucket combinations, capture is refused
+
+
+class BatchError(Exception):
+    """The model broke a batch invariant; every member of the batch fails with this text."""
+
+
+def torch_dtypes():
+    import torch
+
+    return {
+        "float32": torch.float32,
+        "float16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "int64": torch.int64,
+        "int32": torch.int32,
+        "int8": torch.int8,
+        "uint8": torch.uint8,
+        "bool": torch.bool,
+    }
+
+
+def default_examples(spec: ModelSpec, rng: np.random.Generator, n: int) -> list[dict]:
+    """Requests at the largest shape: normal floats, zero integers (safe as indices)."""
+    from orloj_rt.models.spec import DTYPES
+
+    out = []
+    for _ in range(n):
+        req = {}
+        for t in spec.inputs:
+            np_dtype = np.dtype(DTYPES[t.dtype][0])
+            if t.dtype in ("float32", "float16"):
+                req[t.name] = rng.standard_normal(t.max_shape).astype(np_dtype)
+            else:
+                req[t.name] = np.zeros(t.max_shape, dtype=np_dtype)
+        out.append(req)
+    return out
+
+
+class BatchRunner:
+    """Eager execution of one model's batches (CPU, and CUDA for uncapturable models)."""
+
+    def __init__(self, entry: ModelEntry, module, device: str = "cpu"):
+        import torch
+
+        self.torch = torch
+        self.entry = entry
+        self.spec = entry.spec
+        self.device = torch.device(device)
+        self.module = module.to(self.device)
+        dt = torch_dtypes()
+        self.in_dtypes = [dt[t.dtype] for t in self.spec.inputs]
+        self.out_dtypes = [dt[t.dtype] for t in self.spec.outputs]
+        self.pad_values = [t.pad_value for t in self.spec.inputs]
+        self.work_index = next(
+            (i for i, t in enumerate(self.spec.outputs) if t.name == self.spec.work_output), None
+        )
+        self._on_cuda = self.device.type == "cuda"
+
+    # ------------------------------------------------------------------ one batch
+    def run(self, members: Sequence[Sequence[np.ndarray]]):
+        """Runs one batch. `members[j][i]` is member j's input i (spec order), a numpy array
+        at the request's own shape. Returns (outputs, work): one C-contiguous CPU numpy
+        array per output with the batch as dim 0, and per-member work or None."""
+        b = len(members)
+        if b == 0:
+            raise BatchError("empty batch")
+        if b > self.spec.max_batch_size:
+            raise BatchError(f"batch of {b} exceeds max_batch_size {self.spec.max_batch_size}")
+        with self.torch.inference_mode():
+            outputs = self._forward(members)
+        return self._extract(outputs, b)
+
+    def _to_tensor(self, arr: np.ndarray, i: int):
+        t = self.torch.from_numpy(arr)
+        if self.spec.inputs[i].dtype == "bfloat16":  # stored as uint16 bits
+            t = t.view(self.torch.bfloat16)
+        return t
+
+    def _gather(self, views: list[np.ndarray], i: int) -> np.ndarray:
+        """One input's batch as one array: a view for b == 1, one copy otherwise."""
+        if len(views) == 1:
+            return views[0][None]
+        shape0 = views[0].shape
+        if all(v.shape == shape0 for v in views):
+            return np.stack(views)
+        target = tuple(max(v.shape[d] for v in views) for d in range(len(shape0)))
+        out = np.full((len(views), *target), self.pad_values[i], dtype=views[0].dtype)
+        for j, v in enumerate(views):
+            out[(j, *(slice(0, s) for s in v.shape))] = v
+        return out
+
+    def _forward(self, members):
+        tensors = []
+        for i in range(len(self.spec.inputs)):
+            t = self._to_tensor(self._gather([m[i] for m in members], i), i)
+            if self._on_cuda:
+                t = t.to(self.device, non_blocking=True)
+            tensors.append(t)
+        return self.module(*tensors)
+
+    def _extract(self, result, b: int):
+        torch = self.torch
+        spec = self.spec
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        elif isinstance(result, dict):
+            try:
+                result = tuple(result[t.name] for t in spec.outputs)
+            except KeyError as exc:
+                raise BatchError(f"model {spec.name!r} returned no output {exc}") from None
+        if not isinstance(result, (tuple, list)) or len(result) != len(spec.outputs):
+            n = len(result) if isinstance(result, (tuple, list)) else type(result).__name__
+            raise BatchError(f"model {spec.name!r} returned {n} outputs; its spec declares "
+                             f"{len(spec.outputs)}")  # fmt: skip
+        arrays = []
+        for o, t, dtype in zip(result, spec.outputs, self.out_dtypes, strict=True):
+            if not isinstance(o, torch.Tensor) or o.dim() == 0 or o.shape[0] < b:
+                got = tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__
+                raise BatchError(f"model {spec.name!r} output {t.name!r}: expected {b} rows "
+                                 f"(one per request), got {got}")  # fmt: skip
+            if o.shape[0] != b:  # padded up to a batch bucket
+                o = o[:b]
+            row = tuple(o.shape[1:])
+            if row != t.shape and (len(row) != len(t.shape) or any(
+                want not in (-1, got) for want, got in zip(t.shape, row, strict=True)
+            )):  # fmt: skip
+                raise BatchError(f"model {spec.name!r} output {t.name!r} has shape {list(row)} "
+                                 f"per request; its spec says {list(t.shape)}")  # fmt: skip
+            if o.dtype != dtype:
+                o = o.to(dtype)
+            if self._on_cuda:
+                o = o.cpu()
+            if not o.is_contiguous():
+                o = o.contiguous()
+            arrays.append(o.view(torch.int16).numpy() if dtype == torch.bfloat16 else o.numpy())
+        work = None
+        if self.work_index is not None:
+            work = arrays[self.work_index].reshape(b).tolist()
+        return arrays, work
+
+    # ------------------------------------------------------------------ warm-up
+    def timed(self, members) -> float:
+        start = time.perf_counter()
+        self.run(members)
+        if self._on_cuda:
+            self.torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+    def profile(self, examples: list[dict]) -> ModelProfile:
+        """Warms the model up and measures its solo times, c(b), and work fit."""
+        spec = self.spec
+        reqs = [[ex[t.name] for t in spec.inputs] for ex in examples]
+        for b in (1, spec.max_batch_size, 1):  # lazy init, allocator growth
+            self.run([reqs[0]] * b)
+        solo, work = [], []
+        for r in reqs:
+            solo.append(statistics.median(self.timed([r]) for _ in range(PROFILE_REPS)))
+            if self.work_index is not None:
+                work.append(self.run([r])[1][0])
+        order = sorted(range(len(reqs)), key=lambda j: solo[j])
+        picks = {order[len(order) // 2], order[(3 * len(order)) // 4], order[-1]}
+        buckets = spec.batch_buckets
+        ratios = {b: [] for b in buckets}
+        for j in sorted(picks)[:PROFILE_INFLATION_EXAMPLES]:
+            t1 = statistics.median(self.timed([reqs[j]]) for _ in range(PROFILE_REPS))
+            for b in buckets:
+                tb = t1 if b == 1 else statistics.median(
+                    self.timed([reqs[j]] * b) for _ in range(PROFILE_REPS)
+                )
+                ratios[b].append(tb / t1)
+        at = {b: max(1.0, statistics.fmean(r)) for b, r in ratios.items()}
+        inflation = interpolate_inflation(at, spec.max_batch_size)
+        fit = fit_work(work, solo) if work else None
+        return ModelProfile(solo, inflation, fit)
+
+
+def interpolate_inflation(at: dict[int, float], max_batch: int) -> list[float]:
+    """c(1..max_batch) from measured buckets: linear in between, c(1) = 1, never
+    decreasing (a larger batch never runs faster than a smaller one's members alone)."""
+    points = sorted(at.items())
+    if points[0][0] != 1:
+        points.insert(0, (1, 1.0))
+    table = []
+    k = 0
+    for b in range(1, max_batch + 1):
+        while k + 1 < len(points) - 1 and points[k + 1][0] < b:
+            k += 1
+        (b0, c0), (b1, c1) = points[k], points[min(k + 1, len(points) - 1)]
+        c = c0 if b1 == b0 else c0 + (c1 - c0) * (b - b0) / (b1 - b0)
+        table.append(c)
+    table[0] = 1.0
+    for i in range(1, len(table)):
+        table[i] = max(table[i], table[i - 1], 1.0)
+    return table
+
+
+def fit_work(work: Sequence[int], solo: Sequence[float]) -> list[float] | None:
+    """Least squares solo ~ a + k * work, with a, k >= 0; None if work never varies."""
+    n = len(work)
+    if n < 2 or len(set(work)) < 2:
+        return None
+    mw = sum(work) / n
+    ms = sum(solo) / n
+    sww = sum((w - mw) ** 2 for w in work)
+    k = sum((w - mw) * (s - ms) for w, s in zip(work, solo, strict=True)) / sww
+    k = max(k, 0.0)
+    a = max(ms - k * mw, 0.0)
+    if a == 0.0 and k == 0.0:
+        return None
+    return [a, k]
+
+
+class CudaGraphRunner(BatchRunner):
+    """CUDA execution through captured graphs, one per (batch bucket, shape bucket).
+
+    Untested: written without a GPU at hand (see docs/runtime.md). Falls back to eager for
+    models with `cuda_graphs = False`, which `make_runner` never hands here.
+    """
+
+    def __init__(self, entry: ModelEntry, module, device: str):
+        super().__init__(entry, module, device)
+        torch = self.torch
+        spec = self.spec
+        per_input = []
+        for t in spec.inputs:
+            combos = list(itertools.product(*t.buckets)) if t.buckets else [()]
+            per_input.append(combos)
+        self.shape_combos = list(itertools.product(*per_input))
+        n_graphs = len(self.shape_combos) * len(spec.batch_buckets)
+        if n_graphs > MAX_CUDA_GRAPHS:
+            raise ValueError(
+                f"model {spec.name!r} would need {n_graphs} CUDA graphs (batch buckets x shape "
+                f"buckets); the limit is {MAX_CUDA_GRAPHS}: use fewer buckets, or set "
+                "cuda_graphs = false"
+            )
+        self.graphs: dict = {}
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def _bucket_shape(self, i: int, combo: tuple) -> tuple[int, ...]:
+        t = self.spec.inputs[i]
+        shape = list(t.max_shape)
+        for d, size in zip(t.variable_dims, combo, strict=True):
+            shape[d] = size
+        return tuple(shape)
+
+    def capture(self) -> None:
+        """Captures every graph, largest batch first, into one shared memory pool."""
+        torch = self.torch
+        for bb in sorted(self.spec.batch_buckets, reverse=True):
+            for combo in self.shape_combos:
+                shapes = [self._bucket_shape(i, c) for i, c in enumerate(combo)]
+                static_in = [
+                    torch.full((bb, *s), self.pad_values[i], dtype=self.in_dtypes[i],
+                               device=self.device)  # fmt: skip
+                    for i, s in enumerate(shapes)
+                ]
+                staging = [
+                    torch.empty((bb, *s), dtype=self.in_dtypes[i], pin_memory=True)
+                    for i, s in enumerate(shapes)
+                ]
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side), torch.inference_mode():
+                    for _ in range(3):  # warm-up on a side stream, as capture requires
+                        self.module(*static_in)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.inference_mode(), torch.cuda.graph(graph, pool=self.pool):
+                    static_out = self.module(*static_in)
+                self.graphs[(bb, tuple(combo))] = (graph, static_in, staging, static_out)
+        torch.cuda.synchronize(self.device)
+        log.info("model %s: captured %d CUDA graphs", self.spec.name, len(self.graphs))
+
+    def _forward(self, members):
+        torch = self.torch
+        spec = self.spec
+        b = len(members)
+        bb = spec.bucket_batch(b)
+        combo = []
+        for i, t in enumerate(spec.inputs):
+            if not t.variable_dims:
+                combo.append(())
+                continue
+            longest = [max(m[i].shape[d] for m in members) for d in range(len(t.shape))]
+            combo.append(tuple(t.bucket_shape(longest)[d] for d in t.variable_dims))
+        graph, static_in, staging, static_out = self.graphs[(bb, tuple(combo))]
+        for i, t in enumerate(spec.inputs):
+            host = staging[i]
+            if t.dtype == "bfloat16":  # numpy has no bfloat16: write its bits as uint16
+                host_np = host.view(torch.int16).numpy().view(np.uint16)
+            else:
+                host_np = host.numpy()
+            if t.variable_dims:
+                host_np.fill(self.pad_values[i])
+            for j in range(bb):
+                v = members[j if j < b else 0][i]  # padding rows repeat member 0
+                host_np[(j, *(slice(0, s) for s in v.shape))] = v
+            static_in[i].copy_(host, non_blocking=True)
+        graph.replay()
+        # NOTE: the staging buffers are reused by the next batch; the .cpu() copies in
+        # _extract synchronise the stream, so the next batch cannot overwrite them early
+        return static_out
+
+
+def make_runner(entry: ModelEntry, module, device: str) -> BatchRunner:
+    """Eager on CPU and for uncapturable models; CUDA graphs otherwise."""
+    if device.startswith("cuda") and entry.spec.cuda_graphs:
+        runner = CudaGraphRunner(entry, module, device)
+        runner.capture()
+        return runner
+    return BatchRunner(entry, module, device)
+
+
+def examples_for(entry: ModelEntry, n: int, seed: int = 0) -> list[dict]:
+    from orloj_rt.models.loading import resolve
+
+    rng = np.random.default_rng(seed)
+    if entry.examples:
+        ex = list(resolve(entry.examples)(rng, n))
+    else:
+        ex = default_examples(entry.spec, rng, n)
+    if not ex:
+        raise ValueError(f"model {entry.spec.name!r}: its examples function returned none")
+    for req in ex:
+        for t in entry.spec.inputs:
+            if t.name not in req:
+                raise ValueError(f"model {entry.spec.name!r}: an example lacks input {t.name!r}")
+            if math.prod(np.shape(req[t.name])) == 0 and t.variable_dims:
+                raise ValueError(f"model {entry.spec.name!r}: an example input is empty")
+    return ex

@@ -1,0 +1,514 @@
+"""The frontend process: the client socket, request validation, the rings' allocator.
+
+    clients --ZeroMQ ROUTER--> frontend --Submit--> scheduler
+                                  |  ^  writes inputs into ring slots
+                                  |  +-- Discard / SchedulerStats (scheduler channel)
+                                  +----- Results + data frames (one channel per worker)
+
+It answers every request exactly once: `error` at once for a bad request, `rejected` at
+once when the model's ring is full (it never waits for a slot), and later `ok` (results
+from a worker) or `dropped` / `rejected` (from the scheduler). Each admitted request is in
+`_pending` until its answer goes out; every path that answers first removes it from
+`_pending`, which is what makes the answer unique. `health`, `models` and `stats` are
+answered here, from local state, so they answer even when the backend is saturated.
+
+The loop never blocks on anything but the poll: client messages are drained in bursts
+and their descriptors sent to the scheduler as one `Submit` per burst; replies go out on
+a ROUTER, which never blocks; the channels to the other processes never block either
+(what the kernel does not take waits in the channel's outbox, flushed on POLLOUT).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from orloj_rt.runtime import messages as msgs
+from orloj_rt.runtime import wire
+from orloj_rt.runtime.channel import Channel, ChannelClosed
+from orloj_rt.runtime.proc import (
+    InstanceConfig,
+    attach_rings,
+    child_main,
+    send_to_parent,
+    settle_memory,
+)
+from orloj_rt.runtime.shm_ring import ShmRing
+from orloj_rt.runtime.wire import (
+    STATUS_DROPPED,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_REJECTED,
+    RequestValidator,
+    WireError,
+)
+
+log = logging.getLogger("orloj_rt.frontend")
+
+CLIENT_BURST = 256  # client messages handled per poll wake-up before looking at results
+ROUTER_SNDHWM = 100_000  # queued replies per client before ZeroMQ drops (never blocks)
+CLOSE_LINGER_MS = 2000  # how long final replies may take to flush at shutdown
+MAINTENANCE_S = 0.5
+
+
+class _ModelState:
+    """One served model as the frontend sees it: validator, ring, free slots, counters."""
+
+    __slots__ = (
+        "index", "spec", "name", "validator", "ring", "free", "next_generation", "outputs",
+        "received", "ok", "met_slo", "dropped", "rejected", "error", "scheduler",
+    )  # fmt: skip
+
+    def __init__(self, index: int, spec, ring: ShmRing):
+        self.index = index
+        self.spec = spec
+        self.name = spec.name
+        self.validator = RequestValidator(spec)
+        self.ring = ring
+        self.free = list(range(ring.layout.n_slots - 1, -1, -1))  # pop() hands out slot 0 first
+        self.next_generation = 1
+        self.outputs = [(t.name, t.dtype) for t in spec.outputs]
+        self.received = self.ok = self.met_slo = 0
+        self.dropped = self.rejected = self.error = 0
+        self.scheduler: dict = {}
+
+    def counters(self) -> dict[str, Any]:
+        answered = self.ok + self.dropped + self.rejected + self.error
+        return {
+            "received": self.received,
+            "ok": self.ok,
+            "met_slo": self.met_slo,
+            "dropped": self.dropped,
+            "rejected": self.rejected,
+            "error": self.error,
+            "finish_rate": self.met_slo / answered if answered else 0.0,
+            "in_flight": self.ring.layout.n_slots - len(self.free),
+            "ring_slots": self.ring.layout.n_slots,
+            "scheduler": self.scheduler,
+        }
+
+
+class _Pending:
+    """An admitted request waiting for its answer."""
+
+    __slots__ = ("envelope", "req_id", "model", "slot", "arrival", "slo_s")
+
+    def __init__(self, envelope, req_id, model: _ModelState, slot: int, arrival, slo_s):
+        self.envelope = envelope
+        self.req_id = req_id
+        self.model = model
+        self.slot = slot
+        self.arrival = arrival
+        self.slo_s = slo_s
+
+
+class Frontend:
+    def __init__(self, config: InstanceConfig, conn: Connection, scheduler_sock, worker_socks):
+        import zmq
+
+        self._zmq = zmq
+        self.config = config
+        self.conn = conn
+        self.started_at = time.monotonic()
+        self.rings = attach_rings(config)
+        self.models = [
+            _ModelState(i, e.spec, r)
+            for i, (e, r) in enumerate(zip(config.models, self.rings, strict=True))
+        ]
+        self.by_name = {m.name: m for m in self.models}
+        self._model_list = [e.spec.to_dict() for e in config.models]
+        self._pending: dict[int, _Pending] = {}
+        self._next_token = 1
+        self._submit: list = []
+        self.received = self.ok = self.met_slo = self.dropped = self.rejected = self.error = 0
+        self.accepting = True
+        self.shutdown_reason = ""
+        self.drain_deadline: float | None = None
+        self.cluster = msgs.ClusterState("degraded", len(config.devices), 0,
+                                         {"supervisor": config.supervisor_pid,
+                                          "frontend": os.getpid(), "scheduler": 0,
+                                          "workers": []})  # fmt: skip
+
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.SNDHWM, ROUTER_SNDHWM)
+        self.router.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        self.router.bind(config.client_endpoint)
+        self.endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.scheduler = Channel(scheduler_sock, "frontend<->scheduler")
+        self.workers = [Channel(s, f"worker {i}->frontend") for i, s in enumerate(worker_socks)]
+        self.channels = {ch.fileno(): ch for ch in [self.scheduler, *self.workers]}
+
+        # type -> handler tables; an unknown type has its own explicit branch
+        self._op_handlers = {
+            "infer": self._on_infer,
+            "health": self._on_health,
+            "models": self._on_models,
+            "stats": self._on_stats,
+        }
+        self._backend_handlers = {
+            msgs.Results: self._on_results,
+            msgs.Discard: self._on_discard,
+            msgs.SchedulerStats: self._on_scheduler_stats,
+        }
+        self._parent_handlers = {
+            msgs.Shutdown: self._on_shutdown,
+            msgs.ClusterState: self._on_cluster_state,
+        }
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        zmq = self._zmq
+        send_to_parent(self.conn, msgs.ChildReady("frontend", 0, os.getpid(),
+                                                  {"endpoint": self.endpoint}))  # fmt: skip
+        log.info("listening on %s", self.endpoint)
+        settle_memory()
+        self.poller = poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        for fd in self.channels:
+            poller.register(fd, zmq.POLLIN)
+        parent_fd = self.conn.fileno()
+        poller.register(parent_fd, zmq.POLLIN)
+        router, channels = self.router, self.channels
+        while True:
+            timeout_ms = MAINTENANCE_S * 1000
+            if self.drain_deadline is not None:
+                if not self._pending or time.monotonic() >= self.drain_deadline:
+                    break
+                timeout_ms = min(timeout_ms, 50)
+            events = poller.poll(timeout_ms)
+            client_ready = False
+            for sock, ev in events:
+                if sock is router:
+                    client_ready = True
+                elif sock == parent_fd:
+                    # the supervisor first: a ClusterState saying workers are ready must
+                    # be seen before the requests of clients that waited for the ready line
+                    self._drain_parent()
+                else:
+                    ch = channels.get(sock)
+                    if ch is not None:
+                        self._service_channel(ch, ev)
+            if client_ready:
+                self._drain_clients()
+        self._close()
+
+    def _service_channel(self, ch: Channel, ev: int) -> None:
+        zmq = self._zmq
+        try:
+            if ev & zmq.POLLOUT and ch.flush():
+                self.poller.register(ch.fileno(), zmq.POLLIN)
+            if ev & zmq.POLLIN:
+                for parts in ch.recv():
+                    self._dispatch_backend(parts)
+        except ChannelClosed:
+            # its process exited; the supervisor sees that too and decides what follows
+            log.warning("%s closed by its peer", ch.name)
+            self.poller.unregister(ch.fileno())
+            del self.channels[ch.fileno()]
+
+    def _send(self, ch: Channel, parts: list) -> None:
+        try:
+            ch.send(parts)
+        except ChannelClosed:
+            return
+        if ch.wants_write:
+            self.poller.register(ch.fileno(), self._zmq.POLLIN | self._zmq.POLLOUT)
+
+    def _drain_clients(self) -> None:
+        zmq = self._zmq
+        recv = self.router.recv_multipart
+        events = self.router.get
+        for _ in range(CLIENT_BURST):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._on_client_message(frames)
+            # asking is cheaper than the exception a recv on an empty socket raises
+            if not events(zmq.EVENTS) & zmq.POLLIN:
+                break
+        if self._submit:
+            self._flush_submit()
+
+    def _dispatch_backend(self, parts: list) -> None:
+        try:
+            msg = msgs.decode(parts[0])
+        except (msgs.UnknownMessage, ValueError, TypeError) as exc:
+            log.error("backend: %s; message ignored", exc)
+            return
+        handler = self._backend_handlers.get(type(msg))
+        if handler is None:
+            log.error("backend: no handler for %s; message ignored", type(msg).__name__)
+            return
+        try:
+            handler(msg, parts)
+        except Exception:  # noqa: BLE001 - a bad internal message must not stop the serving
+            log.exception("backend: %s could not be handled", type(msg).__name__)
+
+    def _drain_parent(self) -> None:
+        try:
+            while self.conn.poll():
+                msg = msgs.decode(self.conn.recv_bytes())
+                handler = self._parent_handlers.get(type(msg))
+                if handler is None:
+                    log.error("supervisor sent unexpected %s; ignored", type(msg).__name__)
+                    continue
+                handler(msg)
+        except (EOFError, OSError):
+            # the supervisor is gone: shutting down is the only safe thing left
+            self._on_shutdown(msgs.Shutdown(0.0, "the server's supervisor exited"))
+
+    # ------------------------------------------------------------------ client requests
+    def _on_client_message(self, frames: list) -> None:
+        start, problem = wire.split_envelope(frames)
+        envelope = frames[:start] if problem is None else [frames[0], b""]
+        if problem is not None:
+            self._count_bad_request()
+            self._reply(envelope, wire.encode_reply(None, STATUS_ERROR, problem))
+            return
+        try:
+            header = wire.parse_header(frames[start])
+        except WireError as exc:
+            self._count_bad_request()
+            self._reply(envelope, wire.encode_reply(exc.req_id, STATUS_ERROR, exc.text))
+            return
+        handler = self._op_handlers.get(header.op)
+        try:
+            if handler is None:  # parse_header admits only known ops; kept explicit
+                raise WireError(f"unknown op {header.op!r}", header.req_id)
+            handler(envelope, header, frames[start + 1 :])
+        except WireError as exc:
+            if header.op == "infer":
+                self.error += 1  # `received` was counted by _on_infer
+            self._reply(envelope, wire.encode_reply(exc.req_id, STATUS_ERROR, exc.text))
+
+    def _on_infer(self, envelope: list, header: wire.Header, data: list) -> None:
+        arrival = time.monotonic()
+        self.received += 1
+        name = header.raw.get("model")
+        m = self.by_name.get(name) if isinstance(name, str) else None
+        if m is None:
+            if name is None:
+                raise WireError("an infer request needs \"model\": the model's name "
+                                f"(served: {', '.join(self.by_name)})", header.req_id)
+            raise WireError(f"unknown model {name!r:.80}; this server serves: "
+                            f"{', '.join(self.by_name)}", header.req_id)  # fmt: skip
+        m.received += 1
+        try:
+            req = m.validator.check(header.raw, header.req_id, data)
+        except WireError:
+            m.error += 1
+            raise
+        if not self.accepting or not m.free or self.cluster.workers_ready == 0:
+            if not self.accepting:
+                text = f"{self.shutdown_reason}: not accepting new requests"
+            elif not m.free:
+                text = (f"overloaded: model {m.name!r}'s input ring is full "
+                        f"({m.ring.layout.n_slots} requests in flight); retry later, or raise "
+                        "the model's ring_slots")  # fmt: skip
+            else:
+                text = "no worker is ready yet (the server is starting up); retry shortly"
+            m.rejected += 1
+            self.rejected += 1
+            self._reply(envelope, wire.encode_reply(header.req_id, STATUS_REJECTED, text))
+            return
+        slot = m.free.pop()
+        generation = m.next_generation
+        m.next_generation = generation + 1
+        m.ring.write(slot, generation, req.frames, req.shapes)
+        token = self._next_token
+        self._next_token = token + 1
+        self._pending[token] = _Pending(envelope, header.req_id, m, slot, arrival, req.slo_s)
+        self._submit.append(
+            (token, m.index, req.app, arrival, arrival + req.slo_s, req.hint, slot, generation)
+        )
+
+    def _flush_submit(self) -> None:
+        batch, self._submit = self._submit, []
+        self._send(self.scheduler, [msgs.encode(msgs.Submit(batch))])
+
+    def _on_health(self, envelope: list, header: wire.Header, data: list) -> None:
+        self._no_data(header, data)
+        c = self.cluster
+        status = "shutting_down" if not self.accepting else c.status
+        result = {"status": status, "workers": c.workers, "workers_ready": c.workers_ready,
+                  "pids": c.pids}  # fmt: skip
+        self._reply(envelope, wire.encode_reply(header.req_id, STATUS_OK, result=result))
+
+    def _on_models(self, envelope: list, header: wire.Header, data: list) -> None:
+        self._no_data(header, data)
+        self._reply(envelope, wire.encode_reply(header.req_id, STATUS_OK,
+                                                result=self._model_list))  # fmt: skip
+
+    def _on_stats(self, envelope: list, header: wire.Header, data: list) -> None:
+        self._no_data(header, data)
+        answered = self.ok + self.dropped + self.rejected + self.error
+        result = {
+            "received": self.received,
+            "ok": self.ok,
+            "met_slo": self.met_slo,
+            "dropped": self.dropped,
+            "rejected": self.rejected,
+            "error": self.error,
+            "finish_rate": self.met_slo / answered if answered else 0.0,
+            "in_flight": len(self._pending),
+            "uptime_s": time.monotonic() - self.started_at,
+            "policy": self.config.policy,
+            "models": {m.name: m.counters() for m in self.models},
+        }
+        self._reply(envelope, wire.encode_reply(header.req_id, STATUS_OK, result=result))
+
+    @staticmethod
+    def _no_data(header: wire.Header, data: list) -> None:
+        if data:
+            raise WireError(f"op {header.op!r} takes no data frames, got {len(data)}",
+                            header.req_id)  # fmt: skip
+
+    # ------------------------------------------------------------------ backend messages
+    def _on_results(self, msg: msgs.Results, frames: list) -> None:
+        m = self.models[msg.model]
+        nout = len(m.outputs)
+        errors = msg.errors
+        n_ok = len(msg.tokens) if errors is None else sum(e is None for e in errors)
+        data = frames[1:]
+        if len(data) != n_ok * nout or len(msg.shapes) != len(msg.tokens):
+            # a broken batch invariant fails every member, with an answer each
+            text = (f"internal error: worker returned {len(data)} data frames for {n_ok} "
+                    f"members x {nout} outputs of model {m.name!r}")  # fmt: skip
+            log.error(text)
+            for token in msg.tokens:
+                self._answer_token(token, STATUS_ERROR, text)
+            return
+        now = time.monotonic()
+        exec_us = msg.exec_us
+        batch_size = len(msg.tokens)
+        pending = self._pending
+        k = 0
+        for i, token in enumerate(msg.tokens):
+            err = errors[i] if errors is not None else None
+            if err is not None:
+                self._answer_token(token, STATUS_ERROR, err)
+                continue
+            member = data[k : k + nout]
+            k += nout
+            p = pending.pop(token, None)
+            if p is None:  # answered already (e.g. at shutdown): nothing to send
+                continue
+            total = now - p.arrival
+            met = total <= p.slo_s
+            timing = {
+                "queue_us": max(0, int((msg.started - p.arrival) * 1e6)),
+                "exec_us": exec_us,
+                "total_us": int(total * 1e6),
+                "batch_size": batch_size,
+            }
+            outputs = [
+                {"name": name, "dtype": dtype, "shape": shape}
+                for (name, dtype), shape in zip(m.outputs, msg.shapes[i], strict=True)
+            ]
+            header = wire.encode_reply(p.req_id, STATUS_OK, outputs=outputs, met_slo=met,
+                                       timing=timing)  # fmt: skip
+            self._release(p)
+            m.ok += 1
+            self.ok += 1
+            if met:
+                m.met_slo += 1
+                self.met_slo += 1
+            self._reply(p.envelope, header, member)
+
+    def _on_discard(self, msg: msgs.Discard, frames: list) -> None:
+        for token in msg.dropped:
+            p = self._pending.get(token)
+            slo = f"{p.slo_s * 1000:g} ms" if p is not None else "its SLO"
+            text = (f"dropped: the scheduler ({self.config.policy}) judged that the request "
+                    f"could no longer finish within slo_ms={slo}")  # fmt: skip
+            self._answer_token(token, STATUS_DROPPED, text)
+        for token in msg.rejected:
+            self._answer_token(token, STATUS_REJECTED, msg.reason or "rejected by the scheduler")
+        for token, text in msg.errors:
+            self._answer_token(token, STATUS_ERROR, text)
+
+    def _on_scheduler_stats(self, msg: msgs.SchedulerStats, frames: list) -> None:
+        for name, info in msg.models.items():
+            m = self.by_name.get(name)
+            if m is not None:
+                m.scheduler = info
+
+    # ------------------------------------------------------------------ supervisor messages
+    def _on_shutdown(self, msg: msgs.Shutdown) -> None:
+        if not self.accepting:
+            return
+        self.accepting = False
+        self.shutdown_reason = msg.reason
+        self.drain_deadline = time.monotonic() + max(0.0, msg.drain_s)
+        log.info("shutting down (%s); %d request(s) in flight, draining for up to %.1f s",
+                 msg.reason, len(self._pending), msg.drain_s)  # fmt: skip
+
+    def _on_cluster_state(self, msg: msgs.ClusterState) -> None:
+        pids = dict(msg.pids)
+        pids["frontend"] = os.getpid()
+        self.cluster = msg._replace(pids=pids)
+
+    # ------------------------------------------------------------------ answering
+    def _reply(self, envelope: list, header: bytes, data: list | None = None) -> None:
+        frames = [*envelope, header]
+        if data:
+            frames.extend(data)
+        # ROUTER never blocks: an unroutable reply (the client left) is dropped by ZeroMQ
+        self.router.send_multipart(frames, copy=False)
+
+    def _answer_token(self, token: int, status: str, text: str) -> None:
+        p = self._pending.pop(token, None)
+        if p is None:
+            return
+        self._release(p)
+        m = p.model
+        if status == STATUS_DROPPED:
+            m.dropped += 1
+            self.dropped += 1
+        elif status == STATUS_REJECTED:
+            m.rejected += 1
+            self.rejected += 1
+        else:
+            m.error += 1
+            self.error += 1
+        self._reply(p.envelope, wire.encode_reply(p.req_id, status, text))
+
+    def _release(self, p: _Pending) -> None:
+        p.model.free.append(p.slot)
+
+    def _count_bad_request(self) -> None:
+        """A request unreadable enough that its op is unknown counts as a failed infer."""
+        self.received += 1
+        self.error += 1
+
+    def _close(self) -> None:
+        # whatever is still in flight gets its one answer before the socket closes
+        reason = self.shutdown_reason or "the server is shutting down"
+        for token in list(self._pending):
+            self._answer_token(token, STATUS_REJECTED, f"{reason}: the request did not run")
+        for ch in [self.scheduler, *self.workers]:
+            ch.close()
+        self.router.close()  # lingers up to CLOSE_LINGER_MS so the last replies go out
+        self.ctx.term()
+        for r in self.rings:
+            r.close()
+        log.info("stopped")
+
+
+def run_frontend_process(
+    config: InstanceConfig, conn: Connection, scheduler_sock, worker_socks: list
+) -> None:
+    """Entry point of the frontend process (spawned by the supervisor).
+
+    `scheduler_sock` and `worker_socks` are this process's ends of the socket pairs to
+    the scheduler and to each worker."""
+
+    def body() -> None:
+        Frontend(config, conn, scheduler_sock, worker_socks).run()
+
+    child_main("frontend", 0, config, conn, body)

@@ -1,0 +1,191 @@
+"""Every message that crosses a process boundary inside one orloj-rt instance.
+
+Only IPC structs belong here: one small typed struct per message, each with a single-byte
+type tag, so that the whole conversation between the processes reads in one place. The
+client wire protocol (PROTOCOL.md) is not here: it lives in `wire.py`.
+
+    who -> whom                  tag  message        carries
+    ---------------------------  ---  -------------  -----------------------------------------
+    frontend   -> scheduler      S    Submit         request descriptors (slot, deadline, ...)
+    scheduler  -> frontend       D    Discard        requests answered without running
+    scheduler  -> frontend       T    SchedulerStats learned distributions, queues (for `stats`)
+    scheduler  -> worker         B    RunBatch       one batch: request tokens and ring slots
+    worker     -> scheduler      R    WorkerReady    warm-up profile: solo times, c(b), work fit
+    worker     -> scheduler      F    BatchDone      measured batch time, per-request work
+    worker     -> frontend       O    Results        + one data frame per output per member
+    supervisor -> any child      X    Shutdown       stop (after draining for drain_s)
+    supervisor -> frontend       C    ClusterState   pids and readiness, for `health`
+    any child  -> supervisor     Y    ChildReady     the child serves (frontend: its endpoint)
+    any child  -> supervisor     Z    ChildFailed    a fatal error, as text, before exiting
+
+Transport: a `channel.Channel` (a Unix socket pair) between each pair of processes that
+talk: frontend <-> scheduler, scheduler <-> each worker, each worker -> frontend; and a
+multiprocessing Pipe between the supervisor and each child. Encoding: a message's first
+part is the tag byte followed by the struct's fields as one msgpack array, in declaration
+order; `Results` has one more part per data frame. Messages only grow by appending
+fields with defaults, so that a newer field never breaks an older reader.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgpack
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def _unpackb(buf):
+    return msgpack.unpackb(buf, raw=False, use_list=True, strict_map_key=False)
+
+
+class UnknownMessage(ValueError):
+    """A frame whose tag byte no struct here owns."""
+
+
+# ------------------------------------------------------------------ frontend -> scheduler
+class RequestDescriptor(NamedTuple):
+    """One admitted request, as the scheduler sees it (its inputs stay in the ring)."""
+
+    token: int  # the frontend's unique id for the request; the policy's req_id
+    model: int  # index into the instance's model list
+    app: str
+    arrival: float  # time.monotonic() seconds when the frontend received it
+    deadline: float  # arrival + slo
+    hint: float | None
+    slot: int
+    generation: int
+
+
+class Submit(NamedTuple):
+    TAG = b"S"
+    requests: list  # of RequestDescriptor field tuples
+
+
+# ------------------------------------------------------------------ scheduler -> frontend
+class Discard(NamedTuple):
+    """Requests the scheduler answers without running them."""
+
+    TAG = b"D"
+    dropped: list  # tokens that can no longer meet their SLO
+    rejected: list  # tokens refused by an admission rule (e.g. a queue timeout)
+    errors: list  # [token, text] pairs: the scheduler could not queue them
+    reason: str = ""  # why, for the rejected ones
+
+
+class SchedulerStats(NamedTuple):
+    """Sent every second or so; the frontend adds it to `stats` answers."""
+
+    TAG = b"T"
+    models: dict  # model name -> {"queued", "batches", "mean_batch", "apps": {app: {...}}}
+
+
+# ------------------------------------------------------------------ scheduler <-> worker
+class RunBatch(NamedTuple):
+    TAG = b"B"
+    batch_id: int
+    model: int
+    tokens: list
+    slots: list
+    generations: list
+
+
+class ModelProfile(NamedTuple):
+    """What a worker measured while warming one model up (times in seconds)."""
+
+    solo_times: list  # batches of one over the model's example requests
+    inflation: list  # c(b) for b = 1..max_batch_size, c(1) = 1
+    work_fit: list | None  # [a, k]: solo time ~ a + k * work, where the model reports work
+
+
+class WorkerReady(NamedTuple):
+    TAG = b"R"
+    worker: int
+    pid: int
+    device: str
+    profiles: list  # one ModelProfile field tuple per model, in model order
+
+
+class BatchDone(NamedTuple):
+    TAG = b"F"
+    worker: int
+    batch_id: int
+    model: int
+    ok: bool
+    exec_s: float  # the worker's wall time for the batch: gather, run, extract outputs
+    work: list | None  # per member, where the model reports work
+
+
+# ------------------------------------------------------------------ worker -> frontend
+class Results(NamedTuple):
+    """A batch's answers; data frames follow, member by member, output by output.
+
+    `errors` is None when every member succeeded; otherwise one entry per member: None,
+    or the error text of a member that failed (a failed member has no data frames).
+    """
+
+    TAG = b"O"
+    model: int
+    tokens: list
+    started: float  # time.monotonic() when the worker began the batch
+    exec_us: int
+    shapes: list  # per member: one shape per output (None for a failed member)
+    errors: list | None = None
+
+
+# ------------------------------------------------------------------ supervisor <-> children
+class Shutdown(NamedTuple):
+    TAG = b"X"
+    drain_s: float = 0.0  # the frontend finishes in-flight work for up to this long
+    reason: str = "the server is shutting down"
+
+
+class ClusterState(NamedTuple):
+    TAG = b"C"
+    status: str  # "ok" | "degraded" | "shutting_down"
+    workers: int
+    workers_ready: int
+    pids: dict  # {"supervisor", "frontend", "scheduler", "workers": [...]}
+
+
+class ChildReady(NamedTuple):
+    TAG = b"Y"
+    role: str  # "frontend" | "scheduler" | "worker"
+    index: int  # the worker's index (0 for the others)
+    pid: int
+    info: dict  # frontend: {"endpoint": the bound endpoint}
+
+
+class ChildFailed(NamedTuple):
+    TAG = b"Z"
+    role: str
+    index: int
+    pid: int
+    error: str
+
+
+_BY_TAG: dict[int, Any] = {
+    cls.TAG[0]: cls
+    for cls in (
+        Submit, Discard, SchedulerStats, RunBatch, WorkerReady, BatchDone, Results,
+        Shutdown, ClusterState, ChildReady, ChildFailed,
+    )
+}  # fmt: skip
+assert len(_BY_TAG) == 11, "two messages share a tag"
+
+
+def encode(msg) -> bytes:
+    """The tag byte followed by the fields as one msgpack array."""
+    return msg.TAG + _packb(tuple(msg))
+
+
+def decode(buf):
+    """The struct that `buf` (bytes or a buffer) encodes; UnknownMessage for a bad tag."""
+    if not len(buf):
+        raise UnknownMessage("empty message")
+    cls = _BY_TAG.get(buf[0])
+    if cls is None:
+        raise UnknownMessage(f"unknown message tag {bytes(buf[:1])!r}")
+    fields = _unpackb(memoryview(buf)[1:])
+    # a newer sender may have appended fields: an older reader keeps the ones it knows
+    return cls(*fields[: len(cls._fields)])

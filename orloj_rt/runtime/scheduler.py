@@ -1,0 +1,438 @@
+"""The scheduler process: one policy per model, the workers' dispatcher, online learning.
+
+    frontend --Submit--> scheduler --RunBatch--> worker i      (one channel each)
+             <--Discard / SchedulerStats--   <--WorkerReady / BatchDone--
+
+Single-threaded and event-driven. Whenever a worker is idle, it asks the models' policies
+for a batch (round robin over the models with queued work, so that no model starves) and
+sends the batch's ring slots to that worker. Requests a policy drops or rejects go back to
+the frontend in one `Discard` per scheduling pass.
+
+Learning, per model:
+- c(b), the batch inflation, comes from the first worker's warm-up profile; the policy is
+  built with it when that worker is ready (requests that arrive earlier wait).
+- The prior execution-time distribution comes from the warm-up's solo times (a lognormal
+  with their mean and spread). Every app starts from it.
+- Each finished batch gives per-request solo times: from the model's per-request work
+  report where it has one (solo_i = T / c(b) * (a + k w_i) / (a + k max w), with a, k
+  fitted at warm-up), else only from batches of one (solo = T / c(1)).
+- An app keeps the prior until it has `MIN_APP_SAMPLES` solo times of its own; then its
+  learned distribution replaces the prior in the policy, and later samples go to the
+  policy directly (`observe_solo`). `observe_batch` is called for every batch, for the
+  policies that learn from batch times (OrlojPolicy learns batches of one through it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import select
+import time
+from multiprocessing.connection import Connection
+
+from orloj_rt.runtime import messages as msgs
+from orloj_rt.runtime.channel import Channel, ChannelClosed
+from orloj_rt.runtime.proc import InstanceConfig, child_main, send_to_parent, settle_memory
+
+log = logging.getLogger("orloj_rt.scheduler")
+
+MIN_APP_SAMPLES = 32  # solo times an app needs before its own distribution replaces the prior
+PRIOR_MIN_COV = 0.05  # a prior is never sharper than this (warm-up sees few inputs)
+STATS_INTERVAL_S = 1.0
+MIN_WAKEUP_MS = 0.2  # a policy whose wake-up time has passed cannot make the loop spin
+
+
+class _AppLearning:
+    __slots__ = ("samples", "learned", "installed", "sum", "last")
+
+    def __init__(self, distribution_cls) -> None:
+        self.samples = 0
+        self.learned = distribution_cls()  # until installed in the policy
+        self.installed = False
+        self.sum = 0.0
+        self.last = 0.0
+
+
+class _ModelQueue:
+    """One model's policy, its queued requests' ring slots, and what was learned."""
+
+    def __init__(self, index: int, entry, config: InstanceConfig):
+        self.index = index
+        self.spec = entry.spec
+        self.name = entry.spec.name
+        self.policy_name = config.policy
+        self.policy_params = dict(config.policy_params)
+        self.policy = None  # built when the first worker's profile arrives
+        self.inflation: list[float] = []
+        self.work_fit: tuple[float, float] | None = None
+        self.prior_mean = 0.0
+        self.waiting: list = []  # descriptors that arrived before any worker was ready
+        self.slots: dict[int, tuple[int, int, str]] = {}  # token -> (slot, generation, app)
+        self.apps: dict[str, _AppLearning] = {}
+        self.batches = 0
+        self.batched_requests = 0
+
+    def configure(self, profile: msgs.ModelProfile) -> None:
+        from orloj_rt.engine import Distribution
+        from orloj_rt.policies import make_policy
+
+        self.inflation = [float(c) for c in profile.inflation]
+        self.policy = make_policy(
+            self.policy_name,
+            max_batch=self.spec.max_batch_size,
+            inflation=self.inflation,
+            **self.policy_params,
+        )
+        times = [t for t in profile.solo_times if t > 0 and math.isfinite(t)]
+        mean = sum(times) / len(times)
+        var = sum((t - mean) ** 2 for t in times) / len(times)
+        cov = max(math.sqrt(var) / mean, PRIOR_MIN_COV)
+        self.prior_mean = mean
+        self.policy.set_default_distribution(Distribution.from_mean_cov(mean, cov))
+        if profile.work_fit is not None:
+            a, k = profile.work_fit
+            self.work_fit = (float(a), float(k))
+        log.info(
+            "model %s: policy %s, prior mean %.3f ms (cov %.2f), c(%d) = %.2f%s",
+            self.name, self.policy_name, mean * 1e3, cov, len(self.inflation),
+            self.inflation[-1],
+            f", solo ~ {self.work_fit[0] * 1e3:.3f} + {self.work_fit[1] * 1e3:.3f} ms/unit"
+            if self.work_fit else "",
+        )  # fmt: skip
+
+    def solo_times(self, b: int, exec_s: float, work: list | None) -> list[float] | None:
+        """Per-member solo-time estimates for a finished batch, or None if it gives none."""
+        c = self.inflation[b - 1] if b <= len(self.inflation) else self.inflation[-1]
+        if work is not None and len(work) == b:
+            top = max(work)
+            if top <= 0:
+                return None
+            a, k = self.work_fit if self.work_fit is not None else (0.0, 1.0)
+            base = exec_s / c
+            denom = a + k * top
+            if denom <= 0:
+                return None
+            return [base * (a + k * w) / denom for w in work]
+        if b == 1:
+            return [exec_s / c]
+        return None
+
+    def learn(self, apps: list[str], exec_s: float, work: list | None) -> None:
+        from orloj_rt.engine import Distribution
+
+        policy = self.policy
+        policy.observe_batch(apps, exec_s)
+        solos = self.solo_times(len(apps), exec_s, work)
+        if solos is None:
+            return
+        for app, t in zip(apps, solos, strict=True):
+            if not (t > 0 and math.isfinite(t)):
+                continue
+            st = self.apps.get(app)
+            if st is None:
+                st = self.apps[app] = _AppLearning(Distribution)
+            st.samples += 1
+            st.sum += t
+            st.last = t
+            if not st.installed:
+                st.learned.add(t)
+                if st.samples >= MIN_APP_SAMPLES:
+                    policy.set_distribution(app, st.learned)
+                    st.installed = True
+                    st.learned = None
+                    log.info("model %s app %s: learned distribution replaces the prior "
+                             "(%d samples, mean %.3f ms)", self.name, app, st.samples,
+                             st.sum / st.samples * 1e3)  # fmt: skip
+            elif len(apps) > 1:  # a batch of one was learned by observe_batch
+                policy.observe_solo(app, t)
+
+    def stats(self) -> dict:
+        return {
+            "queued": (len(self.policy) if self.policy is not None else 0) + len(self.waiting),
+            "batches": self.batches,
+            "mean_batch_size": self.batched_requests / self.batches if self.batches else 0.0,
+            "prior_mean_ms": self.prior_mean * 1e3,
+            "inflation_max": self.inflation[-1] if self.inflation else None,
+            "apps": {
+                app: {
+                    "samples": st.samples,
+                    "mean_solo_ms": st.sum / st.samples * 1e3 if st.samples else 0.0,
+                    "source": "learned" if st.installed else "prior",
+                }
+                for app, st in self.apps.items()
+            },
+        }
+
+
+class _WorkerState:
+    __slots__ = ("index", "channel", "pid", "ready", "busy_batch", "busy_model")
+
+    def __init__(self, index: int, channel: Channel) -> None:
+        self.index = index
+        self.channel = channel
+        self.pid = 0
+        self.ready = False
+        self.busy_batch: list | None = None  # tokens of the batch it runs
+        self.busy_model = -1
+
+
+class Scheduler:
+    def __init__(self, config: InstanceConfig, conn: Connection, frontend_sock, worker_socks):
+        self.config = config
+        self.conn = conn
+        self.models = [_ModelQueue(i, e, config) for i, e in enumerate(config.models)]
+        self.frontend = Channel(frontend_sock, "scheduler<->frontend")
+        self.workers = [
+            _WorkerState(i, Channel(s, f"scheduler<->worker {i}"))
+            for i, s in enumerate(worker_socks)
+        ]
+        self.idle: list[_WorkerState] = []
+        self._rr = 0
+        self._next_batch_id = 1
+        self._dropped: list[int] = []
+        self._rejected: list[int] = []
+        self._errors: list = []
+        self._stopping = False
+        self._next_stats = 0.0
+
+        # type -> handler, per peer; an unknown type has its own explicit branch
+        self._frontend_handlers = {msgs.Submit: self._on_submit}
+        self._worker_handlers = {
+            msgs.WorkerReady: self._on_worker_ready,
+            msgs.BatchDone: self._on_batch_done,
+        }
+        self._parent_handlers = {msgs.Shutdown: self._on_shutdown}
+        self._channels = {self.frontend.fileno(): (self.frontend, self._frontend_handlers)}
+        for w in self.workers:
+            self._channels[w.channel.fileno()] = (w.channel, self._worker_handlers)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        send_to_parent(self.conn, msgs.ChildReady("scheduler", 0, os.getpid(), {}))
+        settle_memory()
+        self.poller = poller = select.poll()
+        for fd in self._channels:
+            poller.register(fd, select.POLLIN)
+        parent_fd = self.conn.fileno()
+        poller.register(parent_fd, select.POLLIN)
+        channels = self._channels
+        while not self._stopping:
+            events = poller.poll(self._poll_timeout_ms())
+            if len(events) > 1:  # the supervisor first: a Shutdown explains closed channels
+                events.sort(key=lambda e: e[0] != parent_fd)
+            for fd, ev in events:
+                if fd == parent_fd:
+                    self._drain_parent()
+                    continue
+                entry = channels.get(fd)
+                if entry is not None:
+                    self._service(entry[0], entry[1], ev)
+            self._schedule()
+            now = time.monotonic()
+            if now >= self._next_stats:
+                self._next_stats = now + STATS_INTERVAL_S
+                self._send_stats()
+        self._close()
+
+    def _poll_timeout_ms(self) -> float:
+        """Until a policy wants another look (a batching delay), else the stats tick."""
+        now = time.monotonic()
+        wake = self._next_stats
+        if self.idle:
+            for mq in self.models:
+                if mq.policy is not None and len(mq.policy):
+                    w = mq.policy.next_wakeup(now)
+                    if w is not None and w < wake:
+                        wake = w
+        return max(MIN_WAKEUP_MS, (wake - now) * 1000.0)
+
+    def _service(self, ch: Channel, handlers: dict, ev: int) -> None:
+        try:
+            if ev & select.POLLOUT and ch.flush():
+                self.poller.modify(ch.fileno(), select.POLLIN)
+            if ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                for parts in ch.recv():
+                    try:
+                        msg = msgs.decode(parts[0])
+                    except (msgs.UnknownMessage, ValueError, TypeError) as exc:
+                        log.error("ignored a malformed message on %s: %s", ch.name, exc)
+                        continue
+                    handler = handlers.get(type(msg))
+                    if handler is None:
+                        log.error("no handler for %s on %s; ignored", type(msg).__name__, ch.name)
+                        continue
+                    handler(msg)
+        except ChannelClosed:
+            # the frontend closes first at every shutdown; a worker's close is news
+            level = logging.INFO if ch is self.frontend or self._stopping else logging.WARNING
+            log.log(level, "%s closed by its peer", ch.name)
+            self.poller.unregister(ch.fileno())
+            del self._channels[ch.fileno()]
+            for w in self.workers:
+                if w.channel is ch:
+                    w.ready = False
+                    if w in self.idle:
+                        self.idle.remove(w)
+
+    def _send(self, ch: Channel, parts: list) -> bool:
+        try:
+            ch.send(parts)
+        except ChannelClosed:
+            return False
+        if ch.wants_write:
+            self.poller.modify(ch.fileno(), select.POLLIN | select.POLLOUT)
+        return True
+
+    def _drain_parent(self) -> None:
+        try:
+            while self.conn.poll():
+                msg = msgs.decode(self.conn.recv_bytes())
+                handler = self._parent_handlers.get(type(msg))
+                if handler is None:
+                    log.error("supervisor sent unexpected %s; ignored", type(msg).__name__)
+                    continue
+                handler(msg)
+        except (EOFError, OSError):
+            self._stopping = True
+
+    # ------------------------------------------------------------------ handlers
+    def _on_submit(self, msg: msgs.Submit) -> None:
+        for d in msg.requests:
+            token, model, app, arrival, deadline, hint, slot, generation = d
+            mq = self.models[model]
+            if mq.policy is None:
+                mq.waiting.append(d)
+                continue
+            self._enqueue(mq, token, app, arrival, deadline, hint, slot, generation)
+
+    def _enqueue(self, mq: _ModelQueue, token, app, arrival, deadline, hint, slot, gen) -> None:
+        try:
+            mq.policy.enqueue(token, app, arrival, deadline, hint)
+        except (ValueError, TypeError, KeyError) as exc:
+            self._errors.append([token, f"the scheduler could not queue the request: {exc}"])
+            return
+        mq.slots[token] = (slot, gen, app)
+
+    def _on_worker_ready(self, msg: msgs.WorkerReady) -> None:
+        w = self.workers[msg.worker]
+        w.pid = msg.pid
+        for mq, fields in zip(self.models, msg.profiles, strict=True):
+            if mq.policy is None:
+                mq.configure(msgs.ModelProfile(*fields))
+                waiting, mq.waiting = mq.waiting, []
+                for d in waiting:
+                    token, _m, app, arrival, deadline, hint, slot, generation = d
+                    self._enqueue(mq, token, app, arrival, deadline, hint, slot, generation)
+        if not w.ready:
+            w.ready = True
+            self.idle.append(w)
+        log.info("worker %d (pid %d, %s) ready", msg.worker, msg.pid, msg.device)
+        send_to_parent(self.conn, msgs.ChildReady("worker", msg.worker, msg.pid,
+                                                  {"device": msg.device}))  # fmt: skip
+
+    def _on_batch_done(self, msg: msgs.BatchDone) -> None:
+        w = self.workers[msg.worker]
+        tokens = w.busy_batch
+        w.busy_batch = None
+        if w.ready and w not in self.idle:
+            self.idle.append(w)
+        if tokens is None:
+            log.error("worker %d reported batch %d, which it was not running",
+                      msg.worker, msg.batch_id)  # fmt: skip
+            return
+        mq = self.models[msg.model]
+        apps = []
+        for t in tokens:
+            entry = mq.slots.pop(t, None)
+            apps.append(entry[2] if entry is not None else "default")
+        if msg.ok:
+            mq.batches += 1
+            mq.batched_requests += len(tokens)
+            mq.learn(apps, msg.exec_s, msg.work)
+
+    def _on_shutdown(self, msg: msgs.Shutdown) -> None:
+        self._stopping = True
+
+    # ------------------------------------------------------------------ dispatch
+    def _schedule(self) -> None:
+        if self.idle:
+            now = time.monotonic()
+            n = len(self.models)
+            while self.idle:
+                dispatched = False
+                for k in range(n):
+                    mq = self.models[(self._rr + k) % n]
+                    if mq.policy is None or not len(mq.policy):
+                        continue
+                    d = mq.policy.decide(now)
+                    self._take(mq, d.dropped, self._dropped)
+                    self._take(mq, d.rejected, self._rejected)
+                    if d.batch:
+                        self._dispatch(mq, d.batch, self.idle.pop(0))
+                        self._rr = (self._rr + k + 1) % n
+                        dispatched = True
+                        break
+                if not dispatched:
+                    break
+        if self._dropped or self._rejected or self._errors:
+            discard = msgs.Discard(self._dropped, self._rejected, self._errors,
+                                   "rejected by the scheduling policy")  # fmt: skip
+            self._dropped, self._rejected, self._errors = [], [], []
+            self._send(self.frontend, [msgs.encode(discard)])
+
+    @staticmethod
+    def _take(mq: _ModelQueue, tokens: list, into: list) -> None:
+        for t in tokens:
+            mq.slots.pop(t, None)
+            into.append(t)
+
+    def _dispatch(self, mq: _ModelQueue, batch: list, w: _WorkerState) -> None:
+        # the batch invariant is checked, not assumed: a bad policy answer fails its
+        # members with an error instead of reaching a worker
+        entries = [mq.slots.get(t) for t in batch]
+        if len(batch) > mq.spec.max_batch_size or any(e is None for e in entries):
+            log.error("policy %s returned an invalid batch of %d for model %s",
+                      mq.policy_name, len(batch), mq.name)  # fmt: skip
+            for t in batch:
+                mq.slots.pop(t, None)
+                self._errors.append([t, "internal error: the scheduler formed an invalid batch"])
+            self.idle.insert(0, w)
+            return
+        batch_id = self._next_batch_id
+        self._next_batch_id += 1
+        run = msgs.RunBatch(batch_id, mq.index, list(batch), [e[0] for e in entries],
+                            [e[1] for e in entries])  # fmt: skip
+        if not self._send(w.channel, [msgs.encode(run)]):
+            log.error("worker %d is gone; its batch fails", w.index)
+            w.ready = False
+            for t in batch:
+                mq.slots.pop(t, None)
+                self._errors.append([t, f"worker {w.index} is unavailable"])
+            return
+        w.busy_batch = list(batch)
+        w.busy_model = mq.index
+
+    def _send_stats(self) -> None:
+        stats = msgs.SchedulerStats({mq.name: mq.stats() for mq in self.models})
+        self._send(self.frontend, [msgs.encode(stats)])
+
+    def _close(self) -> None:
+        self.frontend.close()
+        for w in self.workers:
+            w.channel.close()
+        log.info("stopped")
+
+
+def run_scheduler_process(
+    config: InstanceConfig, conn: Connection, frontend_sock, worker_socks: list
+) -> None:
+    """Entry point of the scheduler process (spawned by the supervisor).
+
+    `frontend_sock` and `worker_socks` are this process's ends of the socket pairs to the
+    frontend and to each worker."""
+
+    def body() -> None:
+        Scheduler(config, conn, frontend_sock, worker_socks).run()
+
+    child_main("scheduler", 0, config, conn, body)
