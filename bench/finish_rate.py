@@ -17,9 +17,19 @@ minimum, and the geometric mean of orloj / oracle. `bound` is the most that any 
 without knowledge of solo times can reach (orloj_rt/sim/bounds.py); bound / best says how
 far above the baselines such a policy could go at all.
 
+Step section (--batching step, issue 8): the model re-forms its batch every --step units
+of solo work (orloj_rt/sim/step_simulator.py). Each cell runs the whole-batch policies as
+before and the step policies fcfs-step, edf-step, orloj-step and oracle-step (orloj-step
+knowing every solo time: an upper reference) on the same requests, over loads 1, 2, 4, 6
+and 8 by default. Its summary, per workload: orloj-step / best whole-batch baseline
+(geomean and min over SLO {2, 3, 5, 10} x load {2, 4}); orloj-step against the
+whole-batch oracle in each of those cells; and orloj-step / fcfs-step at loads 6 and 8
+(geomean over SLO {2, 3, 5, 10}, and the minimum over every SLO of the run).
+
     python bench/finish_rate.py --out out/finish_rate                 # the full sweep
     python bench/finish_rate.py --out out/fr --hint-cv 0.3            # + orloj with hints
     python bench/finish_rate.py --slos 2,5 --loads 2 --requests 1000  # a quick look
+    python bench/finish_rate.py --batching step --out out/finish_rate_step   # step section
 """
 
 from __future__ import annotations
@@ -39,9 +49,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BASELINES = ("fifo", "edf", "nexus", "clockwork")
 DEFAULT_POLICIES = ("orloj", *BASELINES, "oracle")
+STEP_CONTENDERS = ("fcfs-step", "edf-step", "orloj-step")
+STEP_REFERENCE = "oracle-step"  # the clairvoyant twin of orloj-step: an upper reference
+DEFAULT_STEP_POLICIES = (*DEFAULT_POLICIES, *STEP_CONTENDERS, STEP_REFERENCE)
 WORKLOADS = ("static", "bimodal", "lognormal", "azure-conv")
 SLOS = (1.5, 2, 3, 5, 10, 20)
 LOADS = (1, 2, 4, 6)
+STEP_LOADS = (1, 2, 4, 6, 8)
+OVERLOAD_LOADS = (6, 8)
 SUMMARY_SLOS = (2, 3, 5, 10)
 SUMMARY_LOADS = (2, 4)
 HIGH_VARIANCE = ("bimodal", "lognormal", "azure-conv")
@@ -51,6 +66,9 @@ TARGET_MIN = 1.0
 TARGET_STATIC = 0.98
 TARGET_ORACLE = 0.6
 MIN_REQUESTS = 4000
+# the step section's targets (issue 8)
+TARGET_STEP_GEOMEAN = 2.5
+TARGET_STEP_OVER_FCFS = 5.0
 
 
 def workload_spec(name: str, slo: float, load: float, args):
@@ -79,7 +97,9 @@ def run_cell(job) -> dict:
         hint_params["classes"] = args.hint_classes
     config = SimConfig(workload=spec, workers=args.workers, max_batch=args.max_batch,
                        batch_alpha=args.batch_alpha, policies=tuple(args.policies),
-                       policy_params={"orloj": args.orloj_params, "orloj+hint": hint_params})
+                       policy_params={"orloj": args.orloj_params, "orloj+hint": hint_params,
+                                      "orloj-step": args.step_params},
+                       batching=args.batching, step=args.step)
     requests = generate(spec)
     prior = Distribution.from_samples(requests.prior.tolist())
     t0 = time.perf_counter()
@@ -169,6 +189,129 @@ def check_targets(summary: dict, requests: int) -> list[str]:
     return lines
 
 
+def summarise_step(cells: list[dict]) -> dict:
+    """Per workload: orloj-step (and the other step policies) against the best whole-batch
+    baseline and the oracle over the summary cells, and against fcfs-step under overload."""
+    out: dict[str, dict] = {}
+    for name in sorted({c["workload"] for c in cells}, key=_workload_order):
+        mine = [c for c in cells if c["workload"] == name]
+        chosen = [c for c in mine if c["slo"] in SUMMARY_SLOS and c["load"] in SUMMARY_LOADS]
+        over = [c for c in mine if c["load"] in OVERLOAD_LOADS]
+        row: dict = {"cells": len(chosen), "overload_cells": len(over)}
+
+        def rate(c, p):
+            return c["policies"][p]["finish_rate"]
+
+        if chosen:
+            best = [best_baseline(c)[1] for c in chosen]
+            for p in (*STEP_CONTENDERS, STEP_REFERENCE):
+                if all(p in c["policies"] for c in chosen):
+                    vs = [ratio(rate(c, p), b) for c, b in zip(chosen, best, strict=True)]
+                    row[p] = {"geomean_vs_best": geomean(vs), "min_vs_best": min(vs)}
+            if "orloj-step" in row and all("oracle" in c["policies"] for c in chosen):
+                gaps = [rate(c, "orloj-step") - rate(c, "oracle") for c in chosen]
+                row["orloj-step"]["min_minus_oracle"] = min(gaps)
+                row["orloj-step"]["cells_below_oracle"] = sum(g < 0 for g in gaps)
+                row["orloj-step"]["geomean_vs_oracle"] = geomean(
+                    [ratio(rate(c, "orloj-step"), rate(c, "oracle")) for c in chosen])
+            if "orloj" in chosen[0]["policies"]:
+                row["orloj"] = {"geomean_vs_best": geomean(
+                    [ratio(rate(c, "orloj"), b) for c, b in zip(chosen, best, strict=True)])}
+        if over and all({"orloj-step", "fcfs-step"} <= set(c["policies"]) for c in over):
+            head = [c for c in over if c["slo"] in SUMMARY_SLOS]
+            row["overload"] = {
+                "geomean_vs_fcfs": geomean(
+                    [ratio(rate(c, "orloj-step"), rate(c, "fcfs-step")) for c in head]),
+                "min_vs_fcfs": min(ratio(rate(c, "orloj-step"), rate(c, "fcfs-step"))
+                                   for c in over),
+                "cells_below_fcfs": sum(rate(c, "orloj-step") < rate(c, "fcfs-step")
+                                        for c in over),
+                "orloj_step_geomean": geomean([rate(c, "orloj-step") for c in head]),
+                "fcfs_step_geomean": geomean([rate(c, "fcfs-step") for c in head]),
+            }
+        out[name] = row
+    return out
+
+
+def check_step_targets(summary: dict, requests: int) -> list[str]:
+    """Issue 8's simulator targets, for orloj-step."""
+    lines = []
+    for name, row in summary.items():
+        o = row.get("orloj-step")
+        if name in HIGH_VARIANCE and o:
+            ok = o["geomean_vs_best"] >= TARGET_STEP_GEOMEAN
+            ref = row.get(STEP_REFERENCE, {}).get("geomean_vs_best")
+            lines.append(f"{'PASS' if ok else 'MISS'} {name}: orloj-step / best whole-batch "
+                         f"baseline geomean >= {TARGET_STEP_GEOMEAN} "
+                         f"(got {o['geomean_vs_best']:.3f}, min {o['min_vs_best']:.3f}"
+                         + (f"; the clairvoyant oracle-step reaches {ref:.3f}" if ref else "")
+                         + ")")
+        if name in HIGH_VARIANCE and o and "cells_below_oracle" in o:
+            ok = o["cells_below_oracle"] == 0
+            lines.append(f"{'PASS' if ok else 'MISS'} {name}: orloj-step >= the whole-batch "
+                         f"oracle in every cell ({o['cells_below_oracle']} of {row['cells']} "
+                         f"below; smallest difference {o['min_minus_oracle']:+.3f})")
+        ov = row.get("overload")
+        if name in HIGH_VARIANCE and ov:
+            ok = ov["geomean_vs_fcfs"] >= TARGET_STEP_OVER_FCFS and ov["cells_below_fcfs"] == 0
+            lines.append(f"{'PASS' if ok else 'MISS'} {name}: loads 6-8, orloj-step / fcfs-step "
+                         f"geomean >= {TARGET_STEP_OVER_FCFS} (got {ov['geomean_vs_fcfs']:.1f}) "
+                         f"and never below it (min {ov['min_vs_fcfs']:.1f}, "
+                         f"{ov['cells_below_fcfs']} cells below)")
+    if requests < MIN_REQUESTS:
+        lines.append(f"NOTE the targets are defined with >= {MIN_REQUESTS} requests per cell; "
+                     f"this run used {requests}")
+    return lines
+
+
+def format_step_summary(summary: dict) -> str:
+    lines = ["| workload | orloj (whole) / best | fcfs-step / best | edf-step / best | "
+             "**orloj-step / best**, geomean | min | oracle-step / best | orloj-step - oracle, "
+             "min | cells below oracle | loads 6-8: orloj-step / fcfs-step, geomean | min | "
+             "orloj-step, fcfs-step finish (geomean) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+
+    def g(row, p, key="geomean_vs_best"):
+        return row.get(p, {}).get(key, math.nan)
+
+    for name, row in summary.items():
+        o = row.get("orloj-step", {})
+        ov = row.get("overload", {})
+        lines.append(
+            f"| {name} | {g(row, 'orloj'):.3f} | {g(row, 'fcfs-step'):.3f} | "
+            f"{g(row, 'edf-step'):.3f} | **{o.get('geomean_vs_best', math.nan):.3f}** | "
+            f"{o.get('min_vs_best', math.nan):.3f} | {g(row, STEP_REFERENCE):.3f} | "
+            f"{o.get('min_minus_oracle', math.nan):+.3f} | "
+            f"{o.get('cells_below_oracle', '-')} of {row['cells']} | "
+            f"{ov.get('geomean_vs_fcfs', math.nan):.1f} | {ov.get('min_vs_fcfs', math.nan):.1f} | "
+            f"{ov.get('orloj_step_geomean', math.nan):.3f}, "
+            f"{ov.get('fcfs_step_geomean', math.nan):.3f} |")
+    return "\n".join(lines)
+
+
+def format_step_tables(cells: list[dict], policies: list[str]) -> str:
+    shown = [p for p in ("orloj", "oracle", *STEP_CONTENDERS, STEP_REFERENCE) if p in policies]
+    out = []
+    for name in sorted({c["workload"] for c in cells}, key=_workload_order):
+        out.append(f"### {name}\n")
+        out.append("| SLO | load | best baseline | " + " | ".join(shown)
+                   + " | orloj-step / best | orloj-step / oracle | orloj-step / fcfs-step |")
+        out.append("|---:|---:|---|" + "---:|" * len(shown) + "---:|---:|---:|")
+        rows = sorted((c for c in cells if c["workload"] == name),
+                      key=lambda c: (c["slo"], c["load"]))
+        for c in rows:
+            bname, bval = best_baseline(c)
+            step = c["policies"].get("orloj-step", {}).get("finish_rate", math.nan)
+            oracle = c["policies"].get("oracle", {}).get("finish_rate", math.nan)
+            fcfs = c["policies"].get("fcfs-step", {}).get("finish_rate", math.nan)
+            out.append(f"| {c['slo']:g} | {c['load']:g} | {bname} {bval:.3f} | "
+                       + " | ".join(f"{c['policies'][p]['finish_rate']:.3f}" for p in shown)
+                       + f" | {ratio(step, bval):.2f} | {ratio(step, oracle):.2f} | "
+                       + f"{ratio(step, fcfs):.1f} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def format_summary(summary: dict, contenders: list[str]) -> str:
     head = ("| workload | policy | geomean vs best baseline | min vs best | geomean vs oracle "
             "| bound vs best | orloj vs bound |")
@@ -187,14 +330,15 @@ def format_summary(summary: dict, contenders: list[str]) -> str:
 # ------------------------------------------------------------------------ outputs
 def write_csv(path: Path, cells: list[dict]) -> None:
     fields = ["workload", "slo", "load", "policy", "finish_rate", "completed", "late",
-              "dropped", "rejected", "p50_latency", "p99_latency", "mean_batch", "bound"]
+              "dropped", "ended", "rejected", "p50_latency", "p99_latency", "mean_batch",
+              "bound"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(fields)
         for c in cells:
             for p, m in c["policies"].items():
                 w.writerow([c["workload"], c["slo"], c["load"], p, m["finish_rate"],
-                            m["completed"], m["late"], m["dropped"], m["rejected"],
+                            m["completed"], m["late"], m["dropped"], m["ended"], m["rejected"],
                             m["p50_latency"], m["p99_latency"], m["mean_batch"], c["bound"]])
 
 
@@ -220,7 +364,9 @@ def format_tables(cells: list[dict], policies: list[str]) -> str:
     return "\n".join(out)
 
 
-def plot(out: Path, cells: list[dict], policies: list[str]) -> list[Path]:
+def plot(out: Path, cells: list[dict], policies: list[str], step: bool = False) -> list[Path]:
+    """The figures; with `step`, whole-batch orloj, the best baseline and the oracle
+    against the step policies."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,6 +384,19 @@ def plot(out: Path, cells: list[dict], policies: list[str]) -> list[Path]:
              "nexus": dict(color="C2", marker="^"),
              "clockwork": dict(color="C4", marker="v"),
              "oracle": dict(color="k", ls="--", lw=1.2, marker=".")}
+    if step:
+        style.update({"orloj": dict(color="C3", ls="--", lw=1.2, marker="o", ms=2.5),
+                      "best baseline": dict(color="C2", ls=":", lw=1.4, marker="^", ms=2.5),
+                      "fcfs-step": dict(color="C0", marker="x"),
+                      "edf-step": dict(color="C1", marker="s", ms=2.5),
+                      "orloj-step": dict(color="C3", lw=2.4, marker="D", ms=3.5),
+                      STEP_REFERENCE: dict(color="k", ls=":", lw=1.2, marker="D", ms=2.5)})
+        policies = [p for p in ("orloj", "best baseline", "oracle", *STEP_CONTENDERS,
+                                STEP_REFERENCE) if p in policies or p == "best baseline"]
+    bound_label = "whole-batch bound (no clairvoyance)" if step else "bound (no clairvoyance)"
+
+    def rate(c, p):
+        return best_baseline(c)[1] if p == "best baseline" else c["policies"][p]["finish_rate"]
 
     def panel(ax, name, load):
         rows = sorted((c for c in cells if c["workload"] == name and c["load"] == load),
@@ -245,9 +404,9 @@ def plot(out: Path, cells: list[dict], policies: list[str]) -> list[Path]:
         slos = [c["slo"] for c in rows]
         for p in policies:
             kw = {"marker": "o", "ms": 3, **style.get(p, {})}
-            ax.plot(slos, [c["policies"][p]["finish_rate"] for c in rows], label=p, **kw)
+            ax.plot(slos, [rate(c, p) for c in rows], label=p, **kw)
         ax.plot(slos, [c["bound"] for c in rows], color="0.6", ls="-.", lw=1,
-                label="bound (no clairvoyance)")
+                label=bound_label)
         ax.set_xscale("log")
         ax.set_xticks(slos)
         ax.set_xticklabels([f"{s:g}" for s in slos])
@@ -314,7 +473,12 @@ def params(text: str) -> dict:
         if not sep:
             raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
         key = key.strip()
-        out[key] = bool(int(value)) if key in ("pools", "fallback") else float(value)
+        if key in ("pools", "fallback", "marginal", "learn"):
+            out[key] = bool(int(value))
+        elif key == "order":
+            out[key] = value.strip()
+        else:
+            out[key] = float(value)
     return out
 
 
@@ -354,10 +518,18 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
     ap.add_argument("--slos", type=float_list, default=list(SLOS),
                     help="SLO multiples (default 1.5,2,3,5,10,20)")
-    ap.add_argument("--loads", type=float_list, default=list(LOADS),
-                    help="loads, arrivals per mean solo time (default 1,2,4,6)")
-    ap.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
-                    help="comma-separated (default: orloj and every baseline, and oracle)")
+    ap.add_argument("--loads", type=float_list, default=None,
+                    help="loads, arrivals per mean solo time (default 1,2,4,6; with "
+                    "--batching step 1,2,4,6,8)")
+    ap.add_argument("--policies", default=None,
+                    help="comma-separated (default: orloj and every baseline, and oracle; "
+                    "with --batching step also fcfs-step, edf-step and orloj-step)")
+    ap.add_argument("--batching", choices=("whole", "step"), default="whole",
+                    help="step: the step section (step-level batching, issue 8)")
+    ap.add_argument("--step", type=float, default=0.1,
+                    help="solo work per step with --batching step (default 0.1)")
+    ap.add_argument("--step-params", type=params, default={}, metavar="K=V,...",
+                    help="orloj-step's constructor arguments, e.g. theta=0.5,marginal=0")
     ap.add_argument("--hint-cv", type=float, default=None,
                     help="also run orloj+hint with cost hints of this noise CoV (e.g. 0.3)")
     ap.add_argument("--hint-classes", type=int, default=None,
@@ -376,6 +548,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="processes, one cell each at a time (default: every core)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
+    step = args.batching == "step"
+    if args.loads is None:
+        args.loads = list(STEP_LOADS if step else LOADS)
+    if args.policies is None:
+        args.policies = ",".join(DEFAULT_STEP_POLICIES if step else DEFAULT_POLICIES)
 
     names = [w.strip() for w in args.workloads.split(",") if w.strip()]
     for w in names:
@@ -404,24 +581,33 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.time() - started
 
     contenders = [p for p in ("orloj", "orloj+hint") if p in args.policies]
-    summary = summarise(cells, contenders)
-    targets = check_targets(summary, args.requests)
+    if step:
+        summary = summarise_step(cells)
+        targets = check_step_targets(summary, args.requests)
+    else:
+        summary = summarise(cells, contenders)
+        targets = check_targets(summary, args.requests)
     command = "python bench/finish_rate.py " + " ".join(shlex.quote(a) for a in
                                                         (argv if argv is not None
                                                          else sys.argv[1:]))
     engine = cells[0]["engine"] if cells else "?"
     header = (f"Command: `{command}`  \nEngine: {engine}; {args.requests} requests per cell, "
-              f"seed {args.seed}, {len(cells)} cells in {elapsed:.0f} s.")
+              f"seed {args.seed}, {len(cells)} cells in {elapsed:.0f} s."
+              + (f" Step-level batching, {args.step:g} units of solo work per step." if step
+                 else ""))
 
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "results.csv", cells)
-    (args.out / "results.md").write_text(
-        f"# Finish rate\n\n{header}\n\n{format_tables(cells, args.policies)}\n")
-    summary_md = format_summary(summary, contenders)
+    tables = (format_step_tables(cells, args.policies) if step
+              else format_tables(cells, args.policies))
+    (args.out / "results.md").write_text(f"# Finish rate\n\n{header}\n\n{tables}\n")
+    summary_md = format_step_summary(summary) if step else format_summary(summary, contenders)
     (args.out / "summary.md").write_text(
-        f"# Summary (SLO {{2, 3, 5, 10}} x load {{2, 4}})\n\n{header}\n\n{summary_md}\n\n"
+        "# Summary (SLO {2, 3, 5, 10} x load {2, 4}"
+        + ("; loads 6 and 8 against fcfs-step" if step else "")
+        + f")\n\n{header}\n\n{summary_md}\n\n"
         + "\n".join(f"- {t}" for t in targets) + "\n")
-    plots = plot(args.out, cells, args.policies)
+    plots = plot(args.out, cells, args.policies, step=step)
     result = clean({"command": command, "engine": engine, "requests": args.requests,
               "seed": args.seed, "seconds": elapsed, "summary": summary, "targets": targets,
               "cells": cells})

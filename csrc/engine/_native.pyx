@@ -242,6 +242,19 @@ cdef class Distribution:
         self.ready()
         return self.h.cdf(x)
 
+    def conditional_cdf(self, w, t):
+        """P(X <= w + t | X > w): the chance that a request which has done `w` seconds of
+        solo work without finishing finishes within `t` more.
+
+        (F(w + t) - F(w)) / (1 - F(w)), clamped to [0, 1]. 0 when t <= 0, and 0 when the
+        model has no mass beyond w (a request that outlived every sample has no modelled
+        chance: a step scheduler ends it).
+        """
+        cdef double x = check_nan(w)
+        cdef double y = check_nan(t)
+        self.ready()
+        return self.h.conditional_cdf(x, y)
+
     def quantile(self, p):
         """The smallest t with P(X <= t) >= p, for p in [0, 1]."""
         cdef double q = p

@@ -135,6 +135,21 @@ class Histogram {
     return cumw_[k] / cumw_[bins_];
   }
 
+  // P(X <= w + t | X > w); the same steps as Distribution.conditional_cdf in the twin.
+  double conditional_cdf(double w, double t) const {
+    double fw = cdf(w);
+    double tail = 1.0 - fw;
+    if (!(tail > 0.0)) return 0.0;
+    if (!(t > 0.0)) return 0.0;
+    double p = (cdf(w + t) - fw) / tail;
+    if (p < 0.0) {
+      p = 0.0;
+    } else if (p > 1.0) {
+      p = 1.0;
+    }
+    return p;
+  }
+
   double quantile(double p) const {
     double target = p * cumw_[bins_];
     if (target <= 0.0) return blo_[first_];

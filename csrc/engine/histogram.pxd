@@ -25,6 +25,7 @@ cdef extern from "histogram.hpp" namespace "orloj" nogil:
         double count()
         void ready()
         double cdf(double x)
+        double conditional_cdf(double w, double t)
         double quantile(double p)
         double mean()
         double support_min()

@@ -3,6 +3,7 @@
     orloj-rt sim --workload lognormal --slo-mult 5 --load 2
     orloj-rt sim --workload trace --trace conv.csv --cost-col GeneratedTokens \\
                  --arrival trace --time-col TIMESTAMP --slo-mult 5 --load 2 --json
+    orloj-rt sim --workload lognormal --slo-mult 3 --load 6 --batching step --step 0.1
 
 Prints a table, or with --json one object: {"config": {...}, "policies": {name: {...}}}.
 The workloads are defined exactly in docs/simulation.md.
@@ -67,9 +68,19 @@ def register(sub) -> None:
                    help="maximum batch size (default 32)")
     p.add_argument("--batch-alpha", type=float, default=0.15, metavar="A",
                    help="batch inflation c(b) = 1 + A (b - 1) (default 0.15)")
-    p.add_argument("--policies", default="orloj,fifo,edf,nexus,clockwork,oracle",
-                   metavar="LIST", help="comma-separated policies (default: all); a name "
-                   "with +hint (orloj+hint) uses cost hints, which need --hint-cv")
+    p.add_argument("--policies", default=None,
+                   metavar="LIST", help="comma-separated policies (default: "
+                   "orloj,fifo,edf,nexus,clockwork,oracle; with --batching step: "
+                   "orloj,oracle,fcfs-step,edf-step,orloj-step); a name with +hint "
+                   "(orloj+hint) uses cost hints, which need --hint-cv")
+    p.add_argument("--batching", choices=("whole", "step"), default="whole",
+                   help="whole: a batch runs to its longest member (default); step: the "
+                   "model re-forms its batch every --step units of solo work, so members "
+                   "leave when done and requests join at every step boundary (the step "
+                   "policies need it; whole-batch policies still run whole batches)")
+    p.add_argument("--step", type=positive(float), default=0.1, metavar="S",
+                   help="solo work per step for --batching step, in units of the mean solo "
+                   "time; a step of b members takes c(b) S (default 0.1)")
     p.add_argument("--hint-cv", type=float, default=None, metavar="H",
                    help="give requests cost hints: the true solo time times LogNormal noise "
                    "with CoV H (off by default)")
@@ -80,18 +91,23 @@ def register(sub) -> None:
 
 
 def config_from_args(args):
-    from orloj_rt.policies import POLICIES
-    from orloj_rt.sim.experiment import HINT_SUFFIX, SimConfig
+    from orloj_rt.policies import POLICIES, STEP_POLICIES
+    from orloj_rt.sim.experiment import ALL_POLICIES, HINT_SUFFIX, STEP_CELL_POLICIES, SimConfig
     from orloj_rt.sim.workloads import DEFAULT_TRACE, WorkloadSpec
 
-    names = tuple(n.strip() for n in args.policies.split(",") if n.strip())
+    if args.policies is None:
+        names = STEP_CELL_POLICIES if args.batching == "step" else ALL_POLICIES
+    else:
+        names = tuple(n.strip() for n in args.policies.split(",") if n.strip())
     if not names:
         raise ValueError("--policies names no policy")
     for name in names:
-        if name.removesuffix(HINT_SUFFIX) not in POLICIES:
+        base = name.removesuffix(HINT_SUFFIX)
+        if base not in POLICIES and base not in STEP_POLICIES:
             raise ValueError(
                 f"unknown policy {name!r}; choose from {', '.join(POLICIES)} "
-                f"(or NAME{HINT_SUFFIX})"
+                f"(or NAME{HINT_SUFFIX}), or with --batching step from "
+                f"{', '.join(STEP_POLICIES)}"
             )
         if name.endswith(HINT_SUFFIX) and args.hint_cv is None:
             raise ValueError(f"policy {name!r} uses cost hints: give --hint-cv")
@@ -122,6 +138,8 @@ def config_from_args(args):
         max_batch=args.max_batch,
         batch_alpha=args.batch_alpha,
         policies=names,
+        batching=args.batching,
+        step=args.step,
     )
 
 
@@ -130,9 +148,10 @@ def format_table(result: dict) -> str:
     lines = [
         f"workload={cfg['solo']} slo={cfg['slo']:g} load={cfg['load']:g} "
         f"arrival={cfg['arrival']} requests={cfg['requests']} seed={cfg['seed']} "
-        f"workers={cfg['workers']} max_batch={cfg['max_batch']} alpha={cfg['batch_alpha']:g}",
+        f"workers={cfg['workers']} max_batch={cfg['max_batch']} alpha={cfg['batch_alpha']:g}"
+        + (f" batching=step step={cfg['step']:g}" if cfg.get("batching") == "step" else ""),
         f"{'policy':12} {'finish':>7} {'completed':>9} {'late':>6} {'dropped':>7} "
-        f"{'rejected':>8} {'p50':>7} {'p99':>7} {'batch':>6}",
+        f"{'ended':>6} {'rejected':>8} {'p50':>7} {'p99':>7} {'batch':>6}",
     ]
 
     def num(v):
@@ -141,7 +160,7 @@ def format_table(result: dict) -> str:
     for name, m in result["policies"].items():
         lines.append(
             f"{name:12} {m['finish_rate']:7.3f} {m['completed']:9d} {m['late']:6d} "
-            f"{m['dropped']:7d} {m['rejected']:8d} {num(m['p50_latency']):>7} "
+            f"{m['dropped']:7d} {m['ended']:6d} {m['rejected']:8d} {num(m['p50_latency']):>7} "
             f"{num(m['p99_latency']):>7} {m['mean_batch']:6.2f}"
         )
     return "\n".join(lines)

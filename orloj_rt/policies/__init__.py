@@ -18,6 +18,20 @@ active engine's `RequestQueue`:
 
 `orloj_rt.policies.hint_classes.HintClassPolicy` wraps orloj so that per-request cost
 hints choose a cost class (build the inner orloj with pools=True).
+
+Step-level policies (`STEP_POLICIES`) implement `orloj_rt.policies.step_interface.
+StepPolicy` instead: for iterative models whose batch is re-formed at every step, they
+are called at each step boundary (the simulator's `--batching step` today). `make_policy`
+builds them too, with `step=` (the solo work of one step):
+
+    orloj-step   distribution-aware admission, dropping and ending from each running
+                 member's conditional distribution given the work it has done
+    fcfs-step    continuous batching as LLM servers do it: arrival order, no deadlines
+    edf-step     earliest deadline first; drops and ends the expired
+    oracle-step  orloj-step knowing each request's true time (an upper reference)
+
+`POLICIES` stays the list of whole-batch policies, the choices of the runtime's
+`--policy`.
 """
 
 from __future__ import annotations
@@ -28,11 +42,15 @@ from orloj_rt.engine import OrlojPolicy
 from orloj_rt.engine.interface import Policy
 from orloj_rt.policies.clockwork import ClockworkPolicy
 from orloj_rt.policies.edf import EdfPolicy
+from orloj_rt.policies.edf_step import EdfStepPolicy
+from orloj_rt.policies.fcfs_step import FcfsStepPolicy
 from orloj_rt.policies.fifo import TritonFifoPolicy
 from orloj_rt.policies.nexus import NexusPolicy
 from orloj_rt.policies.oracle import ClairvoyantOraclePolicy
+from orloj_rt.policies.orloj_step import ClairvoyantStepOraclePolicy, OrlojStepPolicy
+from orloj_rt.policies.step_interface import StepPolicy
 
-PolicyFactory = Callable[..., Policy]
+PolicyFactory = Callable[..., Policy | StepPolicy]
 
 #: name -> factory(max_batch=..., inflation=..., **params)
 POLICIES: dict[str, PolicyFactory] = {
@@ -47,6 +65,20 @@ POLICIES: dict[str, PolicyFactory] = {
 #: The policies a deployment may choose; the oracle needs true times only a simulator has.
 BASELINES = ("fifo", "edf", "nexus", "clockwork")
 
+#: Step-level policies (orloj_rt/policies/step_interface.py): called at every step boundary
+#: of an iterative model, factory(max_batch=..., inflation=..., step=..., **params).
+STEP_POLICIES: dict[str, PolicyFactory] = {
+    "orloj-step": OrlojStepPolicy,
+    "fcfs-step": FcfsStepPolicy,
+    "edf-step": EdfStepPolicy,
+    "oracle-step": ClairvoyantStepOraclePolicy,
+}
+
+
+def is_step_policy(name: str) -> bool:
+    """Whether `name` is a step-level policy (it needs step-level batching)."""
+    return name in STEP_POLICIES
+
 
 def make_policy(
     name: str,
@@ -54,14 +86,15 @@ def make_policy(
     max_batch: int,
     inflation: Sequence[float] | None = None,
     **params,
-) -> Policy:
-    """Builds policy `name` for one model; ValueError naming the choices if unknown."""
-    try:
-        factory = POLICIES[name]
-    except KeyError:
+) -> Policy | StepPolicy:
+    """Builds policy `name` for one model, whole-batch or step-level; ValueError naming
+    the choices if unknown."""
+    factory = POLICIES.get(name) or STEP_POLICIES.get(name)
+    if factory is None:
         raise ValueError(
-            f"unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))}"
-        ) from None
+            f"unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))} "
+            f"(step-level: {', '.join(sorted(STEP_POLICIES))})"
+        )
     if inflation is not None:
         return factory(max_batch=max_batch, inflation=list(inflation), **params)
     return factory(max_batch=max_batch, **params)

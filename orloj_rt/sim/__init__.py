@@ -2,12 +2,15 @@
 
     from orloj_rt.sim import SimConfig, WorkloadSpec, run
     result = run(SimConfig(WorkloadSpec(solo="lognormal", slo=5, load=2)))
+    result = run(SimConfig(WorkloadSpec(load=6), batching="step",
+                           policies=("orloj", "fcfs-step", "orloj-step")))
 
 See docs/simulation.md for the exact workload definitions.
 """
 
 from orloj_rt.sim.experiment import ALL_POLICIES, SimConfig, run, run_policy
 from orloj_rt.sim.simulator import Outcome, SimulationError, simulate
+from orloj_rt.sim.step_simulator import simulate_steps
 from orloj_rt.sim.workloads import Requests, WorkloadSpec, generate
 
 __all__ = [
@@ -21,4 +24,5 @@ __all__ = [
     "run",
     "run_policy",
     "simulate",
+    "simulate_steps",
 ]

@@ -6,6 +6,11 @@ behaves in the simulator as it does in the scheduler process. Each one gets the 
 distribution (an independent sample of the workload) through `set_default_distribution`
 before the first request, then learns online from what it observes.
 
+With `batching="step"` (step-level batching, issue 8) the step policies (`orloj-step`,
+`fcfs-step`, `edf-step`, `oracle-step`) run on `simulate_steps`: the batch is re-formed
+every `step` units of solo work. Whole-batch policies run whole batches in either mode,
+so a step cell compares both kinds on the same requests.
+
 A policy name with the suffix `+hint` (e.g. `orloj+hint`) is that policy given the
 requests' cost hints through `HintClassPolicy`, fitted on the prior sample and its hints;
 the workload must have hints (`hint_cv`). Every other policy gets no hint (the oracle gets
@@ -17,10 +22,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, Inflation
+from orloj_rt.policies.step_base import DEFAULT_STEP
 from orloj_rt.sim.simulator import simulate
+from orloj_rt.sim.step_simulator import simulate_steps
 from orloj_rt.sim.workloads import WorkloadSpec, generate
 
 ALL_POLICIES = ("orloj", "fifo", "edf", "nexus", "clockwork", "oracle")
+#: The default policies of a step-level cell: whole-batch orloj and the oracle against the
+#: step policies.
+STEP_CELL_POLICIES = ("orloj", "oracle", "fcfs-step", "edf-step", "orloj-step")
+BATCHING = ("whole", "step")
 HINT_SUFFIX = "+hint"
 
 
@@ -35,6 +46,24 @@ class SimConfig:
     policies: tuple[str, ...] = ALL_POLICIES
     # extra constructor arguments per policy, e.g. {"orloj": {"theta": 0.8}}
     policy_params: dict = field(default_factory=dict)
+    # "step": the model can re-form its batch every `step` units of solo work
+    batching: str = "whole"
+    step: float = DEFAULT_STEP
+
+    def __post_init__(self) -> None:
+        from orloj_rt.policies import is_step_policy
+
+        if self.batching not in BATCHING:
+            raise ValueError(f"unknown batching {self.batching!r}; choose one of {BATCHING}")
+        if not (self.step > 0 and self.step < float("inf")):
+            raise ValueError(f"the step's solo work must be > 0, got {self.step!r}")
+        for name in self.policies:
+            if is_step_policy(name.removesuffix(HINT_SUFFIX)):
+                if self.batching != "step":
+                    raise ValueError(f"policy {name!r} is step-level: it needs step "
+                                     "batching (--batching step)")
+                if name.endswith(HINT_SUFFIX):
+                    raise ValueError(f"policy {name!r}: step policies take no cost hints")
 
     def to_json(self) -> dict:
         out = asdict(self.workload)
@@ -43,7 +72,10 @@ class SimConfig:
             max_batch=self.max_batch,
             batch_alpha=self.batch_alpha,
             policies=list(self.policies),
+            batching=self.batching,
         )
+        if self.batching == "step":
+            out["step"] = self.step
         if self.policy_params:
             out["policy_params"] = self.policy_params
         return out
@@ -51,12 +83,14 @@ class SimConfig:
 
 def build_policy(config: SimConfig, name: str, requests, prior):
     """The policy `name` as the runtime would build it, with the prior given."""
-    from orloj_rt.policies import make_policy
+    from orloj_rt.policies import is_step_policy, make_policy
     from orloj_rt.policies.hint_classes import HintClassPolicy
 
     params = dict(config.policy_params.get(name, {}))
     base = name.removesuffix(HINT_SUFFIX)
     hinted = base != name
+    if is_step_policy(base):
+        params.setdefault("step", config.step)
     classes = params.pop("classes", None) if hinted else None
     if hinted and base == "orloj":
         params.setdefault("pools", True)  # what makes hint classes pay (see HintClassPolicy)
@@ -80,6 +114,20 @@ def run_policy(config: SimConfig, name: str, requests=None, prior=None) -> dict:
     if prior is None:
         prior = Distribution.from_samples(requests.prior.tolist())
     policy, hinted = build_policy(config, name, requests, prior)
+    from orloj_rt.policies.step_interface import StepPolicy
+
+    if isinstance(policy, StepPolicy):
+        outcome = simulate_steps(
+            policy,
+            requests.arrival,
+            requests.deadline,
+            requests.solo,
+            requests.app,
+            Inflation(config.max_batch, config.batch_alpha).table,
+            step=config.step,
+            workers=config.workers,
+        )
+        return outcome.summary(requests.arrival, requests.deadline)
     outcome = simulate(
         policy,
         requests.arrival,

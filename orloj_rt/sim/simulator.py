@@ -31,6 +31,9 @@ import numpy as np
 from orloj_rt.engine.interface import Policy
 
 PENDING, COMPLETED, DROPPED, REJECTED = 0, 1, 2, 3
+# a step-level member that its policy stopped while it ran (step_simulator.py); it is
+# answered `dropped`, and counted both as dropped and as ended
+ENDED = 4
 
 
 class SimulationError(RuntimeError):
@@ -41,10 +44,10 @@ class SimulationError(RuntimeError):
 class Outcome:
     """Per-request results of one simulation, indexed by request id."""
 
-    state: np.ndarray  # PENDING / COMPLETED / DROPPED / REJECTED
+    state: np.ndarray  # PENDING / COMPLETED / DROPPED / REJECTED / ENDED
     finish: np.ndarray  # completion time, NaN unless completed
-    batches: int
-    batch_sizes: np.ndarray  # the size of every dispatched batch, in order
+    batches: int  # batches dispatched; with step-level batching, steps run
+    batch_sizes: np.ndarray  # the size of every batch (or step), in order
     end_time: float
 
     def summary(self, arrival: np.ndarray, deadline: np.ndarray) -> dict:
@@ -57,7 +60,8 @@ class Outcome:
             "finish_rate": float(on_time.sum()) / n if n else 0.0,
             "completed": int(done.sum()),
             "late": int((done & ~on_time).sum()),
-            "dropped": int((self.state == DROPPED).sum()),
+            "dropped": int(((self.state == DROPPED) | (self.state == ENDED)).sum()),
+            "ended": int((self.state == ENDED).sum()),
             "rejected": int((self.state == REJECTED).sum()),
             "p50_latency": float(np.percentile(latency, 50)) if len(latency) else None,
             "p99_latency": float(np.percentile(latency, 99)) if len(latency) else None,

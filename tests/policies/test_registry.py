@@ -5,12 +5,18 @@ from __future__ import annotations
 import pytest
 
 from orloj_rt.engine.interface import Decision, Policy
-from orloj_rt.policies import BASELINES, POLICIES, make_policy
+from orloj_rt.policies import BASELINES, POLICIES, STEP_POLICIES, is_step_policy, make_policy
 
 
 def test_every_policy_is_registered():
     assert set(POLICIES) == {"orloj", "fifo", "edf", "nexus", "clockwork", "oracle"}
     assert set(BASELINES) <= set(POLICIES)
+    # step-level policies have a registry of their own: the whole-batch scheduler's
+    # choices (POLICIES) stay the policies it can drive
+    assert set(STEP_POLICIES) == {"orloj-step", "fcfs-step", "edf-step", "oracle-step"}
+    assert not set(STEP_POLICIES) & set(POLICIES)
+    assert all(is_step_policy(n) for n in STEP_POLICIES)
+    assert not any(is_step_policy(n) for n in POLICIES)
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
@@ -46,5 +52,5 @@ def test_queue_contract(name, spread):
 
 
 def test_unknown_policy_names_the_choices():
-    with pytest.raises(ValueError, match="choose one of: clockwork, edf, fifo"):
+    with pytest.raises(ValueError, match="choose one of: clockwork, edf, fifo.*fcfs-step"):
         make_policy("lifo", max_batch=4)

@@ -28,3 +28,23 @@ def test_writes_table_csv_plots_and_summary(tmp_path):
     assert "geomean" in done.stdout and "NOTE" in done.stdout  # too few requests for targets
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 * 7
+
+
+def test_step_section(tmp_path):
+    out = tmp_path / "fr_step"
+    cmd = [sys.executable, str(ROOT / "bench/finish_rate.py"), "--out", str(out),
+           "--batching", "step", "--workloads", "lognormal", "--slos", "2,5",
+           "--loads", "2,8", "--requests", "150", "--jobs", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name in ("results.csv", "results.md", "summary.md", "results.json",
+                 "finish_rate.png", "finish_rate_lognormal.png"):
+        assert (out / name).stat().st_size > 0, name
+    result = json.loads((out / "results.json").read_text())
+    assert len(result["cells"]) == 4
+    row = result["summary"]["lognormal"]
+    assert {"geomean_vs_best", "min_vs_best", "cells_below_oracle"} <= set(row["orloj-step"])
+    assert {"geomean_vs_fcfs", "min_vs_fcfs", "cells_below_fcfs"} <= set(row["overload"])
+    assert "orloj-step / best whole-batch baseline" in done.stdout
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 * 10  # orloj, 4 baselines, oracle, 3 step policies, oracle-step

@@ -53,3 +53,23 @@ def test_the_installed_command_runs():
     cmd = [sys.executable, "-m", "orloj_rt"] + ARGS + ["--json", "--policies", "edf"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120)
     assert json.loads(out.stdout)["policies"]["edf"]["completed"] >= 0
+
+
+def test_step_batching_json_parses_with_the_new_options(capsys):
+    assert main(ARGS + ["--json", "--batching", "step", "--step", "0.2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["config"]["batching"] == "step" and out["config"]["step"] == 0.2
+    assert list(out["policies"]) == ["orloj", "oracle", "fcfs-step", "edf-step", "orloj-step"]
+    for m in out["policies"].values():
+        assert set(m) >= FIELDS | {"ended"}
+        assert m["completed"] + m["dropped"] + m["rejected"] == 200
+    assert main(ARGS + ["--batching", "step", "--policies", "orloj-step,fcfs-step"]) == 0
+    table = capsys.readouterr().out
+    assert "batching=step step=0.1" in table and "\norloj-step" in table and "ended" in table
+
+
+def test_step_policies_need_step_batching(capsys):
+    assert main(ARGS + ["--policies", "orloj-step"]) == 2
+    assert "--batching step" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(ARGS + ["--batching", "step", "--step", "0"])

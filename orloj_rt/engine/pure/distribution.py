@@ -384,6 +384,32 @@ class Distribution:
             return (self._cumw[k] + w * frac) / self._cumw[self._bins]
         return self._cumw[k] / self._cumw[self._bins]
 
+    def conditional_cdf(self, w: float, t: float) -> float:
+        """P(X <= w + t | X > w): the chance that a request which has done `w` seconds of
+        solo work without finishing finishes within `t` more.
+
+        (F(w + t) - F(w)) / (1 - F(w)), clamped to [0, 1]. 0 when t <= 0, and 0 when the
+        model has no mass beyond w (a request that outlived every sample has no modelled
+        chance: a step scheduler ends it).
+        """
+        w = float(w)
+        t = float(t)
+        if math.isnan(w) or math.isnan(t):
+            raise ValueError("time is NaN")
+        self._ready()
+        fw = self._cdf(w)
+        tail = 1.0 - fw
+        if not tail > 0.0:
+            return 0.0
+        if not t > 0.0:
+            return 0.0
+        p = (self._cdf(w + t) - fw) / tail
+        if p < 0.0:
+            p = 0.0
+        elif p > 1.0:
+            p = 1.0
+        return p
+
     def quantile(self, p: float) -> float:
         """The smallest t with P(X <= t) >= p, for p in [0, 1]."""
         p = float(p)

@@ -1,0 +1,105 @@
+"""Bookkeeping that every step-level policy shares: one ordered queue, c(b), the step.
+
+Like the whole-batch baselines (orloj_rt/policies/base.py), a step policy schedules one
+model from one queue ordered by `queue_key()` (the deadline unless a policy says
+otherwise), on the active engine's `RequestQueue`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from orloj_rt.engine import RequestQueue
+from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH
+from orloj_rt.policies.base import Request, inflation_table
+from orloj_rt.policies.step_interface import StepDecision, StepPolicy
+
+#: The solo work of one step, in units of the mean solo time (the issue's definition).
+DEFAULT_STEP = 0.1
+
+
+def check_step(step: float) -> float:
+    step = float(step)
+    if not (step > 0 and math.isfinite(step)):
+        raise ValueError(f"the step's solo work must be > 0 seconds, got {step!r}")
+    return step
+
+
+class QueuedStepPolicy(StepPolicy):
+    """A step policy over one queue of requests ordered by `queue_key()`, then by id."""
+
+    def __init__(
+        self,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        alpha: float = DEFAULT_ALPHA,
+        inflation: Sequence[float] | None = None,
+        step: float = DEFAULT_STEP,
+    ):
+        self._c = inflation_table(max_batch, alpha, inflation)
+        self._max_batch = len(self._c)
+        self._step = check_step(step)
+        self._queue = RequestQueue()
+        self._requests: dict[int, Request] = {}
+
+    @property
+    def max_batch(self) -> int:
+        return self._max_batch
+
+    @property
+    def step(self) -> float:
+        return self._step
+
+    @property
+    def inflation(self) -> list[float]:
+        return list(self._c)
+
+    def queue_key(self, req: Request) -> float:
+        """The queue's order; the deadline unless a policy says otherwise."""
+        return req.deadline
+
+    def enqueue(self, req_id, app, arrival, deadline, hint=None) -> None:
+        arrival = float(arrival)
+        deadline = float(deadline)
+        if not (math.isfinite(arrival) and math.isfinite(deadline)):
+            raise ValueError(f"arrival and deadline must be finite, got {arrival!r}, {deadline!r}")
+        if deadline < arrival:
+            raise ValueError(
+                f"deadline {deadline!r} is in the past: it is before the arrival {arrival!r}"
+            )
+        req_id = int(req_id)
+        if req_id in self._requests:
+            raise ValueError(f"request id {req_id} is already queued")
+        req = Request(req_id, app, arrival, deadline, hint)
+        self._queue.push(req_id, self.queue_key(req))
+        self._requests[req_id] = req
+
+    def remove(self, req_id) -> None:
+        if req_id not in self._requests:
+            raise KeyError(f"unknown request id {req_id!r}: it is not queued")
+        self._queue.remove(req_id)
+        del self._requests[req_id]
+
+    def _take_head(self, n: int) -> list[int]:
+        """Removes and returns the first `n` requests of the queue."""
+        if n <= 0:
+            return []
+        ids = [rid for _, rid in self._queue.head(n)]
+        for rid in ids:
+            self._queue.remove(rid)
+            del self._requests[rid]
+        return ids
+
+    def _pop_below(self, key: float) -> list[int]:
+        """Removes and returns every request whose key is below `key`."""
+        ids = self._queue.pop_below(key)
+        for rid in ids:
+            del self._requests[rid]
+        return ids
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    @staticmethod
+    def decision(joined=(), dropped=(), ended=()) -> StepDecision:
+        return StepDecision(list(joined), list(dropped), list(ended))
