@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "demo": "orloj_rt.cli.demo",
     "start": "orloj_rt.cli.start",
     "stop": "orloj_rt.cli.stop",
+    "keys": "orloj_rt.cli.keys",
     "status": "orloj_rt.cli.status",
     "bench": "orloj_rt.cli.bench",
     "sim": "orloj_rt.cli.sim",

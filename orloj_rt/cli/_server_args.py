@@ -81,6 +81,46 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
         help="on SIGTERM/SIGINT, let in-flight requests finish for up to S seconds; the rest "
         "are answered 'rejected' (default: %(default)s)",
     )
+    # the gateway process (runtime/http_gateway.py; docs/http.md, docs/metrics.md): off
+    # unless a port is given
+    p.add_argument(
+        "--http-port",
+        type=_port,
+        metavar="P",
+        help="also serve the KServe v2 / Open Inference Protocol over HTTP on port P "
+        "(0 picks a free port; default: off)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="P",
+        help="serve Prometheus metrics at http://HOST:P/metrics (0 picks a free port; "
+        "default: off)",
+    )
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="let --bind name an address other machines can reach (e.g. tcp://*:5555), and "
+        "the HTTP ports (--http-port, --metrics-port) listen on every interface; without it "
+        "everything listens on this machine only (127.0.0.1, ::1, ipc://)",
+    )
+    p.add_argument(
+        "--curve-keys",
+        metavar="DIR",
+        help="require ZeroMQ CURVE on the client socket: DIR holds the server's key pair and "
+        "authorized_clients/*.key, the public keys of the clients it serves (make it with "
+        "`orloj-rt keys DIR`; docs/reliability.md). Default: off",
+    )
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0..65535)")
+    return port
 
 
 def resolve_devices(args) -> tuple[list[str] | None, str]:
@@ -118,8 +158,13 @@ def options_from_args(args):
     """(ServerOptions, 0), or (None, exit code) after printing why to stderr."""
     from orloj_rt.models.builtin import default_entries
     from orloj_rt.models.repository import load_repository
+    from orloj_rt.runtime.security import check_bind
     from orloj_rt.runtime.supervisor import ServerOptions
 
+    problem = check_bind(args.bind, args.allow_remote)
+    if problem:
+        print(f"orloj-rt start: {problem}", file=sys.stderr)
+        return None, 2
     devices, problem = resolve_devices(args)
     if devices is None:
         print(f"orloj-rt start: {problem}", file=sys.stderr)
@@ -141,6 +186,10 @@ def options_from_args(args):
             ready_timeout_s=args.ready_timeout,
             drain_timeout_s=args.drain_timeout,
             worker_threads=threads,
+            http_port=args.http_port,
+            metrics_port=args.metrics_port,
+            allow_remote=args.allow_remote,
+            curve_keys=args.curve_keys or "",
         ),
         0,
     )

@@ -24,7 +24,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from orloj_rt.runtime.proc import configure_logging
-    from orloj_rt.runtime.supervisor import run_supervisor_process
+    from orloj_rt.runtime.supervisor import Supervisor
 
     configure_logging(args.log_level, "supervisor")
     options, code = options_from_args(args)
@@ -36,7 +36,10 @@ def run(args) -> int:
         workers = (f"{len(devices)} cpu worker(s)" if devices[0] == "cpu"
                    else f"gpu(s) {','.join(d.split(':')[1] for d in devices)}")  # fmt: skip
         names = ", ".join(e.spec.name for e in options.models)
+        # the gateway's URLs (--http-port, --metrics-port), e.g. "; http http://127.0.0.1:8000"
+        urls = "".join(f"; {k} {v}" for k, v in sorted(supervisor.urls.items()))
         print(f"orloj-rt: serving on {endpoint} (models: {names}; {workers}; "
-              f"policy: {options.policy}; pid {os.getpid()})", flush=True)  # fmt: skip
+              f"policy: {options.policy}; pid {os.getpid()}{urls})", flush=True)  # fmt: skip
 
-    return run_supervisor_process(options, announce)
+    supervisor = Supervisor(options, announce)  # = run_supervisor_process(options, announce)
+    return supervisor.run()

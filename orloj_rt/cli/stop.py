@@ -23,6 +23,9 @@ def register(sub) -> None:
                    help="the endpoint the server listens on (default: %(default)s)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="how long to wait for it to exit (default: %(default)s)")  # fmt: skip
+    p.add_argument("--curve-keys", metavar="DIR",
+                   help="for a server started with --curve-keys: a directory holding "
+                   "server.key and client.key_secret (see `orloj-rt keys`)")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -48,12 +51,19 @@ def run(args) -> int:
         print(f"orloj-rt stop: {args.bind} is not on this machine; stop the server where it "
               "runs (SIGTERM to its supervisor)", file=sys.stderr)  # fmt: skip
         return 2
+    from orloj_rt.runtime.security import KeysError
+
     try:
-        with Client(args.bind, timeout_s=min(5.0, args.timeout)) as c:
+        with Client(args.bind, timeout_s=min(5.0, args.timeout),
+                    curve_keys=args.curve_keys) as c:  # fmt: skip
             health = c.health()
-    except TimeoutError:
-        print(f"orloj-rt stop: no server answers at {args.bind}", file=sys.stderr)
+    except TimeoutError:  # (an OSError too: first)
+        hint = "" if args.curve_keys else " (if it requires CURVE, pass --curve-keys DIR)"
+        print(f"orloj-rt stop: no server answers at {args.bind}{hint}", file=sys.stderr)
         return 1
+    except (KeysError, OSError) as exc:
+        print(f"orloj-rt stop: --curve-keys: {exc}", file=sys.stderr)
+        return 2
     pid = int(health.get("pids", {}).get("supervisor", 0))
     if pid <= 0 or not psutil.pid_exists(pid):
         print(f"orloj-rt stop: the server at {args.bind} reported no usable supervisor pid",

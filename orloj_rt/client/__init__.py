@@ -16,6 +16,10 @@ Both clients use a DEALER socket, so an `AsyncClient` keeps many requests in fli
 connection. Output arrays are views of the received frames (no copy).
 
 A client object is not thread-safe (ZeroMQ sockets are not): use one per thread.
+
+A server started with `--curve-keys DIR` serves only CURVE clients whose key it admits:
+pass `curve_keys=` a directory holding `server.key` and `client.key_secret` (what
+`orloj-rt keys DIR` makes), or `orloj_rt.runtime.security.ClientKeys.load(DIR, "NAME")`.
 """
 
 from __future__ import annotations
@@ -58,8 +62,11 @@ def _control_result(header: dict, result: InferResult, op: str) -> Any:
 class Client:
     """A synchronous client: one request at a time on a DEALER socket."""
 
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 curve_keys=None):  # fmt: skip
         import zmq
+
+        from orloj_rt.runtime.security import client_keys
 
         self._zmq = zmq
         self.endpoint = endpoint
@@ -67,6 +74,9 @@ class Client:
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        keys = client_keys(curve_keys)
+        if keys is not None:
+            keys.apply(self._sock)
         self._sock.connect(endpoint)
         self._ids = itertools.count(1)
 
@@ -126,9 +136,12 @@ class Client:
 class AsyncClient:
     """An asyncio client: any number of requests in flight on one DEALER socket."""
 
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 curve_keys=None):  # fmt: skip
         import zmq
         import zmq.asyncio
+
+        from orloj_rt.runtime.security import client_keys
 
         self._zmq = zmq
         self.endpoint = endpoint
@@ -136,6 +149,9 @@ class AsyncClient:
         self._ctx = zmq.asyncio.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        keys = client_keys(curve_keys)
+        if keys is not None:
+            keys.apply(self._sock)
         self._sock.connect(endpoint)
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}

@@ -16,25 +16,47 @@ The loop never blocks on anything but the poll: client messages are drained in b
 and their descriptors sent to the scheduler as one `Submit` per burst; replies go out on
 a ROUTER, which never blocks; the channels to the other processes never block either
 (what the kernel does not take waits in the channel's outbox, flushed on POLLOUT).
+
+Failures (docs/reliability.md). When a worker dies, the scheduler sends the batch it was
+running (`WorkerLost`); the frontend first reads what that worker sent before dying
+(results answer their requests `ok`), then re-queues each still-unanswered member once if
+its deadline has not passed, and answers the others `error`. A restarted worker's channel
+arrives from the supervisor (`AttachWorker` and a descriptor on the pipe). When the
+scheduler's channel closes while serving, nothing admitted can run any more: the frontend
+stops admitting and answers everything in flight `rejected` at once. A request that makes
+the frontend itself raise is answered `error`; the frontend serves on.
+
+Security (runtime/security.py): the ROUTER refuses frames above `max_frame_bytes` inside
+ZeroMQ (`ZMQ_MAXMSGSIZE`), speaks CURVE with a ZAP handler thread when the instance has
+keys, and an ipc:// socket file is made owner-only.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle
 from typing import Any
 
 from orloj_rt.runtime import messages as msgs
 from orloj_rt.runtime import wire
 from orloj_rt.runtime.channel import Channel, ChannelClosed
+from orloj_rt.runtime.metrics import FrontendMetrics
 from orloj_rt.runtime.proc import (
     InstanceConfig,
     attach_rings,
     child_main,
     send_to_parent,
     settle_memory,
+)
+from orloj_rt.runtime.security import (
+    ServerKeys,
+    make_curve_server,
+    restrict_ipc_socket,
+    start_authenticator,
 )
 from orloj_rt.runtime.shm_ring import ShmRing
 from orloj_rt.runtime.wire import (
@@ -52,6 +74,7 @@ CLIENT_BURST = 256  # client messages handled per poll wake-up before looking at
 ROUTER_SNDHWM = 100_000  # queued replies per client before ZeroMQ drops (never blocks)
 CLOSE_LINGER_MS = 2000  # how long final replies may take to flush at shutdown
 MAINTENANCE_S = 0.5
+MAX_CRASH_RETRIES = 1  # times a request is re-queued after its worker died running it
 
 
 class _ModelState:
@@ -94,15 +117,20 @@ class _ModelState:
 class _Pending:
     """An admitted request waiting for its answer."""
 
-    __slots__ = ("envelope", "req_id", "model", "slot", "arrival", "slo_s")
+    __slots__ = ("envelope", "req_id", "model", "slot", "arrival", "slo_s", "metrics",
+                 "desc", "retries")  # fmt: skip
 
-    def __init__(self, envelope, req_id, model: _ModelState, slot: int, arrival, slo_s):
+    def __init__(self, envelope, req_id, model: _ModelState, slot: int, arrival, slo_s,
+                 metrics=None):  # fmt: skip
         self.envelope = envelope
         self.req_id = req_id
         self.model = model
         self.slot = slot
         self.arrival = arrival
         self.slo_s = slo_s
+        self.metrics = metrics  # its (model, app) AppMetrics: recorded when answered
+        self.desc: tuple | None = None  # its Submit descriptor, to re-queue it after a crash
+        self.retries = 0
 
 
 class Frontend:
@@ -119,12 +147,16 @@ class Frontend:
             for i, (e, r) in enumerate(zip(config.models, self.rings, strict=True))
         ]
         self.by_name = {m.name: m for m in self.models}
+        # per-request metrics: plain counters here, Prometheus families in the gateway
+        # (runtime/metrics.py, docs/metrics.md); read through `stats` with "metrics": true
+        self.metrics = FrontendMetrics([m.name for m in self.models])
         self._model_list = [e.spec.to_dict() for e in config.models]
         self._pending: dict[int, _Pending] = {}
         self._next_token = 1
         self._submit: list = []
         self.received = self.ok = self.met_slo = self.dropped = self.rejected = self.error = 0
         self.accepting = True
+        self.serving = False  # True once a worker was ready: later, requests wait for restarts
         self.shutdown_reason = ""
         self.drain_deadline: float | None = None
         self.cluster = msgs.ClusterState("degraded", len(config.devices), 0,
@@ -136,8 +168,20 @@ class Frontend:
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.SNDHWM, ROUTER_SNDHWM)
         self.router.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        if config.max_frame_bytes:  # a bigger frame never reaches Python: ZeroMQ drops it
+            self.router.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes)
+        self._auth = None
+        if config.curve_keys:  # the ZAP handler must run before anyone can connect
+            keys = ServerKeys.load(config.curve_keys)
+            self._auth = start_authenticator(self.ctx, keys, config.internal_curve)
+            make_curve_server(self.router, keys)
         self.router.bind(config.client_endpoint)
         self.endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        restrict_ipc_socket(self.endpoint)
+        if config.internal_endpoint:
+            # the HTTP gateway's way in (http_gateway.py): the same socket, so that its
+            # requests take exactly the clients' path; an abstract ipc name, never a port
+            self.router.bind(config.internal_endpoint)
         self.scheduler = Channel(scheduler_sock, "frontend<->scheduler")
         self.workers = [Channel(s, f"worker {i}->frontend") for i, s in enumerate(worker_socks)]
         self.channels = {ch.fileno(): ch for ch in [self.scheduler, *self.workers]}
@@ -153,10 +197,12 @@ class Frontend:
             msgs.Results: self._on_results,
             msgs.Discard: self._on_discard,
             msgs.SchedulerStats: self._on_scheduler_stats,
+            msgs.WorkerLost: self._on_worker_lost,
         }
         self._parent_handlers = {
             msgs.Shutdown: self._on_shutdown,
             msgs.ClusterState: self._on_cluster_state,
+            msgs.AttachWorker: self._on_attach_worker,
         }
 
     # ------------------------------------------------------------------ loop
@@ -207,8 +253,17 @@ class Frontend:
         except ChannelClosed:
             # its process exited; the supervisor sees that too and decides what follows
             log.warning("%s closed by its peer", ch.name)
-            self.poller.unregister(ch.fileno())
-            del self.channels[ch.fileno()]
+            self._forget_channel(ch)
+            if ch is self.scheduler and self.accepting:
+                # nothing admitted can run any more: say so now, not after a timeout
+                self._on_shutdown(msgs.Shutdown(0.0, "the scheduler exited unexpectedly"))
+
+    def _forget_channel(self, ch: Channel) -> None:
+        fd = ch.fileno()
+        if self.channels.get(fd) is ch:
+            self.poller.unregister(fd)
+            del self.channels[fd]
+        ch.close()
 
     def _send(self, ch: Channel, parts: list) -> None:
         try:
@@ -285,6 +340,13 @@ class Frontend:
             if header.op == "infer":
                 self.error += 1  # `received` was counted by _on_infer
             self._reply(envelope, wire.encode_reply(exc.req_id, STATUS_ERROR, exc.text))
+        except Exception as exc:  # noqa: BLE001 - a bug costs this request, not the server
+            # (handlers raise before admitting: nothing is pending for it, one reply is due)
+            log.exception("internal error on a %s request; answered 'error'", header.op)
+            if header.op == "infer":
+                self.error += 1
+            text = f"internal error ({type(exc).__name__}): the server could not handle this"
+            self._reply(envelope, wire.encode_reply(header.req_id, STATUS_ERROR, text))
 
     def _on_infer(self, envelope: list, header: wire.Header, data: list) -> None:
         arrival = time.monotonic()
@@ -292,6 +354,7 @@ class Frontend:
         name = header.raw.get("model")
         m = self.by_name.get(name) if isinstance(name, str) else None
         if m is None:
+            self.metrics.unattributed.error += 1
             if name is None:
                 raise WireError("an infer request needs \"model\": the model's name "
                                 f"(served: {', '.join(self.by_name)})", header.req_id)
@@ -302,8 +365,9 @@ class Frontend:
             req = m.validator.check(header.raw, header.req_id, data)
         except WireError:
             m.error += 1
+            self.metrics.models[m.index].app(header.raw.get("app", wire.DEFAULT_APP)).error += 1
             raise
-        if not self.accepting or not m.free or self.cluster.workers_ready == 0:
+        if not self.accepting or not m.free or not self.serving:
             if not self.accepting:
                 text = f"{self.shutdown_reason}: not accepting new requests"
             elif not m.free:
@@ -314,6 +378,7 @@ class Frontend:
                 text = "no worker is ready yet (the server is starting up); retry shortly"
             m.rejected += 1
             self.rejected += 1
+            self.metrics.models[m.index].app(req.app).rejected += 1
             self._reply(envelope, wire.encode_reply(header.req_id, STATUS_REJECTED, text))
             return
         slot = m.free.pop()
@@ -322,10 +387,12 @@ class Frontend:
         m.ring.write(slot, generation, req.frames, req.shapes)
         token = self._next_token
         self._next_token = token + 1
-        self._pending[token] = _Pending(envelope, header.req_id, m, slot, arrival, req.slo_s)
-        self._submit.append(
-            (token, m.index, req.app, arrival, arrival + req.slo_s, req.hint, slot, generation)
-        )
+        p = self._pending[token] = _Pending(envelope, header.req_id, m, slot, arrival,
+                                            req.slo_s,
+                                            self.metrics.models[m.index].app(req.app))  # fmt: skip
+        p.desc = (token, m.index, req.app, arrival, arrival + req.slo_s, req.hint, slot,
+                  generation)  # fmt: skip
+        self._submit.append(p.desc)
 
     def _flush_submit(self) -> None:
         batch, self._submit = self._submit, []
@@ -360,6 +427,8 @@ class Frontend:
             "policy": self.config.policy,
             "models": {m.name: m.counters() for m in self.models},
         }
+        if header.raw.get("metrics") is True:  # the gateway's /metrics scrape (metrics.py)
+            result["metrics"] = self.metrics.snapshot(self.models, self.cluster)
         self._reply(envelope, wire.encode_reply(header.req_id, STATUS_OK, result=result))
 
     @staticmethod
@@ -386,6 +455,7 @@ class Frontend:
         now = time.monotonic()
         exec_us = msg.exec_us
         batch_size = len(msg.tokens)
+        self.metrics.models[msg.model].batch_size.observe(batch_size)
         pending = self._pending
         k = 0
         for i, token in enumerate(msg.tokens):
@@ -413,6 +483,8 @@ class Frontend:
             header = wire.encode_reply(p.req_id, STATUS_OK, outputs=outputs, met_slo=met,
                                        timing=timing)  # fmt: skip
             self._release(p)
+            if p.metrics is not None:
+                p.metrics.record_ok(timing["queue_us"] * 1e-6, exec_us * 1e-6, total, met)
             m.ok += 1
             self.ok += 1
             if met:
@@ -440,7 +512,10 @@ class Frontend:
 
     # ------------------------------------------------------------------ supervisor messages
     def _on_shutdown(self, msg: msgs.Shutdown) -> None:
-        if not self.accepting:
+        if not self.accepting:  # a second one (a second signal) can only end the drain sooner
+            end = time.monotonic() + max(0.0, msg.drain_s)
+            if self.drain_deadline is None or end < self.drain_deadline:
+                self.drain_deadline = end
             return
         self.accepting = False
         self.shutdown_reason = msg.reason
@@ -452,6 +527,64 @@ class Frontend:
         pids = dict(msg.pids)
         pids["frontend"] = os.getpid()
         self.cluster = msg._replace(pids=pids)
+        if msg.workers_ready > 0:
+            self.serving = True
+
+    # ------------------------------------------------------------------ worker crashes
+    def _on_worker_lost(self, msg: msgs.WorkerLost, frames: list) -> None:
+        """Worker `msg.worker` died with the batch `msg.tokens`: each member still pending
+        is re-queued once if its deadline has not passed, else answered `error`."""
+        self._drain_worker(msg.worker)  # results it sent before dying answer their requests
+        now = time.monotonic()
+        again = []
+        for token in msg.tokens:
+            p = self._pending.get(token)
+            if p is None:
+                continue  # answered already
+            if p.retries < MAX_CRASH_RETRIES and p.desc is not None and now < p.desc[4]:
+                p.retries += 1
+                again.append(p.desc)
+                continue
+            why = ("it had been re-queued once already" if p.retries
+                   else "its deadline has passed")  # fmt: skip
+            text = (f"worker {msg.worker} (pid {msg.pid}) died while running this request "
+                    f"({msg.reason}); {why}")  # fmt: skip
+            self._answer_token(token, STATUS_ERROR, text)
+        if again:
+            log.warning("worker %d (pid %d) died running %d request(s); %d re-queued",
+                        msg.worker, msg.pid, len(msg.tokens), len(again))  # fmt: skip
+            self._submit.extend(again)
+            self._flush_submit()
+
+    def _drain_worker(self, index: int) -> None:
+        """Handles what worker `index`'s channel holds now. For a dead worker that is what
+        it sent before dying, up to its EOF; for a live one (already replaced by its
+        restart) it is ordinary results, and the loop ends when nothing more is there."""
+        ch = self.workers[index]
+        for _ in range(1000):  # bounded: a dead peer reaches EOF after what it wrote
+            if ch.sock is None:
+                return
+            try:
+                batch = ch.recv()
+            except (ChannelClosed, OSError):
+                self._forget_channel(ch)
+                return
+            if not batch:
+                return
+            for parts in batch:
+                self._dispatch_backend(parts)
+
+    def _on_attach_worker(self, msg: msgs.AttachWorker) -> None:
+        # NOTE: the descriptor follows the message on the pipe: take it before anything else
+        fd = recv_handle(self.conn)
+        i = msg.worker
+        self._drain_worker(i)  # the dead one's last results count
+        self._forget_channel(self.workers[i])
+        ch = Channel(socket.socket(fileno=fd), f"worker {i}->frontend")
+        self.workers[i] = ch
+        self.channels[ch.fileno()] = ch
+        self.poller.register(ch.fileno(), self._zmq.POLLIN)
+        log.info("worker %d: attached its restart (pid %d)", i, msg.pid)
 
     # ------------------------------------------------------------------ answering
     def _reply(self, envelope: list, header: bytes, data: list | None = None) -> None:
@@ -476,6 +609,8 @@ class Frontend:
         else:
             m.error += 1
             self.error += 1
+        if p.metrics is not None:
+            p.metrics.count(status)
         self._reply(p.envelope, wire.encode_reply(p.req_id, status, text))
 
     def _release(self, p: _Pending) -> None:
@@ -485,6 +620,7 @@ class Frontend:
         """A request unreadable enough that its op is unknown counts as a failed infer."""
         self.received += 1
         self.error += 1
+        self.metrics.unattributed.error += 1
 
     def _close(self) -> None:
         # whatever is still in flight gets its one answer before the socket closes
@@ -494,6 +630,8 @@ class Frontend:
         for ch in [self.scheduler, *self.workers]:
             ch.close()
         self.router.close()  # lingers up to CLOSE_LINGER_MS so the last replies go out
+        if self._auth is not None:
+            self._auth.stop()  # its sockets are on ctx: before term()
         self.ctx.term()
         for r in self.rings:
             r.close()

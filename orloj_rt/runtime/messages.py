@@ -17,6 +17,8 @@ client wire protocol (PROTOCOL.md) is not here: it lives in `wire.py`.
     supervisor -> frontend       C    ClusterState   pids and readiness, for `health`
     any child  -> supervisor     Y    ChildReady     the child serves (frontend: its endpoint)
     any child  -> supervisor     Z    ChildFailed    a fatal error, as text, before exiting
+    scheduler  -> frontend       L    WorkerLost     a worker died: the batch it was running
+    supervisor -> sched., front. A    AttachWorker   a restarted worker; + one fd (send_handle)
 
 Transport: a `channel.Channel` (a Unix socket pair) between each pair of processes that
 talk: frontend <-> scheduler, scheduler <-> each worker, each worker -> frontend; and a
@@ -164,14 +166,41 @@ class ChildFailed(NamedTuple):
     error: str
 
 
+# ------------------------------------------------------------------ crash recovery
+class WorkerLost(NamedTuple):
+    """A worker died (its channel closed) while it ran the batch `tokens`, or before the
+    scheduler's RunBatch reached it. The frontend, which alone knows which of them are
+    still unanswered (the worker may have sent some results before dying), re-queues each
+    unanswered one once if its deadline has not passed, and answers the rest `error`."""
+
+    TAG = b"L"
+    worker: int
+    pid: int
+    tokens: list
+    reason: str = ""
+
+
+class AttachWorker(NamedTuple):
+    """Worker `worker` was restarted as process `pid` (its `epoch`-th incarnation). Sent on
+    the pipe to the scheduler and to the frontend, and followed on the same pipe by one
+    file descriptor (`multiprocessing.reduction.send_handle`): that process's end of a
+    fresh socket pair to the new worker, which the receiver takes with `recv_handle` at
+    once, before reading anything else from the pipe."""
+
+    TAG = b"A"
+    worker: int
+    pid: int
+    epoch: int
+
+
 _BY_TAG: dict[int, Any] = {
     cls.TAG[0]: cls
     for cls in (
         Submit, Discard, SchedulerStats, RunBatch, WorkerReady, BatchDone, Results,
-        Shutdown, ClusterState, ChildReady, ChildFailed,
+        Shutdown, ClusterState, ChildReady, ChildFailed, WorkerLost, AttachWorker,
     )
 }  # fmt: skip
-assert len(_BY_TAG) == 11, "two messages share a tag"
+assert len(_BY_TAG) == 13, "two messages share a tag"
 
 
 def encode(msg) -> bytes:

@@ -42,6 +42,14 @@ class InstanceConfig:
     log_level: str = "INFO"
     worker_threads: int = 1  # torch intra-op threads per CPU worker
     supervisor_pid: int = 0
+    curve_keys: str = ""  # a key directory (security.ServerKeys): CURVE on the client socket
+    max_frame_bytes: int = 0  # the client socket's ZMQ_MAXMSGSIZE (0: unlimited)
+    # (public, secret) CURVE keys made at start for the HTTP gateway's connection, when
+    # both CURVE and the gateway are on: security.internal_client_keys(config)
+    internal_curve: tuple = ()
+    # where the HTTP gateway reaches the frontend's ROUTER (an abstract ipc name), or ""
+    # when no gateway runs (--http-port / --metrics-port not given): see http_gateway.py
+    internal_endpoint: str = ""
 
 
 def set_process_title(title: str) -> None:

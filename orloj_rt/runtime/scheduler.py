@@ -20,6 +20,14 @@ Learning, per model:
   learned distribution replaces the prior in the policy, and later samples go to the
   policy directly (`observe_solo`). `observe_batch` is called for every batch, for the
   policies that learn from batch times (OrlojPolicy learns batches of one through it).
+
+Worker crashes (docs/reliability.md): a worker's channel closing is how the scheduler
+learns that it died. It dispatches nothing more to it, and sends the batch it was running
+to the frontend (`WorkerLost`), which re-queues or answers each member. The supervisor's
+`AttachWorker` brings the restarted worker's channel; it gets batches after its
+`WorkerReady` (a restarted worker sends no profile: the first warm-up's is kept). While
+no worker at all is ready, requests whose deadline passes are dropped here, since no
+policy decision runs to drop them.
 """
 
 from __future__ import annotations
@@ -28,11 +36,14 @@ import logging
 import math
 import os
 import select
+import socket
 import time
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle
 
 from orloj_rt.runtime import messages as msgs
 from orloj_rt.runtime.channel import Channel, ChannelClosed
+from orloj_rt.runtime.metrics import DECISION_BUCKETS_S, Histogram
 from orloj_rt.runtime.proc import InstanceConfig, child_main, send_to_parent, settle_memory
 
 log = logging.getLogger("orloj_rt.scheduler")
@@ -41,6 +52,7 @@ MIN_APP_SAMPLES = 32  # solo times an app needs before its own distribution repl
 PRIOR_MIN_COV = 0.05  # a prior is never sharper than this (warm-up sees few inputs)
 STATS_INTERVAL_S = 1.0
 MIN_WAKEUP_MS = 0.2  # a policy whose wake-up time has passed cannot make the loop spin
+EXPIRE_SWEEP_S = 0.05  # while no worker is ready: how often expired requests are dropped
 
 
 class _AppLearning:
@@ -72,6 +84,8 @@ class _ModelQueue:
         self.apps: dict[str, _AppLearning] = {}
         self.batches = 0
         self.batched_requests = 0
+        # orloj_scheduler_decision_seconds (docs/metrics.md), sent in SchedulerStats
+        self.decision_time = Histogram(DECISION_BUCKETS_S)
 
     def configure(self, profile: msgs.ModelProfile) -> None:
         from orloj_rt.engine import Distribution
@@ -154,6 +168,7 @@ class _ModelQueue:
             "mean_batch_size": self.batched_requests / self.batches if self.batches else 0.0,
             "prior_mean_ms": self.prior_mean * 1e3,
             "inflation_max": self.inflation[-1] if self.inflation else None,
+            "decision_s": self.decision_time.snapshot(),  # bucket counts..., sum
             "apps": {
                 app: {
                     "samples": st.samples,
@@ -195,6 +210,7 @@ class Scheduler:
         self._errors: list = []
         self._stopping = False
         self._next_stats = 0.0
+        self._next_sweep = 0.0
 
         # type -> handler, per peer; an unknown type has its own explicit branch
         self._frontend_handlers = {msgs.Submit: self._on_submit}
@@ -202,7 +218,10 @@ class Scheduler:
             msgs.WorkerReady: self._on_worker_ready,
             msgs.BatchDone: self._on_batch_done,
         }
-        self._parent_handlers = {msgs.Shutdown: self._on_shutdown}
+        self._parent_handlers = {
+            msgs.Shutdown: self._on_shutdown,
+            msgs.AttachWorker: self._on_attach_worker,
+        }
         self._channels = {self.frontend.fileno(): (self.frontend, self._frontend_handlers)}
         for w in self.workers:
             self._channels[w.channel.fileno()] = (w.channel, self._worker_handlers)
@@ -228,6 +247,10 @@ class Scheduler:
                 entry = channels.get(fd)
                 if entry is not None:
                     self._service(entry[0], entry[1], ev)
+            if not self.idle and not any(w.ready for w in self.workers):
+                self._expire_unservable(time.monotonic())
+            elif self._next_sweep:
+                self._next_sweep = 0.0
             self._schedule()
             now = time.monotonic()
             if now >= self._next_stats:
@@ -239,6 +262,8 @@ class Scheduler:
         """Until a policy wants another look (a batching delay), else the stats tick."""
         now = time.monotonic()
         wake = self._next_stats
+        if not self.idle and self._next_sweep and self._next_sweep < wake:
+            wake = self._next_sweep  # no worker is ready and requests are queued
         if self.idle:
             for mq in self.models:
                 if mq.policy is not None and len(mq.policy):
@@ -253,16 +278,7 @@ class Scheduler:
                 self.poller.modify(ch.fileno(), select.POLLIN)
             if ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
                 for parts in ch.recv():
-                    try:
-                        msg = msgs.decode(parts[0])
-                    except (msgs.UnknownMessage, ValueError, TypeError) as exc:
-                        log.error("ignored a malformed message on %s: %s", ch.name, exc)
-                        continue
-                    handler = handlers.get(type(msg))
-                    if handler is None:
-                        log.error("no handler for %s on %s; ignored", type(msg).__name__, ch.name)
-                        continue
-                    handler(msg)
+                    self._handle(ch, handlers, parts)
         except ChannelClosed:
             # the frontend closes first at every shutdown; a worker's close is news
             level = logging.INFO if ch is self.frontend or self._stopping else logging.WARNING
@@ -271,9 +287,19 @@ class Scheduler:
             del self._channels[ch.fileno()]
             for w in self.workers:
                 if w.channel is ch:
-                    w.ready = False
-                    if w in self.idle:
-                        self.idle.remove(w)
+                    self._lose_worker(w, "it exited")
+
+    def _handle(self, ch: Channel, handlers: dict, parts: list) -> None:
+        try:
+            msg = msgs.decode(parts[0])
+        except (msgs.UnknownMessage, ValueError, TypeError) as exc:
+            log.error("ignored a malformed message on %s: %s", ch.name, exc)
+            return
+        handler = handlers.get(type(msg))
+        if handler is None:
+            log.error("no handler for %s on %s; ignored", type(msg).__name__, ch.name)
+            return
+        handler(msg)
 
     def _send(self, ch: Channel, parts: list) -> bool:
         try:
@@ -312,13 +338,20 @@ class Scheduler:
         except (ValueError, TypeError, KeyError) as exc:
             self._errors.append([token, f"the scheduler could not queue the request: {exc}"])
             return
-        mq.slots[token] = (slot, gen, app)
+        mq.slots[token] = (slot, gen, app, deadline)
 
     def _on_worker_ready(self, msg: msgs.WorkerReady) -> None:
         w = self.workers[msg.worker]
         w.pid = msg.pid
-        for mq, fields in zip(self.models, msg.profiles, strict=True):
+        # a restarted worker sends no profiles: the first warm-up's stay in force
+        for mq, fields in zip(self.models, msg.profiles or [None] * len(self.models),
+                              strict=True):  # fmt: skip
             if mq.policy is None:
+                if fields is None:
+                    log.error("worker %d sent no profile for model %s, which has no policy "
+                              "yet; its requests wait for a worker that does", msg.worker,
+                              mq.name)  # fmt: skip
+                    continue
                 mq.configure(msgs.ModelProfile(*fields))
                 waiting, mq.waiting = mq.waiting, []
                 for d in waiting:
@@ -365,7 +398,9 @@ class Scheduler:
                     mq = self.models[(self._rr + k) % n]
                     if mq.policy is None or not len(mq.policy):
                         continue
+                    t0 = time.perf_counter()
                     d = mq.policy.decide(now)
+                    mq.decision_time.observe(time.perf_counter() - t0)
                     self._take(mq, d.dropped, self._dropped)
                     self._take(mq, d.rejected, self._rejected)
                     if d.batch:
@@ -403,15 +438,86 @@ class Scheduler:
         self._next_batch_id += 1
         run = msgs.RunBatch(batch_id, mq.index, list(batch), [e[0] for e in entries],
                             [e[1] for e in entries])  # fmt: skip
-        if not self._send(w.channel, [msgs.encode(run)]):
-            log.error("worker %d is gone; its batch fails", w.index)
-            w.ready = False
-            for t in batch:
-                mq.slots.pop(t, None)
-                self._errors.append([t, f"worker {w.index} is unavailable"])
-            return
         w.busy_batch = list(batch)
         w.busy_model = mq.index
+        if not self._send(w.channel, [msgs.encode(run)]):
+            self._lose_worker(w, "its channel is closed")  # the frontend re-queues the batch
+
+    # ------------------------------------------------------------------ worker crashes
+    def _lose_worker(self, w: _WorkerState, reason: str) -> None:
+        """Worker `w` is gone: nothing more is dispatched to it, and the batch it was
+        running goes to the frontend (`WorkerLost`), which alone knows which members are
+        still unanswered, to be re-queued or answered. Idempotent."""
+        ch = w.channel
+        fd = ch.fileno()
+        entry = self._channels.get(fd)
+        if entry is not None and entry[0] is ch:
+            self.poller.unregister(fd)
+            del self._channels[fd]
+        ch.close()
+        w.ready = False
+        if w in self.idle:
+            self.idle.remove(w)
+        tokens, w.busy_batch = w.busy_batch, None
+        if not tokens:
+            return
+        mq = self.models[w.busy_model]
+        for t in tokens:
+            mq.slots.pop(t, None)
+        log.warning("worker %d (pid %d) is gone (%s) with a batch of %d request(s) of %s; "
+                    "the frontend re-queues or answers them", w.index, w.pid, reason,
+                    len(tokens), mq.name)  # fmt: skip
+        lost = msgs.WorkerLost(w.index, w.pid, tokens, f"{reason} while running its batch")
+        self._send(self.frontend, [msgs.encode(lost)])
+
+    def _drain_dead(self, ch: Channel) -> None:
+        """Handles what a dead worker sent before it died (a BatchDone), up to its EOF."""
+        for _ in range(1000):  # bounded: a dead peer reaches EOF after what it wrote
+            if ch.sock is None:
+                return
+            try:
+                batch = ch.recv()
+            except (ChannelClosed, OSError):
+                return
+            if not batch:
+                return
+            for parts in batch:
+                self._handle(ch, self._worker_handlers, parts)
+
+    def _on_attach_worker(self, msg: msgs.AttachWorker) -> None:
+        # NOTE: the descriptor follows the message on the pipe: take it before anything else
+        fd = recv_handle(self.conn)
+        w = self.workers[msg.worker]
+        if w.channel.sock is not None:  # its death not handled yet: what it sent counts
+            self._drain_dead(w.channel)
+            self._lose_worker(w, "it exited")
+        w.channel = Channel(socket.socket(fileno=fd), f"scheduler<->worker {msg.worker}")
+        w.pid = msg.pid
+        w.ready = False  # until its WorkerReady: nothing is dispatched to it before
+        self._channels[w.channel.fileno()] = (w.channel, self._worker_handlers)
+        self.poller.register(w.channel.fileno(), select.POLLIN)
+        log.info("worker %d: restarted as pid %d (restart %d); it gets batches once ready",
+                 msg.worker, msg.pid, msg.epoch)  # fmt: skip
+
+    def _expire_unservable(self, now: float) -> None:
+        """No worker is ready (every one died and restarts), so no decision runs to drop
+        what can no longer finish: drop the queued requests whose deadline has passed."""
+        if now < self._next_sweep:
+            return
+        queued = False
+        for mq in self.models:
+            if mq.policy is None or not len(mq.policy):
+                continue
+            queued = True
+            expired = [t for t, e in mq.slots.items() if e[3] <= now]
+            for t in expired:
+                try:
+                    mq.policy.remove(t)
+                except KeyError:
+                    continue  # not queued (it runs)
+                del mq.slots[t]
+                self._dropped.append(t)
+        self._next_sweep = now + EXPIRE_SWEEP_S if queued else 0.0
 
     def _send_stats(self) -> None:
         stats = msgs.SchedulerStats({mq.name: mq.stats() for mq in self.models})

@@ -169,6 +169,9 @@ class ShmRing:
         self._owner = create
         try:
             if create:
+                # owner-only whatever the umask (which may also have removed the owner's
+                # bits): other users must not read requests or write the slots
+                os.fchmod(self._fd, 0o600)
                 os.ftruncate(self._fd, size)
             elif os.fstat(self._fd).st_size < size:
                 raise ValueError(

@@ -224,7 +224,7 @@ class RequestValidator:
                 raise WireError(f"input {name!r} is given twice", req_id)
             dtype = m.get("dtype")
             if dtype != chk.dtype:
-                if dtype not in DTYPES:
+                if not isinstance(dtype, str) or dtype not in DTYPES:  # (a list is unhashable)
                     raise WireError(
                         f"input {name!r}: unknown dtype {dtype!r:.40}; use one of "
                         f"{', '.join(DTYPES)}",

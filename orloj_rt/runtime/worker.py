@@ -9,6 +9,11 @@ work fit; on CUDA it also captures its graphs), and sends the profiles to the sc
 descriptor names (its generation), view the inputs in the ring, run, send the outputs to
 the frontend as zero-copy frames, and report the batch time to the scheduler. A model
 that raises fails its batch's members with `error` replies; the worker serves on.
+
+A restarted worker (the previous one died; docs/reliability.md) is started with
+`profile=False`: it runs each model once at batch size 1 and at the largest batch (lazy
+initialisation, allocator growth) and reports ready without profiles, because the
+scheduler keeps what the first warm-up measured. That keeps its recovery short.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class Worker:
         self.conn = conn
         self.device = config.devices[index]
         self._stopping = False
+        self._done_after_flush: list = []  # BatchDone parts held until the results are out
         if self.device == "cpu":
             torch.set_num_threads(max(1, config.worker_threads))
         else:
@@ -66,6 +72,19 @@ class Worker:
         self._handlers = {msgs.RunBatch: self._on_run_batch}
         self._parent_handlers = {msgs.Shutdown: self._on_shutdown}
 
+    def quick_warm_up(self) -> None:
+        """What a restarted worker does instead of profiling: one batch of 1 and one of
+        the largest size per model, so that the first real batch does not pay the lazy
+        initialisation."""
+        for runner in self.runners:
+            t0 = time.monotonic()
+            ex = examples_for(runner.entry, 1)[0]
+            req = [ex[t.name] for t in runner.spec.inputs]
+            runner.run([req])
+            runner.run([req] * runner.spec.max_batch_size)
+            log.info("model %s warmed up in %.2f s (no profiling: the scheduler keeps the "
+                     "first warm-up's)", runner.spec.name, time.monotonic() - t0)  # fmt: skip
+
     def warm_up(self) -> list:
         profiles = []
         for runner in self.runners:
@@ -79,8 +98,12 @@ class Worker:
         return profiles
 
     # ------------------------------------------------------------------ loop
-    def run(self) -> None:
-        profiles = self.warm_up()
+    def run(self, profile: bool = True) -> None:
+        if profile:
+            profiles = self.warm_up()
+        else:
+            self.quick_warm_up()
+            profiles = []
         settle_memory()
         ready = msgs.WorkerReady(self.index, os.getpid(), self.device, profiles)
         self.scheduler.send([msgs.encode(ready)])
@@ -97,7 +120,8 @@ class Worker:
                     if fd == parent_fd:
                         self._drain_parent()
                     elif fd == front_fd:
-                        self.frontend.flush()
+                        if self.frontend.flush() and self._done_after_flush:
+                            self.scheduler.send(self._done_after_flush.pop(0))
                     elif fd == sched_fd:
                         if ev & select.POLLOUT:
                             self.scheduler.flush()
@@ -192,8 +216,15 @@ class Worker:
         # the output arrays are not copied in user space: sendmsg gathers the memoryviews,
         # and any part the kernel does not take now stays referenced in the outbox
         self.frontend.send([msgs.encode(results), *data])
-        done = msgs.BatchDone(self.index, msg.batch_id, msg.model, ok, exec_s, work)
-        self.scheduler.send([msgs.encode(done)])
+        done = [msgs.encode(msgs.BatchDone(self.index, msg.batch_id, msg.model, ok, exec_s,
+                                           work))]  # fmt: skip
+        # NOTE: BatchDone tells the scheduler the batch is answered; it must not overtake
+        # results still in our outbox, or a death now would leave their requests with no
+        # answer and no one to re-queue them (the kernel keeps what was written, not that)
+        if self.frontend.wants_write:
+            self._done_after_flush.append(done)
+        else:
+            self.scheduler.send(done)
 
     def _close(self) -> None:
         # what is still in the outboxes goes out before the channels close (bounded by the
@@ -212,13 +243,19 @@ class Worker:
 
 
 def run_worker_process(
-    config: InstanceConfig, index: int, conn: Connection, scheduler_sock, frontend_sock
+    config: InstanceConfig,
+    index: int,
+    conn: Connection,
+    scheduler_sock,
+    frontend_sock,
+    profile: bool = True,
 ) -> None:
-    """Entry point of worker `index` (spawned by the supervisor).
+    """Entry point of worker `index` (started by the supervisor).
 
-    `scheduler_sock` and `frontend_sock` are this process's ends of its socket pairs."""
+    `scheduler_sock` and `frontend_sock` are this process's ends of its socket pairs;
+    `profile` is False for a restarted worker (see the module docstring)."""
 
     def body() -> None:
-        Worker(config, index, conn, scheduler_sock, frontend_sock).run()
+        Worker(config, index, conn, scheduler_sock, frontend_sock).run(profile)
 
     child_main("worker", index, config, conn, body)

@@ -1,5 +1,5 @@
 """Starting and stopping: clean shutdown leaves nothing, stale segments go, bad starts are
-explained, a crashed worker stops the instance with every request answered."""
+explained, a crashed worker is restarted with every request answered."""
 
 from __future__ import annotations
 
@@ -81,23 +81,26 @@ def test_stale_segments_of_a_killed_instance_are_removed_at_start(tmp_path):
             os.unlink(f"/dev/shm/{stale}")
 
 
-def test_a_killed_worker_stops_the_instance_and_every_request_is_answered(tmp_path):
-    with running_server(tmp_path, check_exit=False, light=True) as server, \
-            RawDealer(server.endpoint) as d:  # fmt: skip
+def test_a_killed_worker_is_restarted_and_every_request_is_answered(tmp_path):
+    """(More in test_reliability.py.) The request the worker was running is re-queued
+    once and served by its restart; the instance serves on and stops cleanly."""
+    with running_server(tmp_path, light=True) as server, RawDealer(server.endpoint) as d:
         with Client(server.endpoint, timeout_s=10) as c:
             worker_pid = c.health()["pids"]["workers"][0]
         for i in range(3):
-            d.send(encode_infer(i, "sleep", {"ms": np.array(2000, np.float32)}))
+            d.send(encode_infer(i, "sleep", {"ms": np.array(500, np.float32)}))
         time.sleep(0.2)
         os.kill(worker_pid, signal.SIGKILL)
         replies = {}
         while len(replies) < 3:
             h, _ = d.recv(timeout_s=30)
+            assert h["id"] not in replies
             replies[h["id"]] = h
-        assert all(h["status"] == "rejected" for h in replies.values()), replies
-        assert any("worker 0" in h["error"] for h in replies.values())
-        server.proc.wait(30)
-    assert server.returncode == 1
+        assert all(h["status"] == "ok" for h in replies.values()), replies
+        with Client(server.endpoint, timeout_s=10) as c:
+            h = c.health()
+        assert h["workers_ready"] == 1 and h["pids"]["workers"][0] not in (0, worker_pid)
+    assert server.returncode == 0
 
 
 def test_gpus_without_cuda_exits_2_and_suggests_cpu_workers():

@@ -1,0 +1,729 @@
+"""The gateway process: KServe v2 (Open Inference Protocol) over HTTP, and Prometheus /metrics.
+
+    HTTP clients (tritonclient, curl, KServe / MLServer clients)     Prometheus
+        | POST /v2/models/{name}/infer ... (--http-port)                 | GET /metrics
+        v                                                                v (--metrics-port)
+    gateway: aiohttp --- one ZeroMQ DEALER, wire protocol v1 ---> frontend's ROUTER
+                          ipc://@orloj_rt.<instance>.gateway       (the clients' socket)
+
+An HTTP request becomes wire-protocol requests on the frontend's own ROUTER socket, bound
+to one more, instance-internal endpoint (an abstract Unix socket name: no file, no port).
+So HTTP requests take exactly the path of ZeroMQ clients: the same validation, rings,
+scheduler, SLOs, statuses and counters; the gateway adds only HTTP framing. A tensor
+with a leading batch dimension of N becomes N wire requests (orloj-rt batches on the
+server, each member with its own deadline), answered together.
+
+Why a process and not a thread in the frontend (measured in bench/e2e_overhead.py, see
+docs/http.md): the frontend is the instance's busiest single-threaded loop, and an HTTP
+stack in a thread of it would take the GIL from that loop on every request and stall it
+for a slow or hostile HTTP client; a separate process costs one more ZeroMQ hop pair
+(a `health` round trip: 120 to 240 us here), and the HTTP path stays within the 1 ms
+budget (median 558 us added over ZeroMQ, p50, over 16 runs). When neither --http-port
+nor --metrics-port is given, no gateway process exists and the frontend binds no
+internal endpoint.
+
+Outcome -> HTTP status (docs/http.md): ok 200; error 400 (with the frontend's text);
+dropped 503; rejected 429 when the server is overloaded (a full ring, the policy's
+admission control) and 503 when it cannot serve at all (starting up, shutting down, a
+failed worker), both with Retry-After; an unknown model 404.
+
+The library is aiohttp: asyncio-native, so one event loop carries the HTTP server and the
+ZeroMQ socket (a plain pyzmq socket on the loop's reader, `FrontendLink`) with no thread
+hand-off; its HTTP parser is compiled (llhttp); it is maintained by aio-libs and widely
+deployed; and prometheus_client's encoder plugs into it (the metrics port) without a
+second server stack. With --curve-keys, the link authenticates with the key pair the
+supervisor made for the gateway at start (`security.internal_client_keys`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from orloj_rt.models.spec import DTYPES, ModelSpec
+from orloj_rt.runtime import messages as msgs
+from orloj_rt.runtime.proc import InstanceConfig, child_main, send_to_parent
+from orloj_rt.runtime.wire import PROTOCOL_VERSION, STATUS_DROPPED, STATUS_ERROR, STATUS_OK
+
+log = logging.getLogger("orloj_rt.gateway")
+
+LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"
+MODEL_VERSION = "1"  # orloj-rt serves one version of each model
+HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary tensor data extension
+FRONTEND_TIMEOUT_S = 60.0  # safety net: the frontend answers every request, at once or later
+HEALTH_TIMEOUT_S = 2.0  # a health probe that takes longer says "not live"
+SHUTDOWN_TIMEOUT_S = 2.0  # for open HTTP connections when the instance stops
+MIN_BODY_LIMIT = 8 << 20
+
+# wire dtype <-> KServe v2 datatype
+KSERVE_DATATYPES = {
+    "float32": "FP32", "float16": "FP16", "bfloat16": "BF16", "int64": "INT64",
+    "int32": "INT32", "int8": "INT8", "uint8": "UINT8", "bool": "BOOL",
+}  # fmt: skip
+WIRE_DTYPES = {v: k for k, v in KSERVE_DATATYPES.items()}
+_packb = msgpack.Packer(use_bin_type=True).pack
+LOAD_REJECTIONS = ("overloaded", "rejected by the scheduler", "rejected by the scheduling policy")
+
+
+def internal_endpoint(instance: str) -> str:
+    """The frontend's extra ROUTER endpoint for the gateway: a Linux abstract socket name
+    (no file to clean up, reachable only from this machine's network namespace)."""
+    return f"ipc://@orloj_rt.{instance}.gateway"
+
+
+def listen_host(allow_remote: bool) -> str:
+    """Where the HTTP ports listen: loopback only, unless --allow-remote."""
+    return ALL_INTERFACES if allow_remote else LOOPBACK
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    http_port: int | None = None  # KServe v2; None: off
+    metrics_port: int | None = None  # Prometheus; None: off
+    host: str = LOOPBACK
+
+
+class HttpError(Exception):
+    """Answered as `{"error": text}` with `code` (and Retry-After for 429 / 503); `status`:
+    the wire status (dropped, rejected, error) when the frontend gave one."""
+
+    def __init__(self, code: int, text: str, status: str | None = None):
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        self.status = status
+
+
+def status_code(status: str, error: str) -> int:
+    """The HTTP status for a wire outcome other than ok (see the module docstring)."""
+    if status == STATUS_ERROR:
+        return 400
+    if status == STATUS_DROPPED:
+        return 503
+    # rejected: too much load (retry later) or no service at all; the frontend's texts
+    # for load start with these (frontend.py: a full ring; the scheduler's Discard)
+    if (error or "").startswith(LOAD_REJECTIONS):
+        return 429
+    return 503
+
+
+# ---------------------------------------------------------------------- the frontend link
+class FrontendLink:
+    """A DEALER on the frontend's ROUTER: any number of requests in flight, answers
+    matched by id (every request gets exactly one answer: PROTOCOL.md).
+
+    A plain pyzmq socket driven by the event loop (`add_reader` on its FD), not
+    zmq.asyncio: a round trip costs 139 us instead of 177 us p50 on the development VM
+    (bench/gateway_parts.py, docs/http.md). The FD is edge-triggered: whoever may have
+    consumed the edge (a send, a receive) drains what is readable, until ZMQ_EVENTS says
+    there is nothing left."""
+
+    def __init__(self, endpoint: str, curve=None):
+        import zmq
+
+        self._zmq = zmq
+        self.endpoint = endpoint
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block: the frontend answers
+        self._sock.setsockopt(zmq.RCVHWM, 0)
+        if curve is not None:  # --curve-keys: the ROUTER's CURVE covers this endpoint too
+            curve.apply(self._sock)
+        self._sock.connect(endpoint)
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._sock.FD, self._drain)
+
+    async def request(self, header: dict, frames: list, timeout_s: float) -> tuple[dict, list]:
+        """Sends one wire request (`v` and `id` are set here); (reply header, data frames)."""
+        if self.closed:
+            raise HttpError(503, "the server is shutting down: not accepting new requests")
+        zmq = self._zmq
+        rid = next(self._ids)
+        header["v"] = PROTOCOL_VERSION
+        header["id"] = rid
+        fut = self._loop.create_future()
+        self._waiting[rid] = fut
+        # a timer, not asyncio.wait_for: that wraps every request in one more task
+        timer = self._loop.call_later(timeout_s, _expire, fut, timeout_s)
+        try:
+            # SNDHWM 0: a DEALER queues without limit, so a non-blocking send never fails
+            self._sock.send_multipart([b"", _packb(header), *frames], zmq.NOBLOCK, copy=False)
+            self._drain()  # the send may have taken the FD's edge for a pending reply
+            return await fut
+        finally:
+            timer.cancel()
+            self._waiting.pop(rid, None)
+
+    async def op(self, op: str, timeout_s: float, **fields: Any) -> Any:
+        """A control op (health, models, stats): its `result`."""
+        header, _ = await self.request({"op": op, **fields}, [], timeout_s)
+        if header.get("status") != STATUS_OK:
+            raise HttpError(503, f"{op}: {header.get('error')}")
+        return header.get("result")
+
+    def _drain(self) -> None:
+        zmq = self._zmq
+        sock = self._sock
+        if self.closed:
+            return
+        while sock.get(zmq.EVENTS) & zmq.POLLIN:
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            try:
+                header = msgpack.unpackb(frames[1].buffer, raw=False, strict_map_key=False)
+            except Exception:  # noqa: BLE001 - the frontend speaks the protocol; never fatal
+                log.error("ignored an unreadable reply from the frontend")
+                continue
+            fut = self._waiting.get(header.get("id")) if isinstance(header, dict) else None
+            if fut is not None and not fut.done():
+                fut.set_result((header, [f.buffer for f in frames[2:]]))
+
+    async def close(self) -> None:
+        self.closed = True
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(HttpError(503, "the server is shutting down"))
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._sock.FD)
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+
+def _expire(fut: asyncio.Future, timeout_s: float) -> None:
+    if not fut.done():
+        fut.set_exception(HttpError(504, f"no answer from the orloj-rt frontend within "
+                                         f"{timeout_s:g} s"))  # fmt: skip
+
+
+# ---------------------------------------------------------------------- KServe v2
+def _np_dtype(wire_dtype: str) -> np.dtype:
+    return np.dtype(DTYPES[wire_dtype][0])
+
+
+def _json_values(buf, wire_dtype: str) -> list:
+    """Raw little-endian bytes -> a flat JSON list (bfloat16 as the floats it encodes)."""
+    if wire_dtype == "bfloat16":
+        bits = np.frombuffer(buf, "<u2").astype(np.uint32) << 16
+        return bits.view(np.float32).tolist()
+    return np.frombuffer(buf, _np_dtype(wire_dtype)).tolist()
+
+
+def _tensor_meta(t, batched: bool) -> dict:
+    shape = list(t.shape)
+    return {"name": t.name, "datatype": KSERVE_DATATYPES[t.dtype],
+            "shape": [-1, *shape] if batched else shape}  # fmt: skip
+
+
+class _Input:
+    __slots__ = ("name", "dtype", "shape", "data")
+
+    def __init__(self, name: str, dtype: str, shape: list, data):
+        self.name = name
+        self.dtype = dtype  # wire dtype
+        self.shape = shape
+        self.data = data  # bytes-like, prod(shape) x itemsize
+
+
+class KServeApp:
+    """The /v2 routes (docs/http.md)."""
+
+    def __init__(self, specs: list[ModelSpec], link: FrontendLink):
+        self.specs = {s.name: s for s in specs}
+        self.link = link
+
+    def routes(self) -> list:
+        from aiohttp import web
+
+        r = []
+        r.append(web.get("/v2", self.server_metadata))
+        r.append(web.get("/v2/health/live", self.live))
+        r.append(web.get("/v2/health/ready", self.ready))
+        for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            r.append(web.get(base, self.model_metadata))
+            r.append(web.get(base + "/ready", self.model_ready))
+            r.append(web.get(base + "/config", self.model_config))
+            r.append(web.post(base + "/infer", self.infer))
+        return r
+
+    @staticmethod
+    def body_limit(specs: list[ModelSpec]) -> int:
+        """The largest request body accepted: a full batch of the largest inputs as JSON
+        numbers (up to ~20 characters per value), at least MIN_BODY_LIMIT."""
+        most = 0
+        for s in specs:
+            per = sum(math.prod(t.max_shape) * 24 for t in s.inputs)
+            most = max(most, per * s.max_batch_size)
+        return max(MIN_BODY_LIMIT, most + (1 << 20))
+
+    # ------------------------------------------------------------------ health, metadata
+    async def server_metadata(self, request):
+        from orloj_rt import __version__
+
+        return _json({"name": "orloj-rt", "version": __version__,
+                      "extensions": ["binary_tensor_data", "model_configuration"]})  # fmt: skip
+
+    async def _health(self) -> dict | None:
+        try:
+            return await self.link.op("health", HEALTH_TIMEOUT_S)
+        except HttpError:
+            return None
+
+    async def live(self, request):
+        h = await self._health()
+        return _json({"live": h is not None}, 200 if h is not None else 503)
+
+    @staticmethod
+    def _serving(h: dict | None) -> bool:
+        if h is None or h.get("status") == "shutting_down":
+            return False
+        return h.get("workers_ready", 0) > 0
+
+    async def ready(self, request):
+        ok = self._serving(await self._health())
+        return _json({"ready": ok}, 200 if ok else 503)
+
+    def _spec(self, request) -> ModelSpec:
+        name = request.match_info["name"]
+        spec = self.specs.get(name)
+        if spec is None:
+            raise HttpError(404, f"unknown model {name!r:.80}; this server serves: "
+                            f"{', '.join(self.specs)}")  # fmt: skip
+        version = request.match_info.get("version")
+        if version is not None and version != MODEL_VERSION:
+            raise HttpError(404, f"model {name!r} has no version {version!r:.40}; orloj-rt "
+                            f"serves version {MODEL_VERSION} only")  # fmt: skip
+        return spec
+
+    async def model_metadata(self, request):
+        spec = self._spec(request)
+        return _json({
+            "name": spec.name,
+            "versions": [MODEL_VERSION],
+            "platform": "orloj-rt",
+            "inputs": [_tensor_meta(t, True) for t in spec.inputs],
+            "outputs": [_tensor_meta(t, True) for t in spec.outputs],
+        })  # fmt: skip
+
+    async def model_ready(self, request):
+        spec = self._spec(request)
+        ok = self._serving(await self._health())
+        return _json({"name": spec.name, "ready": ok}, 200 if ok else 503)
+
+    async def model_config(self, request):
+        """Triton's model configuration extension, as far as orloj-rt has the fields."""
+        spec = self._spec(request)
+
+        def tensors(ts) -> list:
+            return [{"name": t.name, "data_type": "TYPE_" + KSERVE_DATATYPES[t.dtype],
+                     "dims": list(t.shape)} for t in ts]  # fmt: skip
+
+        return _json({
+            "name": spec.name,
+            "platform": "orloj-rt",
+            "max_batch_size": spec.max_batch_size,
+            "input": tensors(spec.inputs),
+            "output": tensors(spec.outputs),
+            "parameters": {"default_slo_ms": {"string_value": f"{spec.default_slo_ms:g}"}},
+        })  # fmt: skip
+
+    # ------------------------------------------------------------------ infer
+    async def infer(self, request):
+        spec = self._spec(request)
+        body = await request.read()
+        doc, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
+        inputs = _parse_inputs(doc, binary)
+        params = doc.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise HttpError(400, "\"parameters\" must be a JSON object")
+        selected, binary_out = _requested_outputs(doc, params, spec)
+        n, members = _members(spec, inputs)
+        base: dict[str, Any] = {"op": "infer", "model": spec.name}
+        for key in ("slo_ms", "app", "hint"):  # checked by the frontend, as for any client
+            if key in params:
+                base[key] = params[key]
+        timeout = FRONTEND_TIMEOUT_S
+        slo = params.get("slo_ms")
+        if isinstance(slo, (int, float)) and math.isfinite(slo) and slo > 0:
+            timeout += min(float(slo), 86_400_000.0) / 1000.0
+        if len(members) == 1:  # the common case: no task per member
+            meta, frames = members[0]
+            replies = [await self.link.request({**base, "inputs": meta}, frames, timeout)]
+        else:
+            replies = await asyncio.gather(*(
+                self.link.request({**base, "inputs": meta}, frames, timeout)
+                for meta, frames in members
+            ))  # fmt: skip
+        return _infer_response(spec, doc.get("id"), n, replies, selected, binary_out)
+
+
+def _json(obj: Any, status: int = 200):
+    from aiohttp import web
+
+    return web.Response(body=json.dumps(obj, separators=(",", ":")).encode(), status=status,
+                        content_type="application/json")  # fmt: skip
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview]:
+    """(the JSON inference header, the binary tensor data after it)."""
+    view = memoryview(body)
+    if header_length is None:
+        json_part, binary = view, view[:0]
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            n = -1
+        if not 0 <= n <= len(body):
+            raise HttpError(400, f"{HEADER_LENGTH} is {header_length!r:.40}, but the body "
+                            f"has {len(body)} bytes: give the JSON header's length in bytes")
+        json_part, binary = view[:n], view[n:]
+    try:
+        doc = json.loads(bytes(json_part))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HttpError(400, f"the inference request is not valid JSON ({exc}); with binary "
+                        f"tensor data, set {HEADER_LENGTH} to the JSON part's length") from None
+    if not isinstance(doc, dict):
+        raise HttpError(400, "the inference request must be a JSON object")
+    return doc, binary
+
+
+def _parse_inputs(doc: dict, binary: memoryview) -> list[_Input]:
+    raw = doc.get("inputs")
+    if not isinstance(raw, list) or not raw:
+        raise HttpError(400, "the inference request needs \"inputs\": a non-empty list of "
+                        "tensors {name, shape, datatype, data | parameters.binary_data_size}")
+    inputs, pos = [], 0
+    for k, t in enumerate(raw):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise HttpError(400, f"inputs[{k}] must be an object with a \"name\"")
+        name = t["name"]
+        datatype = t.get("datatype")
+        dtype = WIRE_DTYPES.get(datatype) if isinstance(datatype, str) else None
+        if dtype is None:
+            raise HttpError(400, f"input {name!r}: datatype {datatype!r:.40} is not served; "
+                            f"orloj-rt takes {', '.join(WIRE_DTYPES)}")  # fmt: skip
+        shape = t.get("shape")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise HttpError(400, f"input {name!r}: \"shape\" must be a list of non-negative "
+                            f"ints, got {shape!r:.60}")  # fmt: skip
+        count = math.prod(shape)
+        nbytes = count * DTYPES[dtype][1]
+        tparams = t.get("parameters") or {}
+        size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size != nbytes:
+                raise HttpError(400, f"input {name!r}: binary_data_size is {size!r:.40}, but "
+                                f"shape {shape} of {datatype} takes {nbytes} bytes")  # fmt: skip
+            if pos + size > len(binary):
+                raise HttpError(400, f"input {name!r}: its {size} bytes of binary data go past "
+                                f"the end of the body ({len(binary)} bytes after the JSON)")
+            data = binary[pos : pos + size]
+            pos += size
+        elif "data" in t:
+            if dtype == "bfloat16":
+                raise HttpError(400, f"input {name!r}: BF16 tensors must be sent as binary "
+                                "data (binary_data_size), not as JSON numbers")  # fmt: skip
+            try:
+                arr = np.asarray(t["data"], dtype=_np_dtype(dtype))
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise HttpError(400, f"input {name!r}: \"data\" is not a list of {datatype} "
+                                f"values ({exc})") from None  # fmt: skip
+            if arr.size != count:
+                raise HttpError(400, f"input {name!r}: \"data\" has {arr.size} values, but "
+                                f"shape {shape} takes {count}")  # fmt: skip
+            data = arr.tobytes()
+        else:
+            raise HttpError(400, f"input {name!r} has neither \"data\" nor "
+                            "parameters.binary_data_size")  # fmt: skip
+        inputs.append(_Input(name, dtype, shape, data))
+    if pos != len(binary):
+        raise HttpError(400, f"{len(binary)} bytes of binary data follow the JSON header, but "
+                        f"the inputs' binary_data_size add up to {pos}")  # fmt: skip
+    return inputs
+
+
+def _requested_outputs(doc: dict, params: dict, spec: ModelSpec) -> tuple[list[int], list[bool]]:
+    """The outputs to return (indices into the spec) and, for each, binary or JSON."""
+    default_binary = params.get("binary_data_output") is True
+    raw = doc.get("outputs")
+    if raw is None:
+        n = len(spec.outputs)
+        return list(range(n)), [default_binary] * n
+    if not isinstance(raw, list):
+        raise HttpError(400, "\"outputs\" must be a list of {name, parameters} objects")
+    index = {t.name: i for i, t in enumerate(spec.outputs)}
+    selected, binary = [], []
+    for o in raw:
+        name = o.get("name") if isinstance(o, dict) else None
+        if name not in index:
+            raise HttpError(400, f"unknown output {name!r:.60} of model {spec.name!r} (it has: "
+                            f"{', '.join(index)})")  # fmt: skip
+        oparams = o.get("parameters") or {}
+        b = oparams.get("binary_data") if isinstance(oparams, dict) else None
+        selected.append(index[name])
+        binary.append(default_binary if b is None else b is True)
+    return selected, binary
+
+
+def _members(spec: ModelSpec, inputs: list[_Input]) -> tuple[int, list]:
+    """(N, one (inputs meta, frames) per wire request). N = 0: no batch dimension.
+
+    A leading batch dimension is recognised by rank: one more dim than the model's input.
+    Inputs that match neither rank (or unknown names) go to the frontend as they are, so
+    that its validation answers them, with the same text a ZeroMQ client gets."""
+    by_name = {t.name: t for t in spec.inputs}
+    ranks = set()
+    for x in inputs:
+        t = by_name.get(x.name)
+        if t is None or len(x.shape) not in (len(t.shape), len(t.shape) + 1):
+            ranks = {"as is"}
+            break
+        ranks.add("batched" if len(x.shape) == len(t.shape) + 1 else "single")
+    if ranks != {"batched"}:
+        if len(ranks) > 1:
+            raise HttpError(400, "either every input has the leading batch dimension or none "
+                            "does")  # fmt: skip
+        meta = [{"name": x.name, "dtype": x.dtype, "shape": x.shape} for x in inputs]
+        return 0, [(meta, [x.data for x in inputs])]
+    sizes = {x.shape[0] for x in inputs}
+    if len(sizes) != 1:
+        raise HttpError(400, f"the inputs disagree on the batch size (dim 0): {sorted(sizes)}")
+    n = sizes.pop()
+    if not 1 <= n <= spec.max_batch_size:
+        raise HttpError(400, f"batch dimension {n} is outside [1, {spec.max_batch_size}] "
+                        f"(model {spec.name!r}'s max_batch_size); each member is a request "
+                        "of its own, batched by the server")  # fmt: skip
+    members = []
+    for k in range(n):
+        meta, frames = [], []
+        for x in inputs:
+            per = len(x.data) // n
+            meta.append({"name": x.name, "dtype": x.dtype, "shape": x.shape[1:]})
+            frames.append(memoryview(x.data)[k * per : (k + 1) * per])
+        members.append((meta, frames))
+    return n, members
+
+
+_SEVERITY = {STATUS_ERROR: 0, "rejected": 1, STATUS_DROPPED: 2}
+
+
+def _infer_response(spec: ModelSpec, req_id: Any, n: int, replies: list, selected: list,
+                    binary_out: list):  # fmt: skip
+    from aiohttp import web
+
+    bad = [(k, h) for k, (h, _) in enumerate(replies) if h.get("status") != STATUS_OK]
+    if bad:
+        k, h = min(bad, key=lambda kh: _SEVERITY.get(kh[1].get("status"), 0))
+        status = h.get("status", STATUS_ERROR)
+        text = h.get("error") or status
+        if n > 1:
+            text = f"{len(bad)} of {n} batch members were not ok; member {k}: {text}"
+        raise HttpError(status_code(status, h.get("error", "")), text, status)
+    outputs, blobs = [], []
+    for j, as_binary in zip(selected, binary_out, strict=True):
+        t = spec.outputs[j]
+        shapes = [h["outputs"][j]["shape"] for h, _ in replies]
+        parts = [frames[j] for _, frames in replies]
+        if n:
+            if any(s != shapes[0] for s in shapes):
+                raise HttpError(500, f"output {t.name!r} differs in shape across the batch "
+                                f"members ({shapes}); send them one request each")  # fmt: skip
+            shape = [n, *shapes[0]]
+            data = b"".join(parts) if n > 1 else parts[0]
+        else:
+            shape, data = shapes[0], parts[0]
+        out: dict[str, Any] = {"name": t.name, "datatype": KSERVE_DATATYPES[t.dtype],
+                               "shape": shape}  # fmt: skip
+        if as_binary:
+            out["parameters"] = {"binary_data_size": len(data)}
+            blobs.append(data)
+        else:
+            out["data"] = _json_values(data, t.dtype)
+        outputs.append(out)
+    timings = [h.get("timing") or {} for h, _ in replies]
+    params: dict[str, Any] = {"met_slo": all(h.get("met_slo") for h, _ in replies)}
+    for key in ("queue_us", "exec_us", "total_us", "batch_size"):
+        params[key] = max(t.get(key, 0) for t in timings)
+    resp: dict[str, Any] = {"model_name": spec.name, "model_version": MODEL_VERSION,
+                            "outputs": outputs, "parameters": params}  # fmt: skip
+    if req_id is not None:
+        resp["id"] = req_id
+    head = json.dumps(resp, separators=(",", ":")).encode()
+    if not blobs:
+        return web.Response(body=head, content_type="application/json")
+    return web.Response(body=b"".join([head, *blobs]), content_type="application/octet-stream",
+                        headers={HEADER_LENGTH: str(len(head))})  # fmt: skip
+
+
+# ---------------------------------------------------------------------- the process
+class Gateway:
+    """The gateway's servers, on one event loop (see the module docstring)."""
+
+    def __init__(self, config: InstanceConfig, options: GatewayOptions):
+        from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
+
+        from orloj_rt.runtime.metrics import SnapshotCollector
+        from orloj_rt.runtime.security import internal_client_keys
+
+        disable_created_metrics()  # no `_created` series: they double a scrape for nothing
+
+        self.config = config
+        self.options = options
+        self.link = FrontendLink(config.internal_endpoint, internal_client_keys(config))
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = SnapshotCollector({"gateway": os.getpid()})
+        self.registry.register(self.collector)
+        self.http_requests = Counter(
+            "orloj_http_requests", "KServe v2 HTTP requests, by route and status code",
+            ["route", "code"], registry=self.registry)  # fmt: skip
+        self.runners: list = []
+        self.urls: dict[str, str] = {}
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        self.link.start()
+        specs = [e.spec for e in self.config.models]
+        opts = self.options
+        if opts.http_port is not None:
+            kserve = KServeApp(specs, self.link)
+            app = web.Application(client_max_size=KServeApp.body_limit(specs),
+                                  middlewares=[self._middleware()])  # fmt: skip
+            app.add_routes(kserve.routes())
+            self.urls["http"] = await self._listen(app, opts.http_port, "--http-port")
+        if opts.metrics_port is not None:
+            app = web.Application()
+            app.add_routes([web.get("/metrics", self.metrics)])
+            url = await self._listen(app, opts.metrics_port, "--metrics-port")
+            self.urls["metrics"] = url + "/metrics"
+
+    async def _listen(self, app, port: int, flag: str) -> str:
+        from aiohttp import web
+
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        self.runners.append(runner)
+        site = web.TCPSite(runner, self.options.host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise RuntimeError(f"cannot listen on {self.options.host}:{port} ({flag}): "
+                               f"{exc.strerror or exc}; choose another port") from None
+        host, bound = runner.addresses[-1][:2]
+        log.info("%s: listening on http://%s:%d", flag, host, bound)
+        return f"http://{host}:{bound}"
+
+    async def stop(self) -> None:
+        await self.link.close()
+        for runner in self.runners:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+
+    # ------------------------------------------------------------------ handlers
+    @staticmethod
+    def _route(request) -> str:
+        info = request.match_info
+        route = getattr(info, "route", None)
+        resource = getattr(route, "resource", None)
+        return resource.canonical if resource is not None else "unmatched"
+
+    def _middleware(self):
+        """Turns HttpError into its JSON answer, and counts every answer by route and code."""
+        from aiohttp import web
+
+        @web.middleware
+        async def answer(request, handler):
+            return await self._answer(request, handler)
+
+        return answer
+
+    async def _answer(self, request, handler):
+        from aiohttp import web
+
+        try:
+            resp = await handler(request)
+        except HttpError as exc:
+            body = {"error": exc.text}
+            if exc.status is not None:
+                body["status"] = exc.status
+            resp = _json(body, exc.code)
+            if exc.code in (429, 503):
+                resp.headers["Retry-After"] = "1"
+        except web.HTTPException as exc:  # aiohttp's own: 404 no route, 405, 413 too large
+            resp = _json({"error": exc.text or exc.reason}, exc.status)
+        self.http_requests.labels(self._route(request), str(resp.status)).inc()
+        return resp
+
+    async def metrics(self, request):
+        from aiohttp import web
+        from prometheus_client.exposition import choose_encoder
+
+        try:
+            snap = await self.link.op("stats", HEALTH_TIMEOUT_S, metrics=True)
+            snapshot = snap.get("metrics") if isinstance(snap, dict) else None
+        except HttpError:
+            snapshot = None
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        # no await between setting the snapshot and encoding: one scrape, one snapshot
+        self.collector.snapshot = snapshot
+        body = encoder(self.registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def run_gateway_process(config: InstanceConfig, conn: Connection, options: GatewayOptions) -> None:
+    """Entry point of the gateway process (spawned by the supervisor when --http-port or
+    --metrics-port is given)."""
+
+    def body() -> None:
+        asyncio.run(_serve(config, conn, options))
+
+    child_main("gateway", 0, config, conn, body)
+
+
+async def _serve(config: InstanceConfig, conn: Connection, options: GatewayOptions) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_parent() -> None:
+        try:
+            while conn.poll():
+                msg = msgs.decode(conn.recv_bytes())
+                if isinstance(msg, msgs.Shutdown):
+                    stop.set()
+                else:
+                    log.debug("ignored %s from the supervisor", type(msg).__name__)
+        except (EOFError, OSError):  # the supervisor is gone
+            stop.set()
+
+    gateway = Gateway(config, options)
+    try:
+        await gateway.start()
+        loop.add_reader(conn.fileno(), on_parent)
+        send_to_parent(conn, msgs.ChildReady("gateway", 0, os.getpid(), dict(gateway.urls)))
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            loop.remove_reader(conn.fileno())
+        await gateway.stop()
+        log.info("stopped")

@@ -1,0 +1,262 @@
+"""Fuzzed input: at least 10,000 seeded, randomised malformed messages interleaved with
+valid ones, against a live server. Every valid request succeeds, every message gets
+exactly one reply (with its id wherever the header was readable enough to carry one), and
+the server stays alive (same frontend, answering health).
+
+The seed is printed; `ORLOJ_RT_FUZZ_SEED=N` replays a run, `ORLOJ_RT_FUZZ_N` changes
+the number of malformed messages.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+
+import msgpack
+import numpy as np
+
+from orloj_rt.client import Client
+from orloj_rt.runtime.wire import MAX_HEADER_BYTES, MAX_ID_LEN
+
+from .helpers import running_server
+
+N_MALFORMED = int(os.environ.get("ORLOJ_RT_FUZZ_N", "10000"))
+VALID_EVERY = 8  # about one valid request per this many malformed ones
+WINDOW = 128  # messages in flight
+TIMEOUT_S = 120.0
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def expected_id(frames: list, delimiter: bool):
+    """The id the server can echo, found the way it finds it: the header is the frame
+    after the first empty one (a DEALER's frames follow the routing id), and must be a
+    msgpack map of at most MAX_HEADER_BYTES with an int or short str id; else None."""
+    full = ([b""] if delimiter else []) + list(frames)
+    k = next((i for i, f in enumerate(full) if len(f) == 0), None)
+    if k is None or k + 1 >= len(full):
+        return None
+    head = full[k + 1]
+    if len(head) > MAX_HEADER_BYTES:
+        return None
+    try:
+        h = msgpack.unpackb(head, raw=False, strict_map_key=False)
+    except Exception:  # noqa: BLE001 - anything unreadable carries no id
+        return None
+    if not isinstance(h, dict):
+        return None
+    rid = h.get("id")
+    if isinstance(rid, bool):
+        return None
+    if isinstance(rid, int) or (isinstance(rid, str) and len(rid) <= MAX_ID_LEN):
+        return rid
+    return None
+
+
+class Fuzzer:
+    """Makes one message at a time: (frames after the delimiter, delimiter?, kind, x)."""
+
+    KINDS = ("random_frames", "truncated", "wrong_type", "shape", "frame_count",
+             "version", "size", "control", "nesting")  # fmt: skip
+
+    def __init__(self, seed: int):
+        self.r = random.Random(seed)
+        self.next_id = 1
+
+    def rid(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    def valid_header(self, rid: int, x_meta=None) -> dict:
+        return {"v": 1, "id": rid, "op": "infer", "model": "noop", "slo_ms": 60000.0,
+                "inputs": [x_meta or {"name": "x", "dtype": "float32", "shape": [4]}]}  # fmt: skip
+
+    def rbytes(self, lo: int = 0, hi: int = 64) -> bytes:
+        return self.r.randbytes(self.r.randint(lo, hi))
+
+    def valid(self):
+        rid = self.rid()
+        if self.r.random() < 0.1:
+            op = self.r.choice(["health", "models", "stats"])
+            return [_pack({"v": 1, "id": rid, "op": op})], True, "valid_" + op, None
+        x = np.array([self.r.uniform(-1e6, 1e6) for _ in range(4)], np.float32)
+        return [_pack(self.valid_header(rid)), x.tobytes()], True, "valid", x
+
+    def malformed(self):
+        kind = self.r.choice(self.KINDS)
+        return (*getattr(self, kind)(), kind, None)
+
+    # ------------------------------------------------------------------ the kinds
+    def random_frames(self):
+        frames = [self.rbytes(0, 96) for _ in range(self.r.randint(1, 5))]
+        if all(len(f) == 0 for f in frames):
+            frames[0] = b"\xc1"  # never a valid msgpack byte
+        return frames, self.r.random() < 0.7
+
+    def truncated(self):
+        h = _pack(self.valid_header(self.rid()))
+        return [h[: self.r.randrange(0, len(h))], b"\0" * 16], True
+
+    def wrong_type(self):
+        h = self.valid_header(self.rid())
+        r = self.r
+        key = r.choice(["v", "id", "op", "model", "inputs", "name", "dtype", "shape",
+                        "slo_ms", "app", "hint"])  # fmt: skip
+        bad = {
+            "v": ["1", [1], {"a": 1}, 1.5, b"\x01", None, True],
+            "id": [1.5, [1], {"x": 1}, True, None, b"id", "x" * (MAX_ID_LEN + 1)],
+            "op": [5, "infer2", ["infer"], None, {"op": 1}],
+            "model": [5, ["noop"], None, "nope", {"a": 1}, b"noop"],
+            "inputs": ["x", 5, {"name": "x"}, [5], [["x"]], None, [None]],
+            "name": [5, None, "y", ["x"], {"x": 1}],
+            "dtype": [5, ["float32"], "float64", "complex64", None, {"a": 1}, b"float32"],
+            "shape": ["4", [4.5], [True, 1], None, {"a": 1}, [[4]], [None]],
+            "slo_ms": ["fast", -1, 0, math.nan, math.inf, -math.inf, True, [1], 1e12],
+            "app": [5, "", "a" * 200, ["x"], None, {"a": 1}],
+            "hint": ["x", math.nan, math.inf, [1], True, {"a": 1}],
+        }[key]
+        value = r.choice(bad)
+        if key in ("name", "dtype", "shape"):
+            h["inputs"][0][key] = value
+        else:
+            h[key] = value
+        return [_pack(h), b"\0" * 16], True
+
+    def shape(self):
+        shape = self.r.choice([[-1], [0], [-(2**31)], [2**63 - 1], [2**64 - 1], [10**6],
+                               [4, 4], [], [4] * 100, [-4], [2**32 + 4]])  # fmt: skip
+        h = self.valid_header(self.rid(), {"name": "x", "dtype": "float32", "shape": shape})
+        return [_pack(h), b"\0" * 16], True
+
+    def frame_count(self):
+        h = self.valid_header(self.rid())
+        n = self.r.choice([0, 2, 3, 7])
+        if self.r.random() < 0.3:  # the same input twice, with two frames
+            h["inputs"] = h["inputs"] * 2
+            n = 2 if self.r.random() < 0.5 else 1
+        return [_pack(h), *[b"\0" * 16 for _ in range(n)]], True
+
+    def version(self):
+        h = self.valid_header(self.rid())
+        v = self.r.choice([0, 2, -1, 99, 2**40, None, "v1"])
+        if v is None:
+            del h["v"]
+        else:
+            h["v"] = v
+        return [_pack(h), b"\0" * 16], True
+
+    def size(self):
+        n = self.r.choice([0, 1, 15, 17, 32, 1000])
+        return [_pack(self.valid_header(self.rid())), b"\0" * n], True
+
+    def control(self):
+        op = self.r.choice(["health", "models", "stats"])
+        return [_pack({"v": 1, "id": self.rid(), "op": op}), self.rbytes(1, 8)], True
+
+    def nesting(self):
+        depth = self.r.choice([600, 2000, 20000])
+        return [b"\x91" * depth + b"\x00"], True  # arrays in arrays: a msgpack bomb
+
+
+def test_fuzzed_messages_get_exactly_one_reply_and_the_server_serves_on(tmp_path):
+    import zmq
+
+    seed = int(os.environ.get("ORLOJ_RT_FUZZ_SEED", random.SystemRandom().randrange(2**32)))
+    print(f"\nfuzz seed: {seed} (replay: ORLOJ_RT_FUZZ_SEED={seed})")
+    fz = Fuzzer(seed)
+    messages = []  # (frames, delimiter, kind, x)
+    n_bad = 0
+    while n_bad < N_MALFORMED:
+        if fz.r.randrange(VALID_EVERY) == 0:
+            messages.append(fz.valid())
+        else:
+            messages.append(fz.malformed())
+            n_bad += 1
+    with running_server(tmp_path, light=True) as server:
+        with Client(server.endpoint, timeout_s=10) as c:
+            before = c.health()["pids"]
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(server.endpoint)
+        try:
+            replies = _exchange(sock, messages)
+        finally:
+            sock.close(linger=0)
+        with Client(server.endpoint, timeout_s=10) as c:
+            after = c.health()
+            ok = c.infer("noop", {"x": np.arange(4, dtype=np.float32)})
+    log = "".join(p.read_text() for p in tmp_path.glob("server-*.log"))
+    assert "internal error" not in log and "Traceback" not in log, log[-3000:]
+    assert after["status"] == "ok" and after["pids"]["frontend"] == before["frontend"]
+    assert after["pids"]["scheduler"] == before["scheduler"]
+    assert ok.ok and ok.outputs["y"].tolist() == [0, 1, 2, 3]
+
+    # every message got exactly one reply: by id where it had a readable one
+    by_id: dict = {}
+    anonymous = []
+    for h, data in replies:
+        if h.get("id") is None:
+            anonymous.append(h)
+        else:
+            by_id.setdefault(h["id"], []).append((h, data))
+    want_anonymous = 0
+    kinds: dict = {}
+    for frames, delimiter, kind, x in messages:
+        kinds[kind] = kinds.get(kind, 0) + 1
+        rid = expected_id(frames, delimiter)
+        if rid is None:
+            want_anonymous += 1
+            continue
+        got = by_id.pop(rid, [])
+        assert len(got) == 1, f"{kind} id {rid}: {len(got)} replies ({got[:2]})"
+        h, data = got[0]
+        if kind.startswith("valid"):
+            assert h["status"] == "ok", (kind, h)
+            if x is not None:
+                assert np.frombuffer(data[0], np.float32).tolist() == x.tolist()
+        else:
+            assert h["status"] == "error", (kind, frames[:1], h)
+    assert not by_id, f"replies to ids never sent: {list(by_id)[:5]}"
+    assert len(anonymous) == want_anonymous
+    assert all(h["status"] == "error" for h in anonymous)
+    print(f"fuzz: {len(messages)} messages ({n_bad} malformed, "
+          f"{len(messages) - n_bad} valid), {len(replies)} replies, "
+          f"{want_anonymous} without an id; by kind: {dict(sorted(kinds.items()))}")
+
+
+def _exchange(sock, messages: list) -> list:
+    """Sends every message with at most WINDOW in flight; every reply, decoded."""
+    import zmq
+
+    replies = []
+    sent = 0
+    deadline = time.monotonic() + TIMEOUT_S
+
+    def receive(timeout_ms: int) -> None:
+        if not sock.poll(timeout_ms, zmq.POLLIN):
+            return
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # a reply repeats the frames we sent before the first empty one, then b""
+            k = next(i for i, f in enumerate(frames) if len(f) == 0)
+            replies.append((msgpack.unpackb(frames[k + 1], raw=False), frames[k + 2 :]))
+
+    while sent < len(messages) or len(replies) < len(messages):
+        assert time.monotonic() < deadline, (
+            f"{len(replies)} replies to {sent} messages after {TIMEOUT_S} s"
+        )
+        if sent < len(messages) and sent - len(replies) < WINDOW:
+            frames, delimiter, _kind, _x = messages[sent]
+            sock.send_multipart(([b""] if delimiter else []) + list(frames))
+            sent += 1
+            receive(0)
+        else:
+            receive(100)
+    receive(500)  # a duplicate would arrive now
+    assert len(replies) == len(messages), f"{len(replies)} replies to {len(messages)}"
+    return replies
