@@ -10,10 +10,12 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def policy_names() -> list[str]:
-    """The registered policies, read at run time (the registry grows)."""
-    from orloj_rt.policies import POLICIES
+    """The registered policies, read at run time (the registry grows): whole-batch, then
+    step-level (docs/runtime.md: a model without steps under a step policy is served in
+    whole batches by its counterpart, e.g. orloj-step -> orloj)."""
+    from orloj_rt.policies import POLICIES, STEP_POLICIES
 
-    return sorted(POLICIES)
+    return sorted(POLICIES) + sorted(STEP_POLICIES)
 
 
 def default_worker_threads(n_cpu_workers: int) -> int:

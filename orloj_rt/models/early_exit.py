@@ -13,6 +13,10 @@ batch costs about c(b) times its deepest member, the behaviour Orloj's batch mod
 assumes. The model reports `exit_layer` (layers run) per request, which the scheduler uses
 to learn per-request solo times without batches of one.
 
+It is a `layer` step model (`spec.step_kind`, orloj_rt/models/steps.py): `init_state`,
+`step` (one layer), `finished`, `progress`, `outputs`, `select` and `merge`, for
+step-level batching; `forward` is the loop over them.
+
 `tokens_for_depth(depth, length, rng)` builds an input with a chosen exit depth.
 """
 
@@ -78,7 +82,16 @@ def build(
     import torch
     from torch import nn
 
-    class EarlyExitEncoder(nn.Module):
+    from orloj_rt.models.steps import StepModelMixin
+
+    class EarlyExitEncoder(StepModelMixin, nn.Module):
+        """A `layer` step model (orloj_rt/models/steps.py): step k runs layer k.
+
+        State: `h` (b, L, d) hidden states, `pad` (b, L) padding mask, `depth` (b,) exit
+        layer, `layer` (b,) layers run so far."""
+
+        STATE_PAD = {"pad": True}
+
         def __init__(self) -> None:
             super().__init__()
             self.num_layers = num_layers
@@ -96,16 +109,40 @@ def build(
         def exit_depth(self, tokens):
             return 1 + torch.remainder(tokens[:, 0] - 1, self.num_layers)
 
-        def forward(self, tokens):
-            pad = tokens == 0
-            h = self.embed(tokens) + self.pos[: tokens.shape[1]]
+        def init_state(self, tokens):
             depth = self.exit_depth(tokens)
-            deepest = int(depth.max())  # the batch runs until its last member exits
-            for i in range(deepest):
-                running = (depth > i)[:, None, None]
-                h = torch.where(running, self.layers[i](h, src_key_padding_mask=pad), h)
-            logits = self.head(self.norm(h[:, 0]))
-            return logits, depth
+            return {
+                "h": self.embed(tokens) + self.pos[: tokens.shape[1]],
+                "pad": tokens == 0,
+                "depth": depth,
+                "layer": torch.zeros_like(depth),
+            }
+
+        def finished(self, state):
+            return state["layer"] >= state["depth"]
+
+        def progress(self, state):
+            return state["layer"]
+
+        def step(self, state):
+            h, pad, layer = state["h"], state["pad"], state["layer"]
+            running = ~self.finished(state)
+            levels = torch.unique(layer[running]).tolist()
+            if len(levels) == 1:
+                # the whole batch runs the layer; members that exited keep their state
+                # (masked), so a batch costs about c(b) times its deepest member
+                out = self.layers[levels[0]](h, src_key_padding_mask=pad)
+                h = torch.where(running[:, None, None], out, h)
+            else:  # members at different layers (a newcomer catching up): one call each
+                h = h.clone()
+                for lv in levels:
+                    rows = torch.nonzero(running & (layer == lv)).flatten()
+                    h[rows] = self.layers[lv](h[rows], src_key_padding_mask=pad[rows])
+            return {**state, "h": h, "layer": layer + running.long()}
+
+        def outputs(self, state):
+            logits = self.head(self.norm(state["h"][:, 0]))
+            return logits, state["depth"]
 
     torch.manual_seed(seed)
     return EarlyExitEncoder()

@@ -36,6 +36,34 @@ def resolve(ref: str) -> Callable[..., Any]:
         raise ImportError(f"{ref!r}: module {module_name!r} has no {func_name!r}") from None
 
 
+def load_exported(path: str):
+    """A model exported with `torch.export` (a .pt2 file) as an eval-ready module.
+
+    The program runs as it was exported (in eval mode, with the shapes it allows): export
+    the batch dim, and every variable dim, as dynamic (`torch.export.Dim`), or batches
+    other than the example's size fail. See docs/models.md."""
+    import torch
+    from torch import nn
+
+    program = torch.export.load(path).module()
+
+    class ExportedProgramModule(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.program = program
+
+        def train(self, mode: bool = True):
+            # an exported program is fixed in the mode it was exported in, and refuses
+            # train()/eval(); nothing here needs switching
+            self.training = mode
+            return self
+
+        def forward(self, *inputs):
+            return self.program(*inputs)
+
+    return ExportedProgramModule()
+
+
 def build_module(entry: ModelEntry):
     """The entry's torch.nn.Module, in eval mode without gradients."""
     module = resolve(entry.factory)(**dict(entry.factory_args))

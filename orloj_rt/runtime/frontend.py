@@ -454,7 +454,7 @@ class Frontend:
             return
         now = time.monotonic()
         exec_us = msg.exec_us
-        batch_size = len(msg.tokens)
+        batch_size = msg.batch_size or len(msg.tokens)  # a step member: its step's size
         self.metrics.models[msg.model].batch_size.observe(batch_size)
         pending = self._pending
         k = 0

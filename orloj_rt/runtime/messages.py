@@ -19,6 +19,17 @@ client wire protocol (PROTOCOL.md) is not here: it lives in `wire.py`.
     any child  -> supervisor     Z    ChildFailed    a fatal error, as text, before exiting
     scheduler  -> frontend       L    WorkerLost     a worker died: the batch it was running
     supervisor -> sched., front. A    AttachWorker   a restarted worker; + one fd (send_handle)
+    scheduler  -> worker         J    StepUpdate     step-level batching: who joins, who is ended
+    worker     -> scheduler      P    StepProgress   step-level batching: a step boundary
+
+Step-level batching (docs/runtime.md, "Step-level batching"): for a model whose steps the
+scheduler drives, the worker never waits for the scheduler between two steps. At each
+step boundary it sends a `StepProgress` (who runs, who finished, the step's times) and
+goes on; the scheduler reads them at its own pace (every millisecond, and when requests
+arrive) and answers with a `StepUpdate` that the worker drains, without waiting, at its
+next step boundary. Ended members and dropped requests
+are answered `dropped` by the scheduler (`Discard`); finished members by the worker
+(`Results`).
 
 Transport: a `channel.Channel` (a Unix socket pair) between each pair of processes that
 talk: frontend <-> scheduler, scheduler <-> each worker, each worker -> frontend; and a
@@ -98,6 +109,10 @@ class ModelProfile(NamedTuple):
     solo_times: list  # batches of one over the model's example requests
     inflation: list  # c(b) for b = 1..max_batch_size, c(1) = 1
     work_fit: list | None  # [a, k]: solo time ~ a + k * work, where the model reports work
+    # step-level batching only: [step_s, step inflation c(1..max_batch), example steps]:
+    # one step's solo time, a step of b members over one of 1, and the steps each warm-up
+    # example ran (its work); None for a model served in whole batches
+    steps: list | None = None
 
 
 class WorkerReady(NamedTuple):
@@ -133,6 +148,7 @@ class Results(NamedTuple):
     exec_us: int
     shapes: list  # per member: one shape per output (None for a failed member)
     errors: list | None = None
+    batch_size: int = 0  # the batch the members ran in when it is not len(tokens) (steps)
 
 
 # ------------------------------------------------------------------ supervisor <-> children
@@ -193,14 +209,65 @@ class AttachWorker(NamedTuple):
     epoch: int
 
 
+# ------------------------------------------------------------------ step-level batching
+class StepUpdate(NamedTuple):
+    """The scheduler's decision for worker `worker`'s running batch of `model`, applied at
+    the worker's next step boundary (it never waits for one). `joined`: [token, slot,
+    generation] per request that joins; `ended`: tokens of running members to stop (their
+    `dropped` answer is the scheduler's). `seq` numbers the updates per worker and model;
+    the worker echoes the last it applied in `StepProgress.applied`."""
+
+    TAG = b"J"
+    model: int
+    seq: int
+    joined: list
+    ended: list
+
+
+class StepProgress(NamedTuple):
+    """Worker `worker`'s batch of `model` at a step boundary, sent without waiting for an
+    answer (the scheduler reads it at its own pace). `running`/`steps`: the members still
+    running and the steps each has run; `finished`: [token, steps] per member done since
+    the last report (its `Results` left for the frontend before this message); `failed`:
+    tokens answered `error` (a stale ring slot, a model exception). `at`: time.monotonic()
+    at the boundary. Since the last report: `n_steps` steps with `members` members in all;
+    over the `timed` steps among them (those not interleaved with a whole batch or an idle
+    wait), `model_s` in the model's calls (init_state, catch-up, step) and `overhead_s` in
+    everything else the worker did for them (reading updates, moving rows, answering,
+    reporting): wall time; `model_cpu_s` and `overhead_cpu_s`: the same as CPU time of
+    the process (time.process_time()), which other processes on the machine do not
+    inflate; `coord_s`, `coord_cpu_s`: the part of the overhead spent coordinating with
+    the scheduler (looking for and reading updates, building and sending reports)."""
+
+    TAG = b"P"
+    worker: int
+    model: int
+    applied: int
+    at: float
+    running: list
+    steps: list
+    finished: list
+    failed: list
+    n_steps: int
+    members: int
+    timed: int
+    model_s: float
+    overhead_s: float
+    model_cpu_s: float
+    overhead_cpu_s: float
+    coord_s: float
+    coord_cpu_s: float
+
+
 _BY_TAG: dict[int, Any] = {
     cls.TAG[0]: cls
     for cls in (
         Submit, Discard, SchedulerStats, RunBatch, WorkerReady, BatchDone, Results,
         Shutdown, ClusterState, ChildReady, ChildFailed, WorkerLost, AttachWorker,
+        StepUpdate, StepProgress,
     )
 }  # fmt: skip
-assert len(_BY_TAG) == 13, "two messages share a tag"
+assert len(_BY_TAG) == 15, "two messages share a tag"
 
 
 def encode(msg) -> bytes:

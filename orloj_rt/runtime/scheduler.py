@@ -21,6 +21,14 @@ Learning, per model:
   policy directly (`observe_solo`). `observe_batch` is called for every batch, for the
   policies that learn from batch times (OrlojPolicy learns batches of one through it).
 
+Step-level batching (runtime/step_scheduling.py): a model with steps under a step policy
+(orloj-step, fcfs-step, ...) is not dispatched in batches. Each worker runs its members
+step by step and reports every boundary (`StepProgress`) without waiting; the model's
+`StepCoordinator` asks the step policy about the worker's next boundary and sends the
+answer (`StepUpdate`: who joins, who is ended), which the worker applies when it gets
+there. A model without steps under a step policy is served in whole batches by the
+policy's whole-batch counterpart (orloj-step -> orloj, fcfs-step -> fifo, edf-step -> edf).
+
 Worker crashes (docs/reliability.md): a worker's channel closing is how the scheduler
 learns that it died. It dispatches nothing more to it, and sends the batch it was running
 to the frontend (`WorkerLost`), which re-queues or answers each member. The supervisor's
@@ -45,6 +53,11 @@ from orloj_rt.runtime import messages as msgs
 from orloj_rt.runtime.channel import Channel, ChannelClosed
 from orloj_rt.runtime.metrics import DECISION_BUCKETS_S, Histogram
 from orloj_rt.runtime.proc import InstanceConfig, child_main, send_to_parent, settle_memory
+from orloj_rt.runtime.step_scheduling import (
+    StepCoordinator,
+    serving_mode,
+    step_prior,
+)
 
 log = logging.getLogger("orloj_rt.scheduler")
 
@@ -53,6 +66,9 @@ PRIOR_MIN_COV = 0.05  # a prior is never sharper than this (warm-up sees few inp
 STATS_INTERVAL_S = 1.0
 MIN_WAKEUP_MS = 0.2  # a policy whose wake-up time has passed cannot make the loop spin
 EXPIRE_SWEEP_S = 0.05  # while no worker is ready: how often expired requests are dropped
+#: while a worker runs members step by step, its reports are read this often (and whenever
+#: something else wakes the scheduler), not as each arrives: see `_update_quiet`
+STEP_TICK_S = 0.001
 
 
 class _AppLearning:
@@ -73,9 +89,14 @@ class _ModelQueue:
         self.index = index
         self.spec = entry.spec
         self.name = entry.spec.name
-        self.policy_name = config.policy
+        self.policy_name, self.step_level = serving_mode(entry.spec, config.policy)
+        if self.policy_name != config.policy:
+            log.info("model %s has no steps: policy %s serves it in whole batches as %s",
+                     self.name, config.policy, self.policy_name)  # fmt: skip
         self.policy_params = dict(config.policy_params)
         self.policy = None  # built when the first worker's profile arrives
+        self.steps: StepCoordinator | None = None  # step-level batching (step_level)
+        self.workers = len(config.devices)
         self.inflation: list[float] = []
         self.work_fit: tuple[float, float] | None = None
         self.prior_mean = 0.0
@@ -92,6 +113,12 @@ class _ModelQueue:
         from orloj_rt.policies import make_policy
 
         self.inflation = [float(c) for c in profile.inflation]
+        if profile.work_fit is not None:
+            a, k = profile.work_fit
+            self.work_fit = (float(a), float(k))
+        if self.step_level:
+            self._configure_steps(profile)
+            return
         self.policy = make_policy(
             self.policy_name,
             max_batch=self.spec.max_batch_size,
@@ -104,9 +131,6 @@ class _ModelQueue:
         cov = max(math.sqrt(var) / mean, PRIOR_MIN_COV)
         self.prior_mean = mean
         self.policy.set_default_distribution(Distribution.from_mean_cov(mean, cov))
-        if profile.work_fit is not None:
-            a, k = profile.work_fit
-            self.work_fit = (float(a), float(k))
         log.info(
             "model %s: policy %s, prior mean %.3f ms (cov %.2f), c(%d) = %.2f%s",
             self.name, self.policy_name, mean * 1e3, cov, len(self.inflation),
@@ -114,6 +138,30 @@ class _ModelQueue:
             f", solo ~ {self.work_fit[0] * 1e3:.3f} + {self.work_fit[1] * 1e3:.3f} ms/unit"
             if self.work_fit else "",
         )  # fmt: skip
+
+    def _configure_steps(self, profile: msgs.ModelProfile) -> None:
+        """The step policy, from the warm-up's step profile: the solo time of one step is
+        the policy's `step`, c(b) of a step its inflation, the examples' steps its prior."""
+        from orloj_rt.engine import Distribution
+        from orloj_rt.policies import make_policy
+
+        if not profile.steps:
+            raise ValueError(f"model {self.name}: the worker sent no step profile")
+        step_s, inflation, works = profile.steps
+        inflation = [float(c) for c in inflation]
+        self.policy = make_policy(self.policy_name, max_batch=self.spec.max_batch_size,
+                                  inflation=inflation, step=float(step_s),
+                                  **self.policy_params)  # fmt: skip
+        mean, cov = step_prior(float(step_s), works)
+        self.prior_mean = mean
+        self.policy.set_default_distribution(Distribution.from_mean_cov(mean, cov))
+        self.steps = StepCoordinator(self.name, self.index, self.policy, self.slots,
+                                     float(step_s), inflation, self.work_fit,
+                                     self.workers)  # fmt: skip
+        log.info("model %s: step-level batching, policy %s, one step %.3f ms alone, "
+                 "c(%d) = %.2f, prior mean %.1f steps (cov %.2f)", self.name,
+                 self.policy_name, step_s * 1e3, len(inflation), inflation[-1],
+                 mean / step_s, cov)  # fmt: skip
 
     def solo_times(self, b: int, exec_s: float, work: list | None) -> list[float] | None:
         """Per-member solo-time estimates for a finished batch, or None if it gives none."""
@@ -162,7 +210,22 @@ class _ModelQueue:
                 policy.observe_solo(app, t)
 
     def stats(self) -> dict:
+        if self.steps is not None:
+            st = self.steps.stats()
+            return {
+                "queued": (len(self.policy) if self.policy is not None else 0)
+                + len(self.waiting),
+                "policy": self.policy_name,
+                "batches": st["steps"],  # steps, for a step-level model
+                "mean_batch_size": st["mean_members"],
+                "prior_mean_ms": self.prior_mean * 1e3,
+                "inflation_max": self.steps.inflation[-1],
+                "decision_s": self.decision_time.snapshot(),
+                "steps": st,
+                "apps": self.steps.app_stats(),
+            }
         return {
+            "policy": self.policy_name,
             "queued": (len(self.policy) if self.policy is not None else 0) + len(self.waiting),
             "batches": self.batches,
             "mean_batch_size": self.batched_requests / self.batches if self.batches else 0.0,
@@ -211,12 +274,14 @@ class Scheduler:
         self._stopping = False
         self._next_stats = 0.0
         self._next_sweep = 0.0
+        self._quiet: dict[int, _WorkerState] = {}  # fd -> a stepping worker, read per tick
 
         # type -> handler, per peer; an unknown type has its own explicit branch
         self._frontend_handlers = {msgs.Submit: self._on_submit}
         self._worker_handlers = {
             msgs.WorkerReady: self._on_worker_ready,
             msgs.BatchDone: self._on_batch_done,
+            msgs.StepProgress: self._on_step_progress,
         }
         self._parent_handlers = {
             msgs.Shutdown: self._on_shutdown,
@@ -247,11 +312,15 @@ class Scheduler:
                 entry = channels.get(fd)
                 if entry is not None:
                     self._service(entry[0], entry[1], ev)
+            for w in list(self._quiet.values()):  # stepping workers: their reports so far
+                if w.channel.sock is not None:
+                    self._service(w.channel, self._worker_handlers, select.POLLIN)
             if not self.idle and not any(w.ready for w in self.workers):
                 self._expire_unservable(time.monotonic())
             elif self._next_sweep:
                 self._next_sweep = 0.0
             self._schedule()
+            self._update_quiet()
             now = time.monotonic()
             if now >= self._next_stats:
                 self._next_stats = now + STATS_INTERVAL_S
@@ -270,12 +339,40 @@ class Scheduler:
                     w = mq.policy.next_wakeup(now)
                     if w is not None and w < wake:
                         wake = w
+        if self._quiet and now + STEP_TICK_S < wake:
+            wake = now + STEP_TICK_S
         return max(MIN_WAKEUP_MS, (wake - now) * 1000.0)
+
+    def _update_quiet(self) -> None:
+        """A worker that runs members step by step, and no whole batch, reports every
+        boundary; waking up for each report would cost that worker a wake-up of this
+        process per step (on a small machine the woken process often takes the waker's
+        CPU: 100-200 us measured per report). So its channel is polled without POLLIN
+        (a report wakes nobody; a close still does, as POLLHUP) and read each time this
+        loop runs: at least every STEP_TICK_S, and at once when a request arrives."""
+        for w in self.workers:
+            fd = w.channel.fileno()
+            quiet = (w.ready and w.busy_batch is None and w.channel.sock is not None
+                     and any(mq.steps is not None and not mq.steps.runs[w.index].idle()
+                             for mq in self.models))  # fmt: skip
+            if quiet == (fd in self._quiet):
+                continue
+            if quiet:
+                self._quiet[fd] = w
+            else:
+                del self._quiet[fd]
+            if self._channels.get(fd, (None,))[0] is w.channel:
+                self.poller.modify(fd, self._mask(w.channel))
+
+    def _mask(self, ch: Channel) -> int:
+        fd = ch.fileno()
+        return ((0 if fd in self._quiet else select.POLLIN)
+                | (select.POLLOUT if ch.wants_write else 0))  # fmt: skip
 
     def _service(self, ch: Channel, handlers: dict, ev: int) -> None:
         try:
             if ev & select.POLLOUT and ch.flush():
-                self.poller.modify(ch.fileno(), select.POLLIN)
+                self.poller.modify(ch.fileno(), self._mask(ch))
             if ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
                 for parts in ch.recv():
                     self._handle(ch, handlers, parts)
@@ -285,6 +382,7 @@ class Scheduler:
             log.log(level, "%s closed by its peer", ch.name)
             self.poller.unregister(ch.fileno())
             del self._channels[ch.fileno()]
+            self._quiet.pop(ch.fileno(), None)
             for w in self.workers:
                 if w.channel is ch:
                     self._lose_worker(w, "it exited")
@@ -307,7 +405,7 @@ class Scheduler:
         except ChannelClosed:
             return False
         if ch.wants_write:
-            self.poller.modify(ch.fileno(), select.POLLIN | select.POLLOUT)
+            self.poller.modify(ch.fileno(), self._mask(ch))
         return True
 
     def _drain_parent(self) -> None:
@@ -331,6 +429,8 @@ class Scheduler:
                 mq.waiting.append(d)
                 continue
             self._enqueue(mq, token, app, arrival, deadline, hint, slot, generation)
+            if mq.steps is not None:
+                mq.steps.arrived = True
 
     def _enqueue(self, mq: _ModelQueue, token, app, arrival, deadline, hint, slot, gen) -> None:
         try:
@@ -384,6 +484,17 @@ class Scheduler:
             mq.batched_requests += len(tokens)
             mq.learn(apps, msg.exec_s, msg.work)
 
+    def _on_step_progress(self, msg: msgs.StepProgress) -> None:
+        if not 0 <= msg.model < len(self.models):
+            log.error("step progress for unknown model %d; ignored", msg.model)
+            return
+        co = self.models[msg.model].steps
+        if co is None:
+            log.error("step progress for model %s, which is not served step by step",
+                      self.models[msg.model].name)  # fmt: skip
+            return
+        co.on_progress(msg)
+
     def _on_shutdown(self, msg: msgs.Shutdown) -> None:
         self._stopping = True
 
@@ -396,7 +507,7 @@ class Scheduler:
                 dispatched = False
                 for k in range(n):
                     mq = self.models[(self._rr + k) % n]
-                    if mq.policy is None or not len(mq.policy):
+                    if mq.policy is None or mq.steps is not None or not len(mq.policy):
                         continue
                     t0 = time.perf_counter()
                     d = mq.policy.decide(now)
@@ -410,11 +521,33 @@ class Scheduler:
                         break
                 if not dispatched:
                     break
+        self._schedule_steps()
         if self._dropped or self._rejected or self._errors:
             discard = msgs.Discard(self._dropped, self._rejected, self._errors,
                                    "rejected by the scheduling policy")  # fmt: skip
             self._dropped, self._rejected, self._errors = [], [], []
             self._send(self.frontend, [msgs.encode(discard)])
+
+    def _schedule_steps(self) -> None:
+        """Each step-served model's decision for every ready worker that reported a
+        boundary since the last pass, or that runs nothing of it while requests wait."""
+        now = None
+        for mq in self.models:
+            co = mq.steps
+            if co is None:
+                continue
+            for w in self.workers:
+                if not w.ready or not co.wants_decision(w.index):
+                    continue
+                if now is None:
+                    now = time.monotonic()
+                t0 = time.perf_counter()
+                update, answered = co.decide(w.index, now)
+                mq.decision_time.observe(time.perf_counter() - t0)
+                self._dropped += answered
+                if update is not None and not self._send(w.channel, [msgs.encode(update)]):
+                    self._lose_worker(w, "its channel is closed")
+            co.arrived = False
 
     @staticmethod
     def _take(mq: _ModelQueue, tokens: list, into: list) -> None:
@@ -454,19 +587,29 @@ class Scheduler:
         if entry is not None and entry[0] is ch:
             self.poller.unregister(fd)
             del self._channels[fd]
+        if self._quiet.get(fd) is w:
+            del self._quiet[fd]
         ch.close()
         w.ready = False
         if w in self.idle:
             self.idle.remove(w)
-        tokens, w.busy_batch = w.busy_batch, None
+        tokens, w.busy_batch = w.busy_batch or [], None
+        what = []
+        if tokens:
+            mq = self.models[w.busy_model]
+            for t in tokens:
+                mq.slots.pop(t, None)
+            what.append(f"a batch of {len(tokens)} request(s) of {mq.name}")
+        for mq in self.models:  # the members it ran step by step, and those on the way
+            if mq.steps is not None:
+                members = mq.steps.lose(w.index)
+                if members:
+                    tokens = tokens + members
+                    what.append(f"{len(members)} step member(s) of {mq.name}")
         if not tokens:
             return
-        mq = self.models[w.busy_model]
-        for t in tokens:
-            mq.slots.pop(t, None)
-        log.warning("worker %d (pid %d) is gone (%s) with a batch of %d request(s) of %s; "
-                    "the frontend re-queues or answers them", w.index, w.pid, reason,
-                    len(tokens), mq.name)  # fmt: skip
+        log.warning("worker %d (pid %d) is gone (%s) with %s; the frontend re-queues or "
+                    "answers them", w.index, w.pid, reason, " and ".join(what))  # fmt: skip
         lost = msgs.WorkerLost(w.index, w.pid, tokens, f"{reason} while running its batch")
         self._send(self.frontend, [msgs.encode(lost)])
 

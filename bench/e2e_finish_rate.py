@@ -1,0 +1,477 @@
+"""End-to-end finish rate: the real runtime, real models, the same load under every policy.
+
+    .venv/bin/python bench/e2e_finish_rate.py                    # the sweep: a table
+    .venv/bin/python bench/e2e_finish_rate.py --quick            # a reduced sweep, < 3 min
+    .venv/bin/python bench/e2e_finish_rate.py --json             # one JSON object
+    .venv/bin/python bench/e2e_finish_rate.py --out docs/results/e2e_finish_rate   # + PNG
+
+For each model (one at a time) it starts one server per policy (`orloj-rt start --models
+REPO --cpu-workers 1 --policy P`: frontend, scheduler, one CPU worker), one after another,
+and runs them side by side. Each gets the same unmeasured warm-up, from which its
+scheduler learns the model's mean solo time; the median over the servers sets the cells:
+SLO = multiple x mean, rate = load / mean (as the simulator's units do). Every cell's
+open-loop Poisson load is the same seeded requests for every policy; it is cut into
+chunks of a few seconds of arrivals, and the policies take turns chunk by chunk, starting
+with a different one each time, so that other jobs on a shared machine hit every policy
+alike.
+
+- `early_exit`: bimodal exit depths: 80% exit after 2 layers, 20% run all 12; token
+  length uniform 8..32 (orloj_rt/models/load_inputs.py).
+- `generate`: lengths from the `GeneratedTokens` column of the Azure LLM conversation
+  trace 2023 (../shared/data/azure-llm-2023/conv.csv), rows drawn at random, divided by 8:
+  mean 27 tokens, CoV 0.76, 1..125.
+
+Finish rate: answered ok within the SLO / requests sent. `scheduler_cpu`: the scheduler
+process's CPU time (user + system, psutil) over the cell's wall time, as a share of one
+core. The load generator runs in this process, on the same machine as the server.
+
+Targets (issue 5): for early_exit and generate, at every cell where fifo finishes 20-60%,
+orloj finishes >= 1.5x fifo and at least as much as the best other baseline; the
+scheduler's share of one core < 25% at the highest load of the sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from orloj_rt.client import Client  # noqa: E402
+from orloj_rt.client.loadgen import arrival_times, read_trace, run_open_loop  # noqa: E402
+from orloj_rt.models.builtin import BUILTIN_MODELS  # noqa: E402
+from orloj_rt.models.load_inputs import make_inputs  # noqa: E402
+from orloj_rt.runtime.launcher import ServerProcess  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TRACE = ROOT.parent / "shared" / "data" / "azure-llm-2023" / "conv.csv"
+POLICIES = ("orloj", "fifo", "edf", "nexus", "clockwork")
+BASELINES = ("fifo", "edf", "nexus", "clockwork")
+APP = "e2e"
+FIFO_BAND = (0.2, 0.6)
+TARGET_VS_FIFO = 1.5
+TARGET_SCHED_CPU = 0.25
+
+
+@dataclass(frozen=True)
+class ModelSweep:
+    """One model's sweep. Its cells are set in units of the model's mean solo time as
+    learned during the warm-up (as the simulator does): SLO = slo_mult x mean, rate =
+    load / mean. So the sweep means the same on a faster or busier machine; the
+    absolute SLOs (ms) and rates (req/s) are reported."""
+
+    name: str
+    slo_mults: tuple[float, ...]
+    loads: tuple[float, ...]
+    quick_slo_mults: tuple[float, ...]
+    quick_loads: tuple[float, ...]
+    requests: int
+    quick_requests: int
+    warmup_rate: float
+    warmup_slo_ms: float
+    input_params: tuple[tuple[str, float], ...] = ()
+
+
+SWEEPS = {
+    "early_exit": ModelSweep(
+        "early_exit",
+        slo_mults=(5.0, 10.0, 20.0),
+        loads=(0.5, 1.0, 1.5),
+        quick_slo_mults=(10.0,),
+        quick_loads=(1.0,),
+        requests=1500,
+        quick_requests=600,
+        warmup_rate=150.0,
+        warmup_slo_ms=200.0,
+        input_params=(("deep_fraction", 0.2), ("shallow", 2)),
+    ),
+    "generate": ModelSweep(
+        "generate",
+        slo_mults=(3.0, 6.0, 12.0),
+        loads=(0.7, 1.2, 2.0),
+        quick_slo_mults=(6.0,),
+        quick_loads=(1.2,),
+        requests=800,
+        quick_requests=300,
+        warmup_rate=40.0,
+        warmup_slo_ms=2000.0,
+    ),
+}
+
+
+def model_repo(directory: Path, model: str) -> Path:
+    repo = directory / f"repo_{model}"
+    repo.mkdir(parents=True, exist_ok=True)
+    (repo / f"{model}.toml").write_text(f'builtin = "{model}"\n')
+    return repo
+
+
+def workload(model: str, n: int, rate: float, slo_ms: float, seed: int, trace):
+    """The same requests and send times for every policy (seeded by model and cell)."""
+    sweep = SWEEPS[model]
+    key = [seed, sum(map(ord, model)), int(rate * 1000), int(slo_ms * 1000), n]
+    rng = np.random.default_rng(key)
+    times = arrival_times(n, rate, rng)
+    rows = None
+    if model == "generate":
+        col = trace["GeneratedTokens"]
+        rows = {"GeneratedTokens": col[rng.integers(0, len(col), n)]}
+    spec = BUILTIN_MODELS[model].spec.to_dict()
+    draws = make_inputs(model, spec, n, rng, rows, dict(sweep.input_params))
+    requests = [{"model": model, "inputs": d.inputs, "slo_ms": slo_ms, "app": APP}
+                for d in draws]  # fmt: skip
+    work = [d.work for d in draws]
+    return requests, times.tolist(), work
+
+
+def scheduler_pid(endpoint: str) -> int:
+    with Client(endpoint, timeout_s=30) as c:
+        return int(c.health()["pids"]["scheduler"])
+
+
+def run_chunk(endpoint: str, pid: int, requests, times, slo_ms: float):
+    """One chunk of a cell's load on one server: its outcomes, and the scheduler's CPU
+    seconds and the wall seconds it took."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    c0 = proc.cpu_times()
+    t0 = time.perf_counter()
+    report = run_open_loop(endpoint, requests, times, drain_timeout_s=5.0 + 2 * slo_ms / 1e3)
+    wall = time.perf_counter() - t0
+    c1 = proc.cpu_times()
+    return report.outcomes, c1.user - c0.user + c1.system - c0.system, wall
+
+
+def aggregate(chunks) -> dict:
+    outcomes = [o for c in chunks for o in c[0]]
+    cpu_s = sum(c[1] for c in chunks)
+    wall_s = sum(c[2] for c in chunks)
+    ok = [o for o in outcomes if o.status == "ok"]
+    lat = sorted(o.latency_s for o in ok)
+    counts = {k: sum(o.status == k for o in outcomes)
+              for k in ("ok", "dropped", "rejected", "error", "lost")}  # fmt: skip
+    return {
+        "finish_rate": sum(o.status == "ok" and o.met_slo for o in outcomes) / len(outcomes),
+        "scheduler_cpu": cpu_s / wall_s,
+        "counts": counts,
+        "late": sum(not o.met_slo for o in ok),
+        "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3 if lat else None,
+        "mean_batch": float(np.mean([o.batch_size for o in ok])) if ok else 0.0,
+    }
+
+
+def chunks_of(requests, times, slo_ms: float, chunk_s: float):
+    """The cell's load cut into consecutive pieces of about `chunk_s` seconds of arrivals
+    (at least 10 SLOs long, so that the empty start of a piece matters little), each with
+    its send times from 0."""
+    span = max(chunk_s, 10 * slo_ms / 1e3)
+    out, start = [], 0
+    while start < len(times):
+        end = start
+        while end < len(times) and times[end] - times[start] < span:
+            end += 1
+        t0 = times[start]
+        out.append((requests[start:end], [t - t0 for t in times[start:end]]))
+        start = end
+    return out
+
+
+def start_servers(model: str, policies, repo: Path, log) -> dict[str, ServerProcess]:
+    """One server per policy, started one after another (each measures its model's c(b)
+    and prior at warm-up: two warming up at once would disturb each other)."""
+    servers: dict[str, ServerProcess] = {}
+    try:
+        for p in policies:
+            server_args = ["--models", str(repo), "--cpu-workers", "1", "--policy", p,
+                           "--log-level", "WARNING"]  # fmt: skip
+            servers[p] = ServerProcess(server_args, stderr=log, start_timeout_s=180).start()
+    except BaseException:
+        stop_servers(servers)
+        raise
+    return servers
+
+
+def stop_servers(servers: dict[str, ServerProcess]) -> list[str]:
+    bad = []
+    for p, s in servers.items():
+        if s.stop() != 0:
+            bad.append(f"the {p} server exited with {s.returncode}")
+    return bad
+
+
+def learned_mean_solo_s(servers: dict[str, ServerProcess], model: str) -> float:
+    """The median over the servers of the mean solo time their schedulers learned during
+    the warm-up (every policy's scheduler learns it, from the model's work reports)."""
+    time.sleep(1.2)  # the scheduler's figures reach `stats` once a second
+    means = []
+    for s in servers.values():
+        with Client(s.endpoint, timeout_s=30) as c:
+            apps = c.stats()["models"][model]["scheduler"]["apps"]
+        if APP in apps and apps[APP]["samples"]:
+            means.append(apps[APP]["mean_solo_ms"] / 1e3)
+    if not means:
+        raise RuntimeError(f"{model}: no solo time was learned during the warm-up")
+    return float(np.median(means))
+
+
+def run_model(model: str, policies, args, repo: Path, trace, log) -> list[dict]:
+    """Every cell under every policy. The servers run side by side (an idle one costs
+    nothing), and each cell's load is cut into chunks that the policies run in turn, so
+    that a change in the machine's background load does not favour one policy."""
+    sweep = SWEEPS[model]
+    rows = []
+    t0 = time.monotonic()
+    servers = start_servers(model, policies, repo, log)
+    if not args.json:
+        print(f"  {model}: {len(servers)} servers ready in {time.monotonic() - t0:.1f} s",
+              flush=True)  # fmt: skip
+    try:
+        pids = {p: scheduler_pid(s.endpoint) for p, s in servers.items()}
+        # warm-up: every policy learns from the same unmeasured load (orloj's learned
+        # distribution replaces its prior after 32 solo times; clockwork fills its window)
+        reqs, times, _ = workload(model, args.warmup, sweep.warmup_rate, sweep.warmup_slo_ms,
+                                  args.seed + 1000, trace)  # fmt: skip
+        for s in servers.values():
+            run_open_loop(s.endpoint, reqs, times, drain_timeout_s=30.0)
+        mean_s = learned_mean_solo_s(servers, model)
+        if args.slos or args.rates:  # absolute cells, as asked
+            slos = [float(x) for x in (args.slos or "100").split(",")]
+            rates = [float(x) for x in (args.rates or "10").split(",")]
+            cells = [(s_, r_, s_ / 1e3 / mean_s, r_ * mean_s) for r_ in rates for s_ in slos]
+        else:
+            mults = sweep.quick_slo_mults if args.quick else sweep.slo_mults
+            loads = sweep.quick_loads if args.quick else sweep.loads
+            cells = [(round(m_ * mean_s * 1e3, 1), round(ld / mean_s, 1), m_, ld)
+                     for ld in loads for m_ in mults]  # fmt: skip
+        if not args.json:
+            print(f"  {model}: mean solo time learned at warm-up {mean_s * 1e3:.2f} ms",
+                  flush=True)  # fmt: skip
+        turn = 0
+        for slo_ms, rate, mult, load in cells:
+            n = args.requests or (sweep.quick_requests if args.quick else sweep.requests)
+            reqs, times, _ = workload(model, n, rate, slo_ms, args.seed, trace)
+            done: dict[str, list] = {p: [] for p in policies}
+            # the policies take turns, chunk by chunk, starting with a different one each
+            # time: background load that comes and goes hits every policy alike
+            for creqs, ctimes in chunks_of(reqs, times, slo_ms, args.chunk_s):
+                for i in range(len(policies)):
+                    p = policies[(turn + i) % len(policies)]
+                    done[p].append(run_chunk(servers[p].endpoint, pids[p], creqs, ctimes,
+                                             slo_ms))  # fmt: skip
+                turn += 1
+            for p in policies:
+                r = aggregate(done[p])
+                r.update(model=model, slo_ms=slo_ms, rate=rate, policy=p, slo_mult=mult,
+                         load=load, mean_solo_ms=mean_s * 1e3)  # fmt: skip
+                rows.append(r)
+                if not args.json:
+                    print(f"  {model:<10} {p:<9} SLO {slo_ms:>6g} ms ({mult:g}x)  rate "
+                          f"{rate:>6g}/s (load {load:g})  finish {r['finish_rate']:6.1%}  "
+                          f"batch {r['mean_batch']:5.2f}  sched cpu "
+                          f"{r['scheduler_cpu']:5.1%}  {r['counts']}", flush=True)  # fmt: skip
+    finally:
+        bad = stop_servers(servers)
+    if bad:
+        raise RuntimeError("; ".join(bad))
+    policy_order = {p: i for i, p in enumerate(policies)}
+    rows.sort(key=lambda r: (r["rate"], r["slo_ms"], policy_order[r["policy"]]))
+    return rows
+
+
+# ---------------------------------------------------------------------- reports
+def cell_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
+    """Markdown lines, and one verdict per cell (model, slo, rate)."""
+    by = {(r["model"], r["slo_ms"], r["rate"], r["policy"]): r for r in rows}
+    cells = sorted({(r["model"], r["rate"], r["slo_ms"]) for r in rows})
+    head = ("| model | load | rate /s | SLO / mean solo | SLO ms | " + " | ".join(policies)
+            + " | orloj / fifo | orloj / best other | orloj's scheduler CPU | target |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    verdicts = []
+    for m, rate, s in cells:
+        fr = {p: by[(m, s, rate, p)]["finish_rate"] for p in policies if (m, s, rate, p) in by}
+        o, f = fr.get("orloj"), fr.get("fifo")
+        best_other = max((fr[p] for p in BASELINES if p in fr and p != "fifo"), default=None)
+        best_all = max((fr[p] for p in BASELINES if p in fr), default=None)
+        band = f is not None and FIFO_BAND[0] <= f <= FIFO_BAND[1]
+        met = None
+        if band and o is not None:
+            met = o >= TARGET_VS_FIFO * f and (best_all is None or o >= best_all)
+        cpu = by.get((m, s, rate, "orloj"), {}).get("scheduler_cpu")
+        verdicts.append({"model": m, "slo_ms": s, "rate": rate, "orloj": o, "fifo": f,
+                         "best_other": best_other, "in_fifo_band": band,
+                         "met": met})  # fmt: skip
+        values = " | ".join(f"{fr[p]:.3f}" if p in fr else "-" for p in policies)
+        vs_fifo = f"{o / f:.2f}" if o is not None and f else "-"
+        vs_best = f"{o / best_other:.2f}" if o is not None and best_other else "-"
+        cpu_text = f"{cpu:.1%}" if cpu is not None else "-"
+        target = ("fifo outside 20-60%" if not band
+                  else "**met**" if met else "**missed**")  # fmt: skip
+        any_row = next(by[(m, s, rate, p)] for p in policies if (m, s, rate, p) in by)
+        load, mult = any_row.get("load"), any_row.get("slo_mult")
+        lines.append(f"| {m} | {'-' if load is None else f'{load:.2g}'} | {rate:g} | "
+                     f"{'-' if mult is None else f'{mult:.3g}'} | {s:g} | {values} | "
+                     f"{vs_fifo} | {vs_best} | {cpu_text} | {target} |")  # fmt: skip
+    return lines, verdicts
+
+
+def cpu_verdict(rows: list[dict]) -> dict:
+    out = {}
+    for m in sorted({r["model"] for r in rows}):
+        top = max(r["rate"] for r in rows if r["model"] == m)
+        at_top = [r for r in rows if r["model"] == m and r["rate"] == top]
+        worst = max(r["scheduler_cpu"] for r in at_top)
+        out[m] = {"rate": top, "max_scheduler_cpu": worst,
+                  "met": worst < TARGET_SCHED_CPU}  # fmt: skip
+    return out
+
+
+def plot(rows: list[dict], policies, path: Path) -> None:
+    """Finish rate against SLO, one panel per (model, rate): a row per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in rows})
+    rates = {m: sorted({r["rate"] for r in rows if r["model"] == m}) for m in models}
+    ncols = max(len(v) for v in rates.values())
+    fig, axes = plt.subplots(len(models), ncols, figsize=(3.6 * ncols, 3.0 * len(models)),
+                             squeeze=False)  # fmt: skip
+    for i, m in enumerate(models):
+        for j in range(ncols):
+            ax = axes[i][j]
+            if j >= len(rates[m]):
+                ax.axis("off")
+                continue
+            rate = rates[m][j]
+            cell = [r for r in rows if r["model"] == m and r["rate"] == rate]
+            for p in policies:
+                pts = sorted((r["slo_ms"], r["finish_rate"]) for r in cell if r["policy"] == p)
+                if pts:
+                    xs, ys = zip(*pts, strict=True)
+                    ax.plot(xs, ys, marker="o", label=p, linewidth=2.4 if p == "orloj" else 1.2)
+            load = cell[0].get("load")
+            ax.set_title(f"{m}, {rate:g} req/s" + (f" (load {load:g})" if load else ""),
+                         fontsize=9)  # fmt: skip
+            ax.set_xlabel("SLO (ms)", fontsize=8)
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel("finish rate", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
+    ap.add_argument("--models", default=",".join(SWEEPS),
+                    help="comma-separated models (default: %(default)s)")  # fmt: skip
+    ap.add_argument("--policies", default=",".join(POLICIES),
+                    help="comma-separated policies (default: %(default)s)")  # fmt: skip
+    ap.add_argument("--slos", help="comma-separated SLOs in ms instead of the sweep's "
+                                   "multiples of the mean solo time (one model only)")
+    ap.add_argument("--rates", help="comma-separated rates in req/s instead of the sweep's "
+                                    "loads (one model only)")
+    ap.add_argument("--requests", type=int, default=None,
+                    help="requests per cell (default: early_exit 1500, generate 800; "
+                         "--quick 600 and 300)")  # fmt: skip
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="unmeasured warm-up requests per server (default 200; --quick 100)")
+    ap.add_argument("--chunk-s", type=float, default=3.0,
+                    help="policies take turns every S seconds of a cell's arrivals (at least "
+                         "10 SLOs; default %(default)s)")  # fmt: skip
+    ap.add_argument("--quick", action="store_true", help="a reduced sweep (under 3 minutes)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ap.add_argument("--trace", type=Path, default=DEFAULT_TRACE,
+                    help="the Azure conversation trace (default: %(default)s)")  # fmt: skip
+    ap.add_argument("--out", type=Path, help="write results.json, results.md and the PNG here")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--plot-from", type=Path, metavar="RESULTS_JSON",
+                    help="only redraw the PNG (beside the file) from a run's results.json")
+    args = ap.parse_args()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if args.plot_from:
+        saved = json.loads(args.plot_from.read_text())
+        ran = [p for p in POLICIES if any(r["policy"] == p for r in saved["details"])]
+        plot(saved["details"], ran, args.plot_from.parent / "e2e_finish_rate.png")
+        return 0
+    bad = [m for m in models if m not in SWEEPS]
+    if bad:
+        ap.error(f"unknown model(s) {bad}; choose from {list(SWEEPS)}")
+    if (args.slos or args.rates) and len(models) != 1:
+        ap.error("--slos and --rates need exactly one model (--models NAME)")
+    args.warmup = args.warmup or (100 if args.quick else 200)
+    trace = read_trace(str(args.trace), ["GeneratedTokens"]) if "generate" in models else None
+
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="orloj_e2e_") as tmp:
+        tmp_path = Path(tmp)
+        log_path = tmp_path / "servers.log"
+        with open(log_path, "w") as log:
+            for m in models:
+                repo = model_repo(tmp_path, m)
+                try:
+                    rows += run_model(m, policies, args, repo, trace, log)
+                except Exception:
+                    log.flush()
+                    print(log_path.read_text()[-4000:], file=sys.stderr)
+                    raise
+    elapsed = time.monotonic() - started
+    lines, verdicts = cell_table(rows, policies)
+    cpu = cpu_verdict(rows)
+    command = "python bench/e2e_finish_rate.py " + " ".join(sys.argv[1:])
+    result = {
+        "rows": [{k: r[k] for k in ("model", "slo_ms", "rate", "policy", "finish_rate",
+                                    "scheduler_cpu")} for r in rows],  # fmt: skip
+        "details": rows,
+        "cells": verdicts,
+        "scheduler_cpu_at_top_rate": cpu,
+        "elapsed_s": elapsed,
+        "command": command,
+        # the machine's load average (1, 5, 15 min) before and after: other jobs on a
+        # shared machine move every figure
+        "loadavg": {"before": load_before, "after": os.getloadavg()},
+    }
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(result, indent=1))
+        (args.out / "results.md").write_text(f"`{command}` ({elapsed:.0f} s)\n\n"
+                                             + "\n".join(lines) + "\n")  # fmt: skip
+        plot(rows, policies, args.out / "e2e_finish_rate.png")
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print()
+    print("\n".join(lines))
+    print()
+    band = [v for v in verdicts if v["in_fifo_band"]]
+    met = sum(bool(v["met"]) for v in band)
+    print(f"cells where fifo finishes 20-60%: {len(band)}; orloj >= 1.5x fifo and >= the best "
+          f"baseline in {met} of them")  # fmt: skip
+    for m, c in cpu.items():
+        print(f"{m}: scheduler CPU at the top rate ({c['rate']:g}/s): at most "
+              f"{c['max_scheduler_cpu']:.1%} of one core (target < 25%: "
+              f"{'met' if c['met'] else 'missed'})")  # fmt: skip
+    print(f"elapsed {elapsed:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""Step-level batching in the scheduler: a step policy per model, driven by the workers'
+step boundaries, with no round trip per step.
+
+Which models are served step by step (`serving_mode`): those that declare a step kind
+(`spec.step_kind`, "token" or "layer") when the instance's policy is a step policy
+(`orloj-step`, `fcfs-step`, `edf-step`, `oracle-step`). A model without steps under a
+step policy is served in whole batches by the policy's whole-batch counterpart
+(`WHOLE_BATCH_FALLBACK`: orloj-step -> orloj, fcfs-step -> fifo, edf-step -> edf), and the
+scheduler logs it at start. A whole-batch policy serves every model in whole batches.
+
+The conversation with a worker (messages.py): after every step the worker sends a
+`StepProgress` (who runs, with the steps each has run; who finished; the step's time)
+and goes on with its next step at once. For each, `StepCoordinator.on_progress` records
+it and the scheduler, once its socket is drained, calls the policy's
+`step_boundary(now, running)` and sends what it decided as a `StepUpdate`. The worker
+drains its socket without waiting at each boundary, so an update computed from boundary
+k's report is applied at boundary k + 1, when the step in progress ends. The policy is
+therefore asked about that boundary: its `now` is the report's time plus the expected
+step time, c(b) x step, and every reported member has one step more. An update the worker
+has not applied yet (its report echoes the last `seq` it applied) still counts: its
+newcomers are members (with 0 steps) and its ended members are gone, so that a batch
+never exceeds the model's maximum, however late a message is. A worker with nobody
+running is asked about at once, whenever requests wait.
+
+Answers: dropped requests and ended members are answered `dropped` by the frontend
+(`Discard`) at once, and the ended members leave the worker's batch at its next
+boundary; finished members are answered by the worker (`Results`). The frontend answers
+each request once, whoever speaks first, so a member that finishes while its end is on
+the way gets one answer. A dead worker's members (running, or sent and not yet seen
+running) go to the frontend in `WorkerLost`, like a whole batch: re-queued once or
+answered `error` (docs/reliability.md).
+
+Learning: each finished member's steps are an exact sample of its solo work (steps x
+step), each ended member's a censored one (`observe_ended`). An app keeps the warm-up
+prior until it has `MIN_APP_SAMPLES` finished members, as in whole-batch serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from orloj_rt.runtime import messages as msgs
+
+log = logging.getLogger("orloj_rt.scheduler")
+
+#: the whole-batch policy that serves a model without steps under a step policy
+WHOLE_BATCH_FALLBACK = {
+    "orloj-step": "orloj",
+    "fcfs-step": "fifo",
+    "edf-step": "edf",
+    "oracle-step": "oracle",
+}
+MIN_APP_SAMPLES = 32  # finished members before an app's own distribution replaces the prior
+PRIOR_MIN_COV = 0.05
+
+
+def serving_mode(spec, policy: str) -> tuple[str, bool]:
+    """(the policy that serves this model, whether it is served step by step)."""
+    from orloj_rt.policies import is_step_policy
+
+    if not is_step_policy(policy):
+        return policy, False
+    if spec.step_kind is None:
+        return WHOLE_BATCH_FALLBACK.get(policy, "orloj"), False
+    return policy, True
+
+
+class _Run:
+    """One worker's running batch of one model, as the scheduler knows it."""
+
+    __slots__ = ("running", "outstanding", "seq", "at", "dirty")
+
+    def __init__(self) -> None:
+        self.running: dict[int, int] = {}  # token -> steps run, at the last report
+        self.outstanding: list = []  # (seq, joined tokens, ended tokens): not yet applied
+        self.seq = 1
+        self.at = 0.0  # the last report's boundary time
+        self.dirty = False  # a report arrived: decide for the next boundary
+
+    def pending(self) -> tuple[list[int], set[int]]:
+        joined: list[int] = []
+        ended: set[int] = set()
+        for _, j, e in self.outstanding:
+            joined += j
+            ended |= e
+        return joined, ended
+
+    def idle(self) -> bool:
+        """Nobody runs and nobody is on the way: ask the policy whenever requests wait."""
+        return not self.running and not any(j for _, j, _ in self.outstanding)
+
+
+class _AppSteps:
+    __slots__ = ("samples", "sum", "learned", "installed")
+
+    def __init__(self, distribution_cls) -> None:
+        self.samples = 0
+        self.sum = 0.0  # of solo-time estimates (stats)
+        self.learned = distribution_cls()
+        self.installed = False
+
+
+class StepCoordinator:
+    """One step-served model: its step policy's view of every worker (module docstring).
+
+    `slots` is the scheduler's token -> (slot, generation, app, deadline) for the model's
+    requests in flight; this class takes out those it answers or learns are answered."""
+
+    def __init__(self, name: str, index: int, policy, slots: dict, step_s: float,
+                 inflation: list[float], work_fit, workers: int):  # fmt: skip
+        self.name = name
+        self.index = index
+        self.policy = policy
+        self.slots = slots
+        self.step_s = step_s
+        self.inflation = inflation
+        self.work_fit = work_fit  # (a, k): stats report solo times as the whole batches do
+        self.runs = [_Run() for _ in range(workers)]
+        self.apps: dict[str, _AppSteps] = {}
+        self.arrived = False  # requests arrived since the last pass: busy workers too
+        # stats: steps, members per step; over the timed steps, the model's time and the
+        # rest of the worker's (its overhead); reports; decisions
+        self.n_steps = 0
+        self.members = 0
+        self.timed = 0
+        self.model_s = 0.0
+        self.overhead_s = 0.0
+        self.model_cpu_s = 0.0
+        self.overhead_cpu_s = 0.0
+        self.coord_s = 0.0
+        self.coord_cpu_s = 0.0
+        self.reports = 0
+        self.decisions = 0
+        self.finished = 0
+        self.ended = 0
+
+    def step_time(self, b: int) -> float:
+        if b < 1:
+            return 0.0
+        return self.step_s * self.inflation[min(b, len(self.inflation)) - 1]
+
+    # ------------------------------------------------------------------ reports
+    def on_progress(self, msg: msgs.StepProgress) -> None:
+        """Called for each StepProgress of this model."""
+        if not 0 <= msg.worker < len(self.runs):
+            log.error("step progress from unknown worker %d; ignored", msg.worker)
+            return
+        run = self.runs[msg.worker]
+        if run.outstanding:
+            run.outstanding = [u for u in run.outstanding if u[0] > msg.applied]
+        run.running = dict(zip(msg.running, msg.steps, strict=True))
+        run.at = msg.at
+        run.dirty = True
+        slots = self.slots
+        for token, steps in msg.finished:
+            entry = slots.pop(token, None)
+            if entry is not None:  # else: ended by the policy while it finished
+                self.finished += 1
+                self._learn(entry[2], int(steps))
+        for token in msg.failed:
+            slots.pop(token, None)
+        self.reports += 1
+        self.n_steps += msg.n_steps
+        self.members += msg.members
+        self.timed += msg.timed
+        self.model_s += msg.model_s
+        self.overhead_s += msg.overhead_s
+        self.model_cpu_s += msg.model_cpu_s
+        self.overhead_cpu_s += msg.overhead_cpu_s
+        self.coord_s += msg.coord_s
+        self.coord_cpu_s += msg.coord_cpu_s
+
+    def _learn(self, app: str, steps: int) -> None:
+        from orloj_rt.engine import Distribution
+
+        policy = self.policy
+        st = self.apps.get(app)
+        if st is None:
+            st = self.apps[app] = _AppSteps(Distribution)
+        work = steps * self.step_s
+        st.samples += 1
+        if self.work_fit is not None:  # as whole-batch serving estimates it: comparable
+            st.sum += self.work_fit[0] + self.work_fit[1] * steps
+        else:
+            st.sum += work
+        if st.installed:
+            policy.observe_finished(app, steps)
+            return
+        st.learned.add(work)
+        if st.samples >= MIN_APP_SAMPLES:
+            policy.set_distribution(app, st.learned)
+            st.installed = True
+            st.learned = None
+            log.info("model %s app %s: learned distribution replaces the prior (%d samples, "
+                     "mean %.1f steps)", self.name, app, st.samples,
+                     st.sum / st.samples / (self.work_fit[1] if self.work_fit else self.step_s))
+
+    # ------------------------------------------------------------------ decisions
+    def wants_decision(self, worker: int) -> bool:
+        """A report arrived; or requests wait and the worker runs nothing of this model;
+        or requests arrived and its batch has a free place."""
+        run = self.runs[worker]
+        if run.dirty:
+            return True
+        if not len(self.policy):
+            return False
+        if run.idle():
+            return True
+        if not self.arrived:
+            return False
+        joined, ended = run.pending()
+        return len(run.running) + len(joined) - len(ended) < self.policy.max_batch
+
+    def decide(self, worker: int, now: float):
+        """The policy's decision for `worker`'s next boundary: (StepUpdate or None, the
+        tokens to answer `dropped`)."""
+        from orloj_rt.policies.step_interface import RunningMember
+
+        run = self.runs[worker]
+        run.dirty = False
+        slots = self.slots
+        joined_pending, ended_pending = run.pending()
+        members = []
+        for token, steps in run.running.items():
+            entry = slots.get(token)
+            if entry is not None and token not in ended_pending:
+                members.append(RunningMember(token, entry[2], entry[3], steps + 1))
+        at = now
+        if run.running:
+            # a step is in progress: decide for the boundary where it ends, the first
+            # after `now` as the last report and the step time foretell it
+            st = self.step_time(len(run.running))
+            ahead = int((now - run.at) / st) + 1 if st > 0 and now > run.at else 1
+            at = run.at + ahead * st
+            if ahead > 1:
+                members = [m._replace(steps=m.steps + ahead - 1) for m in members]
+        for token in joined_pending:
+            entry = slots.get(token)
+            if entry is not None and token not in ended_pending:
+                members.append(RunningMember(token, entry[2], entry[3], 0))
+        if not members and not len(self.policy):
+            return None, []
+        self.decisions += 1
+        joined, dropped, ended = self.policy.step_boundary(at, members)
+        answered = []
+        for token in dropped:
+            slots.pop(token, None)
+            answered.append(token)
+        steps_of = {m.id: m.steps for m in members}
+        for token in ended:
+            entry = slots.pop(token, None)
+            if entry is None:
+                continue
+            self.ended += 1
+            self.policy.observe_ended(entry[2], steps_of.get(token, 0))
+            answered.append(token)
+        if not joined and not ended:
+            return None, answered
+        triples = []
+        for token in joined:
+            entry = slots[token]
+            triples.append([token, entry[0], entry[1]])
+        seq = run.seq
+        run.seq += 1
+        run.outstanding.append((seq, list(joined), set(ended)))
+        return msgs.StepUpdate(self.index, seq, triples, list(ended)), answered
+
+    # ------------------------------------------------------------------ failures
+    def lose(self, worker: int) -> list[int]:
+        """Worker `worker` is gone: the tokens of its members (running, or sent to it and
+        not seen running), taken out; the caller sends them in WorkerLost."""
+        run = self.runs[worker]
+        joined, _ = run.pending()
+        tokens = [t for t in [*run.running, *joined] if t in self.slots]
+        for t in tokens:
+            del self.slots[t]
+        self.runs[worker] = _Run()
+        return tokens
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> dict:
+        n, timed = self.n_steps, self.timed
+        step_ms = self.model_s / timed * 1e3 if timed else 0.0
+        overhead_us = self.overhead_s / timed * 1e6 if timed else 0.0
+        return {
+            "batching": "step",
+            "step_solo_ms": self.step_s * 1e3,
+            "steps": n,
+            "mean_members": self.members / n if n else 0.0,
+            "timed_steps": timed,
+            "mean_step_ms": step_ms,  # the model's calls, per timed step
+            "mean_overhead_us": overhead_us,  # the rest of the worker's time, per step
+            "overhead_share": overhead_us / 1e3 / step_ms if step_ms else 0.0,
+            # the same in CPU time, which other processes on the machine do not inflate
+            "mean_step_cpu_ms": self.model_cpu_s / timed * 1e3 if timed else 0.0,
+            "mean_overhead_cpu_us": self.overhead_cpu_s / timed * 1e6 if timed else 0.0,
+            "overhead_cpu_share": self.overhead_cpu_s / self.model_cpu_s
+            if self.model_cpu_s else 0.0,
+            # of the overhead, coordination with the scheduler (updates in, reports out)
+            "mean_coord_us": self.coord_s / timed * 1e6 if timed else 0.0,
+            "coord_share": self.coord_s / self.model_s if self.model_s else 0.0,
+            "mean_coord_cpu_us": self.coord_cpu_s / timed * 1e6 if timed else 0.0,
+            "coord_cpu_share": self.coord_cpu_s / self.model_cpu_s if self.model_cpu_s
+            else 0.0,
+            "reports": self.reports,
+            "decisions": self.decisions,
+            "finished": self.finished,
+            "ended": self.ended,
+            "running": sum(len(r.running) for r in self.runs),
+        }
+
+    def app_stats(self) -> dict:
+        return {
+            app: {
+                "samples": st.samples,
+                "mean_solo_ms": st.sum / st.samples * 1e3 if st.samples else 0.0,
+                "source": "learned" if st.installed else "prior",
+            }
+            for app, st in self.apps.items()
+        }
+
+
+def step_prior(step_s: float, works: list) -> tuple[float, float]:
+    """The prior of solo work (mean, CoV) from the warm-up examples' steps."""
+    times = [w * step_s for w in works if w > 0]
+    if not times:
+        return step_s, 1.0
+    mean = sum(times) / len(times)
+    var = sum((t - mean) ** 2 for t in times) / len(times)
+    return mean, max(math.sqrt(var) / mean, PRIOR_MIN_COV)
