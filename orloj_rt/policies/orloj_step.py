@@ -82,6 +82,7 @@ REFRESH_SAMPLES = 16
 MAX_TABLE_STEPS = 1_000_000
 
 _FLOOR_TOLERANCE = 1e-9  # s / (c step) a hair below a whole number is that number
+TAIL_EPS = 1e-9  # P(N > k) at or below this: the member has outlived the distribution
 _GOLDEN = 0.6180339887498949
 
 
@@ -126,23 +127,42 @@ class StepLaw:
 
     def prob(self, k: int, m: int) -> float:
         """P(N <= k + m | N > k): done within m more steps after k."""
-        if m <= 0 or k >= self.top:
+        if m <= 0:
             return 0.0
-        g = self.g
-        tail = 1.0 - g[k]
-        if not tail > 0.0:
-            return 0.0
+        tail = 1.0 - self.g[k] if k < self.top else 0.0
+        if not tail > TAIL_EPS:
+            return self._beyond_prob(m)
         j = k + m
-        return ((1.0 if j >= self.top else g[j]) - g[k]) / tail
+        return ((1.0 if j >= self.top else self.g[j]) - self.g[k]) / tail
 
     def stay(self, k: int, m: int) -> float:
         """E[min(N - k, m) | N > k]: the steps still run, to the end or m."""
-        if m <= 0 or k >= self.top:
+        if m <= 0:
             return 0.0
-        tail = 1.0 - self.g[k]
-        if not tail > 0.0:
-            return 0.0
+        tail = 1.0 - self.g[k] if k < self.top else 0.0
+        if not tail > TAIL_EPS:
+            return self._beyond_stay(m)
         return (self.h[min(k + m, self.top + 1)] - self.h[k]) / tail
+
+    # A member that has outlived the distribution's support (or its last 1e-9 of mass) is
+    # longer than anything seen, and the distribution says nothing of how much is left;
+    # returning 0 would end it whatever its slack, and, since an ended member adds no
+    # sample there, the app would never learn that longer requests exist. Beyond the
+    # support its remaining steps are taken as memoryless with the distribution's mean:
+    # "as far from done as a fresh request".
+    def _mean_steps(self) -> float:
+        return max(1.0, self.h[self.top + 1])  # sum of P(N > t) = E[N]
+
+    def _beyond_prob(self, m: int) -> float:
+        return 1.0 - (1.0 - 1.0 / self._mean_steps()) ** m if self._mean_steps() > 1 else 1.0
+
+    def _beyond_stay(self, m: int) -> float:
+        mu = self._mean_steps()
+        return mu * self._beyond_prob(m) if mu > 1 else 1.0
+
+    def beyond_mean_steps(self) -> float:
+        """The mean remaining steps assumed beyond the support (above)."""
+        return self._mean_steps()
 
 
 class OrlojStepPolicy(QueuedStepPolicy):
@@ -175,6 +195,14 @@ class OrlojStepPolicy(QueuedStepPolicy):
         self._laws: dict[str, StepLaw] = {}
         self._cs = [c * self._step for c in self._c]  # a step of b members takes _cs[b-1]
         self._u = 0.0
+
+    def set_step_times(self, times) -> None:
+        """The wall time of a step of b members, `times[b - 1]` (StepPolicy): deadlines
+        are counted in these; the distributions stay in units of solo work."""
+        times = [float(t) for t in times]
+        if len(times) != self._max_batch or not all(t > 0 and math.isfinite(t) for t in times):
+            raise ValueError(f"need {self._max_batch} finite step times > 0, got {times!r}")
+        self._cs = times
 
     # ------------------------------------------------------------- distributions
     def set_default_distribution(self, dist) -> None:
@@ -227,7 +255,10 @@ class OrlojStepPolicy(QueuedStepPolicy):
             return
         d = self.distribution(app)
         fw = d.cdf(steps * self._step)
-        if not fw < 1.0:
+        if not 1.0 - fw > TAIL_EPS:
+            # it outlived every sample: a sample beyond w, at the memoryless
+            # extrapolation's mean (StepLaw), so that F learns that longer requests exist
+            d.add((steps + self.law(app).beyond_mean_steps()) * self._step)
             return
         self._u = (self._u + _GOLDEN) % 1.0
         d.add(d.quantile(fw + self._u * (1.0 - fw)))

@@ -103,6 +103,12 @@ class StepPolicy(abc.ABC):
         """When an idle worker should ask again even if nothing arrives; default never."""
         return None
 
+    def set_step_times(self, times: Sequence[float]) -> None:  # noqa: B027 - optional hook
+        """Called while serving with what a step really takes: `times[b - 1]` seconds of
+        wall time for a step of b members (learned online by the runtime, which sees the
+        worker's overhead and the machine's other load; the warm-up's c(b) x step does
+        not). Solo work keeps its units: a step still advances each member by `step`."""
+
     def set_default_distribution(self, dist) -> None:  # noqa: B027 - optional hook
         """Called before serving with the model's prior distribution of solo work (the
         whole request's solo time, in seconds); apps first seen later start from it."""

@@ -33,6 +33,15 @@ answered `error` (docs/reliability.md).
 Learning: each finished member's steps are an exact sample of its solo work (steps x
 step), each ended member's a censored one (`observe_ended`). An app keeps the warm-up
 prior until it has `MIN_APP_SAMPLES` finished members, as in whole-batch serving.
+
+Step times are learned too: the warm-up measures one step of the model alone in a quiet
+process (c(b) x step), but a served step also pays the worker's own work (moving rows,
+answering, reporting: `overhead_s` in the reports) and shares the machine with the
+frontend, the scheduler and anything else. From every report the coordinator keeps an
+exponential average of the model's time over its prediction and of the overhead per
+step, and gives the policy the resulting wall time of a step of each size
+(`set_step_times`). Without it, orloj-step admitted on a step that took 3x what the
+warm-up said on a loaded 2-core machine, and most of whom it admitted missed.
 """
 
 from __future__ import annotations
@@ -53,6 +62,11 @@ WHOLE_BATCH_FALLBACK = {
 }
 MIN_APP_SAMPLES = 32  # finished members before an app's own distribution replaces the prior
 PRIOR_MIN_COV = 0.05
+#: Step times learned online (`StepCoordinator._learn_step_time`): each report moves the
+#: estimate by this share per timed step it covers (an exponential average over about
+#: 1 / STEP_TIME_RATE steps), and the policy hears of it when it moved this much
+STEP_TIME_RATE = 0.02
+STEP_TIME_PUSH = 0.05
 
 
 def serving_mode(spec, policy: str) -> tuple[str, bool]:
@@ -92,11 +106,12 @@ class _Run:
 
 
 class _AppSteps:
-    __slots__ = ("samples", "sum", "learned", "installed")
+    __slots__ = ("samples", "sum", "steps", "learned", "installed")
 
     def __init__(self, distribution_cls) -> None:
         self.samples = 0
         self.sum = 0.0  # of solo-time estimates (stats)
+        self.steps = 0  # of the finished members' steps (stats)
         self.learned = distribution_cls()
         self.installed = False
 
@@ -134,11 +149,38 @@ class StepCoordinator:
         self.decisions = 0
         self.finished = 0
         self.ended = 0
+        # a step of b members takes model_scale x c(b) x step_s + overhead_s_per_step of
+        # wall time: learned from the reports (warm-up measures the model alone, in a
+        # quiet process; serving adds the worker's own work and the machine's other load)
+        self.model_scale = 1.0
+        self.step_overhead_s = 0.0
+        self._pushed = (1.0, 0.0)
 
     def step_time(self, b: int) -> float:
+        """The expected wall time of a step of b members, as learned so far."""
         if b < 1:
             return 0.0
-        return self.step_s * self.inflation[min(b, len(self.inflation)) - 1]
+        c = self.inflation[min(b, len(self.inflation)) - 1]
+        return self.model_scale * self.step_s * c + self.step_overhead_s
+
+    def _learn_step_time(self, msg: msgs.StepProgress) -> None:
+        """Fold a report's timed steps into the step-time model, and tell the policy when
+        it moved (module docstring: `set_step_times`)."""
+        if msg.timed <= 0 or msg.n_steps <= 0:
+            return
+        b = max(1, round(msg.members / msg.n_steps))
+        c = self.inflation[min(b, len(self.inflation)) - 1]
+        scale = min(max(msg.model_s / msg.timed / (self.step_s * c), 0.25), 20.0)
+        overhead = max(msg.overhead_s / msg.timed, 0.0)
+        w = 1.0 - (1.0 - STEP_TIME_RATE) ** msg.timed
+        self.model_scale += w * (scale - self.model_scale)
+        self.step_overhead_s += w * (overhead - self.step_overhead_s)
+        old = self._pushed[0] * self.step_s + self._pushed[1]
+        new = self.model_scale * self.step_s + self.step_overhead_s
+        if abs(new - old) > STEP_TIME_PUSH * old:
+            self._pushed = (self.model_scale, self.step_overhead_s)
+            self.policy.set_step_times([self.step_time(b) for b in
+                                        range(1, self.policy.max_batch + 1)])  # fmt: skip
 
     # ------------------------------------------------------------------ reports
     def on_progress(self, msg: msgs.StepProgress) -> None:
@@ -170,6 +212,7 @@ class StepCoordinator:
         self.overhead_cpu_s += msg.overhead_cpu_s
         self.coord_s += msg.coord_s
         self.coord_cpu_s += msg.coord_cpu_s
+        self._learn_step_time(msg)
 
     def _learn(self, app: str, steps: int) -> None:
         from orloj_rt.engine import Distribution
@@ -180,6 +223,7 @@ class StepCoordinator:
             st = self.apps[app] = _AppSteps(Distribution)
         work = steps * self.step_s
         st.samples += 1
+        st.steps += steps
         if self.work_fit is not None:  # as whole-batch serving estimates it: comparable
             st.sum += self.work_fit[0] + self.work_fit[1] * steps
         else:
@@ -308,6 +352,9 @@ class StepCoordinator:
             "finished": self.finished,
             "ended": self.ended,
             "running": sum(len(r.running) for r in self.runs),
+            # the step-time model the policy decides with (learned online)
+            "learned_step_1_ms": self.step_time(1) * 1e3,
+            "learned_step_max_ms": self.step_time(len(self.inflation)) * 1e3,
         }
 
     def app_stats(self) -> dict:
@@ -315,6 +362,7 @@ class StepCoordinator:
             app: {
                 "samples": st.samples,
                 "mean_solo_ms": st.sum / st.samples * 1e3 if st.samples else 0.0,
+                "mean_steps": st.steps / st.samples if st.samples else 0.0,
                 "source": "learned" if st.installed else "prior",
             }
             for app, st in self.apps.items()

@@ -165,6 +165,25 @@ def test_orloj_step_learning_keeps_the_tail_of_ended_members():
     assert q.distribution("default").samples_added == truth.samples_added
 
 
+def test_orloj_step_keeps_a_member_that_outlived_every_sample_while_it_has_slack():
+    # every sample says 1.0 of work (10 steps); a member at step 15 is longer than any
+    learned = Distribution.from_samples([1.0] * 50)
+    p = build("orloj-step", learned)
+    law = p.law("default")
+    assert law.top <= 15  # the member is beyond the table
+    # memoryless beyond the support, with the distribution's mean (about 10 steps)
+    assert 0.0 < p.chance("default", 15, 0.5, 1) < p.chance("default", 15, 5.0, 1) < 1.0
+    assert p.chance("default", 15, 0.05, 1) == 0.0  # not even one step fits: no chance
+    d = p.step_boundary(0.0, [RunningMember(1, "default", 100.0, 15)])
+    assert d.ended == []  # a minute of slack: it runs on
+    d = p.step_boundary(0.0, [RunningMember(1, "default", 0.05, 15)])
+    assert d.ended == [1]  # no step fits before its deadline
+    # ending it past the support teaches F that longer requests exist
+    before = learned.cdf(1.5)
+    p.observe_ended("default", 15)
+    assert p.distribution("default").cdf(1.5) < before
+
+
 def test_orloj_step_checks_its_parameters(spread):
     with pytest.raises(ValueError, match="theta"):
         build("orloj-step", theta=1.5)
