@@ -80,6 +80,30 @@ def serving_mode(spec, policy: str) -> tuple[str, bool]:
     return policy, True
 
 
+class StepTimes:
+    """Step counts and time accounting, as a StepProgress carries them (messages.py): the
+    worker sums them between two reports, the scheduler over a model's life."""
+
+    __slots__ = ("n_steps", "members", "timed", "model_s", "overhead_s", "model_cpu_s",
+                 "overhead_cpu_s", "coord_s", "coord_cpu_s")
+
+    def __init__(self) -> None:
+        self.n_steps = 0
+        self.members = 0
+        self.timed = 0
+        self.model_s = 0.0
+        self.overhead_s = 0.0
+        self.model_cpu_s = 0.0
+        self.overhead_cpu_s = 0.0
+        self.coord_s = 0.0  # of the overhead: reading updates and sending reports
+        self.coord_cpu_s = 0.0
+
+    def add(self, other) -> None:
+        """Adds another StepTimes, or a StepProgress's figures."""
+        for name in StepTimes.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
 class _Run:
     """One worker's running batch of one model, as the scheduler knows it."""
 
@@ -136,15 +160,7 @@ class StepCoordinator:
         self.arrived = False  # requests arrived since the last pass: busy workers too
         # stats: steps, members per step; over the timed steps, the model's time and the
         # rest of the worker's (its overhead); reports; decisions
-        self.n_steps = 0
-        self.members = 0
-        self.timed = 0
-        self.model_s = 0.0
-        self.overhead_s = 0.0
-        self.model_cpu_s = 0.0
-        self.overhead_cpu_s = 0.0
-        self.coord_s = 0.0
-        self.coord_cpu_s = 0.0
+        self.times = StepTimes()
         self.reports = 0
         self.decisions = 0
         self.finished = 0
@@ -203,15 +219,7 @@ class StepCoordinator:
         for token in msg.failed:
             slots.pop(token, None)
         self.reports += 1
-        self.n_steps += msg.n_steps
-        self.members += msg.members
-        self.timed += msg.timed
-        self.model_s += msg.model_s
-        self.overhead_s += msg.overhead_s
-        self.model_cpu_s += msg.model_cpu_s
-        self.overhead_cpu_s += msg.overhead_cpu_s
-        self.coord_s += msg.coord_s
-        self.coord_cpu_s += msg.coord_cpu_s
+        self.times.add(msg)
         self._learn_step_time(msg)
 
     def _learn(self, app: str, steps: int) -> None:
@@ -324,28 +332,29 @@ class StepCoordinator:
 
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict:
-        n, timed = self.n_steps, self.timed
-        step_ms = self.model_s / timed * 1e3 if timed else 0.0
-        overhead_us = self.overhead_s / timed * 1e6 if timed else 0.0
+        t = self.times
+        n, timed = t.n_steps, t.timed
+        step_ms = t.model_s / timed * 1e3 if timed else 0.0
+        overhead_us = t.overhead_s / timed * 1e6 if timed else 0.0
         return {
             "batching": "step",
             "step_solo_ms": self.step_s * 1e3,
             "steps": n,
-            "mean_members": self.members / n if n else 0.0,
+            "mean_members": t.members / n if n else 0.0,
             "timed_steps": timed,
             "mean_step_ms": step_ms,  # the model's calls, per timed step
             "mean_overhead_us": overhead_us,  # the rest of the worker's time, per step
             "overhead_share": overhead_us / 1e3 / step_ms if step_ms else 0.0,
             # the same in CPU time, which other processes on the machine do not inflate
-            "mean_step_cpu_ms": self.model_cpu_s / timed * 1e3 if timed else 0.0,
-            "mean_overhead_cpu_us": self.overhead_cpu_s / timed * 1e6 if timed else 0.0,
-            "overhead_cpu_share": self.overhead_cpu_s / self.model_cpu_s
-            if self.model_cpu_s else 0.0,
+            "mean_step_cpu_ms": t.model_cpu_s / timed * 1e3 if timed else 0.0,
+            "mean_overhead_cpu_us": t.overhead_cpu_s / timed * 1e6 if timed else 0.0,
+            "overhead_cpu_share": t.overhead_cpu_s / t.model_cpu_s
+            if t.model_cpu_s else 0.0,
             # of the overhead, coordination with the scheduler (updates in, reports out)
-            "mean_coord_us": self.coord_s / timed * 1e6 if timed else 0.0,
-            "coord_share": self.coord_s / self.model_s if self.model_s else 0.0,
-            "mean_coord_cpu_us": self.coord_cpu_s / timed * 1e6 if timed else 0.0,
-            "coord_cpu_share": self.coord_cpu_s / self.model_cpu_s if self.model_cpu_s
+            "mean_coord_us": t.coord_s / timed * 1e6 if timed else 0.0,
+            "coord_share": t.coord_s / t.model_s if t.model_s else 0.0,
+            "mean_coord_cpu_us": t.coord_cpu_s / timed * 1e6 if timed else 0.0,
+            "coord_cpu_share": t.coord_cpu_s / t.model_cpu_s if t.model_cpu_s
             else 0.0,
             "reports": self.reports,
             "decisions": self.decisions,

@@ -41,7 +41,7 @@ from orloj_rt.runtime.batch_runner import (
 )
 from orloj_rt.runtime.channel import Channel, ChannelClosed
 from orloj_rt.runtime.proc import InstanceConfig, attach_rings, child_main, settle_memory
-from orloj_rt.runtime.step_scheduling import serving_mode
+from orloj_rt.runtime.step_scheduling import StepTimes, serving_mode
 
 log = logging.getLogger("orloj_rt.worker")
 
@@ -50,25 +50,16 @@ log = logging.getLogger("orloj_rt.worker")
 STEP_REPORT_MIN_S = 0.001
 
 
-class _StepAccount:
+class _StepAccount(StepTimes):
     """What one model's next StepProgress reports: the steps since the last one."""
 
-    __slots__ = ("sent", "finished", "failed", "n_steps", "members", "timed", "model_s",
-                 "overhead_s", "model_cpu_s", "overhead_cpu_s", "coord_s", "coord_cpu_s")
+    __slots__ = ("sent", "finished", "failed")
 
     def __init__(self, sent: float = 0.0) -> None:
+        super().__init__()
         self.sent = sent  # time.monotonic() of the last report
         self.finished: list = []
         self.failed: list = []
-        self.n_steps = 0
-        self.members = 0
-        self.timed = 0
-        self.model_s = 0.0
-        self.overhead_s = 0.0
-        self.model_cpu_s = 0.0
-        self.overhead_cpu_s = 0.0
-        self.coord_s = 0.0  # of the overhead: reading updates and sending reports
-        self.coord_cpu_s = 0.0
 
 
 class Worker:
