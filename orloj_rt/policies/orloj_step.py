@@ -135,14 +135,16 @@ class StepLaw:
         j = k + m
         return ((1.0 if j >= self.top else self.g[j]) - self.g[k]) / tail
 
-    def stay(self, k: int, m: int) -> float:
-        """E[min(N - k, m) | N > k]: the steps still run, to the end or m."""
+    def stay(self, k: int, m: int, skip: int = 0) -> float:
+        """E[min(N - k - skip, m), or 0 if negative | N > k]: the steps still run, to the
+        end or m, after `skip` steps whose outcome is unseen (RunningMember.unseen)."""
         if m <= 0:
             return 0.0
         tail = 1.0 - self.g[k] if k < self.top else 0.0
         if not tail > TAIL_EPS:
             return self._beyond_stay(m)
-        return (self.h[min(k + m, self.top + 1)] - self.h[k]) / tail
+        end = self.top + 1
+        return (self.h[min(k + skip + m, end)] - self.h[min(k + skip, end)]) / tail
 
     # A member that has outlived the distribution's support (or its last 1e-9 of mass) is
     # longer than anything seen, and the distribution says nothing of how much is left;
@@ -266,9 +268,10 @@ class OrlojStepPolicy(QueuedStepPolicy):
     # ------------------------------------------------------------- the decision
     def step_boundary(self, now, running):
         """Called at each step boundary of a worker: end, drop, admit (module docstring)."""
-        # a member: [id, law, steps done, slack]
-        members = [[m.id, self._law_of(m.id, m.app), m.steps, m.deadline - now]
-                   for m in running]
+        # a member: [id, law, steps seen done, slack, steps unseen]: its chances count
+        # the unseen steps as steps it may finish in (RunningMember.unseen)
+        members = [[m.id, self._law_of(m.id, m.app), m.steps - m.unseen, m.deadline - now,
+                    m.unseen] for m in running]  # fmt: skip
         ended = self._end(members)
         dropped, candidates = self._scan(now, len(members))
         joined = self._admit(members, candidates)
@@ -281,15 +284,16 @@ class OrlojStepPolicy(QueuedStepPolicy):
         # least likely first, one at a time (each one ended gives the others room)
         keep = []
         for mem in members:
-            _, law, k, slack = mem
-            if law.prob(k, self._steps_left(slack, 1)) <= self.end_epsilon:
+            _, law, k, slack, u = mem
+            if law.prob(k, u + self._steps_left(slack, 1)) <= self.end_epsilon:
                 ended.append(mem[0])
             else:
                 keep.append(mem)
         members[:] = keep
         b = len(members)
         while b > 1:
-            chances = [law.prob(k, self._steps_left(slack, b)) for _, law, k, slack in members]
+            chances = [law.prob(k, u + self._steps_left(slack, b))
+                       for _, law, k, slack, u in members]  # fmt: skip
             low = min(range(b), key=chances.__getitem__)
             if chances[low] > self.end_epsilon:
                 break
@@ -301,11 +305,11 @@ class OrlojStepPolicy(QueuedStepPolicy):
             own = []
             stays = []
             left = []
-            for _, law, k, slack in members:
+            for _, law, k, slack, u in members:
                 m = self._steps_left(slack, b)
                 left.append(m)
-                own.append(law.prob(k, m))
-                stays.append(law.stay(k, m))
+                own.append(law.prob(k, u + m))
+                stays.append(law.stay(k, m, u))
             worst = -1
             worst_value = 0.0
             for i in range(b):
@@ -315,9 +319,9 @@ class OrlojStepPolicy(QueuedStepPolicy):
                 stay_i = stays[i]
                 for j in range(b):
                     if j != i:
-                        _, law, k, slack = members[j]
+                        _, law, k, slack, u = members[j]
                         shared = stay_i if stay_i < left[j] else left[j]
-                        taken += law.prob(k, self._floor((slack + shared * dc) / cs)) - own[j]
+                        taken += law.prob(k, u + self._floor((slack + shared * dc) / cs)) - own[j]
                 value = own[i] - taken
                 if value < worst_value:
                     worst_value = value
@@ -384,17 +388,17 @@ class OrlojStepPolicy(QueuedStepPolicy):
                 stay_new = law.stay(0, m)
                 taken = 0.0
                 cb = self._cs[b - 1]
-                for _, mlaw, k, mslack in members:
+                for _, mlaw, k, mslack, u in members:
                     # the member loses dc of slack for each step it shares with the
                     # newcomer: at most the newcomer's stay, at most its own steps left
                     m_k = self._steps_left(mslack, b)
                     shared = stay_new if stay_new < m_k else m_k
                     later = self._floor((mslack - shared * dc) / cb)
-                    taken += mlaw.prob(k, m_k) - mlaw.prob(k, later)
+                    taken += mlaw.prob(k, u + m_k) - mlaw.prob(k, u + later)
                 if not p > taken:
                     continue
             joined.append(rid)
-            members.append([rid, law, 0, slack])
+            members.append([rid, law, 0, slack, 0])
             b += 1
         for rid in joined:
             self._queue.remove(rid)

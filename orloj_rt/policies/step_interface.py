@@ -37,7 +37,14 @@ class RunningMember(NamedTuple):
     id: int
     app: str
     deadline: float
-    steps: int  # steps run so far; it has not finished (finished members have left)
+    steps: int  # steps run at the boundary, if it is still running
+    # Of `steps`, those that nobody has yet seen it survive: it may have finished in them.
+    # A runtime scheduler decides for a worker's next boundary ahead of the worker's
+    # report of it, so the member's last step there is still unseen (1, or more when the
+    # report is late); the simulator knows every boundary exactly (0). A policy must
+    # condition on N > steps - unseen only: conditioning on N > steps would take every
+    # member about to finish for a long one.
+    unseen: int = 0
 
 
 class StepDecision(NamedTuple):

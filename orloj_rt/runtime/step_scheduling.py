@@ -273,20 +273,21 @@ class StepCoordinator:
         run.dirty = False
         slots = self.slots
         joined_pending, ended_pending = run.pending()
+        at, ahead = now, 1
+        if run.running:
+            # a step is in progress: decide for the boundary where it ends, the first
+            # after `now` as the last report and the step time foretell it. Whether a
+            # member finishes in those `ahead` steps is not known yet: they are unseen
+            # (RunningMember.unseen), or every member about to finish would look long.
+            st = self.step_time(len(run.running))
+            ahead = int((now - run.at) / st) + 1 if st > 0 and now > run.at else 1
+            at = run.at + ahead * st
         members = []
         for token, steps in run.running.items():
             entry = slots.get(token)
             if entry is not None and token not in ended_pending:
-                members.append(RunningMember(token, entry[2], entry[3], steps + 1))
-        at = now
-        if run.running:
-            # a step is in progress: decide for the boundary where it ends, the first
-            # after `now` as the last report and the step time foretell it
-            st = self.step_time(len(run.running))
-            ahead = int((now - run.at) / st) + 1 if st > 0 and now > run.at else 1
-            at = run.at + ahead * st
-            if ahead > 1:
-                members = [m._replace(steps=m.steps + ahead - 1) for m in members]
+                members.append(RunningMember(token, entry[2], entry[3], steps + ahead,
+                                             unseen=ahead))  # fmt: skip
         for token in joined_pending:
             entry = slots.get(token)
             if entry is not None and token not in ended_pending:

@@ -208,3 +208,21 @@ def test_oracle_step_knows_every_solo_time(spread):
     # member 1 has 1 step left and 0.15 of slack: in a batch of two it still makes it
     d = p.step_boundary(0.2, [RunningMember(1, "a", 0.35, 2)])
     assert d.joined == [3] and d.ended == [] and d.dropped == [] and len(p) == 1
+
+
+def test_orloj_step_does_not_take_a_member_about_to_finish_for_a_long_one():
+    # 80% of requests need 2 steps, 20% need 16. A runtime scheduler decides for the
+    # worker's next boundary before it hears whether a member at step 1 finished at step
+    # 2 (RunningMember.unseen): taking "still running at step 2" as seen would make every
+    # member a long one, hopeless with 8 steps of slack, and end the 80% about to finish.
+    bimodal = Distribution.from_samples([0.15] * 80 + [1.55] * 20)
+    p = build("orloj-step", bimodal)
+    law = p.law("default")
+    assert law.prob(1, 1 + 8) == pytest.approx(0.8, abs=0.02)  # seen at 1: likely short
+    assert law.prob(2, 8) == 0.0  # seen at 2: a long one, 14 steps to go
+    about_to_finish = RunningMember(1, "default", 0.8, 2, unseen=1)
+    assert p.step_boundary(0.0, [about_to_finish]).ended == []
+    seen_long = RunningMember(1, "default", 0.8, 2)  # unseen=0: it did survive step 2
+    assert p.step_boundary(0.0, [seen_long]).ended == [1]
+    # the steps it occupies after the boundary: the unseen one is not counted again
+    assert law.stay(1, 8, 1) == pytest.approx(0.2 * 8 / 1.0, abs=0.1)
