@@ -13,7 +13,7 @@ holds the members running on this worker, and at every step boundary
    alone, layer by layer, until they reach the layer the batch is at (members that are
    done during the catch-up are answered at once), and only then join the batch, so that
    every step of the batch runs one layer for every member. This is LazyBatching's
-   catch-up; the batch waits for it (docs/runtime.md measures what it costs);
+   catch-up; the batch waits for it (docs/results.md measures it against whole batches);
 3. runs one step for every member (`step`), answers the members that are done at once,
    and removes them.
 
