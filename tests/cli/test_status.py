@@ -45,12 +45,17 @@ def test_once_prints_one_table_of_every_model(server):
     assert r.stdout.count("orloj-rt at") == 1
 
 
-def test_live_view_refreshes_until_ctrl_c(server):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orloj_rt", "status", "--endpoint", server.endpoint,
-         "--interval", "0.2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+def test_live_view_refreshes_until_ctrl_c(server, tmp_path):
+    # stderr goes to a file (a pipe nobody reads could fill and block the view), and with
+    # faulthandler on, so that a view that does not end on Ctrl-C can be made to say
+    # where it is stuck (SIGABRT) before the test fails: one CI run saw such a hang once
+    err_path = tmp_path / "status.stderr"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-X", "faulthandler", "-m", "orloj_rt", "status", "--endpoint",
+             server.endpoint, "--interval", "0.2"],
+            stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True,
+        )  # fmt: skip
     tables = threading.Semaphore(0)
     out: list[str] = []
 
@@ -66,7 +71,14 @@ def test_live_view_refreshes_until_ctrl_c(server):
         for _ in range(3):
             assert tables.acquire(timeout=TIMEOUT_S), "no refresh: " + "".join(out)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(TIMEOUT_S) == 0, proc.stderr.read()
+        try:
+            rc = proc.wait(TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            proc.wait(10)
+            pytest.fail("the live view did not end on Ctrl-C; its stacks:\n"
+                        + err_path.read_text()[-6000:])  # fmt: skip
+        assert rc == 0, err_path.read_text()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
