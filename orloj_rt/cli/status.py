@@ -10,6 +10,7 @@ drops, rejections and errors; above the table the server's status and its worker
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 
@@ -94,6 +95,11 @@ def run(args) -> int:
         return 2
     live = not args.once
     clear = live and sys.stdout.isatty()
+    if live:
+        # Ctrl-C ends the live view even where SIGINT came ignored from the parent (a
+        # background job of a non-interactive shell starts so): Python then installs no
+        # handler of its own, and the view would sleep on through every Ctrl-C
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     previous = None
     try:
         with Client(args.endpoint, timeout_s=args.timeout, curve_keys=args.curve_keys) as c:
