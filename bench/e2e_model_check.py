@@ -1,0 +1,194 @@
+"""What the simulator says the runtime's sweep should give, from this machine's own models.
+
+    .venv/bin/python bench/e2e_model_check.py                   # a table per model
+    .venv/bin/python bench/e2e_model_check.py --compare docs/results/e2e_finish_rate/results.json
+    .venv/bin/python bench/e2e_model_check.py --json            # one JSON object
+
+`bench/e2e_finish_rate.py` runs the real servers; this script asks whether what they
+finish is what the scheduling algorithm itself can finish, or whether the runtime loses
+something on the way (stale decisions, a wrong batch model, overheads). For each model of
+the issue-5 sweep (`early_exit`, `generate`) it measures, in this process, with one torch
+thread, as a CPU worker runs it:
+
+- c(b), with the worker's own warm-up profile (`BatchRunner.profile`);
+- the solo-time law: the fastest of 2 solo runs of each of `--samples` requests drawn as
+  the sweep draws them (orloj_rt/models/load_inputs.py; `generate` from the Azure trace).
+
+Then it simulates the whole-batch policies (the same policy objects as the scheduler;
+`orloj_rt/sim/simulator.py`) with that c(b) and that law, at the sweep's cells (SLO
+multiples x loads, in units of the mean solo time), 4,000 Poisson requests per cell,
+every policy given the law as its prior (as a scheduler that has learned it). It prints
+each cell's finish rates, orloj / fifo, orloj / best other baseline, the clairvoyant
+oracle, the bound on any non-clairvoyant policy (orloj_rt/sim/bounds.py), and the issue-5
+verdict as the simulator sees it. With `--compare`, the runtime's orloj / fifo from an
+`e2e_finish_rate.py` results.json is set beside it, cell by cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from e2e_finish_rate import (  # noqa: E402
+    BASELINES,
+    DEFAULT_TRACE,
+    FIFO_BAND,
+    POLICIES,
+    SWEEPS,
+    TARGET_VS_FIFO,
+)
+
+SIM_POLICIES = (*POLICIES, "oracle")
+SIM_REQUESTS = 4000
+
+
+def measure(model: str, n: int, seed: int) -> tuple[list[float], np.ndarray]:
+    """(c(1..max), solo times in seconds of n drawn requests) on this machine."""
+    import torch
+
+    from orloj_rt.client.loadgen import read_trace
+    from orloj_rt.models.builtin import BUILTIN_MODELS
+    from orloj_rt.models.load_inputs import make_inputs
+    from orloj_rt.models.loading import build_module
+    from orloj_rt.runtime.batch_runner import BatchRunner, examples_for
+
+    torch.set_num_threads(1)  # as `--cpu-workers` runs a worker
+    entry = BUILTIN_MODELS[model]
+    runner = BatchRunner(entry, build_module(entry))
+    inflation = list(runner.profile(examples_for(entry, 16)).inflation)
+    rng = np.random.default_rng(seed)
+    rows = None
+    if model == "generate":
+        col = read_trace(str(DEFAULT_TRACE), ["GeneratedTokens"])["GeneratedTokens"]
+        rows = {"GeneratedTokens": col[rng.integers(0, len(col), n)]}
+    draws = make_inputs(model, entry.spec.to_dict(), n, rng, rows,
+                        dict(SWEEPS[model].input_params))  # fmt: skip
+    solo = []
+    for d in draws:
+        member = [d.inputs[t.name] for t in entry.spec.inputs]
+        solo.append(min(runner.timed([member]) for _ in range(2)))
+    return inflation, np.asarray(solo)
+
+
+def simulate_cell(x: np.ndarray, inflation: list[float], slo: float, load: float,
+                  seed: int) -> dict:  # fmt: skip
+    """Every policy's finish rate on one cell; x: solo times in units of their mean."""
+    from orloj_rt.engine import Distribution
+    from orloj_rt.policies import make_policy
+    from orloj_rt.sim.bounds import finish_rate_bound
+    from orloj_rt.sim.simulator import simulate
+
+    rng = np.random.default_rng(seed)
+    arrival = np.cumsum(rng.exponential(1.0 / load, SIM_REQUESTS))
+    solo = rng.choice(x, SIM_REQUESTS)
+    deadline = arrival + slo
+    apps = ["default"] * SIM_REQUESTS
+    prior = Distribution.from_samples(rng.choice(x, 20_000).tolist())
+    rates = {}
+    for name in SIM_POLICIES:
+        policy = make_policy(name, max_batch=len(inflation), inflation=inflation)
+        policy.set_default_distribution(prior)
+        out = simulate(policy, arrival, deadline, solo, apps, inflation, workers=1)
+        rates[name] = out.summary(arrival, deadline)["finish_rate"]
+    rates["bound"] = finish_rate_bound(x, slo, 1.0 / load, inflation)
+    return rates
+
+
+def runtime_ratios(path: Path) -> dict:
+    """{(model, slo_mult, load): (orloj / fifo, orloj / best other)} from a results.json."""
+    rows = json.loads(path.read_text())["details"]
+    cells: dict = {}
+    for r in rows:
+        key = (r["model"], round(r["slo_mult"], 3), round(r["load"], 3))
+        cells.setdefault(key, {})[r["policy"]] = r["finish_rate"]
+    out = {}
+    for key, c in cells.items():
+        if "orloj" in c and c.get("fifo"):
+            best = max((c[p] for p in BASELINES if p != "fifo" and p in c), default=0.0)
+            out[key] = (c["orloj"] / c["fifo"], c["orloj"] / best if best else float("nan"))
+    return out
+
+
+def verdict(r: dict) -> str:
+    if not FIFO_BAND[0] <= r["fifo"] <= FIFO_BAND[1]:
+        return "fifo outside 20-60%"
+    best = max(r[p] for p in BASELINES)
+    ok = r["orloj"] >= TARGET_VS_FIFO * r["fifo"] and r["orloj"] >= best
+    return "**met**" if ok else "**missed**"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="early_exit,generate")
+    ap.add_argument("--samples", type=int, default=300,
+                    help="requests timed solo per model (default 300)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compare", type=Path, metavar="RESULTS_JSON",
+                    help="an e2e_finish_rate.py results.json: its orloj / fifo beside")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args()
+    t0 = time.monotonic()
+    seen = runtime_ratios(args.compare) if args.compare else {}
+    out = {"models": {}, "rows": []}
+    for model in args.models.split(","):
+        if model not in SWEEPS:
+            ap.error(f"unknown model {model!r}; choose from {', '.join(SWEEPS)}")
+        if not args.json:
+            print(f"{model}: profiling c(b) and timing {args.samples} requests solo ...",
+                  flush=True)  # fmt: skip
+        inflation, solo = measure(model, args.samples, args.seed)
+        mean = float(solo.mean())
+        out["models"][model] = {"inflation": inflation, "mean_solo_ms": mean * 1e3,
+                                "solo_cov": float(solo.std() / mean)}  # fmt: skip
+        sweep = SWEEPS[model]
+        for load in sweep.loads:
+            for slo in sweep.slo_mults:
+                r = simulate_cell(solo / mean, inflation, slo, load, args.seed)
+                best = max(r[p] for p in BASELINES if p != "fifo")
+                row = {"model": model, "slo_mult": slo, "load": load, **r,
+                       "orloj_vs_fifo": r["orloj"] / r["fifo"] if r["fifo"] else None,
+                       "orloj_vs_best_other": r["orloj"] / best if best else None,
+                       "target": verdict(r)}  # fmt: skip
+                if (model, round(slo, 3), round(load, 3)) in seen:
+                    vf, vb = seen[(model, round(slo, 3), round(load, 3))]
+                    row["runtime_orloj_vs_fifo"], row["runtime_orloj_vs_best_other"] = vf, vb
+                out["rows"].append(row)
+    out["elapsed_s"] = time.monotonic() - t0
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    for model, m in out["models"].items():
+        print(f"{model}: mean solo {m['mean_solo_ms']:.2f} ms, CoV {m['solo_cov']:.2f}, "
+              f"c(2) {m['inflation'][1]:.2f}, c({len(m['inflation'])}) {m['inflation'][-1]:.2f}")
+    cols = ["model", "load", "SLO / mean", *SIM_POLICIES, "bound", "orloj / fifo",
+            "orloj / best other"]  # fmt: skip
+    if seen:
+        cols += ["runtime: orloj / fifo", "runtime: orloj / best other"]
+    cols.append("target (simulated)")
+    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in out["rows"]:
+        cells = [r["model"], f"{r['load']:g}", f"{r['slo_mult']:g}",
+                 *(f"{r[p]:.3f}" for p in (*SIM_POLICIES, "bound")),
+                 f"{r['orloj_vs_fifo']:.2f}" if r["orloj_vs_fifo"] else "-",
+                 f"{r['orloj_vs_best_other']:.2f}" if r["orloj_vs_best_other"] else "-"]
+        if seen:
+            cells += [f"{r['runtime_orloj_vs_fifo']:.2f}" if "runtime_orloj_vs_fifo" in r
+                      else "-", f"{r['runtime_orloj_vs_best_other']:.2f}"
+                      if "runtime_orloj_vs_best_other" in r else "-"]  # fmt: skip
+        cells.append(r["target"])
+        print("| " + " | ".join(cells) + " |")
+    print(f"\nelapsed {out['elapsed_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
