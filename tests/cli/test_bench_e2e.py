@@ -55,3 +55,27 @@ def test_verdicts(e2e):
     assert [v["in_fifo_band"] for v in verdicts] == [True, True, True, False]
     assert len(lines) == 2 + 4 and "**met**" in lines[2] and "**missed**" in lines[3]
     assert e2e.cpu_verdict(data) == {"m": {"rate": 1.0, "max_scheduler_cpu": 0.05, "met": True}}
+
+
+def test_model_check_simulates_the_sweep_from_measured_models(tmp_path):
+    """bench/e2e_model_check.py for real: profiles early_exit here, times requests solo,
+    and simulates the sweep's cells with what it measured."""
+    import json
+    import subprocess
+
+    script = SCRIPT.parent / "e2e_model_check.py"
+    r = subprocess.run([sys.executable, str(script), "--models", "early_exit", "--samples",
+                        "30", "--json"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    m = out["models"]["early_exit"]
+    assert m["inflation"][0] == 1.0 and m["inflation"][-1] > 1.0 and m["mean_solo_ms"] > 0
+    rows = out["rows"]
+    assert len(rows) == 9  # 3 loads x 3 SLO multiples
+    for row in rows:
+        assert all(0.0 <= row[p] <= 1.0 for p in ("orloj", "fifo", "oracle", "bound"))
+    overloaded = [row for row in rows if row["load"] == 1.5]
+    # fifo serves the late first and collapses; nothing that cannot see solo times beats
+    # the bound by more than one run's noise
+    assert all(row["orloj"] > 2 * row["fifo"] for row in overloaded)
+    assert all(row["orloj"] <= row["bound"] + 0.05 for row in overloaded)
