@@ -83,6 +83,16 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
         help="on SIGTERM/SIGINT, let in-flight requests finish for up to S seconds; the rest "
         "are answered 'rejected' (default: %(default)s)",
     )
+    p.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="a worker that holds a batch (or step members) for S seconds without finishing "
+        "a batch or reporting a step is treated as hung: it is killed and restarted, and its "
+        "requests re-queued or answered 'error'. Set it above your longest batch; 0 turns it "
+        "off (default: %(default)s)",
+    )
     # the gateway process (runtime/http_gateway.py; docs/http.md, docs/metrics.md): off
     # unless a port is given
     p.add_argument(
@@ -167,6 +177,10 @@ def options_from_args(args):
     if problem:
         print(f"orloj-rt start: {problem}", file=sys.stderr)
         return None, 2
+    if not args.hang_timeout >= 0:  # also refuses nan
+        print(f"orloj-rt start: --hang-timeout {args.hang_timeout:g}: give seconds >= 0 "
+              "(0 turns the hang watch off)", file=sys.stderr)  # fmt: skip
+        return None, 2
     devices, problem = resolve_devices(args)
     if devices is None:
         print(f"orloj-rt start: {problem}", file=sys.stderr)
@@ -187,6 +201,7 @@ def options_from_args(args):
             log_level=args.log_level,
             ready_timeout_s=args.ready_timeout,
             drain_timeout_s=args.drain_timeout,
+            hang_timeout_s=args.hang_timeout,
             worker_threads=threads,
             http_port=args.http_port,
             metrics_port=args.metrics_port,

@@ -18,6 +18,7 @@ client wire protocol (PROTOCOL.md) is not here: it lives in `wire.py`.
     any child  -> supervisor     Y    ChildReady     the child serves (frontend: its endpoint)
     any child  -> supervisor     Z    ChildFailed    a fatal error, as text, before exiting
     scheduler  -> frontend       L    WorkerLost     a worker died: the batch it was running
+    scheduler  -> supervisor     H    WorkerHung     a worker with work went silent: kill it
     supervisor -> sched., front. A    AttachWorker   a restarted worker; + one fd (send_handle)
     scheduler  -> worker         J    StepUpdate     step-level batching: who joins, who is ended
     worker     -> scheduler      P    StepProgress   step-level batching: a step boundary
@@ -196,6 +197,19 @@ class WorkerLost(NamedTuple):
     reason: str = ""
 
 
+class WorkerHung(NamedTuple):
+    """Worker `worker` (process `pid`) has had work for `silent_s` seconds without a word:
+    no BatchDone for its batch, no StepProgress for its members (`what` says which). Sent
+    on the scheduler's pipe; the supervisor kills that process, and the worker crash path
+    does the rest (WorkerLost, restart). The scheduler sends it once per process."""
+
+    TAG = b"H"
+    worker: int
+    pid: int
+    silent_s: float
+    what: str
+
+
 class AttachWorker(NamedTuple):
     """Worker `worker` was restarted as process `pid` (its `epoch`-th incarnation). Sent on
     the pipe to the scheduler and to the frontend, and followed on the same pipe by one
@@ -263,11 +277,11 @@ _BY_TAG: dict[int, Any] = {
     cls.TAG[0]: cls
     for cls in (
         Submit, Discard, SchedulerStats, RunBatch, WorkerReady, BatchDone, Results,
-        Shutdown, ClusterState, ChildReady, ChildFailed, WorkerLost, AttachWorker,
+        Shutdown, ClusterState, ChildReady, ChildFailed, WorkerLost, WorkerHung, AttachWorker,
         StepUpdate, StepProgress,
     )
 }  # fmt: skip
-assert len(_BY_TAG) == 15, "two messages share a tag"
+assert len(_BY_TAG) == 16, "two messages share a tag"
 
 
 def encode(msg) -> bytes:

@@ -50,6 +50,9 @@ class InstanceConfig:
     # where the HTTP gateway reaches the frontend's ROUTER (an abstract ipc name), or ""
     # when no gateway runs (--http-port / --metrics-port not given): see http_gateway.py
     internal_endpoint: str = ""
+    # a worker that has work and says nothing for this long is killed and restarted (the
+    # scheduler watches, the supervisor kills: docs/reliability.md); 0 turns it off
+    hang_timeout_s: float = 60.0
 
 
 def set_process_title(title: str) -> None:

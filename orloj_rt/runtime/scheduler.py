@@ -35,7 +35,9 @@ to the frontend (`WorkerLost`), which re-queues or answers each member. The supe
 `AttachWorker` brings the restarted worker's channel; it gets batches after its
 `WorkerReady` (a restarted worker sends no profile: the first warm-up's is kept). While
 no worker at all is ready, requests whose deadline passes are dropped here, since no
-policy decision runs to drop them.
+policy decision runs to drop them. A worker that hangs instead of dying (it has a batch or
+step members and has said nothing for `hang_timeout_s`) is reported to the supervisor
+(`WorkerHung`), which kills it; from there it is a crash like any other.
 """
 
 from __future__ import annotations
@@ -244,7 +246,8 @@ class _ModelQueue:
 
 
 class _WorkerState:
-    __slots__ = ("index", "channel", "pid", "ready", "busy_batch", "busy_model")
+    __slots__ = ("index", "channel", "pid", "ready", "busy_batch", "busy_model",
+                 "last_heard", "hang_reported")  # fmt: skip
 
     def __init__(self, index: int, channel: Channel) -> None:
         self.index = index
@@ -253,6 +256,10 @@ class _WorkerState:
         self.ready = False
         self.busy_batch: list | None = None  # tokens of the batch it runs
         self.busy_model = -1
+        # when it last had news for us or we for it (a batch, an update, a report): the
+        # hang watch measures its silence from here
+        self.last_heard = 0.0
+        self.hang_reported = 0  # the pid already reported hung (WorkerHung goes once)
 
 
 class Scheduler:
@@ -325,6 +332,7 @@ class Scheduler:
             if now >= self._next_stats:
                 self._next_stats = now + STATS_INTERVAL_S
                 self._send_stats()
+                self._watch_hangs(now)
         self._close()
 
     def _poll_timeout_ms(self) -> float:
@@ -385,7 +393,7 @@ class Scheduler:
             self._quiet.pop(ch.fileno(), None)
             for w in self.workers:
                 if w.channel is ch:
-                    self._lose_worker(w, "it exited")
+                    self._lose_worker(w, self._exit_reason(w))
 
     def _handle(self, ch: Channel, handlers: dict, parts: list) -> None:
         try:
@@ -466,6 +474,7 @@ class Scheduler:
 
     def _on_batch_done(self, msg: msgs.BatchDone) -> None:
         w = self.workers[msg.worker]
+        w.last_heard = time.monotonic()
         tokens = w.busy_batch
         w.busy_batch = None
         if w.ready and w not in self.idle:
@@ -493,6 +502,8 @@ class Scheduler:
             log.error("step progress for model %s, which is not served step by step",
                       self.models[msg.model].name)  # fmt: skip
             return
+        if 0 <= msg.worker < len(self.workers):
+            self.workers[msg.worker].last_heard = time.monotonic()
         co.on_progress(msg)
 
     def _on_shutdown(self, msg: msgs.Shutdown) -> None:
@@ -545,7 +556,10 @@ class Scheduler:
                 update, answered = co.decide(w.index, now)
                 mq.decision_time.observe(time.perf_counter() - t0)
                 self._dropped += answered
-                if update is not None and not self._send(w.channel, [msgs.encode(update)]):
+                if update is None:
+                    continue
+                w.last_heard = now
+                if not self._send(w.channel, [msgs.encode(update)]):
                     self._lose_worker(w, "its channel is closed")
             co.arrived = False
 
@@ -573,10 +587,17 @@ class Scheduler:
                             [e[1] for e in entries])  # fmt: skip
         w.busy_batch = list(batch)
         w.busy_model = mq.index
+        w.last_heard = time.monotonic()
         if not self._send(w.channel, [msgs.encode(run)]):
             self._lose_worker(w, "its channel is closed")  # the frontend re-queues the batch
 
     # ------------------------------------------------------------------ worker crashes
+    def _exit_reason(self, w: _WorkerState) -> str:
+        if w.pid and w.hang_reported == w.pid:
+            return (f"it hung and was killed after {self.config.hang_timeout_s:g} s without "
+                    "a report (--hang-timeout)")  # fmt: skip
+        return "it exited"
+
     def _lose_worker(self, w: _WorkerState, reason: str) -> None:
         """Worker `w` is gone: nothing more is dispatched to it, and the batch it was
         running goes to the frontend (`WorkerLost`), which alone knows which members are
@@ -613,6 +634,35 @@ class Scheduler:
         lost = msgs.WorkerLost(w.index, w.pid, tokens, f"{reason} while running its batch")
         self._send(self.frontend, [msgs.encode(lost)])
 
+    def _watch_hangs(self, now: float) -> None:
+        """Reports to the supervisor each worker that holds work and has been silent for
+        longer than `hang_timeout_s`: a whole batch with no BatchDone, or step members with
+        no StepProgress. Checked once per stats tick, so a hang is seen within
+        `hang_timeout_s + STATS_INTERVAL_S`. A legitimately long batch looks the same:
+        the timeout must exceed the longest batch a model may run."""
+        limit = self.config.hang_timeout_s
+        if not limit > 0:
+            return
+        for w in self.workers:
+            if w.channel.sock is None or w.pid == 0 or w.hang_reported == w.pid:
+                continue
+            silent = now - w.last_heard
+            if silent <= limit:
+                continue
+            if w.busy_batch is not None:
+                what = f"a batch of {len(w.busy_batch)} of {self.models[w.busy_model].name}"
+            else:
+                stepping = [mq.name for mq in self.models
+                            if mq.steps is not None and not mq.steps.runs[w.index].idle()]
+                if not stepping:
+                    continue
+                what = f"step members of {', '.join(stepping)}"
+            w.hang_reported = w.pid
+            log.error("worker %d (pid %d) has run %s for %.1f s without a report; asking the "
+                      "supervisor to kill it (--hang-timeout %g s)", w.index, w.pid, what,
+                      silent, limit)  # fmt: skip
+            send_to_parent(self.conn, msgs.WorkerHung(w.index, w.pid, silent, what))
+
     def _drain_dead(self, ch: Channel) -> None:
         """Handles what a dead worker sent before it died (a BatchDone), up to its EOF."""
         for _ in range(1000):  # bounded: a dead peer reaches EOF after what it wrote
@@ -633,7 +683,7 @@ class Scheduler:
         w = self.workers[msg.worker]
         if w.channel.sock is not None:  # its death not handled yet: what it sent counts
             self._drain_dead(w.channel)
-            self._lose_worker(w, "it exited")
+            self._lose_worker(w, self._exit_reason(w))
         w.channel = Channel(socket.socket(fileno=fd), f"scheduler<->worker {msg.worker}")
         w.pid = msg.pid
         w.ready = False  # until its WorkerReady: nothing is dispatched to it before

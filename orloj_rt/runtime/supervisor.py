@@ -21,7 +21,9 @@ descriptor with `multiprocessing.reduction.send_handle`). It skips the profiling
 scheduler keeps what the first warm-up learned) and is forked from a fork server that has
 imported torch already, so that it serves again well within a second or two. The
 scheduler answers the batch the dead worker was running through the frontend
-(`WorkerLost`) and dispatches nothing to the new one before its `WorkerReady`.
+(`WorkerLost`) and dispatches nothing to the new one before its `WorkerReady`. A worker
+that hangs instead of dying (work held for `hang_timeout_s` without a report) is reported
+by the scheduler (`WorkerHung`) and killed here, which makes it a death like any other.
 
 The frontend and the scheduler are not restarted: the frontend holds the clients'
 connections and the scheduler every queue, so a new one could not answer what the old
@@ -115,6 +117,7 @@ class ServerOptions:
     log_level: str = "INFO"
     ready_timeout_s: float = 180.0
     drain_timeout_s: float = 5.0
+    hang_timeout_s: float = 60.0  # see InstanceConfig; 0: never treat a worker as hung
     worker_threads: int = 1
     # the gateway process (http_gateway.py): KServe v2 HTTP and Prometheus /metrics; it
     # runs only when a port is given; it listens on loopback unless allow_remote
@@ -231,6 +234,7 @@ class Supervisor:
             max_frame_bytes=max_frame_bytes(opts.models),
             internal_endpoint=internal_endpoint(self.instance) if gateway else "",
             internal_curve=internal_keypair() if keys_dir and gateway else (),
+            hang_timeout_s=opts.hang_timeout_s,
         )
         from orloj_rt.runtime.frontend import run_frontend_process
         from orloj_rt.runtime.http_gateway import run_gateway_process
@@ -395,8 +399,25 @@ class Supervisor:
                 return
             when = "while serving" if self._serving else "at start"
             self._fail(f"{label} (pid {msg.pid}) failed {when}: {msg.error}")
+        elif isinstance(msg, msgs.WorkerHung):
+            self._kill_hung(msg)
         else:
             log.error("unexpected %s from a child; ignored", type(msg).__name__)
+
+    def _kill_hung(self, msg: msgs.WorkerHung) -> None:
+        """The scheduler saw worker `msg.worker` hold work for `silent_s` without a word
+        (a model call that never returns, a stuck kernel): killed, its exit takes the crash
+        path (its requests re-queued or answered, the worker restarted)."""
+        child = self._find("worker", msg.worker)
+        if child is None or child.exited or child.process.pid != msg.pid:
+            return  # it died or was replaced since: nothing to kill
+        child.last_error = (f"hung: {msg.what} got no report for {msg.silent_s:.1f} s "
+                            f"(--hang-timeout {self.options.hang_timeout_s:g})")  # fmt: skip
+        log.error("worker %d (pid %d) is hung: %s got no report for %.1f s (--hang-timeout "
+                  "%g s); killing it", msg.worker, msg.pid, msg.what, msg.silent_s,
+                  self.options.hang_timeout_s)  # fmt: skip
+        with contextlib.suppress(OSError, ValueError):
+            child.process.kill()
 
     def _fail(self, text: str) -> None:
         """Records the first failure (the instance stops with exit code 1) and logs it now:

@@ -117,12 +117,19 @@ def test_start_help_documents_every_option():
     r = run_cli("start", "--help")
     assert r.returncode == 0
     for option in ("--gpus", "--cpu-workers", "--models", "--bind", "--policy", "--log-level",
-                   "--worker-threads", "--ready-timeout", "--drain-timeout"):  # fmt: skip
+                   "--worker-threads", "--ready-timeout", "--drain-timeout",
+                   "--hang-timeout"):  # fmt: skip
         assert option in r.stdout
     from orloj_rt.policies import POLICIES
 
     for name in POLICIES:
         assert name in r.stdout
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_a_bad_hang_timeout_is_explained(value):
+    r = run_cli("start", "--cpu-workers", "1", "--hang-timeout", value)
+    assert r.returncode == 2 and "--hang-timeout" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_a_bad_models_dir_is_explained():

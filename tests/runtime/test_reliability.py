@@ -222,6 +222,119 @@ def test_slots_return_after_kills_under_load(crash_server):
     assert wait_for(lambda: in_flight(s.endpoint) == 0, 5, "the ring to be empty") is True
 
 
+# ---------------------------------------------------------------------- hung workers
+def test_a_hung_worker_is_killed_restarted_and_its_request_answered(tmp_path):
+    """A model call that does not return (a 60 s sleep standing in for a stuck kernel):
+    with --hang-timeout 1 the worker is killed within seconds, its request is answered
+    `error` saying why, and the restarted worker serves. A batch shorter than the timeout
+    is left alone."""
+    with running_server(tmp_path, "--hang-timeout", "1", light=True) as server, \
+            RawDealer(server.endpoint) as d:  # fmt: skip
+        hung = ready_worker(server.endpoint)
+        t0 = time.monotonic()
+        d.send(sleep_req(0, 60000, slo_ms=800.0))
+        h, _ = collect(d, 1, timeout_s=20)[0]
+        answered_s = time.monotonic() - t0
+        assert h["status"] == "error", h
+        assert "hung and was killed" in h["error"] and "--hang-timeout" in h["error"], h
+        assert answered_s < 10, f"the hung request was answered after {answered_s:.1f} s"
+        fresh = ready_worker(server.endpoint, not_pid=hung)
+        d.send(sleep_req(1, 600, slo_ms=5000.0))  # 0.6 s: under the timeout, not a hang
+        h, data = collect(d, 1)[1]
+        assert h["status"] == "ok" and np.frombuffer(data[0], np.float32)[0] == 600, h
+        assert health(server.endpoint)["pids"]["workers"][0] == fresh
+        assert wait_for(lambda: in_flight(server.endpoint) == 0, 5, "the ring to be empty")
+    log = server_log(tmp_path)
+    assert f"worker 0 (pid {hung}) is hung" in log and "killing it" in log
+    assert log.count(" is hung") == 1, "the healthy 0.6 s batch was taken for a hang"
+    print(f"hung worker: its request answered after {answered_s:.2f} s (--hang-timeout 1)")
+
+
+STALL_REPO = {
+    "stall.toml": 'name = "stall"\nfactory = "stall.py:build"\nexamples = "stall.py:examples"\n'
+                  'step_kind = "token"\nmax_batch_size = 4\ndefault_slo_ms = 10000\n\n'
+                  '[[inputs]]\nname = "n"\ndtype = "float32"\nshape = []\n\n'
+                  '[[inputs]]\nname = "stall_ms"\ndtype = "float32"\nshape = []\n\n'
+                  '[[outputs]]\nname = "steps"\ndtype = "float32"\nshape = []\n',
+    "stall.py": """
+\"\"\"A token-step model: member i runs n_i steps; a step sleeps the longest stall_ms of
+the members still running (one huge stall_ms is a step that never returns).\"\"\"
+import time
+
+import numpy as np
+import torch
+
+from orloj_rt.models.steps import StepModelMixin
+
+
+class Stall(StepModelMixin, torch.nn.Module):
+    def init_state(self, n, stall_ms):
+        return {"target": n.reshape(-1).long(), "ms": stall_ms.reshape(-1).float(),
+                "count": torch.zeros(n.reshape(-1).shape[0], dtype=torch.long)}
+
+    def finished(self, state):
+        return state["count"] >= state["target"]
+
+    def progress(self, state):
+        return state["count"]
+
+    def step(self, state):
+        running = ~self.finished(state)
+        if bool(running.any()):
+            time.sleep(float(state["ms"][running].max()) / 1000.0)
+        return {**state, "count": state["count"] + running.long()}
+
+    def outputs(self, state):
+        return (state["count"].float(),)
+
+
+def build():
+    return Stall()
+
+
+def examples(rng, n):
+    return [{"n": np.array(2.0, np.float32), "stall_ms": np.array(1.0, np.float32)}
+            for _ in range(n)]
+""",
+}
+
+
+def stall_req(i: int, n: int, stall_ms: float, **kw) -> list:
+    inputs = {"n": np.array(n, np.float32), "stall_ms": np.array(stall_ms, np.float32)}
+    return encode_infer(i, "stall", inputs, **kw)
+
+
+def test_a_hung_step_worker_is_killed_and_restarted(tmp_path):
+    """The same under step-level batching (orloj-step): a step that never returns stops
+    the worker's StepProgress reports; the watch kills it. The member is re-queued once
+    (its 10 s deadline allows it), hangs its second worker too, and is answered `error`;
+    the worker restarted after that serves a request of ordinary steps."""
+    repo = tmp_path / "stall_repo"
+    repo.mkdir()
+    for name, text in STALL_REPO.items():
+        (repo / name).write_text(text)
+    with running_server(tmp_path, "--models", str(repo), "--policy", "orloj-step",
+                        "--hang-timeout", "1") as server, \
+            RawDealer(server.endpoint) as d:  # fmt: skip
+        first = ready_worker(server.endpoint)
+        t0 = time.monotonic()
+        d.send(stall_req(0, 3, 60000.0))
+        h, _ = collect(d, 1, timeout_s=30)[0]
+        answered_s = time.monotonic() - t0
+        assert h["status"] == "error", h
+        assert "hung and was killed" in h["error"] and "re-queued once already" in h["error"]
+        assert answered_s < 20, f"the hung member was answered after {answered_s:.1f} s"
+        last = ready_worker(server.endpoint, not_pid=first)
+        d.send(stall_req(1, 3, 5.0))
+        h, data = collect(d, 1)[1]
+        assert h["status"] == "ok" and np.frombuffer(data[0], np.float32)[0] == 3, h
+        assert health(server.endpoint)["pids"]["workers"][0] == last
+    log = server_log(tmp_path)
+    assert f"worker 0 (pid {first}) is hung: step members of stall" in log, log[-3000:]
+    assert log.count(" is hung") == 2
+    print(f"hung step worker: its member answered after {answered_s:.2f} s (two kills)")
+
+
 # ---------------------------------------------------------------------- scheduler, frontend
 def _pid_of(server, title: str) -> int:
     for p in server.children:
