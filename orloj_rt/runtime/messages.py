@@ -165,6 +165,8 @@ class ClusterState(NamedTuple):
     workers: int
     workers_ready: int
     pids: dict  # {"supervisor", "frontend", "scheduler", "workers": [...]}
+    # worker restarts since the start, by cause: {"crashed": n, "hung": n}
+    restarts: dict | None = None
 
 
 class ChildReady(NamedTuple):

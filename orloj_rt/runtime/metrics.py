@@ -158,6 +158,7 @@ class FrontendMetrics:
                         "batch_size": list(BATCH_SIZE_BUCKETS)},  # fmt: skip
             "workers": cluster.workers,
             "workers_ready": cluster.workers_ready,
+            "worker_restarts": dict(cluster.restarts or {"crashed": 0, "hung": 0}),
             "pids": cluster.pids,
             "unattributed": self.unattributed.snapshot(),
             "models": {},
@@ -275,7 +276,7 @@ class SnapshotCollector:
         yield decision
 
     def _model_gauges(self, snap: dict):
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         queue = GaugeMetricFamily("orloj_queue_length", "Requests queued in the scheduler, "
                                   "not yet in a batch (refreshed once a second)",
@@ -293,7 +294,12 @@ class SnapshotCollector:
         workers.add_metric([], snap["workers"])
         ready = GaugeMetricFamily("orloj_workers_ready", "Workers warmed up and serving")
         ready.add_metric([], snap["workers_ready"])
-        yield from (queue, in_use, slots, workers, ready)
+        restarts = CounterMetricFamily(
+            "orloj_worker_restarts", "Worker restarts since the start, by cause: crashed (the "
+            "process died) or hung (killed after --hang-timeout)", labels=["cause"])  # fmt: skip
+        for cause, n in sorted(snap.get("worker_restarts", {}).items()):
+            restarts.add_metric([cause], n)
+        yield from (queue, in_use, slots, workers, ready, restarts)
 
     def _processes(self, snap: dict):
         """CPU time and resident memory of each process of the instance (psutil)."""

@@ -173,6 +173,7 @@ class Supervisor:
         self._failures: dict[int, int] = {}  # worker index -> deaths in a row (backoff)
         self._start_failures: dict[int, int] = {}  # ... of which before it was ready
         self._died_at: dict[int, float] = {}  # worker index -> when it last died
+        self._restarts = {"crashed": 0, "hung": 0}  # worker restarts by cause (metrics)
 
     # ------------------------------------------------------------------ public
     def run(self) -> int:
@@ -464,6 +465,7 @@ class Supervisor:
             return
         delay = restart_delay(failures)
         self._restart_at[i] = now + delay
+        self._restarts["hung" if child.last_error.startswith("hung:") else "crashed"] += 1
         when = "now" if delay == 0 else f"in {delay:g} s ({failures} deaths in a row)"
         log.warning("worker %d (pid %d) exited unexpectedly %s%s; restarting it %s", i,
                     child.pid, how, why, when)  # fmt: skip
@@ -552,6 +554,7 @@ class Supervisor:
                 "scheduler": sched.pid if sched else 0,
                 "workers": [0 if c.exited else c.pid for c in workers],
             },
+            dict(self._restarts),
         )
         self._send(self._find("frontend", 0), state)
 

@@ -223,13 +223,30 @@ def test_slots_return_after_kills_under_load(crash_server):
 
 
 # ---------------------------------------------------------------------- hung workers
+def worker_restarts(metrics_url: str) -> dict:
+    """orloj_worker_restarts_total by cause, scraped from the live /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "orloj_worker_restarts":
+            return {s.labels["cause"]: int(s.value) for s in fam.samples
+                    if s.name == "orloj_worker_restarts_total"}  # fmt: skip
+    raise AssertionError("no orloj_worker_restarts in /metrics")
+
+
 def test_a_hung_worker_is_killed_restarted_and_its_request_answered(tmp_path):
     """A model call that does not return (a 60 s sleep standing in for a stuck kernel):
     with --hang-timeout 1 the worker is killed within seconds, its request is answered
     `error` saying why, and the restarted worker serves. A batch shorter than the timeout
     is left alone."""
-    with running_server(tmp_path, "--hang-timeout", "1", light=True) as server, \
-            RawDealer(server.endpoint) as d:  # fmt: skip
+    with running_server(tmp_path, "--hang-timeout", "1", "--metrics-port", "0",
+                        light=True) as server, RawDealer(server.endpoint) as d:  # fmt: skip
+        metrics_url = server.ready_line.split("; metrics ", 1)[1].split(";")[0].rstrip(")")
+        assert worker_restarts(metrics_url) == {"crashed": 0, "hung": 0}
         hung = ready_worker(server.endpoint)
         t0 = time.monotonic()
         d.send(sleep_req(0, 60000, slo_ms=800.0))
@@ -244,6 +261,7 @@ def test_a_hung_worker_is_killed_restarted_and_its_request_answered(tmp_path):
         assert h["status"] == "ok" and np.frombuffer(data[0], np.float32)[0] == 600, h
         assert health(server.endpoint)["pids"]["workers"][0] == fresh
         assert wait_for(lambda: in_flight(server.endpoint) == 0, 5, "the ring to be empty")
+        assert worker_restarts(metrics_url) == {"crashed": 0, "hung": 1}
     log = server_log(tmp_path)
     assert f"worker 0 (pid {hung}) is hung" in log and "killing it" in log
     assert log.count(" is hung") == 1, "the healthy 0.6 s batch was taken for a hang"
