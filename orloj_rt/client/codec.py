@@ -81,7 +81,9 @@ def encode_infer(
             arr = arr.copy(order="C")  # (np.ascontiguousarray would make a 0-d array 1-d)
         dtype = (dtypes or {}).get(name) or wire_dtype(arr)
         meta.append({"name": name, "dtype": dtype, "shape": list(arr.shape)})
-        data.append(memoryview(arr).cast("B") if arr.ndim else arr.tobytes())
+        # a byte view of the array (no copy); memoryview cannot cast a 0-d array, nor one
+        # with a zero dim (an empty input: sent as is, the server says whether it accepts it)
+        data.append(memoryview(arr).cast("B") if arr.ndim and arr.size else arr.tobytes())
     header: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": req_id, "op": "infer",
                               "model": model, "inputs": meta}  # fmt: skip
     if slo_ms is not None:

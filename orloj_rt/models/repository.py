@@ -348,11 +348,13 @@ def load_entry(path: Path) -> ModelEntry:
             factory=base.factory,
             factory_args={**base.factory_args, **args},
             examples=examples or base.examples,
+            config=str(path),
         )
     if source == "factory":
         factory = check_reference(cfg["factory"], path.parent, path, "factory", "build")
         spec = _spec(path, cfg, None)
-        return ModelEntry(spec=spec, factory=factory, factory_args=dict(args), examples=examples)
+        return ModelEntry(spec=spec, factory=factory, factory_args=dict(args), examples=examples,
+                          config=str(path))  # fmt: skip
     program = cfg["program"]
     if not isinstance(program, str):
         raise ConfigError(path, "program", f"{program!r} is not a path",
@@ -373,7 +375,8 @@ def load_entry(path: Path) -> ModelEntry:
                           "remove factory_args")  # fmt: skip
     spec = _spec(path, cfg, None)
     return ModelEntry(spec=spec, factory=EXPORTED_PROGRAM_FACTORY,
-                      factory_args={"path": str(p.resolve())}, examples=examples)  # fmt: skip
+                      factory_args={"path": str(p.resolve())}, examples=examples,
+                      config=str(path))  # fmt: skip
 
 
 def load_repository(directory: str | Path) -> list[ModelEntry]:
@@ -385,11 +388,14 @@ def load_repository(directory: str | Path) -> list[ModelEntry]:
     if not entries:
         raise ValueError(f"--models {directory}: no *.toml model configs found; write one per "
                          "model (docs/models.md)")  # fmt: skip
-    seen: dict[str, int] = {}
+    first: dict[str, ModelEntry] = {}
     for e in entries:
-        seen[e.spec.name] = seen.get(e.spec.name, 0) + 1
-    dup = [n for n, c in seen.items() if c > 1]
-    if dup:
-        raise ValueError(f"--models {directory}: model names used twice: {dup}; give each "
-                         "config its own `name`")  # fmt: skip
+        other = first.setdefault(e.spec.name, e)
+        if other is not e:
+            name = e.spec.name
+            raise ConfigError(e.config or directory, "name", f"the model name {name!r} is "
+                              f"used twice: by {other.config} and by {e.config}",
+                              "give each config its own `name` (a `builtin` without `name` is "
+                              f'served under the built-in\'s name), e.g. name = "{name}_2", or '
+                              "remove one of the two files")  # fmt: skip
     return entries

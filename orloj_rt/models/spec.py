@@ -327,9 +327,12 @@ class ModelEntry:
     examples: optional import string of `function(rng, n) -> list[dict[str, ndarray]]`:
               representative requests for warm-up and profiling; default: random
               requests at the largest shape.
+    config:   the model repository's TOML file it was read from (None for a built-in
+              served without one): errors found when the worker builds the model name it.
     """
 
     spec: ModelSpec
     factory: str
     factory_args: Mapping[str, Any] = field(default_factory=dict)
     examples: str | None = None
+    config: str | None = None

@@ -95,3 +95,24 @@ def test_codec():
              np.array(7, np.int64).tobytes()]  # fmt: skip
     _, r = decode_reply(reply)
     assert r.ok and int(r.outputs["y"]) == 7 and r.outputs["y"].shape == ()
+
+
+def test_an_empty_input_is_sent_and_the_server_answers(endpoint):
+    """A zero-length variable dim cannot be cast to a byte view (memoryview refuses a shape
+    with a zero): the client sends it anyway and returns the server's answer."""
+    empty = np.zeros((0,), np.int64)
+    frames = encode_infer(1, "early_exit", {"tokens": empty})
+    assert bytes(frames[1]) == b""
+    with Client(endpoint, timeout_s=30) as c:
+        r = c.infer("early_exit", {"tokens": empty})
+        assert r.status == "error" and "input 'tokens' dim 0 is 0" in r.error, r
+        r0 = c.infer("resnet_static", {"image": np.zeros((0, 32, 32), np.float32)})
+        assert r0.status == "error" and "expects [3, 32, 32]" in r0.error, r0
+        assert c.health()["status"] == "ok"  # the connection serves on
+
+    async def main():
+        async with AsyncClient(endpoint, timeout_s=30) as ac:
+            return await ac.infer("early_exit", {"tokens": empty})
+
+    ra = asyncio.run(main())
+    assert ra.status == "error" and ra.error == r.error, ra

@@ -169,6 +169,28 @@ def test_repository_errors(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "first, second",
+    [
+        ('builtin = "noop"\n', 'builtin = "noop"\n'),  # a built-in's own name, twice
+        ('builtin = "early_exit"\nname = "mine"\n', 'name = "mine"\nfactory = "m.py:build"\n'
+         + GOOD_TENSORS),  # a renamed built-in and a factory model
+        ('builtin = "sleep"\n', 'name = "sleep"\nfactory = "m.py:build"\n' + GOOD_TENSORS),
+    ],
+)
+def test_a_duplicate_model_name_names_both_files(tmp_path, first, second):
+    (tmp_path / "m.py").write_text("def build():\n    return None\n")
+    (tmp_path / "a.toml").write_text(first)
+    (tmp_path / "other.toml").write_text('builtin = "tiny_mlp"\n')
+    (tmp_path / "b.toml").write_text(second)
+    with pytest.raises(ConfigError) as exc:
+        load_repository(tmp_path)
+    msg = str(exc.value)
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    assert msg.startswith(f"model config {b}: field `name`: "), msg
+    assert f"by {a} and by {b}" in msg and "Fix: give each config its own `name`" in msg, msg
+
+
+@pytest.mark.parametrize(
     "text, fix",
     [
         ('dtype = "float64"', 'use dtype = "float32"'),
