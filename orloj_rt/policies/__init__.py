@@ -7,12 +7,13 @@ All policies implement `orloj_rt.engine.interface.Policy`. `orloj` comes from th
 engine (compiled, or the pure twin with ORLOJ_RT_PURE=1); the baselines are Python over the
 active engine's `RequestQueue`:
 
-    fifo       Triton's dynamic batcher: oldest first, queue timeout = SLO -> rejected
+    fifo       Triton's dynamic batcher: oldest first, preferred sizes (powers of two),
+               queue delay 0.1 x SLO, queue timeout = SLO -> rejected
     edf        earliest deadline first; drops the expired
-    nexus      a deterministic offline profile: the largest batch whose mean meets the
-               earliest deadline; drops what cannot finish alone
-    clockwork  the maximum of the last 10 measured batch times per size; drops what that
-               estimate says cannot make it
+    nexus      a deterministic offline profile l(b): the duty-cycle batch size (largest b
+               with 2 l(b) <= SLO), early drop by a sliding window
+    clockwork  the maximum of the last 10 measured batch times per size; power-of-two
+               batches; drops what that estimate says cannot make it
     oracle     the clairvoyant twin of orloj: knows each request's true time (an upper
                reference; the simulator gives it the true times)
 

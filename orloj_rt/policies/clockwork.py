@@ -11,8 +11,16 @@ When a worker is idle it:
 1. drops every request that the estimate says cannot make it even alone:
    now + estimate(1) > deadline;
 2. orders the rest by latest start time, deadline - estimate, which with one model is the
-   deadline order; and dispatches the largest batch b whose estimate meets the earliest
-   deadline among its members: now + estimate(b) <= that deadline.
+   deadline order; and dispatches the largest batch b (a power of two, below) whose
+   estimate meets the earliest deadline among its members: now + estimate(b) <= that
+   deadline.
+
+Batch sizes are powers of two (1, 2, 4, 8, ... up to the maximum batch), as in Clockwork
+(Gujarati et al., "Serving DNNs like Clockwork: Performance Predictability from the Bottom
+Up", OSDI 2020): a model is compiled ahead of time for a fixed set of batch sizes (powers
+of two in its model zoo), and the controller only dispatches one of those, rounding the
+number of queued requests down to the largest supported size (`supported_batch_sizes`
+and `batch_lookup` in its controller). 5 queued requests make a batch of 4, not 5.
 """
 
 from __future__ import annotations
@@ -72,14 +80,17 @@ class ClockworkPolicy(QueuedPolicy):
 
     def decide(self, now: float):
         """Called when a worker is idle: drop what cannot make it alone, then dispatch the
-        largest batch whose estimate meets its earliest deadline."""
+        largest power-of-two batch whose estimate meets its earliest deadline."""
         dropped = self._pop_below(now + self.estimate(1))
         if not self._requests:
             return self.decision(dropped=dropped)
         slack = self._queue.first()[0] - now
         size = 1
-        for b in range(2, min(len(self._requests), self._max_batch) + 1):
+        most = min(len(self._requests), self._max_batch)
+        b = 2
+        while b <= most:  # the batch sizes Clockwork compiles: powers of two
             window = self._recent[b]
             if window and max(window) <= slack:
                 size = b
+            b *= 2
         return self.decision(batch=self._take_head(size), dropped=dropped)

@@ -6,7 +6,9 @@ from orloj_rt.policies import make_policy
 
 
 def test_oldest_first_up_to_the_maximum_batch():
-    p = make_policy("fifo", max_batch=2)
+    # no queue delay: the lone third request goes at once (with the default delay, a
+    # tenth of its SLO, it would wait for a partner: test_baselines_faithful.py)
+    p = make_policy("fifo", max_batch=2, max_queue_delay=0.0)
     # arrival order, not deadline order
     p.enqueue(1, "default", 0.0, 9.0)
     p.enqueue(2, "default", 1.0, 2.0)
@@ -36,7 +38,9 @@ def test_a_fixed_queue_timeout():
 
 
 def test_max_queue_delay_holds_a_partial_batch():
-    p = make_policy("fifo", max_batch=3, max_queue_delay=0.25)
+    # without preferred sizes only a full batch (3) goes before the delay; with the
+    # default preferred sizes (2) a batch of 2 would: test_baselines_faithful.py
+    p = make_policy("fifo", max_batch=3, max_queue_delay=0.25, preferred_batch_sizes=())
     p.enqueue(1, "default", 0.0, 10.0)
     held = p.decide(0.1)
     assert held.batch == [] and len(p) == 1

@@ -29,7 +29,14 @@ def test_make_policy_builds_each(name, spread):
     hint = 0.7 if name == "oracle" else None
     policy.enqueue(1, "default", 0.0, 10.0, hint)
     assert len(policy) == 1
-    decision = policy.decide(0.0)
+    now = 0.0
+    if name == "fifo":
+        # Triton's queue delay holds a lone request (no preferred size) for a tenth of
+        # its SLO, and says when to ask again
+        assert policy.decide(now).batch == []
+        now = policy.next_wakeup(now)
+        assert now == pytest.approx(1.0)
+    decision = policy.decide(now)
     assert isinstance(decision, Decision)
     assert decision.batch == [1]
     assert len(policy) == 0
