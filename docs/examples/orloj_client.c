@@ -163,6 +163,17 @@ int main(int argc, char **argv) {
     void *sock = zmq_socket(ctx, ZMQ_DEALER);
     int linger = 0;
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    /* A routing id of our own, kept across reconnects: replies in flight when the
+       connection broke still reach us (PROTOCOL.md, "Frame size"). Random bytes; the
+       first must not be zero. */
+    unsigned char routing_id[17] = "c";
+    FILE *urandom = fopen("/dev/urandom", "rb");
+    if (urandom == NULL || fread(routing_id + 1, 1, 16, urandom) != 16) {
+        fprintf(stderr, "cannot read /dev/urandom for a routing id\n");
+        return 1;
+    }
+    fclose(urandom);
+    zmq_setsockopt(sock, ZMQ_ROUTING_ID, routing_id, sizeof routing_id);
     if (zmq_connect(sock, endpoint) != 0) {
         fprintf(stderr, "cannot connect to %s: %s\n", endpoint, zmq_strerror(zmq_errno()));
         return 2;

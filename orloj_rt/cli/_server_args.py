@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -26,6 +27,7 @@ def default_worker_threads(n_cpu_workers: int) -> int:
 
 
 def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    from orloj_rt.runtime.security import DEFAULT_MAX_FRAME_BYTES
     from orloj_rt.runtime.wire import DEFAULT_ENDPOINT
 
     where = p.add_mutually_exclusive_group()
@@ -93,6 +95,17 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
         "requests re-queued or answered 'error'. Set it above your longest batch; 0 turns it "
         "off (default: %(default)s)",
     )
+    p.add_argument(
+        "--max-frame-bytes",
+        type=_byte_size,
+        default=DEFAULT_MAX_FRAME_BYTES,
+        metavar="N",
+        help="the largest frame (header or tensor) the client socket reads, in bytes (a "
+        "suffix K, M or G is 1024-based). Any smaller frame that is wrong for its model is "
+        "answered 'error'; a bigger one is never read: ZeroMQ closes that connection, and "
+        "the client's other replies wait for it to reconnect (docs/protocol.md). At least "
+        "the largest model input (default: 64M)",
+    )
     # the gateway process (runtime/http_gateway.py; docs/http.md, docs/metrics.md): off
     # unless a port is given
     p.add_argument(
@@ -110,6 +123,34 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
         "default: off)",
     )
     p.add_argument(
+        "--http-header-timeout",
+        type=_seconds,
+        metavar="S",
+        help="close an HTTP connection whose request headers are not complete S seconds after "
+        "their first byte (the first request's: after the connect) (default: 10)",
+    )
+    p.add_argument(
+        "--http-body-timeout",
+        type=_seconds,
+        metavar="S",
+        help="answer 408 and close the connection when an inference request's body is not "
+        "complete S seconds after its headers (default: 60)",
+    )
+    p.add_argument(
+        "--http-keepalive-timeout",
+        type=_seconds,
+        metavar="S",
+        help="close an HTTP connection that has no request in progress for S seconds "
+        "(default: 75)",
+    )
+    p.add_argument(
+        "--http-max-body-bytes",
+        type=_positive_int,
+        metavar="N",
+        help="answer 413 to a request body over N bytes (default: 8 MiB, or more where a "
+        "model's full batch as JSON needs more; docs/http.md)",
+    )
+    p.add_argument(
         "--allow-remote",
         action="store_true",
         help="let --bind name an address other machines can reach (e.g. tcp://*:5555), and "
@@ -123,6 +164,51 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
         "authorized_clients/*.key, the public keys of the clients it serves (make it with "
         "`orloj-rt keys DIR`; docs/reliability.md). Default: off",
     )
+
+
+def _byte_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = units.get(t[-1:], 1)
+    try:
+        n = int(t[:-1] if scale > 1 else t) * scale
+    except ValueError:
+        n = -1
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (e.g. 67108864 "
+                                         "or 64M)")  # fmt: skip
+    return n
+
+
+def _seconds(text: str) -> float:
+    try:
+        s = float(text)
+    except ValueError:
+        s = math.nan
+    if not 0 < s < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return s
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number > 0")
+    return n
+
+
+def http_limits(args):
+    """The HTTP ports' limits from the flags; a flag not given keeps HttpLimits' default."""
+    from orloj_rt.runtime.http_gateway import HttpLimits
+
+    given = {"header_timeout_s": args.http_header_timeout,
+             "body_timeout_s": args.http_body_timeout,
+             "keepalive_timeout_s": args.http_keepalive_timeout,
+             "max_body_bytes": args.http_max_body_bytes}  # fmt: skip
+    return HttpLimits(**{k: v for k, v in given.items() if v is not None})
 
 
 def _port(text: str) -> int:
@@ -170,7 +256,7 @@ def options_from_args(args):
     """(ServerOptions, 0), or (None, exit code) after printing why to stderr."""
     from orloj_rt.models.builtin import default_entries
     from orloj_rt.models.repository import load_repository
-    from orloj_rt.runtime.security import check_bind
+    from orloj_rt.runtime.security import check_bind, check_frame_limit
     from orloj_rt.runtime.supervisor import ServerOptions
 
     problem = check_bind(args.bind, args.allow_remote)
@@ -190,6 +276,10 @@ def options_from_args(args):
     except ValueError as exc:
         print(f"orloj-rt start: {exc}", file=sys.stderr)
         return None, 2
+    problem = check_frame_limit(models, args.max_frame_bytes)
+    if problem:
+        print(f"orloj-rt start: {problem}", file=sys.stderr)
+        return None, 2
     n_cpu = sum(d == "cpu" for d in devices)
     threads = args.worker_threads or default_worker_threads(n_cpu)
     return (
@@ -205,8 +295,10 @@ def options_from_args(args):
             worker_threads=threads,
             http_port=args.http_port,
             metrics_port=args.metrics_port,
+            http_limits=http_limits(args),
             allow_remote=args.allow_remote,
             curve_keys=args.curve_keys or "",
+            max_frame_bytes=args.max_frame_bytes,
         ),
         0,
     )

@@ -39,7 +39,7 @@ from orloj_rt.client.codec import (
     encode_infer,
     encode_op,
 )
-from orloj_rt.runtime.wire import DEFAULT_ENDPOINT, STATUS_OK
+from orloj_rt.runtime.wire import DEFAULT_ENDPOINT, STATUS_OK, new_routing_id
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -74,6 +74,7 @@ class Client:
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTING_ID, new_routing_id())  # replies survive reconnects
         keys = client_keys(curve_keys)
         if keys is not None:
             keys.apply(self._sock)
@@ -149,6 +150,7 @@ class AsyncClient:
         self._ctx = zmq.asyncio.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTING_ID, new_routing_id())  # replies survive reconnects
         keys = client_keys(curve_keys)
         if keys is not None:
             keys.apply(self._sock)

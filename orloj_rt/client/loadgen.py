@@ -23,6 +23,7 @@ from datetime import datetime
 import numpy as np
 
 from orloj_rt.client.codec import decode_header, encode_infer
+from orloj_rt.runtime.wire import new_routing_id
 
 TIME_COLUMN = "TIMESTAMP"
 PROGRESS_INTERVAL_S = 0.1
@@ -87,6 +88,7 @@ def run_open_loop(
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, new_routing_id())  # replies survive a reconnect
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.connect(endpoint)

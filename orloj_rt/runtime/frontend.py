@@ -26,9 +26,12 @@ scheduler's channel closes while serving, nothing admitted can run any more: the
 stops admitting and answers everything in flight `rejected` at once. A request that makes
 the frontend itself raise is answered `error`; the frontend serves on.
 
+Replies go out through the outbox (outbox.py): one whose client is not connected at the
+moment (it is reconnecting) or not reading waits there instead of being dropped.
+
 Security (runtime/security.py): the ROUTER refuses frames above `max_frame_bytes` inside
-ZeroMQ (`ZMQ_MAXMSGSIZE`), speaks CURVE with a ZAP handler thread when the instance has
-keys, and an ipc:// socket file is made owner-only.
+ZeroMQ (`ZMQ_MAXMSGSIZE`, far above any valid frame), speaks CURVE with a ZAP handler
+thread when the instance has keys, and an ipc:// socket file is made owner-only.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ from orloj_rt.runtime import messages as msgs
 from orloj_rt.runtime import wire
 from orloj_rt.runtime.channel import Channel, ChannelClosed
 from orloj_rt.runtime.metrics import FrontendMetrics
+from orloj_rt.runtime.outbox import ReplyOutbox
 from orloj_rt.runtime.proc import (
     InstanceConfig,
+    StartupProblem,
     attach_rings,
     child_main,
     send_to_parent,
@@ -170,12 +175,20 @@ class Frontend:
         self.router.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
         if config.max_frame_bytes:  # a bigger frame never reaches Python: ZeroMQ drops it
             self.router.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes)
+        ReplyOutbox.configure(self.router, zmq)
+        self.outbox = ReplyOutbox(self.router, zmq)
         self._auth = None
         if config.curve_keys:  # the ZAP handler must run before anyone can connect
             keys = ServerKeys.load(config.curve_keys)
             self._auth = start_authenticator(self.ctx, keys, config.internal_curve)
             make_curve_server(self.router, keys)
-        self.router.bind(config.client_endpoint)
+        try:
+            self.router.bind(config.client_endpoint)
+        except zmq.ZMQError as exc:
+            raise StartupProblem(
+                f"cannot listen on {config.client_endpoint} (--bind): {os.strerror(exc.errno)}; "
+                "choose another endpoint (--bind tcp://127.0.0.1:PORT, or PORT * for a free "
+                "one), or stop the server that holds it (orloj-rt stop)") from None
         self.endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
         restrict_ipc_socket(self.endpoint)
         if config.internal_endpoint:
@@ -219,8 +232,9 @@ class Frontend:
         parent_fd = self.conn.fileno()
         poller.register(parent_fd, zmq.POLLIN)
         router, channels = self.router, self.channels
+        outbox = self.outbox
         while True:
-            timeout_ms = MAINTENANCE_S * 1000
+            timeout_ms = outbox.poll_timeout_ms(MAINTENANCE_S * 1000)
             if self.drain_deadline is not None:
                 if not self._pending or time.monotonic() >= self.drain_deadline:
                     break
@@ -240,6 +254,8 @@ class Frontend:
                         self._service_channel(ch, ev)
             if client_ready:
                 self._drain_clients()
+            if outbox.n_parked:
+                outbox.retry()
         self._close()
 
     def _service_channel(self, ch: Channel, ev: int) -> None:
@@ -319,6 +335,7 @@ class Frontend:
 
     # ------------------------------------------------------------------ client requests
     def _on_client_message(self, frames: list) -> None:
+        self.outbox.peer_seen(frames[0])  # back after a reconnect: what waited goes first
         start, problem = wire.split_envelope(frames)
         envelope = frames[:start] if problem is None else [frames[0], b""]
         if problem is not None:
@@ -426,6 +443,8 @@ class Frontend:
             "uptime_s": time.monotonic() - self.started_at,
             "policy": self.config.policy,
             "models": {m.name: m.counters() for m in self.models},
+            "replies_waiting": self.outbox.n_parked,
+            "replies_expired": self.outbox.expired,
         }
         if header.raw.get("metrics") is True:  # the gateway's /metrics scrape (metrics.py)
             result["metrics"] = self.metrics.snapshot(self.models, self.cluster)
@@ -591,8 +610,8 @@ class Frontend:
         frames = [*envelope, header]
         if data:
             frames.extend(data)
-        # ROUTER never blocks: an unroutable reply (the client left) is dropped by ZeroMQ
-        self.router.send_multipart(frames, copy=False)
+        # never blocks: a reply its client cannot take now waits in the outbox
+        self.outbox.send(frames)
 
     def _answer_token(self, token: int, status: str, text: str) -> None:
         p = self._pending.pop(token, None)
@@ -629,6 +648,10 @@ class Frontend:
             self._answer_token(token, STATUS_REJECTED, f"{reason}: the request did not run")
         for ch in [self.scheduler, *self.workers]:
             ch.close()
+        self.outbox.retry()
+        if self.outbox.n_parked:
+            log.warning("%d repl(ies) still waiting for their client are dropped at shutdown",
+                        self.outbox.drop_all())  # fmt: skip
         self.router.close()  # lingers up to CLOSE_LINGER_MS so the last replies go out
         if self._auth is not None:
             self._auth.stop()  # its sockets are on ctx: before term()

@@ -183,6 +183,9 @@ class ChildFailed(NamedTuple):
     index: int
     pid: int
     error: str
+    # the operator's to fix (a port in use, a wrong model config): `orloj-rt start` says it
+    # in one line and exits 2, as it does for problems found before the start
+    operator: bool = False
 
 
 # ------------------------------------------------------------------ crash recovery

@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 
 from orloj_rt.models.spec import ModelEntry
 from orloj_rt.runtime import messages as msgs
+from orloj_rt.runtime.channel import ChannelClosed
 from orloj_rt.runtime.shm_ring import RingLayout
 
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(processName)s %(levelname)s %(name)s: %(message)s"
@@ -103,6 +104,19 @@ def attach_rings(config: InstanceConfig) -> list:
     ]
 
 
+class StartupProblem(Exception):
+    """Something the operator must fix before this process can run (a port in use): the
+    text says what and how; reported as one line, without a traceback."""
+
+
+def is_operator_problem(exc: BaseException) -> bool:
+    """A start-up failure whose text is the whole story: a StartupProblem, or a model
+    config error (models/repository.py ConfigError) found when a worker builds a model."""
+    from orloj_rt.models.repository import ConfigError
+
+    return isinstance(exc, StartupProblem | ConfigError)
+
+
 def child_main(
     role: str,
     index: int,
@@ -131,9 +145,18 @@ def child_main(
             body()
     except BaseException as exc:  # noqa: BLE001 - reported to the supervisor, then exit 1
         code = 1
-        text = f"{type(exc).__name__}: {exc}"
-        log.error("fatal: %s\n%s", text, traceback.format_exc())
-        send_to_parent(conn, msgs.ChildFailed(role, index, os.getpid(), text))
+        if is_operator_problem(exc):  # the text says what to fix; a traceback says nothing
+            log.error("fatal: %s", exc)
+            if exc.__cause__ is not None:  # the user's own code failed: its traceback helps
+                log.error("caused by:\n%s", "".join(traceback.format_exception(exc.__cause__)))
+            send_to_parent(conn, msgs.ChildFailed(role, index, os.getpid(), str(exc), True))
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, ChannelClosed):  # a peer exited first: its log says why
+                log.warning("stopping: %s", text)
+            else:
+                log.error("fatal: %s\n%s", text, traceback.format_exc())
+            send_to_parent(conn, msgs.ChildFailed(role, index, os.getpid(), text))
     finally:
         logging.shutdown()
     sys.exit(code)

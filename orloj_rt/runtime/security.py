@@ -17,10 +17,14 @@
                                     with server.key, to that client only
 
   A client passes `ClientKeys.load(DIR, "NAME")` (or the directory itself) to `Client`.
-- **Frame size.** `max_frame_bytes()` is the largest frame a valid request can hold: the
-  largest model input, or the header limit. The ROUTER's `ZMQ_MAXMSGSIZE` is set to it,
-  so ZeroMQ drops (and disconnects) a peer that sends a bigger frame before Python
-  allocates it. ZeroMQ checks this per frame, not per message.
+- **Frame size.** The ROUTER's `ZMQ_MAXMSGSIZE` is `--max-frame-bytes` (default 64 MiB,
+  `DEFAULT_MAX_FRAME_BYTES`), and never less than `max_frame_bytes()`, the largest frame a
+  valid request can hold (the largest model input, or the header limit). It bounds what
+  one frame can make the frontend allocate. It is deliberately far above any valid
+  frame: everything below it is read and, if wrong for its model, answered `error` on the
+  same connection. A frame above it is not read: ZeroMQ drops that connection (per frame,
+  not per message), and the outbox (outbox.py) keeps the client's other replies for its
+  reconnect.
 - Shared-memory segments are created 0600 (`shm_ring.ShmRing.create`).
 """
 
@@ -89,6 +93,19 @@ def restrict_ipc_socket(endpoint: str) -> None:
 
 
 # ---------------------------------------------------------------------- frame size
+DEFAULT_MAX_FRAME_BYTES = 64 << 20
+
+
+def check_frame_limit(models: Iterable, limit: int) -> str:
+    """Why `--max-frame-bytes limit` cannot serve `models`, or "" if it can."""
+    need = max_frame_bytes(models)
+    if limit >= need:
+        return ""
+    return (f"--max-frame-bytes {limit} is below the largest frame a valid request can "
+            f"carry ({need} bytes, a model input at its max_shape): raise it to at least "
+            f"{need}")  # fmt: skip
+
+
 def max_frame_bytes(models: Iterable) -> int:
     """The largest frame a valid request can carry: a model input at its max_shape, or
     the header limit (`wire.MAX_HEADER_BYTES`). `models` are ModelEntry or ModelSpec."""

@@ -44,6 +44,7 @@ import math
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,9 +54,15 @@ from multiprocessing.reduction import send_handle
 from orloj_rt.models.spec import ModelEntry
 from orloj_rt.runtime import messages as msgs
 from orloj_rt.runtime.channel import Channel
-from orloj_rt.runtime.http_gateway import GatewayOptions, internal_endpoint, listen_host
+from orloj_rt.runtime.http_gateway import (
+    GatewayOptions,
+    HttpLimits,
+    internal_endpoint,
+    listen_host,
+)
 from orloj_rt.runtime.proc import InstanceConfig, set_process_title
 from orloj_rt.runtime.security import (
+    DEFAULT_MAX_FRAME_BYTES,
     KeysError,
     ServerKeys,
     check_bind,
@@ -124,8 +131,12 @@ class ServerOptions:
     http_port: int | None = None
     metrics_port: int | None = None
     allow_remote: bool = False
+    # the HTTP ports' timeouts and body limit (--http-header-timeout ...)
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     # a key directory (`orloj-rt keys DIR`): clients must speak CURVE with an admitted key
     curve_keys: str = ""
+    # the client socket's ZMQ_MAXMSGSIZE (security.py): at least every model's largest input
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 
 
 @dataclass
@@ -166,6 +177,7 @@ class Supervisor:
         self._serving = False
         self._stopping = False
         self._failure = ""
+        self._operator_failure = False
         self._config: InstanceConfig | None = None
         self._ctx = self._worker_ctx = None
         self._run_worker = None
@@ -190,6 +202,9 @@ class Supervisor:
             self._stopping = True
             self._stop_children(self._failure or "the server is shutting down")
             self._release()
+        if self._failure and self._operator_failure:
+            print(f"orloj-rt start: {self._failure}", file=sys.stderr, flush=True)
+            return 2
         if self._failure:
             log.error("stopped after a failure (exit code 1): %s", self._failure)
         return code
@@ -232,7 +247,7 @@ class Supervisor:
             worker_threads=opts.worker_threads,
             supervisor_pid=os.getpid(),
             curve_keys=keys_dir,
-            max_frame_bytes=max_frame_bytes(opts.models),
+            max_frame_bytes=max(opts.max_frame_bytes, max_frame_bytes(opts.models)),
             internal_endpoint=internal_endpoint(self.instance) if gateway else "",
             internal_curve=internal_keypair() if keys_dir and gateway else (),
             hang_timeout_s=opts.hang_timeout_s,
@@ -263,7 +278,7 @@ class Supervisor:
                         (config, fe_sched[0], [p[1] for p in worker_fe]))  # fmt: skip
             if gateway:  # it only talks to the frontend, over config.internal_endpoint
                 gw = GatewayOptions(opts.http_port, opts.metrics_port,
-                                    listen_host(opts.allow_remote))  # fmt: skip
+                                    listen_host(opts.allow_remote), opts.http_limits)  # fmt: skip
                 self._spawn(ctx, "gateway", 0, run_gateway_process, (config, gw))
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -398,6 +413,9 @@ class Supervisor:
                     child.last_error = msg.error
                 log.error("%s (pid %d) failed: %s", label, msg.pid, msg.error)
                 return
+            if msg.operator and not self._serving:
+                self._fail(msg.error, operator=True)  # the text is the whole story
+                return
             when = "while serving" if self._serving else "at start"
             self._fail(f"{label} (pid {msg.pid}) failed {when}: {msg.error}")
         elif isinstance(msg, msgs.WorkerHung):
@@ -420,12 +438,16 @@ class Supervisor:
         with contextlib.suppress(OSError, ValueError):
             child.process.kill()
 
-    def _fail(self, text: str) -> None:
+    def _fail(self, text: str, operator: bool = False) -> None:
         """Records the first failure (the instance stops with exit code 1) and logs it now:
-        the log says what happened when it happened, not only after the stop."""
+        the log says what happened when it happened, not only after the stop. `operator`:
+        the operator must fix something (a port in use, a model config); the stop then
+        says only that, and the exit code is 2, as for a problem found before the start."""
         if not self._failure:
             self._failure = text
-            log.error("%s", text)
+            self._operator_failure = operator
+            if not operator:
+                log.error("%s", text)
 
     def _on_exit(self, child: _Child) -> None:
         child.exited = True

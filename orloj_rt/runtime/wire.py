@@ -37,6 +37,15 @@ MAX_SLO_MS = 86_400_000.0  # one day: beyond that an SLO means nothing
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
+def new_routing_id() -> bytes:
+    """A DEALER's ZMQ_ROUTING_ID for one client socket: random (unguessable, so no other
+    client can take over its replies) and kept across reconnects, so that replies in
+    flight when a connection broke still reach it (outbox.py, PROTOCOL.md)."""
+    import os
+
+    return b"orloj:" + os.urandom(16)  # never starts with a zero byte (ZeroMQ reserves it)
+
+
 class WireError(Exception):
     """A request the server answers `error`: `req_id` is what could be read of its id."""
 
@@ -88,12 +97,25 @@ def _id_of(header: dict) -> Any:
     return None
 
 
+def _id_of_oversized(buf) -> Any:
+    """The id of a header above the limit, so that its `error` reply can carry it. The
+    frame is already in memory (ZeroMQ bounds it by --max-frame-bytes); decoding it costs
+    about as much as copying it."""
+    try:
+        header = msgpack.unpackb(buf, raw=False, strict_map_key=False)
+    except Exception:  # noqa: BLE001 - unreadable: the reply has no id
+        return None
+    return _id_of(header) if isinstance(header, dict) else None
+
+
 def parse_header(buf) -> Header:
     """Decodes and checks the header's common keys (v, id, op)."""
     if len(buf) > MAX_HEADER_BYTES:
         raise WireError(
             f"the header frame is {len(buf)} bytes; the limit is {MAX_HEADER_BYTES}: "
-            "tensors go in data frames, not in the header"
+            "tensors go in data frames, not in the header, and \"app\" is at most "
+            f"{MAX_APP_LEN} characters",
+            _id_of_oversized(buf),
         )
     try:
         header = msgpack.unpackb(buf, raw=False, strict_map_key=False)

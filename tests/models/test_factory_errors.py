@@ -82,7 +82,11 @@ def test_orloj_rt_start_says_which_model_which_file_and_the_fix(tmp_path, case):
     path = write_model(tmp_path, body)
     r = run_cli("start", "--models", str(tmp_path), "--cpu-workers", "1",
                 "--bind", "tcp://127.0.0.1:*", timeout=90)  # fmt: skip
-    assert r.returncode != 0 and "serving on" not in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 2 and "serving on" not in r.stdout, r.stdout + r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert f"model config {path}: field `factory`: model 'five': " in last, r.stderr[-3000:]
+    assert last.startswith(f"orloj-rt start: model config {path}: field `factory`: model "
+                           "'five': "), r.stderr[-3000:]  # fmt: skip
     assert problem in last and f"Fix: {fix}" in last, last
+    # no traceback of ours; a raising factory's own traceback is shown (it is the user's)
+    assert ("Traceback" in r.stderr) == (case == "raises"), r.stderr[-3000:]
+    assert "orloj_rt/runtime" not in r.stderr, r.stderr[-3000:]

@@ -142,8 +142,12 @@ def test_a_taken_port_is_explained_and_nothing_is_left(tmp_path):
         before = set(os.listdir("/dev/shm"))
         r = run_cli("start", "--cpu-workers", "1", "--models", str(tmp_path / "light_repo"),
                     "--bind", first.endpoint, "--ready-timeout", "60")  # fmt: skip
-        assert r.returncode == 1
-        assert "Address already in use" in r.stderr and "frontend" in r.stderr
+        # one line that names the flag and the fix, exit 2 (a problem the operator fixes)
+        assert r.returncode == 2, r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("orloj-rt start: cannot listen on " + first.endpoint), last
+        assert "(--bind): Address already in use" in last and "choose another" in last
+        assert "Traceback" not in r.stderr, r.stderr
         assert set(os.listdir("/dev/shm")) <= before
         with Client(first.endpoint, timeout_s=10) as c:  # the first one still serves
             assert c.health()["status"] == "ok"

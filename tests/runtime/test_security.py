@@ -156,12 +156,13 @@ def _stats_received(endpoint: str) -> int:
 
 
 def test_an_oversized_frame_is_refused_before_python_sees_it(tmp_path):
-    """The light models' largest input is 16 bytes, so the limit is the header limit,
-    64 KiB: a bigger frame makes ZeroMQ drop the connection without the frontend seeing
-    the message (its `received` counter does not move); a frame at the limit still
-    reaches it (answered `error`: wrong size); the client's next connection is served."""
+    """With --max-frame-bytes at its floor for the light models (their largest input is
+    16 bytes, so the header limit, 64 KiB), a bigger frame makes ZeroMQ drop the
+    connection without the frontend seeing the message (its `received` counter does not
+    move); a frame at the limit still reaches it (answered `error`: wrong size); the
+    client's next connection is served."""
     limit = MAX_HEADER_BYTES
-    with running_server(tmp_path, light=True) as server:
+    with running_server(tmp_path, "--max-frame-bytes", str(limit), light=True) as server:
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         mon = sock.get_monitor_socket()
