@@ -32,8 +32,12 @@ Neither states a fraction. A delay spends the held request's latency budget, and
 request's execution still has to fit in what is left, so the tuned value is a small
 fraction of the budget. We fix that fraction: unless `max_queue_delay` is given, each
 request's delay is `queue_delay_fraction` (default 0.1) x its SLO, so that the policy needs
-no configuration in the runtime or the simulator. Under overload the queue always holds a
-preferred size and the delay never binds; it matters only at light load.
+no configuration in the runtime or the simulator. A user tuning it would also never hold
+a request longer than the model takes to run a full batch (by then the next batch is
+forming anyway), so once the model's profile is known (`set_default_distribution`) the
+delay is at most that: l(B) = c(B) x E[max of B solo times] for the maximum batch B.
+Without that cap a 60 s SLO would hold a lone request for 6 s. Under overload the queue
+always holds a preferred size and the delay never binds; it matters only at light load.
 
 It knows nothing of execution times, so a request still runs when it can no longer
 finish.
@@ -102,16 +106,24 @@ class TritonFifoPolicy(QueuedPolicy):
         self._timeout = queue_timeout
         self._expiry = RequestQueue()  # the same requests, ordered by when they time out
         self._release = RequestQueue()  # ... and by when their queue delay runs out
+        self._delay_cap = math.inf  # l(max batch) once the profile is known
 
     @property
     def preferred_batch_sizes(self) -> list[int]:
         return list(self._preferred)
 
+    def set_default_distribution(self, dist) -> None:
+        """Called before serving with the model's profiled solo-time distribution: the
+        derived delay is capped at the profiled latency of a full batch."""
+        b = self._max_batch
+        self._delay_cap = self._c[b - 1] * dist.expected_max(b)
+
     def queue_delay(self, arrival: float, deadline: float) -> float:
-        """The queue delay of a request: `max_queue_delay`, else a fraction of its SLO."""
+        """The queue delay of a request: `max_queue_delay`, else a fraction of its SLO,
+        at most the profiled latency of a full batch."""
         if self._delay is not None:
             return self._delay
-        return self._fraction * (deadline - arrival)
+        return min(self._fraction * (deadline - arrival), self._delay_cap)
 
     def queue_key(self, req: Request) -> float:
         return req.arrival

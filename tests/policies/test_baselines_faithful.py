@@ -237,3 +237,17 @@ def test_clockwork_power_of_two_that_meets_the_deadline(point_mass):
     # estimate(4) = 2.5 fits a slack of 3; estimate(5) = 3 would too, but 5 is no power
     # of two; estimate(8) = 4.5 does not fit
     assert p.decide(0.0).batch == [0, 1, 2, 3]
+
+
+def test_fifo_delay_is_at_most_a_full_batchs_profiled_latency():
+    """With a profile, a long SLO does not hold a lone request for 10% of it: the delay is
+    capped at l(B) = c(B) x E[max of B solo times] (a 60 s SLO held requests for 6 s)."""
+    from orloj_rt.engine import Distribution
+
+    p = make_policy("fifo", max_batch=8, alpha=0.0)
+    p.set_default_distribution(Distribution.from_mean_cov(0.010, 0.0))  # 10 ms, no spread
+    p.enqueue(1, "a", 0.0, 60.0)
+    assert p.decide(0.0).batch == []
+    wake = p.next_wakeup(0.0)
+    assert wake == pytest.approx(0.010, rel=0.05), wake  # not 6 s
+    assert p.decide(wake).batch == [1]

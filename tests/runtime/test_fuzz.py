@@ -3,6 +3,12 @@ valid ones, against a live server. Every valid request succeeds, every message g
 exactly one reply (with its id wherever the header was readable enough to carry one), and
 the server stays alive (same frontend, answering health).
 
+Among them (issue 19): frames far beyond any model's size but under --max-frame-bytes
+(answered `error` on the same connection), valid requests from a flood of distinct apps,
+and, on a second socket with a routing id, frames above --max-frame-bytes sent behind
+valid requests: ZeroMQ drops that connection, and every valid request still gets its
+one reply after the reconnect.
+
 The seed is printed; `ORLOJ_RT_FUZZ_SEED=N` replays a run, `ORLOJ_RT_FUZZ_N` changes
 the number of malformed messages.
 """
@@ -23,6 +29,9 @@ from orloj_rt.runtime.wire import MAX_HEADER_BYTES, MAX_ID_LEN
 from .helpers import running_server
 
 N_MALFORMED = int(os.environ.get("ORLOJ_RT_FUZZ_N", "10000"))
+MAX_FRAME = 1 << 20  # the fuzzed server's --max-frame-bytes
+ROGUE_ROUNDS = 8  # rounds of (valid requests, then a frame above MAX_FRAME) on a 2nd socket
+ROGUE_VALID = 32
 VALID_EVERY = 8  # about one valid request per this many malformed ones
 WINDOW = 128  # messages in flight
 TIMEOUT_S = 120.0
@@ -39,8 +48,6 @@ def expected_id(frames: list, delimiter: bool):
     if k is None or k + 1 >= len(full):
         return None
     head = full[k + 1]
-    if len(head) > MAX_HEADER_BYTES:
-        return None
     try:
         h = msgpack.unpackb(head, raw=False, strict_map_key=False)
     except Exception:  # noqa: BLE001 - anything unreadable carries no id
@@ -59,7 +66,7 @@ class Fuzzer:
     """Makes one message at a time: (frames after the delimiter, delimiter?, kind, x)."""
 
     KINDS = ("random_frames", "truncated", "wrong_type", "shape", "frame_count",
-             "version", "size", "control", "nesting")  # fmt: skip
+             "version", "size", "control", "nesting", "oversized")  # fmt: skip
 
     def __init__(self, seed: int):
         self.r = random.Random(seed)
@@ -82,7 +89,10 @@ class Fuzzer:
             op = self.r.choice(["health", "models", "stats"])
             return [_pack({"v": 1, "id": rid, "op": op})], True, "valid_" + op, None
         x = np.array([self.r.uniform(-1e6, 1e6) for _ in range(4)], np.float32)
-        return [_pack(self.valid_header(rid)), x.tobytes()], True, "valid", x
+        h = self.valid_header(rid)
+        if self.r.random() < 0.5:  # a flood of distinct apps: any client can name one
+            h["app"] = f"app-{rid}"
+        return [_pack(h), x.tobytes()], True, "valid", x
 
     def malformed(self):
         kind = self.r.choice(self.KINDS)
@@ -155,6 +165,14 @@ class Fuzzer:
         op = self.r.choice(["health", "models", "stats"])
         return [_pack({"v": 1, "id": self.rid(), "op": op}), self.rbytes(1, 8)], True
 
+    def oversized(self):
+        """Far beyond any model's size, under --max-frame-bytes: read, answered `error`."""
+        h = self.valid_header(self.rid())
+        if self.r.random() < 0.4:  # a header above its 64 KiB limit
+            h[self.r.choice(["app", "pad"])] = "a" * self.r.randint(MAX_HEADER_BYTES, 200_000)
+            return [_pack(h), b"\0" * 16], True
+        return [_pack(h), b"\0" * self.r.randint(100_000, MAX_FRAME)], True
+
     def nesting(self):
         depth = self.r.choice([600, 2000, 20000])
         return [b"\x91" * depth + b"\x00"], True  # arrays in arrays: a msgpack bomb
@@ -174,7 +192,7 @@ def test_fuzzed_messages_get_exactly_one_reply_and_the_server_serves_on(tmp_path
         else:
             messages.append(fz.malformed())
             n_bad += 1
-    with running_server(tmp_path, light=True) as server:
+    with running_server(tmp_path, "--max-frame-bytes", str(MAX_FRAME), light=True) as server:
         with Client(server.endpoint, timeout_s=10) as c:
             before = c.health()["pids"]
         sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -184,6 +202,7 @@ def test_fuzzed_messages_get_exactly_one_reply_and_the_server_serves_on(tmp_path
             replies = _exchange(sock, messages)
         finally:
             sock.close(linger=0)
+        rogue_ok = _rogue_rounds(server.endpoint, fz)
         with Client(server.endpoint, timeout_s=10) as c:
             after = c.health()
             ok = c.infer("noop", {"x": np.arange(4, dtype=np.float32)})
@@ -221,9 +240,52 @@ def test_fuzzed_messages_get_exactly_one_reply_and_the_server_serves_on(tmp_path
     assert not by_id, f"replies to ids never sent: {list(by_id)[:5]}"
     assert len(anonymous) == want_anonymous
     assert all(h["status"] == "error" for h in anonymous)
+    assert rogue_ok == ROGUE_ROUNDS * ROGUE_VALID
     print(f"fuzz: {len(messages)} messages ({n_bad} malformed, "
           f"{len(messages) - n_bad} valid), {len(replies)} replies, "
-          f"{want_anonymous} without an id; by kind: {dict(sorted(kinds.items()))}")
+          f"{want_anonymous} without an id; by kind: {dict(sorted(kinds.items()))}; "
+          f"{ROGUE_ROUNDS} dropped connections, {rogue_ok} replies kept across them")
+
+
+def _rogue_rounds(endpoint: str, fz: Fuzzer) -> int:
+    """ROGUE_ROUNDS times: ROGUE_VALID valid requests, then a frame above --max-frame-bytes
+    (ZeroMQ drops the connection unread); each valid request gets exactly one `ok`, after
+    the socket reconnects with its routing id. Returns the number of `ok` replies."""
+    import zmq
+
+    from orloj_rt.runtime.wire import new_routing_id
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, new_routing_id())
+    sock.connect(endpoint)
+    n_ok = 0
+    try:
+        for _ in range(ROGUE_ROUNDS):
+            want = {}
+            while len(want) < ROGUE_VALID:
+                frames, _d, _k, x = fz.valid()
+                if x is None:  # a control op: keep to infer requests here
+                    continue
+                want[msgpack.unpackb(frames[0])["id"]] = x
+                sock.send_multipart([b"", *frames])
+            big = fz.valid_header(fz.rid())
+            sock.send_multipart([b"", _pack(big), b"\0" * (MAX_FRAME + 1)])
+            deadline = time.monotonic() + 30
+            while want and time.monotonic() < deadline:
+                if not sock.poll(100):
+                    continue
+                frames = sock.recv_multipart()
+                h = msgpack.unpackb(frames[1], raw=False)
+                x = want.pop(h["id"])  # KeyError: a reply to the big frame, or a second one
+                assert h["status"] == "ok", h
+                assert np.frombuffer(frames[2], np.float32).tolist() == x.tolist()
+                n_ok += 1
+            assert not want, f"{len(want)} valid requests got no reply after a drop"
+        assert not sock.poll(300), "a reply after every request was answered"
+    finally:
+        sock.close(linger=0)
+    return n_ok
 
 
 def _exchange(sock, messages: list) -> list:
