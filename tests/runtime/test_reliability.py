@@ -25,6 +25,7 @@ import pytest
 
 from orloj_rt.client import Client
 from orloj_rt.client.codec import encode_infer
+from orloj_rt.runtime.supervisor import RESTART_STABLE_S
 
 from .helpers import RawDealer, run_cli, running_server
 
@@ -154,7 +155,7 @@ def test_a_request_whose_worker_dies_twice_is_answered_error_and_restarts_back_o
     second death in a row within RESTART_STABLE_S of the restart is delayed (backoff)."""
     s = crash_server
     first = ready_worker(s.endpoint)
-    time.sleep(5.2)  # the previous test's restart is stable now: the backoff starts over
+    time.sleep(RESTART_STABLE_S + 0.2)  # the previous restart is stable now: no backoff
     with RawDealer(s.endpoint) as d:
         d.send(sleep_req(0, 4000))
         time.sleep(0.4)
@@ -195,7 +196,7 @@ def test_slots_return_after_kills_under_load(crash_server):
     rings' occupancy is zero once the load stops."""
     s = crash_server
     pid = ready_worker(s.endpoint)
-    time.sleep(5.2)  # stable again: no backoff from the previous tests
+    time.sleep(RESTART_STABLE_S + 0.2)  # stable again: no backoff from the previous tests
     n = 0
     with RawDealer(s.endpoint) as d:
         for round_ in range(2):
@@ -212,7 +213,7 @@ def test_slots_return_after_kills_under_load(crash_server):
                 time.sleep(0.01)
             pid = ready_worker(s.endpoint, not_pid=pid)
             if round_ == 0:
-                time.sleep(5.2)
+                time.sleep(RESTART_STABLE_S + 0.2)
         replies = collect(d, n)
     statuses = {h["status"] for h, _ in replies.values()}
     assert statuses <= {"ok", "dropped", "rejected", "error"}, statuses
