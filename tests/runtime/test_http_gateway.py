@@ -129,6 +129,17 @@ def test_json_round_trip_and_a_batch_dimension(triton):
     np.testing.assert_array_equal(r.as_numpy("y"), x)
 
 
+def test_non_finite_json_outputs_are_strings_tritonclient_reads(triton):
+    """NaN and the infinities: strings in the JSON answer (valid JSON, unlike Triton's bare
+    tokens), which tritonclient's as_numpy() reads back as the same floats."""
+    x = np.array([[np.nan, np.inf, -np.inf, 0.5]], np.float32)
+    r = infer_noop(triton, x, binary=False)
+    assert r.get_response()["outputs"][0]["data"] == ["NaN", "Infinity", "-Infinity", 0.5]
+    y = r.as_numpy("y")
+    assert y.dtype == np.float32 and np.isnan(y[0, 0]) and list(y[0, 1:]) == [np.inf, -np.inf,
+                                                                              0.5]  # fmt: skip
+
+
 def test_every_datatype_as_raw_binary_http(gw):
     """FP16, BF16 (raw 2-byte bits), BOOL, UINT8 with a variable dim, INT8, INT32: the
     binary extension by hand, without a batch dimension."""
