@@ -184,7 +184,7 @@ class FrontendLink:
         header["id"] = rid
         try:
             packed = _packb(header)
-        except (ValueError, TypeError, OverflowError) as exc:  # nested > 511 deep, int > 2**64
+        except (ValueError, TypeError, OverflowError) as exc:  # e.g. an int beyond 64 bits
             raise HttpError(400, f"the request's parameters cannot be encoded for the "
                             f"frontend ({exc})") from None  # fmt: skip
         fut = self._loop.create_future()
