@@ -57,8 +57,14 @@ import numpy as np
 
 from orloj_rt.models.spec import DTYPES, ModelSpec
 from orloj_rt.runtime import messages as msgs
-from orloj_rt.runtime.proc import InstanceConfig, child_main, send_to_parent
-from orloj_rt.runtime.wire import PROTOCOL_VERSION, STATUS_DROPPED, STATUS_ERROR, STATUS_OK
+from orloj_rt.runtime.proc import InstanceConfig, StartupProblem, child_main, send_to_parent
+from orloj_rt.runtime.wire import (
+    PROTOCOL_VERSION,
+    STATUS_DROPPED,
+    STATUS_ERROR,
+    STATUS_OK,
+    new_routing_id,
+)
 
 log = logging.getLogger("orloj_rt.gateway")
 
@@ -160,6 +166,8 @@ class FrontendLink:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # kept across a reconnect: replies in flight then wait for it (outbox.py)
+        self._sock.setsockopt(zmq.ROUTING_ID, new_routing_id())
         self._sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block: the frontend answers
         self._sock.setsockopt(zmq.RCVHWM, 0)
         if curve is not None:  # --curve-keys: the ROUTER's CURVE covers this endpoint too
@@ -933,8 +941,8 @@ class Gateway:
                                               reuse_address=True)  # fmt: skip
         except OSError as exc:
             await runner.cleanup()
-            raise RuntimeError(f"cannot listen on {self.options.host}:{port} ({flag}): "
-                               f"{exc.strerror or exc}; choose another port") from None
+            raise StartupProblem(f"cannot listen on {self.options.host}:{port} ({flag}): "
+                                 f"{exc.strerror or exc}; choose another port") from None
         self.runners.append((server, runner))
         host, bound = server.sockets[0].getsockname()[:2]
         log.info("%s: listening on http://%s:%d", flag, host, bound)

@@ -16,7 +16,14 @@ from orloj_rt.client import Client
 from orloj_rt.client.codec import encode_infer
 from orloj_rt.runtime.shm_ring import RingLayout, ShmRing, segment_name
 
-from .helpers import RawDealer, instance_segments, process_alive, run_cli, running_server
+from .helpers import (
+    RawDealer,
+    instance_segments,
+    light_repo,
+    process_alive,
+    run_cli,
+    running_server,
+)
 
 
 def test_clean_shutdown_leaves_no_process_and_no_segment(tmp_path):
@@ -151,6 +158,21 @@ def test_a_taken_port_is_explained_and_nothing_is_left(tmp_path):
         assert set(os.listdir("/dev/shm")) <= before
         with Client(first.endpoint, timeout_s=10) as c:  # the first one still serves
             assert c.health()["status"] == "ok"
+
+
+def test_a_taken_http_port_is_one_line_too(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = run_cli("start", "--cpu-workers", "1", "--models", str(light_repo(tmp_path)),
+                    "--bind", "tcp://127.0.0.1:*", "--http-port", str(port))  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"orloj-rt start: cannot listen on 127.0.0.1:{port} (--http-port)")
+    assert "choose another port" in last and "Traceback" not in r.stderr, r.stderr
 
 
 def test_orloj_rt_stop(tmp_path):
