@@ -26,6 +26,14 @@ and 8 by default. Its summary, per workload: orloj-step / best whole-batch basel
 whole-batch oracle in each of those cells; and orloj-step / fcfs-step at loads 6 and 8
 (geomean over SLO {2, 3, 5, 10}, and the minimum over every SLO of the run).
 
+Multi-app panel (on by default with whole batches; --no-multi-app skips it, --multi-app
+adds it to a step run): apps sharing one model with different SLOs and cost laws
+(`orloj-rt sim --apps`, docs/simulation.md), MULTI_APP_MIXES x loads {2, 4}, every policy
+but the +hint ones, with a maximum batch of 8 (--multi-app-max-batch): with 32 the queue
+seldom outgrows a batch at these loads, and then earliest-deadline-first and arrival order
+pick the same members. Per cell and policy: the finish rate overall and per app, and
+edf - fifo. Written to multi_app.csv, results.md, results.json ("multi_app") and printed.
+
     python bench/finish_rate.py --out out/finish_rate                 # the full sweep
     python bench/finish_rate.py --out out/fr --hint-cv 0.3            # + orloj with hints
     python bench/finish_rate.py --slos 2,5 --loads 2 --requests 1000  # a quick look
@@ -69,6 +77,17 @@ MIN_REQUESTS = 4000
 # the step section's targets (issue 8)
 TARGET_STEP_GEOMEAN = 2.5
 TARGET_STEP_OVER_FCFS = 5.0
+# the multi-app panel: name -> `orloj-rt sim --apps` SPEC (orloj_rt/sim/mix.py)
+MULTI_APP_MIXES = {
+    # the issue's example: a tight-SLO early-exit app beside a loose-SLO heavy-tailed one
+    "short+long": "short:bimodal:slo=2:share=0.7,long:lognormal:slo=10:share=0.3",
+    # one cost law, two SLOs: only the deadlines tell the apps apart
+    "tight+loose": "tight:static:slo=2:share=0.5,loose:static:slo=10:share=0.5",
+    # a cheap interactive app (a quarter of the mean solo time) beside an expensive one
+    "light+heavy": "light:bimodal:slo=3:share=0.8:mean=0.25,heavy:lognormal:slo=10:share=0.2",
+}
+MULTI_APP_LOADS = (2, 4)
+MULTI_APP_MAX_BATCH = 8
 
 
 def workload_spec(name: str, slo: float, load: float, args):
@@ -109,6 +128,37 @@ def run_cell(job) -> dict:
     bound = finish_rate_bound(requests.prior, slo, span / len(requests), table, args.workers)
     return {"workload": name, "slo": slo, "load": load, "policies": policies,
             "bound": bound, "seconds": time.perf_counter() - t0, "engine": IMPL}
+
+
+def run_mix_cell(job) -> dict:
+    """One multi-app cell: every policy (but the +hint ones) on the same requests."""
+    mix, load, args = job
+    from orloj_rt.engine import IMPL
+    from orloj_rt.sim.experiment import SimConfig, run
+    from orloj_rt.sim.mix import parse_apps
+    from orloj_rt.sim.workloads import DEFAULT_TRACE, MIX, WorkloadSpec
+
+    spec = WorkloadSpec(solo=MIX, load=load, requests=args.requests, seed=args.seed,
+                        trace=str(args.trace or DEFAULT_TRACE),
+                        app_mix=parse_apps(MULTI_APP_MIXES[mix]))
+    policies = tuple(p for p in args.policies if not p.endswith("+hint"))
+    config = SimConfig(workload=spec, workers=args.workers,
+                       max_batch=args.multi_app_max_batch, batch_alpha=args.batch_alpha,
+                       policies=policies,
+                       policy_params={"orloj": args.orloj_params,
+                                      "orloj-step": args.step_params},
+                       batching=args.batching, step=args.step)
+    t0 = time.perf_counter()
+    result = run(config)
+    return {"mix": mix, "apps": MULTI_APP_MIXES[mix], "load": load,
+            "max_batch": args.multi_app_max_batch, "policies": result["policies"],
+            "app_mix": result["config"]["app_mix"], "seconds": time.perf_counter() - t0,
+            "engine": IMPL}
+
+
+def _run_job(job) -> tuple[str, dict]:
+    kind, inner = job
+    return kind, (run_mix_cell(inner) if kind == "mix" else run_cell(inner))
 
 
 # ------------------------------------------------------------------------ summary
@@ -325,6 +375,47 @@ def format_summary(summary: dict, contenders: list[str]) -> str:
             lines.append(f"| {name} | {p} | {r['geomean_vs_best']:.3f} | "
                          f"{r['min_vs_best']:.3f} | {oracle:.3f} | {extra} |")
     return "\n".join(lines)
+
+
+def format_multi_app(cells: list[dict], policies: list[str]) -> str:
+    """The multi-app panel: per mix and load, each policy's finish rate overall and per
+    app, and edf - fifo."""
+    shown = [p for p in policies if not p.endswith("+hint")]
+    both = "edf" in shown and "fifo" in shown
+    lines = ["| mix | load | requests of | " + " | ".join(shown)
+             + (" | edf - fifo |" if both else " |"),
+             "|---|---:|---|" + "---:|" * len(shown) + ("---:|" if both else "")]
+    for c in cells:
+        rows = [("all", None)] + [(f"{a['name']} ({a['workload']} x {a['mean']:g}, SLO "
+                                   f"{a['slo']:g}, {a['share']:.0%})", a["name"])
+                                  for a in c["app_mix"]]
+        for i, (label, app) in enumerate(rows):
+            def rate(p, c=c, app=app):
+                m = c["policies"][p]
+                return (m if app is None else m["apps"][app])["finish_rate"]
+
+            head = f"| {c['mix']} | {c['load']:g} | " if i == 0 else "| | | "
+            lines.append(head + f"{label} | " + " | ".join(f"{rate(p):.3f}" for p in shown)
+                         + (f" | {rate('edf') - rate('fifo'):+.3f} |" if both else " |"))
+    return "\n".join(lines)
+
+
+def write_multi_app_csv(path: Path, cells: list[dict]) -> None:
+    fields = ["mix", "load", "max_batch", "policy", "app", "requests", "finished",
+              "finish_rate", "completed", "late", "dropped", "ended", "rejected",
+              "p50_latency", "p99_latency"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        for c in cells:
+            for p, m in c["policies"].items():
+                n = sum(a["requests"] for a in m["apps"].values())
+                rows = [("all", {"requests": n,
+                                 "finished": sum(a["finished"] for a in m["apps"].values()),
+                                 **m})] + list(m["apps"].items())
+                for app, r in rows:
+                    w.writerow([c["mix"], c["load"], c["max_batch"], p, app]
+                               + [r[k] for k in fields[5:]])
 
 
 # ------------------------------------------------------------------------ outputs
@@ -546,9 +637,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace", help="the azure-conv CSV (default: ../shared/data/...)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                     help="processes, one cell each at a time (default: every core)")
+    ap.add_argument("--multi-app", action=argparse.BooleanOptionalAction, default=None,
+                    help="the multi-app panel (default: on with whole batches, off with "
+                    "--batching step)")
+    ap.add_argument("--multi-app-max-batch", type=int, default=MULTI_APP_MAX_BATCH,
+                    metavar="B", help="the maximum batch of the multi-app cells (default "
+                    f"{MULTI_APP_MAX_BATCH})")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     step = args.batching == "step"
+    if args.multi_app is None:
+        args.multi_app = not step
     if args.loads is None:
         args.loads = list(STEP_LOADS if step else LOADS)
     if args.policies is None:
@@ -564,20 +663,25 @@ def main(argv: list[str] | None = None) -> int:
     if not any(p in BASELINES for p in args.policies):
         ap.error("--policies needs at least one baseline to compare with")
 
-    jobs = [(w, s, ld, args) for w in names for s in args.slos for ld in args.loads]
+    jobs = [("cell", (w, s, ld, args)) for w in names for s in args.slos for ld in args.loads]
+    if args.multi_app:
+        jobs += [("mix", (m, ld, args)) for m in MULTI_APP_MIXES for ld in MULTI_APP_LOADS]
     started = time.time()
     bar = progress(len(jobs), args.json)
     cells = []
+    mix_cells = []
     with Pool(max(1, min(args.jobs, len(jobs)))) as pool:
-        for cell in pool.imap_unordered(run_cell, jobs):
-            cells.append(cell)
+        for kind, cell in pool.imap_unordered(_run_job, jobs):
+            (mix_cells if kind == "mix" else cells).append(cell)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix_str(f"{cell['workload']} slo={cell['slo']:g} "
+                bar.set_postfix_str(f"{cell['mix']} load={cell['load']:g}" if kind == "mix"
+                                    else f"{cell['workload']} slo={cell['slo']:g} "
                                     f"load={cell['load']:g}")
     if bar is not None:
         bar.close()
     cells.sort(key=lambda c: (_workload_order(c["workload"]), c["slo"], c["load"]))
+    mix_cells.sort(key=lambda c: (list(MULTI_APP_MIXES).index(c["mix"]), c["load"]))
     elapsed = time.time() - started
 
     contenders = [p for p in ("orloj", "orloj+hint") if p in args.policies]
@@ -600,6 +704,17 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(args.out / "results.csv", cells)
     tables = (format_step_tables(cells, args.policies) if step
               else format_tables(cells, args.policies))
+    multi_md = ""
+    if mix_cells:
+        mix_seconds = sum(c["seconds"] for c in mix_cells)
+        multi_md = (f"## Multi-app cells\n\nApps sharing one model (`orloj-rt sim --apps`), "
+                    f"maximum batch {args.multi_app_max_batch}, {args.requests} requests per "
+                    f"cell, seed {args.seed}: {len(mix_cells)} cells, {mix_seconds:.1f} s of "
+                    "simulation (summed over the processes). Finish rate overall and per "
+                    "app; an app's SLO is a multiple of its own mean solo time.\n\n"
+                    + format_multi_app(mix_cells, args.policies))
+        write_multi_app_csv(args.out / "multi_app.csv", mix_cells)
+        tables += "\n" + multi_md + "\n"
     (args.out / "results.md").write_text(f"# Finish rate\n\n{header}\n\n{tables}\n")
     summary_md = format_step_summary(summary) if step else format_summary(summary, contenders)
     (args.out / "summary.md").write_text(
@@ -611,6 +726,10 @@ def main(argv: list[str] | None = None) -> int:
     result = clean({"command": command, "engine": engine, "requests": args.requests,
               "seed": args.seed, "seconds": elapsed, "summary": summary, "targets": targets,
               "cells": cells})
+    if mix_cells:
+        result["multi_app"] = clean({"max_batch": args.multi_app_max_batch,
+                                     "loads": list(MULTI_APP_LOADS),
+                                     "mixes": dict(MULTI_APP_MIXES), "cells": mix_cells})
     (args.out / "results.json").write_text(json.dumps(result, indent=1, default=_jsonable))
 
     if args.json:
@@ -622,7 +741,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for t in targets:
         print(t)
+    if multi_md:
+        print("\n" + multi_md.replace("## ", "", 1))
     print(f"\nwrote {args.out}/results.csv, results.md, summary.md, results.json, "
+          + ("multi_app.csv, " if mix_cells else "")
           + ", ".join(p.name for p in plots))
     return 0
 

@@ -59,6 +59,12 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default="orloj", choices=policy_names(),
                    help="the batching policy (default: %(default)s)")  # fmt: skip
     p.add_argument(
+        "--policy-param", action="append", metavar="KEY=VALUE",
+        help="a constructor argument of the policy, e.g. theta=0.8 (repeat for more); the "
+        "same keys as `orloj-rt sim --policy-param`. VALUE reads as true/false, none, an "
+        "integer, a number, a comma-separated list, or else text (docs/simulation.md)",
+    )  # fmt: skip
+    p.add_argument(
         "--log-level", default="INFO", choices=LOG_LEVELS, type=str.upper,
         help="the server's log level; logs go to stderr (default: %(default)s)",
     )  # fmt: skip
@@ -280,6 +286,13 @@ def options_from_args(args):
     if problem:
         print(f"orloj-rt start: {problem}", file=sys.stderr)
         return None, 2
+    from orloj_rt.sim.policy_params import PolicyParamError, parse_for_server
+
+    try:  # the policy is built with them now, so that a bad one stops the start here
+        policy_params = parse_for_server(args.policy_param, args.policy, models)
+    except PolicyParamError as exc:
+        print(f"orloj-rt start: {exc}", file=sys.stderr)
+        return None, 2
     n_cpu = sum(d == "cpu" for d in devices)
     threads = args.worker_threads or default_worker_threads(n_cpu)
     return (
@@ -288,6 +301,7 @@ def options_from_args(args):
             devices=devices,
             bind=args.bind,
             policy=args.policy,
+            policy_params=policy_params,
             log_level=args.log_level,
             ready_timeout_s=args.ready_timeout,
             drain_timeout_s=args.drain_timeout,

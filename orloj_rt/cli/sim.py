@@ -4,8 +4,11 @@
     orloj-rt sim --workload trace --trace conv.csv --cost-col GeneratedTokens \\
                  --arrival trace --time-col TIMESTAMP --slo-mult 5 --load 2 --json
     orloj-rt sim --workload lognormal --slo-mult 3 --load 6 --batching step --step 0.1
+    orloj-rt sim --apps short:bimodal:slo=2:share=0.7,long:lognormal:slo=10 --load 4
+    orloj-rt sim --workload lognormal --slo-mult 5 --load 2 --policy-param orloj:theta=0.7
 
-Prints a table, or with --json one object: {"config": {...}, "policies": {name: {...}}}.
+Prints a table, or with --json one object: {"config": {...}, "policies": {name: {...}}};
+in a multi-app cell (--apps) each policy's object has "apps": {name: {...}} too.
 The workloads are defined exactly in docs/simulation.md.
 """
 
@@ -40,8 +43,17 @@ def register(sub) -> None:
         "virtual clock, driving the same policy objects as the scheduler. Times are in "
         "units of the mean solo execution time.",
     )
-    p.add_argument("--workload", choices=WORKLOADS, required=True,
-                   help="solo execution times: static, bimodal, lognormal, or a trace column")
+    p.add_argument("--workload", choices=WORKLOADS,
+                   help="solo execution times: static, bimodal, lognormal, or a trace column "
+                   "(required unless --apps)")
+    p.add_argument("--apps", metavar="SPEC",
+                   help="a multi-app cell: apps sharing the model, each with its own cost law, "
+                   "SLO and share of one arrival stream: NAME:WORKLOAD[:slo=S][:share=P]"
+                   "[:mean=M], comma-separated, e.g. "
+                   "short:bimodal:slo=2:share=0.7,long:lognormal:slo=10:share=0.3. slo: a "
+                   "multiple of the app's mean solo time (default --slo-mult); share: of the "
+                   "arrivals (apps without one split the rest); mean: the app's mean solo "
+                   "time in units (default 1). Replaces --workload (docs/simulation.md)")
     p.add_argument("--trace", metavar="FILE",
                    help="CSV for trace costs and trace arrivals (default: the Azure LLM "
                    "conversation trace beside the project, when present)")
@@ -51,8 +63,9 @@ def register(sub) -> None:
                    help="the trace's cost column, for --workload trace (default GeneratedTokens)")
     p.add_argument("--trace-offset", type=float, default=8.0, metavar="X",
                    help="added to every cost before normalising (default 8)")
-    p.add_argument("--slo-mult", type=positive(float), required=True, metavar="S",
-                   help="SLO in units of the mean solo time: deadline = arrival + S")
+    p.add_argument("--slo-mult", type=positive(float), metavar="S",
+                   help="SLO in units of the mean solo time: deadline = arrival + S "
+                   "(required, but with --apps only for apps without their own slo=)")
     p.add_argument("--load", type=positive(float), required=True, metavar="L",
                    help="arrivals per time unit: the mean gap is 1/L")
     p.add_argument("--arrival", choices=ARRIVALS, default="poisson",
@@ -86,15 +99,39 @@ def register(sub) -> None:
                    "with CoV H (off by default)")
     p.add_argument("--prior-samples", type=positive(int), default=20_000, metavar="N",
                    help="size of the profile the policies' prior comes from (default 20000)")
+    p.add_argument("--policy-param", action="append", metavar="[POLICY:]KEY=VALUE",
+                   help="a constructor argument of a policy, e.g. orloj:theta=0.8 (repeat "
+                   "for more); without POLICY: it goes to every policy of the cell that has "
+                   "KEY. VALUE reads as true/false, none, an integer, a number, a "
+                   "comma-separated list, or else text. The same keys as `orloj-rt start "
+                   "--policy-param`")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
 def config_from_args(args):
+    from orloj_rt.engine.pure.batch_model import Inflation
     from orloj_rt.policies import POLICIES, STEP_POLICIES
     from orloj_rt.sim.experiment import ALL_POLICIES, HINT_SUFFIX, STEP_CELL_POLICIES, SimConfig
-    from orloj_rt.sim.workloads import DEFAULT_TRACE, WorkloadSpec
+    from orloj_rt.sim.mix import parse_apps
+    from orloj_rt.sim.policy_params import parse_for_cell
+    from orloj_rt.sim.workloads import DEFAULT_TRACE, MIX, WorkloadSpec
 
+    apps = ()
+    if args.apps is not None:
+        if args.workload is not None:
+            raise ValueError("--apps and --workload exclude each other: each app names its "
+                             "workload (NAME:WORKLOAD[:slo=S][:share=P][:mean=M])")
+        if args.hint_cv is not None:
+            raise ValueError("--hint-cv is not supported with --apps (cost hints are fitted "
+                             "for one app); leave one of them out")
+        apps = parse_apps(args.apps, args.slo_mult)
+    else:
+        missing = [f for f, v in (("--workload", args.workload), ("--slo-mult", args.slo_mult))
+                   if v is None]
+        if missing:
+            raise ValueError(f"the following arguments are required: {', '.join(missing)} "
+                             "(or give --apps SPEC for a multi-app cell)")
     if args.policies is None:
         names = STEP_CELL_POLICIES if args.batching == "step" else ALL_POLICIES
     else:
@@ -112,14 +149,15 @@ def config_from_args(args):
         if name.endswith(HINT_SUFFIX) and args.hint_cv is None:
             raise ValueError(f"policy {name!r} uses cost hints: give --hint-cv")
     trace = args.trace
-    if trace is None and (args.workload == "trace" or args.arrival == "trace"):
+    uses_trace = args.workload == "trace" or any(a.workload == "trace" for a in apps)
+    if trace is None and (uses_trace or args.arrival == "trace"):
         if not DEFAULT_TRACE.exists():
             raise ValueError(f"--workload/--arrival trace needs --trace FILE "
                              f"(the default {DEFAULT_TRACE} is missing)")
         trace = str(DEFAULT_TRACE)
     spec = WorkloadSpec(
-        solo=args.workload,
-        slo=args.slo_mult,
+        solo=MIX if apps else args.workload,
+        slo=args.slo_mult if args.slo_mult is not None else 1.0,  # unused with --apps
         load=args.load,
         requests=args.requests,
         seed=args.seed,
@@ -131,13 +169,19 @@ def config_from_args(args):
         trace_offset=args.trace_offset,
         prior_samples=args.prior_samples,
         hint_cv=args.hint_cv,
+        app_mix=apps,
     )
+    step = args.step if args.batching == "step" else None
+    params = parse_for_cell(args.policy_param, names, max_batch=args.max_batch,
+                            inflation=Inflation(args.max_batch, args.batch_alpha).table,
+                            step=step)
     return SimConfig(
         workload=spec,
         workers=args.workers,
         max_batch=args.max_batch,
         batch_alpha=args.batch_alpha,
         policies=names,
+        policy_params=params,
         batching=args.batching,
         step=args.step,
     )
@@ -145,8 +189,9 @@ def config_from_args(args):
 
 def format_table(result: dict) -> str:
     cfg = result["config"]
+    slo = "" if cfg["slo"] is None else f" slo={cfg['slo']:g}"
     lines = [
-        f"workload={cfg['solo']} slo={cfg['slo']:g} load={cfg['load']:g} "
+        f"workload={cfg['solo']}{slo} load={cfg['load']:g} "
         f"arrival={cfg['arrival']} requests={cfg['requests']} seed={cfg['seed']} "
         f"workers={cfg['workers']} max_batch={cfg['max_batch']} alpha={cfg['batch_alpha']:g}"
         + (f" batching=step step={cfg['step']:g}" if cfg.get("batching") == "step" else ""),
@@ -163,7 +208,29 @@ def format_table(result: dict) -> str:
             f"{m['dropped']:7d} {m['ended']:6d} {m['rejected']:8d} {num(m['p50_latency']):>7} "
             f"{num(m['p99_latency']):>7} {m['mean_batch']:6.2f}"
         )
+    if cfg.get("app_mix"):
+        lines += ["", *format_app_table(result)]
     return "\n".join(lines)
+
+
+def format_app_table(result: dict) -> list[str]:
+    """Per app: its law and SLO, then each policy's finish rate and on-time count."""
+    mix = result["config"]["app_mix"]
+    lines = ["apps: " + "; ".join(
+        f"{a['name']}: {a['workload']} x {a['mean']:g}, slo {a['slo']:g} "
+        f"(= {a['slo_units']:g} units), share {a['share']:.3g}" for a in mix)]
+    first = next(iter(result["policies"].values()))["apps"]
+    width = max(18, *(len(a["name"]) + 9 for a in mix))
+    heads = [f"{a['name']} ({first[a['name']]['requests']})" for a in mix]
+    lines.append(f"{'finish by app':12} " + " ".join(f"{h:>{width}}" for h in heads))
+    for name, m in result["policies"].items():
+        cells = []
+        for a in mix:
+            r = m["apps"][a["name"]]
+            text = f"{r['finish_rate']:.3f} {r['finished']:>5d}/{r['requests']}"
+            cells.append(f"{text:>{width}}")
+        lines.append(f"{name:12} " + " ".join(cells))
+    return lines
 
 
 def run(args) -> int:

@@ -15,6 +15,10 @@ A policy name with the suffix `+hint` (e.g. `orloj+hint`) is that policy given t
 requests' cost hints through `HintClassPolicy`, fitted on the prior sample and its hints;
 the workload must have hints (`hint_cv`). Every other policy gets no hint (the oracle gets
 each request's true solo time instead).
+
+A multi-app cell (`WorkloadSpec.app_mix`, orloj_rt/sim/mix.py) tags each request with its
+app; every policy's metrics then gain "apps": {name: the same metrics over that app's
+requests, with "requests" and "finished" (on time) counts}.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, Inflation
 from orloj_rt.policies.step_base import DEFAULT_STEP
-from orloj_rt.sim.simulator import simulate
+from orloj_rt.sim.simulator import COMPLETED, Outcome, simulate
 from orloj_rt.sim.step_simulator import simulate_steps
 from orloj_rt.sim.workloads import WorkloadSpec, generate
 
@@ -67,6 +71,12 @@ class SimConfig:
 
     def to_json(self) -> dict:
         out = asdict(self.workload)
+        if self.workload.app_mix:
+            out["slo"] = None  # each app has its own
+            out["app_mix"] = [dict(a, slo_units=self.workload.app_mix[i].slo_units)
+                              for i, a in enumerate(out["app_mix"])]
+        else:
+            del out["app_mix"]
         out.update(
             workers=self.workers,
             max_batch=self.max_batch,
@@ -117,7 +127,7 @@ def run_policy(config: SimConfig, name: str, requests=None, prior=None) -> dict:
     from orloj_rt.policies.step_interface import StepPolicy
 
     if isinstance(policy, StepPolicy):
-        outcome = simulate_steps(
+        outcome: Outcome = simulate_steps(
             policy,
             requests.arrival,
             requests.deadline,
@@ -127,7 +137,7 @@ def run_policy(config: SimConfig, name: str, requests=None, prior=None) -> dict:
             step=config.step,
             workers=config.workers,
         )
-        return outcome.summary(requests.arrival, requests.deadline)
+        return summarise(outcome, requests)
     outcome = simulate(
         policy,
         requests.arrival,
@@ -138,7 +148,34 @@ def run_policy(config: SimConfig, name: str, requests=None, prior=None) -> dict:
         workers=config.workers,
         hints=requests.hint if hinted else None,
     )
-    return outcome.summary(requests.arrival, requests.deadline)
+    return summarise(outcome, requests)
+
+
+def summarise(outcome: Outcome, requests) -> dict:
+    """The policy's metrics; in a multi-app cell also per app (the module docstring)."""
+    out = outcome.summary(requests.arrival, requests.deadline)
+    if requests.spec.app_mix:
+        out["apps"] = app_summary(outcome, requests)
+    return out
+
+
+def app_summary(outcome: Outcome, requests) -> dict:
+    """{app: metrics over its requests}, in the mix's order: Outcome.summary's fields but
+    mean_batch (batches mix apps), and "requests" and "finished" (on time)."""
+    import numpy as np
+
+    apps = np.asarray(requests.app)
+    out = {}
+    for spec in requests.spec.app_mix:
+        mine = apps == spec.name
+        part = Outcome(state=outcome.state[mine], finish=outcome.finish[mine], batches=0,
+                       batch_sizes=outcome.batch_sizes[:0], end_time=outcome.end_time)
+        m = part.summary(requests.arrival[mine], requests.deadline[mine])
+        del m["mean_batch"]
+        done = part.state == COMPLETED
+        finished = int((done & (part.finish <= requests.deadline[mine])).sum())
+        out[spec.name] = {"requests": int(mine.sum()), "finished": finished, **m}
+    return out
 
 
 def run(config: SimConfig) -> dict:

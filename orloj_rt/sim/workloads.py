@@ -34,6 +34,15 @@ hint says about the solo time.
 Random streams: `numpy.random.SeedSequence(seed).spawn(5)` gives five independent
 generators: the arrivals, the request costs, the policies' prior sample, the requests'
 hint noise and the prior's hint noise. Turning hints on changes nothing else.
+
+Multi-app cells (`app_mix`, orloj_rt/sim/mix.py): one arrival stream at load L, each
+request's app drawn independently by the apps' shares; app i's request costs are its law
+(the workload kind's, mean 1) times its `mean`, and its deadline is arrival + slo x mean.
+The prior sample is the mixture: each draw picks an app by share, then that app's law.
+Streams: `SeedSequence(seed).spawn(6 + 2k)` for k apps: the arrivals are the first (as
+above; the next four go unused), the sixth picks the apps (the requests', then the prior
+sample's), then app i's request costs come from stream 6 + 2i and its prior draws from
+7 + 2i (counting from 0).
 """
 
 from __future__ import annotations
@@ -47,8 +56,12 @@ from pathlib import Path
 
 import numpy as np
 
+from orloj_rt.sim.mix import AppSpec
+
 SOLO_KINDS = ("static", "bimodal", "lognormal", "trace")
 ARRIVAL_KINDS = ("poisson", "gamma", "trace")
+#: `WorkloadSpec.solo` of a multi-app cell: each app has its own law (`app_mix`)
+MIX = "mix"
 
 STATIC_COV = 0.02
 BIMODAL_SHORT_SHARE = 0.7
@@ -85,9 +98,14 @@ class WorkloadSpec:
     apps: int = 1  # requests are spread round-robin over apps "app0", "app1", ...
     prior_samples: int = 20_000
     hint_cv: float | None = None  # cost hints' noise (see the module docstring); None: none
+    # a multi-app cell (orloj_rt/sim/mix.py): each app's law, SLO and share of arrivals;
+    # `solo` is then "mix" and `slo` unused
+    app_mix: tuple[AppSpec, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.solo not in SOLO_KINDS:
+        if self.app_mix:
+            self._check_mix()
+        elif self.solo not in SOLO_KINDS:
             raise ValueError(f"unknown workload {self.solo!r}; choose one of {SOLO_KINDS}")
         if self.arrival not in ARRIVAL_KINDS:
             raise ValueError(f"unknown arrival {self.arrival!r}; choose one of {ARRIVAL_KINDS}")
@@ -99,7 +117,8 @@ class WorkloadSpec:
             raise ValueError(f"need at least one request, got {self.requests!r}")
         if self.arrival == "gamma" and not self.arrival_cv > 0:
             raise ValueError(f"gamma arrivals need --arrival-cv > 0, got {self.arrival_cv!r}")
-        if (self.solo == "trace" or self.arrival == "trace") and not self.trace:
+        uses_trace = self.solo == "trace" or any(a.workload == "trace" for a in self.app_mix)
+        if (uses_trace or self.arrival == "trace") and not self.trace:
             raise ValueError("trace costs or trace arrivals need a trace file (--trace FILE)")
         if self.apps < 1:
             raise ValueError(f"need at least one app, got {self.apps!r}")
@@ -107,6 +126,23 @@ class WorkloadSpec:
             raise ValueError(f"the prior needs at least one sample, got {self.prior_samples!r}")
         if self.hint_cv is not None and not (self.hint_cv >= 0 and math.isfinite(self.hint_cv)):
             raise ValueError(f"hint_cv must be a finite CoV >= 0, got {self.hint_cv!r}")
+
+    def _check_mix(self) -> None:
+        if self.solo != MIX:
+            raise ValueError(f"an app mix needs solo={MIX!r} (each app has its own law), "
+                             f"got {self.solo!r}")
+        if not all(isinstance(a, AppSpec) for a in self.app_mix):
+            raise ValueError("app_mix must hold AppSpec objects (orloj_rt.sim.mix.parse_apps)")
+        names = [a.name for a in self.app_mix]
+        if len(set(names)) != len(names):
+            raise ValueError(f"app names must be distinct, got {names}")
+        total = sum(a.share for a in self.app_mix)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"the apps' shares must sum to 1, got {total!r}")
+        if self.apps != 1:
+            raise ValueError("apps (round-robin app tags) and app_mix exclude each other")
+        if self.hint_cv is not None:
+            raise ValueError("cost hints (--hint-cv) are not supported in a multi-app cell")
 
 
 @dataclass
@@ -176,10 +212,15 @@ def trace_gaps(spec: WorkloadSpec) -> np.ndarray:
 # ------------------------------------------------------------------------ solo times
 def sample_solo(spec: WorkloadSpec, rng: np.random.Generator, n: int) -> np.ndarray:
     """n independent solo times of the workload's law (mean 1)."""
-    if spec.solo == "static":
+    return sample_law(spec.solo, spec, rng, n)
+
+
+def sample_law(kind: str, spec: WorkloadSpec, rng: np.random.Generator, n: int) -> np.ndarray:
+    """n independent solo times of law `kind` (mean 1); `spec` gives the trace's file."""
+    if kind == "static":
         x = rng.normal(1.0, STATIC_COV, n)
         return np.maximum(x, MIN_SOLO)
-    if spec.solo == "bimodal":
+    if kind == "bimodal":
         short = rng.random(n) < BIMODAL_SHORT_SHARE
         jitter = rng.normal(0.0, 1.0, n)
         x = np.where(
@@ -188,7 +229,7 @@ def sample_solo(spec: WorkloadSpec, rng: np.random.Generator, n: int) -> np.ndar
             BIMODAL_LONG * (1.0 + BIMODAL_LONG_COV * jitter),
         )
         return np.maximum(x, MIN_SOLO) / BIMODAL_MEAN
-    if spec.solo == "lognormal":
+    if kind == "lognormal":
         sigma2 = math.log1p(LOGNORMAL_COV**2)
         return rng.lognormal(-sigma2 / 2.0, math.sqrt(sigma2), n)
     costs = trace_costs(spec)
@@ -222,6 +263,8 @@ def noisy_hints(solo: np.ndarray, cv: float, rng: np.random.Generator) -> np.nda
 
 def generate(spec: WorkloadSpec) -> Requests:
     """The requests of one simulation, and the policies' prior sample."""
+    if spec.app_mix:
+        return generate_mix(spec)
     arrival_rng, cost_rng, prior_rng, hint_rng, prior_hint_rng = (
         np.random.Generator(np.random.PCG64(s))
         for s in np.random.SeedSequence(spec.seed).spawn(5)
@@ -249,4 +292,38 @@ def generate(spec: WorkloadSpec) -> Requests:
         spec=spec,
         hint=hint,
         prior_hint=prior_hint,
+    )
+
+
+def generate_mix(spec: WorkloadSpec) -> Requests:
+    """A multi-app cell's requests: one arrival stream split by the apps' shares (the
+    module docstring). `Requests.app` carries each request's app name."""
+    mix = spec.app_mix
+    k = len(mix)
+    streams = [np.random.Generator(np.random.PCG64(s))
+               for s in np.random.SeedSequence(spec.seed).spawn(6 + 2 * k)]
+    arrival_rng, app_rng = streams[0], streams[5]
+    n = spec.requests
+    arrival, _ = sample_arrivals(spec, arrival_rng, n)
+    shares = np.asarray([a.share for a in mix], dtype=np.float64)
+    shares = shares / shares.sum()
+    which = app_rng.choice(k, size=n, p=shares)
+    prior_which = app_rng.choice(k, size=spec.prior_samples, p=shares)
+    solo = np.empty(n, dtype=np.float64)
+    slo = np.empty(n, dtype=np.float64)
+    prior = np.empty(spec.prior_samples, dtype=np.float64)
+    for i, app in enumerate(mix):
+        mine = np.flatnonzero(which == i)
+        solo[mine] = app.mean * sample_law(app.workload, spec, streams[6 + 2 * i], len(mine))
+        slo[mine] = app.slo_units
+        mine = np.flatnonzero(prior_which == i)
+        prior[mine] = app.mean * sample_law(app.workload, spec, streams[7 + 2 * i], len(mine))
+    names = [a.name for a in mix]
+    return Requests(
+        arrival=arrival,
+        deadline=arrival + slo,
+        solo=solo,
+        app=[names[i] for i in which.tolist()],
+        prior=prior,
+        spec=spec,
     )
