@@ -30,6 +30,7 @@ from status cimport (
     Status,
 )
 
+from orloj_rt.engine.apps import DEFAULT_APP_IDLE_S, DEFAULT_MAX_APPS, OVERFLOW_APP, AppTable
 from orloj_rt.engine.interface import Decision
 from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH
 from orloj_rt.engine.pure.batch_model import Inflation as _PureInflation
@@ -487,8 +488,8 @@ cdef class OrlojPolicy:
     cdef OrlojEngine* e
     cdef Inflation _inflation
     cdef double _theta, _epsilon
-    cdef dict _app_index
-    cdef list _app_names
+    cdef object _apps  # AppTable (orloj_rt/engine/apps.py), shared with the pure twin
+    cdef object _busy_fn
     cdef object _default
     cdef object _grid
 
@@ -498,7 +499,8 @@ cdef class OrlojPolicy:
         self.e = NULL
 
     def __init__(self, max_batch=DEFAULT_MAX_BATCH, alpha=DEFAULT_ALPHA, inflation=None,
-                 theta=DEFAULT_THETA, epsilon=DEFAULT_EPSILON, fallback=True, pools=False):
+                 theta=DEFAULT_THETA, epsilon=DEFAULT_EPSILON, fallback=True, pools=False,
+                 max_apps=DEFAULT_MAX_APPS, app_idle_s=DEFAULT_APP_IDLE_S):
         self._inflation = as_inflation(max_batch, alpha, inflation)
         self._theta = check_probability("theta", theta, open_low=True)
         self._epsilon = check_probability("epsilon", epsilon)
@@ -506,8 +508,8 @@ cdef class OrlojPolicy:
             del self.e
         self.e = new OrlojEngine(self._inflation.c_, self._theta, self._epsilon, bool(fallback),
                                  bool(pools))
-        self._app_index = {}
-        self._app_names = []
+        self._apps = AppTable(max_apps, app_idle_s)
+        self._busy_fn = self._busy
         self._default = None
         self._grid = None
 
@@ -535,7 +537,50 @@ cdef class OrlojPolicy:
 
     @property
     def apps(self):
-        return list(self._app_names)
+        """The live apps (those this policy keeps state for), in index order."""
+        return self._apps.live()
+
+    @property
+    def max_apps(self):
+        return self._apps.max_apps
+
+    @property
+    def app_idle_s(self):
+        return self._apps.idle_s
+
+    @property
+    def app_slots(self):
+        """App indices allocated, live or free: at most the most apps ever live at once."""
+        return len(self._apps.names)
+
+    @property
+    def active_apps(self):
+        """The apps with queued requests: the only ones a decision looks at."""
+        return self.e.num_active()
+
+    @property
+    def apps_evicted(self):
+        """How many apps were forgotten (idle, or `forget_app`)."""
+        return self._apps.evicted
+
+    def set_app_limits(self, max_apps, app_idle_s):
+        """New limits (orloj_rt/engine/apps.py); (0, 0) hands them to the caller, which
+        then forgets apps itself (`forget_app`), as the runtime's scheduler does."""
+        self._apps.set_limits(max_apps, app_idle_s)
+
+    def knows(self, app):
+        """Whether `app` is live (has state of its own)."""
+        return app in self._apps
+
+    def forget_app(self, app):
+        """Forgets `app` and all its state, if it is live and has nothing queued; says
+        whether it did."""
+        a = self._apps.get(app)
+        if a is None or self.e.queued(a):
+            return False
+        self._apps.remove(app)
+        self.e.reset_app(a)
+        return True
 
     def _check_grid(self, dist):
         if not isinstance(dist, Distribution):
@@ -556,14 +601,17 @@ cdef class OrlojPolicy:
         self._default = dist.copy()
 
     def set_distribution(self, app, dist):
-        """Replaces `app`'s distribution with a copy of `dist`."""
+        """Replaces `app`'s distribution with a copy of `dist`; idle eviction spares it
+        from then on (it is pinned)."""
         self._check_grid(dist)
         cdef int a = self._app(app, True, False)
         self.e.set_dist(a, (<Distribution>dist).h[0])
+        if self._apps.names[a] == app:  # not filed under the overflow app
+            self._apps.pin(app)
 
     def distribution(self, app):
         """A copy of `app`'s current distribution (the default prior for an unseen app)."""
-        a = self._app_index.get(app)
+        a = self._apps.get(app)
         if a is None and self._default is not None:
             return self._default.copy()
         if a is None or not self.e.has_dist(a):
@@ -571,7 +619,7 @@ cdef class OrlojPolicy:
         return Distribution.wrap_copy(self.e.dist(a))
 
     cdef int _app(self, app, cbool create, cbool need_dist=True) except -1:
-        a = self._app_index.get(app)
+        a = self._apps.get(app)
         cdef int idx
         if a is None:
             if not create:
@@ -583,16 +631,35 @@ cdef class OrlojPolicy:
                     f"no execution-time distribution for app {app!r}: call "
                     "set_distribution(app, dist) or set_default_distribution(dist) first"
                 )
-            idx = self.e.add_app()
-            self._app_index[app] = idx
-            self._app_names.append(app)
-            if self._default is not None:
-                self.e.set_dist(idx, (<Distribution>self._default).h[0])
-            return idx
-        idx = a
+            idx = self._admit(app)
+        else:
+            idx = a
+            self._apps.touch(app)
         if need_dist and not self.e.has_dist(idx):
             raise ValueError(f"no execution-time distribution for app {app!r}")
         return idx
+
+    cdef int _admit(self, app) except -1:
+        """A new app: its own state if there is room (after forgetting the idle apps that
+        are due), else the overflow app's (the pure twin's _admit)."""
+        t = self._apps
+        for _, a in t.sweep(self._busy_fn):
+            self.e.reset_app(a)
+        if not t.has_room(app):
+            a = t.get(OVERFLOW_APP)
+            if a is not None:
+                t.touch(OVERFLOW_APP)
+                return a
+            app = OVERFLOW_APP
+        cdef int idx = t.add(app)
+        if idx == self.e.num_apps():
+            self.e.add_app()
+        if self._default is not None:
+            self.e.set_dist(idx, (<Distribution>self._default).h[0])
+        return idx
+
+    def _busy(self, name, a):
+        return self.e.queued(a) > 0
 
     # ------------------------------------------------------------- the queue
     def __len__(self):
@@ -601,7 +668,7 @@ cdef class OrlojPolicy:
     def queued(self, app=None):
         if app is None:
             return self.e.size()
-        a = self._app_index.get(app)
+        a = self._apps.get(app)
         return 0 if a is None else self.e.queued(a)
 
     def enqueue(self, req_id, app, arrival, deadline, hint=None):
@@ -616,6 +683,9 @@ cdef class OrlojPolicy:
                 f"deadline {dl!r} is in the past: it is before the arrival {arr!r}"
             )
         cdef int64_t rid = req_id
+        if self.e.has_id(rid):
+            raise_status(ERR_DUPLICATE_ID, rid)
+        self._apps.tick(arr)
         cdef int a = self._app(app, True)
         raise_status(self.e.enqueue(rid, a, dl), rid)
 
@@ -687,6 +757,8 @@ cdef class OrlojPolicy:
             raise ValueError(f"now must be finite, got {now!r}")
         cdef vector[int64_t] batch
         cdef vector[int64_t] dropped
+        if t > self._apps.clock:
+            self._apps.clock = t
         with nogil:
             self.e.decide(t, &batch, &dropped)
         return _new_tuple(Decision, (batch, dropped, []))

@@ -6,9 +6,13 @@
 //
 // Cost of a decision with A queued apps and maximum batch B: O(dropped + B * A * log n)
 // for the thresholds' binary searches, plus O(B^2) work on the candidates' members at
-// most (bounds skip most of it). It never walks the queue beyond the candidates.
+// most (bounds skip most of it). It never walks the queue beyond the candidates, and it
+// never looks at an app with nothing queued: the apps with queued requests are kept in
+// `active_`, and a mixed batch's E[max] reads only its members' apps' tables. App indices
+// are given (and reused) by the Python layer, which frees an app with `reset_app`.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -38,14 +42,24 @@ class OrlojEngine {
   double c(int b) const { return c_[b - 1]; }
   const std::vector<double>& inflation() const { return c_; }
   int num_apps() const { return static_cast<int>(apps_.size()); }
+  int num_active() const { return static_cast<int>(active_.size()); }
   size_t size() const { return where_.size(); }
+  bool has_id(int64_t id) const { return where_.find(id) != nullptr; }
   size_t queued(int a) const { return apps_[a]->queue.size(); }
   bool has_dist(int a) const { return apps_[a]->has_dist; }
   Histogram& dist(int a) { return apps_[a]->dist; }
 
   int add_app() {
     apps_.emplace_back(new App());
+    counts_.resize(apps_.size(), 0);
     return static_cast<int>(apps_.size()) - 1;
+  }
+
+  // Frees app a's state (its distribution, caches and tables); the index may be reused.
+  // Its queue must be empty (the caller checks).
+  void reset_app(int a) {
+    deactivate(a);
+    apps_[a].reset(new App());
   }
 
   void set_dist(int a, const Histogram& h) {
@@ -58,24 +72,29 @@ class OrlojEngine {
   Status enqueue(int64_t id, int a, double deadline) {
     if (!where_.insert(id, Loc{a, deadline})) return ERR_DUPLICATE_ID;
     apps_[a]->queue.insert(QEntry{deadline, id});
+    activate(a);
     return OK;
   }
 
   Status remove(int64_t id) {
     const Loc* loc = where_.find(id);
     if (!loc) return ERR_UNKNOWN_ID;
-    apps_[loc->app]->queue.erase(QEntry{loc->deadline, id});
+    const int a = loc->app;
+    apps_[a]->queue.erase(QEntry{loc->deadline, id});
     where_.erase(id);
+    if (apps_[a]->queue.empty()) deactivate(a);
     return OK;
   }
 
   // Runs one decision at time `now`; appends the batch (most urgent first) and the drops.
   void decide(double now, std::vector<int64_t>* batch, std::vector<int64_t>* dropped) {
     const double c1 = c_[0];
+    // the apps with queued requests, in app order (the pure twin's order)
+    order_apps_.assign(active_.begin(), active_.end());
+    std::sort(order_apps_.begin(), order_apps_.end());
     present_.clear();
-    for (int a = 0; a < num_apps(); ++a) {
+    for (int a : order_apps_) {
       App& app = *apps_[a];
-      if (app.queue.empty()) continue;
       refresh(app);
       while (!app.queue.empty()) {
         const QEntry& e = app.queue.first();
@@ -88,6 +107,7 @@ class OrlojEngine {
         }
       }
       if (!app.queue.empty()) present_.push_back(a);
+      else deactivate(a);
     }
     if (present_.empty()) return;
 
@@ -135,7 +155,9 @@ class OrlojEngine {
     }
     for (const Member& m : best_) where_.prefetch(m.id);
     for (const Member& m : best_) {
-      apps_[m.app]->queue.erase(QEntry{m.deadline, m.id});
+      App& app = *apps_[m.app];
+      app.queue.erase(QEntry{m.deadline, m.id});
+      if (app.queue.empty()) deactivate(m.app);
       batch->push_back(m.id);
     }
     for (const Member& m : best_) forget(m.id);
@@ -153,6 +175,24 @@ class OrlojEngine {
   }
 
  private:
+  // One app's CDF powers on the fixed points pts_ (the grid's edges from 0 to hi and the
+  // midpoints between them), for E[max] of mixed batches: built when a mixed candidate
+  // with this app is first formed after its distribution changed. `stamp` is unique to
+  // each build, so that a remembered E[max] never outlives one of its tables.
+  // Rows n are built up to the largest count of the app in a mix so far (`rows`), not to
+  // the maximum batch: with a maximum batch of 256 a full table is 400 KB.
+  struct MixTable {
+    uint64_t version = 0;     // the distribution's version it was built from
+    uint64_t stamp = 0;       // 0: never built
+    std::vector<double> f;    // f[j] = F(pts_[j])
+    std::vector<double> pow;  // pow[n * npts + j] = F(pts_[j])^n, n = 0..rows
+    std::vector<double> pre;  // pre[n * K + m]: Simpson of 1 - F^n over pieces 0..m-1
+    int rows = 0;
+    int zero_until = -1;      // the last j with F(pts_[j]) == 0, or -1
+    int one_from = 0;         // F == 1 at every point from this j on (npts: never)
+    double top = 0.0;         // the support's end
+  };
+
   struct App {
     Histogram dist;
     bool has_dist = false;
@@ -160,7 +200,27 @@ class OrlojEngine {
     uint64_t cache_version = 0;
     std::vector<double> qth;   // qth[b] = F^-1(theta^(1/b))
     std::vector<double> emax;  // emax[b] = E[max of b solo times]
+    MixTable mix;
+    int active_pos = -1;       // its place in active_, or -1 when nothing is queued
   };
+
+  void activate(int a) {
+    App& app = *apps_[a];
+    if (app.active_pos >= 0) return;
+    app.active_pos = static_cast<int>(active_.size());
+    active_.push_back(a);
+  }
+
+  void deactivate(int a) {
+    App& app = *apps_[a];
+    const int p = app.active_pos;
+    if (p < 0) return;
+    const int moved = active_.back();
+    active_[p] = moved;
+    apps_[moved]->active_pos = p;
+    active_.pop_back();
+    app.active_pos = -1;
+  }
 
   struct Member {
     double deadline;
@@ -369,15 +429,11 @@ class OrlojEngine {
       cand.upper = b * p_last * (1.0 + 1e-9) / e_t;
     } else {
       // E[max] of a mix lies between its largest one-app term and the sum of its one-app
-      // terms, each integrated by the same rule (see build_mixed): bounds on the score
-      // without the integral, which only the candidates that survive pruning pay for.
-      ensure_mixed();
+      // terms, each integrated by the same rule on the mix's points (see mix_terms):
+      // bounds on the score without the integral, which only the candidates that
+      // survive pruning pay for.
       double lo = 0.0, hi = 0.0;
-      for (int a : in_) {
-        const double v = ssum_[a][counts_[a]];
-        if (v > lo) lo = v;
-        hi += v;
-      }
+      mix_terms(&lo, &hi);
       cand.mixed = true;
       const double e_lo = cb * lo * (1.0 - 1e-9);
       const double e_hi = cb * hi * (1.0 + 1e-9);
@@ -389,12 +445,14 @@ class OrlojEngine {
     return true;
   }
 
+  // counts_[a] for the candidate's apps, and in_ = those apps in app order. Only the
+  // entries of the previous candidate's apps are cleared: O(b), whatever the app count.
   void count_apps(const Candidate& cand) {
-    counts_.assign(apps_.size(), 0);
-    for (size_t i = cand.start; i < cand.start + cand.b; ++i) ++counts_[flat_[i].app];
+    for (int a : in_) counts_[a] = 0;
     in_.clear();
-    for (size_t a = 0; a < counts_.size(); ++a)
-      if (counts_[a]) in_.push_back(static_cast<int>(a));
+    for (size_t i = cand.start; i < cand.start + cand.b; ++i)
+      if (counts_[flat_[i].app]++ == 0) in_.push_back(flat_[i].app);
+    std::sort(in_.begin(), in_.end());
   }
 
   // P(member finishes) in this candidate; count_apps(cand) must be current.
@@ -436,31 +494,145 @@ class OrlojEngine {
   }
 
   // ------------------------------------------------------------- mixed batches
-  // CDF powers on shared points (bin edges below the largest support end, that end, and
-  // midpoints); Simpson's rule on each piece integrates 1 - prod_a F_a^n_a.
-  void ensure_mixed() {
-    bool stale = mixed_versions_.size() != apps_.size();
-    for (size_t a = 0; !stale && a < apps_.size(); ++a)
-      stale = mixed_versions_[a] != version_or_none(a);
-    if (stale) build_mixed();
+  // E[max] of a batch that mixes apps (the pure twin's _mixed_emax_sum): Simpson's rule
+  // for the integral of 1 - prod_a F_a^n_a on the grid's edges below the mix's support
+  // end X (the largest of its apps'), X itself, and the midpoints between them. Every
+  // piece but the last is a whole bin, whose points each app tabulates once (MixTable);
+  // the last, [edge, X], is computed for the mix. Only the mix's own apps are read.
+  MixTable& mix_table(int a) {
+    App& app = *apps_[a];
+    MixTable& t = app.mix;
+    if (t.stamp && t.version == app.dist.version()) return t;
+    app.dist.ready();
+    if (pts_.empty()) {
+      const std::vector<double>& e = app.dist.edges();  // 0, lo, ..., hi, inf
+      const size_t k = e.size() - 1;
+      edges_.assign(e.begin(), e.begin() + k);
+      for (size_t i = 0; i + 1 < k; ++i) {
+        pts_.push_back(e[i]);
+        pts_.push_back(0.5 * (e[i] + e[i + 1]));
+      }
+      pts_.push_back(e[k - 1]);
+    }
+    const size_t npts = pts_.size();
+    const size_t kk = edges_.size();
+    t.f.resize(npts);
+    for (size_t j = 0; j < npts; ++j) t.f[j] = app.dist.cdf(pts_[j]);
+    t.pow.assign(npts, 1.0);
+    t.pre.assign(kk, 0.0);
+    t.rows = 0;
+    int zu = -1;
+    for (size_t j = 0; j < npts; ++j)
+      if (t.f[j] <= 0.0) zu = static_cast<int>(j);
+    int of = static_cast<int>(npts);
+    for (int j = static_cast<int>(npts) - 1; j >= 0; --j) {
+      if (t.f[j] >= 1.0) of = j;
+      else break;
+    }
+    t.zero_until = zu;
+    t.one_from = of;
+    t.top = app.dist.support_max();
+    t.version = app.dist.version();
+    t.stamp = ++stamps_;
+    return t;
   }
 
-  // E[max] of the mix in in_/counts_ (the pure twin's _mixed_emax).
-  double mixed_emax() {
-    ensure_mixed();
-    // The same mixes recur from one decision to the next: remember each one's E[max]
-    // until a distribution changes. The key hashes the (app, count) pairs; an entry keeps
-    // its pairs, so that a hash collision only costs a recomputation.
-    uint64_t hash = 1469598103934665603ull;  // FNV-1a over the pairs
-    mix_.clear();
+  // Rows 0..n of a table: F^n by repeated products (the pure twin's rows), and pre[n][m],
+  // the same rule for n members of this app alone over the first m bins: bounds on a
+  // mix's E[max] before its integral is computed (mix_terms). Moves t.pow and t.pre.
+  void ensure_rows(MixTable& t, int n) {
+    if (n <= t.rows) return;
+    const size_t npts = pts_.size();
+    const size_t kk = edges_.size();
+    t.pow.resize(static_cast<size_t>(n + 1) * npts);
+    t.pre.resize(static_cast<size_t>(n + 1) * kk);
+    for (int r = t.rows + 1; r <= n; ++r) {
+      double* row = &t.pow[r * npts];
+      const double* prev = &t.pow[(r - 1) * npts];
+      for (size_t j = 0; j < npts; ++j) row[j] = prev[j] * t.f[j];
+      double acc = 0.0;
+      t.pre[r * kk] = 0.0;
+      for (size_t m = 0; m + 1 < kk; ++m) {
+        const size_t j = 2 * m;
+        const double h = pts_[j + 2] - pts_[j];
+        acc += h / 6.0 * ((1.0 - row[j]) + 4.0 * (1.0 - row[j + 1]) + (1.0 - row[j + 2]));
+        t.pre[r * kk + m + 1] = acc;
+      }
+    }
+    t.rows = n;
+  }
+
+  static double rep_pow(double x, int n) {  // x^n by n products, as the tables' rows
+    double p = 1.0;
+    for (int i = 0; i < n; ++i) p *= x;
+    return p;
+  }
+
+  // The mix in in_/counts_: its tables (mix_tabs_, with the rows it needs), its support
+  // end and how many of the grid's edges lie below it.
+  double mix_top(size_t* nk) {
+    mix_tabs_.clear();
+    double top = 0.0;
     for (int a : in_) {
-      mix_.emplace_back(a, counts_[a]);
+      MixTable& t = mix_table(a);
+      ensure_rows(t, counts_[a]);
+      mix_tabs_.push_back(&t);
+      if (t.top > top) top = t.top;
+    }
+    *nk = static_cast<size_t>(std::lower_bound(edges_.begin(), edges_.end(), top) -
+                              edges_.begin());
+    return top;
+  }
+
+  // For each app of the mix alone, its E[max] by the mix's rule (before c(b)): the mix's
+  // lies between their largest (lo) and their sum (hi), point by point and so in all.
+  void mix_terms(double* lo, double* hi) {
+    size_t nk = 0;
+    const double top = mix_top(&nk);
+    *lo = 0.0;
+    *hi = 0.0;
+    if (nk == 0) return;
+    const size_t npts = pts_.size();
+    const size_t kk = edges_.size();
+    const size_t last = nk - 1;
+    const size_t j = 2 * last;
+    const double x0 = pts_[j];
+    const double mid = 0.5 * (x0 + top);
+    const double h = top - x0;
+    for (size_t k = 0; k < in_.size(); ++k) {
+      const int a = in_[k];
+      const int n = counts_[a];
+      const MixTable& t = *mix_tabs_[k];
+      const Histogram& d = apps_[a]->dist;
+      const double r0 = t.pow[n * npts + j];
+      const double v = t.pre[n * kk + last] +
+                       h / 6.0 * ((1.0 - r0) + 4.0 * (1.0 - rep_pow(d.cdf(mid), n)) +
+                                  (1.0 - rep_pow(d.cdf(top), n)));
+      if (v > *lo) *lo = v;
+      *hi += v;
+    }
+  }
+
+  // E[max] of the mix in in_/counts_ (before c(b)).
+  double mixed_emax() {
+    size_t nk = 0;
+    const double top = mix_top(&nk);
+    // The same mixes recur from one decision to the next: remember each one's E[max]
+    // until one of its tables is rebuilt. The key hashes the (app, count, stamp) triples;
+    // an entry keeps its triples, so that a hash collision only costs a recomputation.
+    uint64_t hash = 1469598103934665603ull;  // FNV-1a over the triples
+    mix_.clear();
+    for (size_t k = 0; k < in_.size(); ++k) {
+      const int a = in_[k];
+      const uint64_t stamp = mix_tabs_[k]->stamp;
+      mix_.push_back(MixKey{a, counts_[a], stamp});
       hash = (hash ^ static_cast<uint64_t>(a)) * 1099511628211ull;
       hash = (hash ^ static_cast<uint64_t>(counts_[a])) * 1099511628211ull;
+      hash = (hash ^ stamp) * 1099511628211ull;
     }
     auto it = memo_.find(hash);
     if (it != memo_.end() && it->second.mix == mix_) return it->second.value;
-    double total = mixed_emax_sum();
+    double total = mixed_emax_sum(top, nk);
     if (it == memo_.end()) {
       if (memo_.size() >= kMemoCap) memo_.clear();  // bounded: a fresh start is cheap
       memo_.emplace(hash, MemoEntry{mix_, total});
@@ -468,36 +640,31 @@ class OrlojEngine {
     return total;
   }
 
-  double mixed_emax_sum() {
-    mix_apps_.clear();
-    mix_counts_.clear();
-    for (int a : in_) {
-      mix_apps_.push_back(a);
-      mix_counts_.push_back(counts_[a]);
-    }
-    return simpson_sum(mix_apps_.data(), mix_counts_.data(), mix_apps_.size());
-  }
-
-  // Simpson's rule for the integral of 1 - prod_k F_apps[k]^cnts[k] on the shared points.
-  double simpson_sum(const int* apps, const int* cnts, size_t k) const {
-    const int npts = static_cast<int>(pts_.size());
+  double mixed_emax_sum(double top, size_t nk) {
+    if (nk == 0) return 0.0;
+    const size_t npts = pts_.size();
+    const size_t na = in_.size();
     int zero_until = -1, one_from = 0;
-    for (size_t m = 0; m < k; ++m) {
-      const int a = apps[m];
-      if (zero_until_[a] > zero_until) zero_until = zero_until_[a];
-      if (one_from_[a] > one_from) one_from = one_from_[a];
+    rows_.resize(na);
+    for (size_t k = 0; k < na; ++k) {
+      const MixTable& t = *mix_tabs_[k];
+      if (t.zero_until > zero_until) zero_until = t.zero_until;
+      if (t.one_from > one_from) one_from = t.one_from;
+      rows_[k] = &t.pow[static_cast<size_t>(counts_[in_[k]]) * npts];
     }
+    const int last = static_cast<int>(nk) - 1;
     double total = 0.0;
-    for (int j = 0; j + 2 < npts; j += 2) {
-      double h = pts_[j + 2] - pts_[j];
+    for (int m = 0; m < last; ++m) {
+      const int j = 2 * m;
+      const double h = pts_[j + 2] - pts_[j];
       if (j + 2 <= zero_until) {
         total += h;
       } else if (j >= one_from) {
-        break;
+        return total;
       } else {
         double g0 = 1.0, gm = 1.0, g2 = 1.0;
-        for (size_t m = 0; m < k; ++m) {
-          const double* row = &pow_[apps[m]][static_cast<size_t>(cnts[m]) * npts];
+        for (size_t k = 0; k < na; ++k) {
+          const double* row = rows_[k];
           g0 *= row[j];
           gm *= row[j + 1];
           g2 *= row[j + 2];
@@ -505,72 +672,21 @@ class OrlojEngine {
         total += h / 6.0 * ((1.0 - g0) + 4.0 * (1.0 - gm) + (1.0 - g2));
       }
     }
+    const int j = 2 * last;
+    if (j >= one_from) return total;
+    const double x0 = pts_[j];
+    const double mid = 0.5 * (x0 + top);
+    const double h = top - x0;
+    double g0 = 1.0, gm = 1.0, g2 = 1.0;
+    for (size_t k = 0; k < na; ++k) {
+      const Histogram& d = apps_[in_[k]]->dist;
+      const int n = counts_[in_[k]];
+      g0 *= rows_[k][j];
+      gm *= rep_pow(d.cdf(mid), n);
+      g2 *= rep_pow(d.cdf(top), n);
+    }
+    total += h / 6.0 * ((1.0 - g0) + 4.0 * (1.0 - gm) + (1.0 - g2));
     return total;
-  }
-
-  uint64_t version_or_none(size_t a) const {
-    const App& app = *apps_[a];
-    return app.has_dist ? app.dist.version() : std::numeric_limits<uint64_t>::max();
-  }
-
-  void build_mixed() {
-    double x_end = 0.0;
-    const std::vector<double>* edges = nullptr;
-    for (auto& app : apps_) {
-      if (app->has_dist && !app->dist.empty()) {
-        app->dist.ready();
-        edges = &app->dist.edges();
-        if (app->dist.support_max() > x_end) x_end = app->dist.support_max();
-      }
-    }
-    std::vector<double> nodes;
-    if (edges)
-      for (double e : *edges)
-        if (e < x_end) nodes.push_back(e);
-    nodes.push_back(x_end);
-    pts_.clear();
-    for (size_t i = 0; i + 1 < nodes.size(); ++i) {
-      pts_.push_back(nodes[i]);
-      pts_.push_back(0.5 * (nodes[i] + nodes[i + 1]));
-    }
-    pts_.push_back(nodes.back());
-    const size_t npts = pts_.size();
-    pow_.assign(apps_.size(), std::vector<double>());
-    zero_until_.assign(apps_.size(), -1);
-    one_from_.assign(apps_.size(), 0);
-    mixed_versions_.assign(apps_.size(), 0);
-    std::vector<double> f(npts);
-    for (size_t a = 0; a < apps_.size(); ++a) {
-      mixed_versions_[a] = version_or_none(a);
-      App& app = *apps_[a];
-      if (!app.has_dist || app.dist.empty()) continue;
-      for (size_t j = 0; j < npts; ++j) f[j] = app.dist.cdf(pts_[j]);
-      std::vector<double>& rows = pow_[a];
-      rows.assign(static_cast<size_t>(B_ + 1) * npts, 1.0);
-      for (int n = 1; n <= B_; ++n)
-        for (size_t j = 0; j < npts; ++j) rows[n * npts + j] = rows[(n - 1) * npts + j] * f[j];
-      int zu = -1;
-      for (size_t j = 0; j < npts; ++j)
-        if (f[j] <= 0.0) zu = static_cast<int>(j);
-      int of = static_cast<int>(npts) - 1;
-      for (int j = static_cast<int>(npts) - 1; j >= 0; --j) {
-        if (f[j] >= 1.0) of = j;
-        else break;
-      }
-      zero_until_[a] = zu;
-      one_from_[a] = of;
-    }
-    // ssum_[a][n]: the same rule for n members of app a alone. On every point the mix's
-    // 1 - prod F^n lies between the largest and the sum of its apps' 1 - F_a^n_a, so
-    // these bound a mix's E[max] before its integral is computed.
-    ssum_.assign(apps_.size(), std::vector<double>());
-    for (size_t a = 0; a < apps_.size(); ++a) {
-      if (pow_[a].empty()) continue;
-      ssum_[a].assign(B_ + 1, 0.0);
-      const int app = static_cast<int>(a);
-      for (int n = 1; n <= B_; ++n) ssum_[a][n] = simpson_sum(&app, &n, 1);
-    }
-    memo_.clear();
   }
 
   std::vector<double> c_;
@@ -579,7 +695,8 @@ class OrlojEngine {
   bool fallback_;
   bool pools_on_;  // false (default): one pool of every app at the slowest's bar
   std::vector<double> troot_;
-  std::vector<std::unique_ptr<App>> apps_;
+  std::vector<std::unique_ptr<App>> apps_;  // by index; a freed index holds a fresh App
+  std::vector<int> active_;  // the apps with queued requests, in no order
   struct Loc {
     int app = 0;
     double deadline = 0.0;
@@ -587,7 +704,7 @@ class OrlojEngine {
   IdMap<Loc> where_;
 
   // scratch space reused by every decision
-  std::vector<int> present_;
+  std::vector<int> present_, order_apps_;
   std::vector<SortedBlocks::Pos> pos_, seek_;
   std::vector<double> key_;
   std::vector<size_t> order_;
@@ -602,19 +719,26 @@ class OrlojEngine {
   std::vector<int> counts_, in_;
 
   // mixed-batch tables
-  std::vector<uint64_t> mixed_versions_;
-  std::vector<double> pts_;
-  std::vector<std::vector<double>> pow_;
-  std::vector<int> zero_until_, one_from_;
+  std::vector<double> pts_;    // the grid's edges 0..hi and their midpoints (mix_table)
+  std::vector<double> edges_;  // the grid's edges 0..hi
+  uint64_t stamps_ = 0;
+  std::vector<MixTable*> mix_tabs_;  // the tables of in_'s apps (mix_top)
+  std::vector<const double*> rows_;
+  struct MixKey {
+    int app;
+    int count;
+    uint64_t stamp;
+    bool operator==(const MixKey& o) const {
+      return app == o.app && count == o.count && stamp == o.stamp;
+    }
+  };
   struct MemoEntry {
-    std::vector<std::pair<int, int>> mix;  // (app, count) in app order
+    std::vector<MixKey> mix;  // (app, count, stamp) in app order
     double value;
   };
   static constexpr size_t kMemoCap = 4096;
   std::unordered_map<uint64_t, MemoEntry> memo_;  // mix hash -> E[max], see mixed_emax()
-  std::vector<std::pair<int, int>> mix_;
-  std::vector<int> mix_apps_, mix_counts_;
-  std::vector<std::vector<double>> ssum_;  // ssum_[a][n], see build_mixed()
+  std::vector<MixKey> mix_;
 };
 
 }  // namespace orloj

@@ -65,6 +65,13 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
         "integer, a number, a comma-separated list, or else text (docs/simulation.md)",
     )  # fmt: skip
     p.add_argument(
+        "--max-apps", type=int, default=256, metavar="N",
+        help="the most apps per model that the scheduler keeps state for (a learned "
+        "distribution, stats), the overflow app included; beyond, a new app's requests "
+        "share the app '~other' and are served as usual. An app with nothing in flight "
+        "that is not seen for 60 s is forgotten (docs/runtime.md#apps) (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
         "--log-level", default="INFO", choices=LOG_LEVELS, type=str.upper,
         help="the server's log level; logs go to stderr (default: %(default)s)",
     )  # fmt: skip
@@ -269,6 +276,10 @@ def options_from_args(args):
     if problem:
         print(f"orloj-rt start: {problem}", file=sys.stderr)
         return None, 2
+    if args.max_apps < 1:
+        print(f"orloj-rt start: --max-apps {args.max_apps}: give at least 1",
+              file=sys.stderr)  # fmt: skip
+        return None, 2
     if not args.hang_timeout >= 0:  # also refuses nan
         print(f"orloj-rt start: --hang-timeout {args.hang_timeout:g}: give seconds >= 0 "
               "(0 turns the hang watch off)", file=sys.stderr)  # fmt: skip
@@ -301,7 +312,7 @@ def options_from_args(args):
             devices=devices,
             bind=args.bind,
             policy=args.policy,
-            policy_params=policy_params,
+            policy_params={**policy_params, "max_apps": args.max_apps},  # read by the scheduler
             log_level=args.log_level,
             ready_timeout_s=args.ready_timeout,
             drain_timeout_s=args.drain_timeout,

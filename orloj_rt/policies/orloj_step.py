@@ -58,6 +58,12 @@ running and the steps each has run. All arithmetic at a boundary is table look-u
 app, F at every whole step (`StepLaw`), rebuilt every REFRESH_SAMPLES observations; a
 boundary costs O(b^2 + queue) in Python (b: the batch's members).
 
+Apps. The per-app state (a distribution and its step tables) is bounded as orloj's is
+(orloj_rt/engine/apps.py): at most `max_apps` live apps (beyond, requests share the
+overflow app "~other"), and an app with nothing queued that has not been seen for
+`app_idle_s` on the policy's clock (default 0: never) is forgotten when a new app
+arrives. The runtime's scheduler switches both off and forgets idle apps itself.
+
 Learning. A finished member reports its work (steps * step): an exact sample. An ended
 member only says X > steps * step; adding nothing would bias F short (the long ones are
 the ended ones), so it adds a draw from F given X > w, F^-1(F(w) + u (1 - F(w))), with u
@@ -68,6 +74,12 @@ from __future__ import annotations
 
 import math
 
+from orloj_rt.engine.apps import (
+    DEFAULT_APP_IDLE_S,
+    DEFAULT_MAX_APPS,
+    OVERFLOW_APP,
+    AppTable,
+)
 from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH
 from orloj_rt.engine.pure.orloj import check_probability
 from orloj_rt.policies.step_base import DEFAULT_STEP, QueuedStepPolicy
@@ -182,6 +194,8 @@ class OrlojStepPolicy(QueuedStepPolicy):
         marginal: bool = True,
         order: str = "density",
         learn: bool = True,
+        max_apps: int = DEFAULT_MAX_APPS,
+        app_idle_s: float = DEFAULT_APP_IDLE_S,
     ):
         super().__init__(max_batch, alpha, inflation, step)
         self.epsilon = check_probability("epsilon", epsilon)
@@ -192,6 +206,8 @@ class OrlojStepPolicy(QueuedStepPolicy):
         self.marginal = bool(marginal)
         self.order = order
         self.learn = bool(learn)
+        self._apps = AppTable(max_apps, app_idle_s)  # the live apps: _dists' keys and more
+        self._queued_by_app: dict[str, int] = {}  # live app -> its queued requests
         self._dists: dict = {}
         self._default = None
         self._laws: dict[str, StepLaw] = {}
@@ -206,31 +222,103 @@ class OrlojStepPolicy(QueuedStepPolicy):
             raise ValueError(f"need {self._max_batch} finite step times > 0, got {times!r}")
         self._cs = times
 
+    # ------------------------------------------------------------- apps
+    @property
+    def apps(self) -> list[str]:
+        """The live apps (those this policy keeps state for)."""
+        return self._apps.live()
+
+    @property
+    def apps_evicted(self) -> int:
+        return self._apps.evicted
+
+    def set_app_limits(self, max_apps: int, app_idle_s: float) -> None:
+        """New limits (orloj_rt/engine/apps.py); (0, 0) hands them to the caller, which
+        then forgets apps itself (`forget_app`), as the runtime's scheduler does."""
+        self._apps.set_limits(max_apps, app_idle_s)
+
+    def knows(self, app: str) -> bool:
+        return app in self._apps
+
+    def forget_app(self, app: str) -> bool:
+        """Forgets `app` and all its state, if it is live and has nothing queued; says
+        whether it did."""
+        if app not in self._apps or app in self._queued_by_app:
+            return False
+        self._apps.remove(app)
+        self._free(app)
+        return True
+
+    def _free(self, app: str) -> None:
+        self._dists.pop(app, None)
+        self._laws.pop(app, None)
+
+    def _busy(self, app: str, _index: int) -> bool:
+        return app in self._queued_by_app
+
+    def _live(self, app: str, touch: bool = False) -> str:
+        """The app whose state `app`'s requests use: itself once admitted, or the overflow
+        app when the cap is reached. A new app first makes the idle apps that are due
+        forgotten."""
+        t = self._apps
+        if app in t.index:
+            if touch:
+                t.touch(app)
+            return app
+        for name, _ in t.sweep(self._busy):
+            self._free(name)
+        if not t.has_room(app):
+            app = OVERFLOW_APP
+            if app in t.index:
+                t.touch(app)
+                return app
+        t.add(app)
+        return app
+
+    def _app_of(self, app, arrival: float) -> str:
+        self._apps.tick(arrival)
+        name = self._live(app, touch=True)
+        self._queued_by_app[name] = self._queued_by_app.get(name, 0) + 1
+        return name
+
+    def _left(self, req) -> None:
+        n = self._queued_by_app.get(req.app, 0) - 1
+        if n > 0:
+            self._queued_by_app[req.app] = n
+        else:
+            self._queued_by_app.pop(req.app, None)
+
     # ------------------------------------------------------------- distributions
     def set_default_distribution(self, dist) -> None:
         """Called before serving with the prior of solo work; apps seen later copy it."""
         self._default = dist.copy()
 
     def set_distribution(self, app: str, dist) -> None:
-        self._dists[app] = dist.copy()
-        self._laws.pop(app, None)
+        """Gives `app` its own distribution; idle eviction spares it from then on."""
+        name = self._live(app, touch=True)
+        self._dists[name] = dist.copy()
+        self._laws.pop(name, None)
+        if name == app:
+            self._apps.pin(name)
 
     def distribution(self, app: str):
         """The distribution of `app`'s solo work that this policy has learned."""
-        d = self._dists.get(app)
+        name = self._live(app)
+        d = self._dists.get(name)
         if d is None:
             if self._default is None:
                 raise ValueError(
                     "orloj-step needs a distribution: call set_default_distribution(dist) first"
                 )
-            d = self._dists[app] = self._default.copy()
+            d = self._dists[name] = self._default.copy()
         return d
 
     def law(self, app: str) -> StepLaw:
         """`app`'s step tables, rebuilt every REFRESH_SAMPLES new samples."""
-        law = self._laws.get(app)
+        name = self._live(app)
+        law = self._laws.get(name)
         if law is None or law.dist.samples_added - law.samples >= REFRESH_SAMPLES:
-            law = self._laws[app] = StepLaw(self.distribution(app), self._step)
+            law = self._laws[name] = StepLaw(self.distribution(name), self._step)
         return law
 
     def _law_of(self, req_id: int, app: str) -> StepLaw:
@@ -248,13 +336,14 @@ class OrlojStepPolicy(QueuedStepPolicy):
     def observe_finished(self, app, steps) -> None:
         """Called when a member finished after `steps` steps: an exact sample."""
         if self.learn:
-            self.distribution(app).add(steps * self._step)
+            self.distribution(self._live(app, touch=True)).add(steps * self._step)
 
     def observe_ended(self, app, steps) -> None:
         """Called when this policy ended a member: X > steps * step, a censored sample,
         replaced by a draw from the conditional tail so that F does not lose its tail."""
         if not self.learn:
             return
+        app = self._live(app, touch=True)
         d = self.distribution(app)
         fw = d.cdf(steps * self._step)
         if not 1.0 - fw > TAIL_EPS:
@@ -268,6 +357,7 @@ class OrlojStepPolicy(QueuedStepPolicy):
     # ------------------------------------------------------------- the decision
     def step_boundary(self, now, running):
         """Called at each step boundary of a worker: end, drop, admit (module docstring)."""
+        self._apps.tick(now)
         # a member: [id, law, steps seen done, slack, steps unseen]: its chances count
         # the unseen steps as steps it may finish in (RunningMember.unseen)
         members = [[m.id, self._law_of(m.id, m.app), m.steps - m.unseen, m.deadline - now,
@@ -359,8 +449,7 @@ class OrlojStepPolicy(QueuedStepPolicy):
                 score = key
             candidates.append((score, key, rid, law, slack))
         for rid in dropped:
-            self._queue.remove(rid)
-            del self._requests[rid]
+            self._take(rid)
         # equal densities (chances that saturate at 1: a static model, or slack to spare)
         # go to the most slack first, which cannot block the batch's growth: the least
         # slack first would make every later newcomer fail the marginal test
@@ -401,8 +490,7 @@ class OrlojStepPolicy(QueuedStepPolicy):
             members.append([rid, law, 0, slack, 0])
             b += 1
         for rid in joined:
-            self._queue.remove(rid)
-            del self._requests[rid]
+            self._take(rid)
         return joined
 
 

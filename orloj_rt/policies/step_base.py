@@ -70,15 +70,28 @@ class QueuedStepPolicy(StepPolicy):
         req_id = int(req_id)
         if req_id in self._requests:
             raise ValueError(f"request id {req_id} is already queued")
-        req = Request(req_id, app, arrival, deadline, hint)
+        req = Request(req_id, self._app_of(app, arrival), arrival, deadline, hint)
         self._queue.push(req_id, self.queue_key(req))
         self._requests[req_id] = req
 
     def remove(self, req_id) -> None:
         if req_id not in self._requests:
             raise KeyError(f"unknown request id {req_id!r}: it is not queued")
+        self._take(req_id)
+
+    def _take(self, req_id: int) -> Request:
+        """Removes queued request `req_id` and returns it."""
         self._queue.remove(req_id)
-        del self._requests[req_id]
+        req = self._requests.pop(req_id)
+        self._left(req)
+        return req
+
+    def _app_of(self, app, arrival: float):
+        """The app a valid arriving request is queued under (a hook; `app` itself)."""
+        return app
+
+    def _left(self, req: Request) -> None:  # noqa: B027 - optional hook
+        """Called for every request that leaves the queue (joined, dropped, removed)."""
 
     def _take_head(self, n: int) -> list[int]:
         """Removes and returns the first `n` requests of the queue."""
@@ -86,15 +99,14 @@ class QueuedStepPolicy(StepPolicy):
             return []
         ids = [rid for _, rid in self._queue.head(n)]
         for rid in ids:
-            self._queue.remove(rid)
-            del self._requests[rid]
+            self._take(rid)
         return ids
 
     def _pop_below(self, key: float) -> list[int]:
         """Removes and returns every request whose key is below `key`."""
         ids = self._queue.pop_below(key)
         for rid in ids:
-            del self._requests[rid]
+            self._left(self._requests.pop(rid))
         return ids
 
     def __len__(self) -> int:

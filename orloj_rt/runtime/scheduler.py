@@ -21,6 +21,16 @@ Learning, per model:
   policy directly (`observe_solo`). `observe_batch` is called for every batch, for the
   policies that learn from batch times (OrlojPolicy learns batches of one through it).
 
+Apps (docs/runtime.md#apps): any client names its app, so the per-app state of a model
+(the policy's, and the learning records and stats here) is bounded by one `AppTable` per
+model, owned here: at most `max_apps` live apps (`--max-apps`, default 256, the overflow
+app included); beyond, a new app's requests are filed under the overflow app "~other" and
+served like any others. An app with nothing in flight (queued or running) that has not
+been seen for `app_idle_s` (60 s) is forgotten everywhere: here, and in the policy
+(`forget_app`; the policy's own limits are switched off, so that the two never disagree).
+The sweep runs once per stats tick, and when a new app finds the table full. The `stats`
+reply lists at most `STATS_MAX_APPS` apps per model, the busiest, and counts the others.
+
 Step-level batching (runtime/step_scheduling.py): a model with steps under a step policy
 (orloj-step, fcfs-step, ...) is not dispatched in batches. Each worker runs its members
 step by step and reports every boundary (`StepProgress`) without waiting; the model's
@@ -42,6 +52,7 @@ step members and has said nothing for `hang_timeout_s`) is reported to the super
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -51,9 +62,10 @@ import time
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle
 
+from orloj_rt.engine.apps import DEFAULT_MAX_APPS, OVERFLOW_APP, RUNTIME_APP_IDLE_S, AppTable
 from orloj_rt.runtime import messages as msgs
 from orloj_rt.runtime.channel import Channel, ChannelClosed
-from orloj_rt.runtime.metrics import DECISION_BUCKETS_S, Histogram
+from orloj_rt.runtime.metrics import DECISION_BUCKETS_S, MAX_APPS_PER_MODEL, Histogram
 from orloj_rt.runtime.proc import InstanceConfig, child_main, send_to_parent, settle_memory
 from orloj_rt.runtime.step_scheduling import (
     StepCoordinator,
@@ -68,6 +80,9 @@ PRIOR_MIN_COV = 0.05  # a prior is never sharper than this (warm-up sees few inp
 STATS_INTERVAL_S = 1.0
 MIN_WAKEUP_MS = 0.2  # a policy whose wake-up time has passed cannot make the loop spin
 EXPIRE_SWEEP_S = 0.05  # while no worker is ready: how often expired requests are dropped
+#: the `stats` reply's per-app section lists this many apps per model at most (the most
+#: samples first, then by name) and counts the others, as /metrics caps its app labels
+STATS_MAX_APPS = MAX_APPS_PER_MODEL
 #: while a worker runs members step by step, its reports are read this often (and whenever
 #: something else wakes the scheduler), not as each arrives: see `_update_quiet`
 STEP_TICK_S = 0.001
@@ -95,7 +110,12 @@ class _ModelQueue:
         if self.policy_name != config.policy:
             log.info("model %s has no steps: policy %s serves it in whole batches as %s",
                      self.name, config.policy, self.policy_name)  # fmt: skip
-        self.policy_params = dict(config.policy_params)
+        params = dict(config.policy_params)
+        # scheduler options carried with the policy's parameters (`--max-apps`); the rest
+        # go to the policy
+        self.app_table = AppTable(params.pop("max_apps", DEFAULT_MAX_APPS),
+                                  params.pop("app_idle_s", RUNTIME_APP_IDLE_S))  # fmt: skip
+        self.policy_params = params
         self.policy = None  # built when the first worker's profile arrives
         self.steps: StepCoordinator | None = None  # step-level batching (step_level)
         self.workers = len(config.devices)
@@ -103,8 +123,10 @@ class _ModelQueue:
         self.work_fit: tuple[float, float] | None = None
         self.prior_mean = 0.0
         self.waiting: list = []  # descriptors that arrived before any worker was ready
-        self.slots: dict[int, tuple[int, int, str]] = {}  # token -> (slot, generation, app)
-        self.apps: dict[str, _AppLearning] = {}
+        # token -> (slot, generation, app, deadline), queued or running; `app` is the live
+        # app it is filed under (itself, or OVERFLOW_APP)
+        self.slots: dict[int, tuple[int, int, str, float]] = {}
+        self.apps: dict[str, _AppLearning] = {}  # live apps only (app_table)
         self.batches = 0
         self.batched_requests = 0
         # orloj_scheduler_decision_seconds (docs/metrics.md), sent in SchedulerStats
@@ -127,6 +149,7 @@ class _ModelQueue:
             inflation=self.inflation,
             **self.policy_params,
         )
+        self._own_app_limits()
         times = [t for t in profile.solo_times if t > 0 and math.isfinite(t)]
         mean = sum(times) / len(times)
         var = sum((t - mean) ** 2 for t in times) / len(times)
@@ -154,6 +177,7 @@ class _ModelQueue:
         self.policy = make_policy(self.policy_name, max_batch=self.spec.max_batch_size,
                                   inflation=inflation, step=float(step_s),
                                   **self.policy_params)  # fmt: skip
+        self._own_app_limits()
         mean, cov = step_prior(float(step_s), works)
         self.prior_mean = mean
         self.policy.set_default_distribution(Distribution.from_mean_cov(mean, cov))
@@ -164,6 +188,56 @@ class _ModelQueue:
                  "c(%d) = %.2f, prior mean %.1f steps (cov %.2f)", self.name,
                  self.policy_name, step_s * 1e3, len(inflation), inflation[-1],
                  mean / step_s, cov)  # fmt: skip
+
+    # ------------------------------------------------------------------ apps
+    def _own_app_limits(self) -> None:
+        """The policy's own app limits off: this table decides, and calls `forget_app`."""
+        limits = getattr(self.policy, "set_app_limits", None)
+        if limits is not None:
+            limits(0, 0)
+
+    def live_app(self, app, now: float):
+        """The live app that a request of `app` arriving at `now` is filed under: `app`,
+        admitted if there is room (after forgetting the idle apps that are due), else
+        OVERFLOW_APP."""
+        t = self.app_table
+        t.tick(now)
+        if app in t.index:
+            t.touch(app)
+            return app
+        if not t.has_room(app):
+            self.evict_idle(now)
+            if not t.has_room(app):
+                app = OVERFLOW_APP
+                if app in t.index:
+                    t.touch(app)
+                    return app
+        t.add(app)
+        return app
+
+    def evict_idle(self, now: float) -> int:
+        """Forgets every app with nothing in flight not seen for `app_idle_s`: its
+        learning record, its step record and its state in the policy. O(1) when none is
+        due; otherwise one pass over the requests in flight."""
+        t = self.app_table
+        t.tick(now)
+        in_flight = None
+
+        def busy(name, _index) -> bool:
+            nonlocal in_flight
+            if in_flight is None:
+                in_flight = {e[2] for e in self.slots.values()}
+            return name in in_flight
+
+        gone = t.sweep(busy)
+        forget = getattr(self.policy, "forget_app", None)
+        for name, _ in gone:
+            self.apps.pop(name, None)
+            if self.steps is not None:
+                self.steps.apps.pop(name, None)
+            if forget is not None:
+                forget(name)
+        return len(gone)
 
     def solo_times(self, b: int, exec_s: float, work: list | None) -> list[float] | None:
         """Per-member solo-time estimates for a finished batch, or None if it gives none."""
@@ -186,6 +260,8 @@ class _ModelQueue:
         from orloj_rt.engine import Distribution
 
         policy = self.policy
+        t = self.app_table  # an app in flight is live; one that is not is admitted
+        apps = [a if a in t.index else self.live_app(a, t.clock) for a in apps]
         policy.observe_batch(apps, exec_s)
         solos = self.solo_times(len(apps), exec_s, work)
         if solos is None:
@@ -211,6 +287,23 @@ class _ModelQueue:
             elif len(apps) > 1:  # a batch of one was learned by observe_batch
                 policy.observe_solo(app, t)
 
+    def _app_section(self, apps: dict) -> dict:
+        """The per-app part of the stats: at most STATS_MAX_APPS apps (the most samples
+        first, then by name), a count of the others, and the table's state."""
+        shown = apps
+        if len(apps) > STATS_MAX_APPS:
+            top = heapq.nsmallest(STATS_MAX_APPS, apps.items(),
+                                  key=lambda kv: (-kv[1]["samples"], kv[0]))  # fmt: skip
+            shown = dict(top)
+        t = self.app_table
+        return {
+            "apps": shown,
+            "apps_omitted": len(apps) - len(shown),  # apps with records not listed
+            "apps_live": len(t),  # the apps with state, the overflow app included
+            "max_apps": t.max_apps,
+            "apps_evicted": t.evicted,  # forgotten after being idle
+        }
+
     def stats(self) -> dict:
         if self.steps is not None:
             st = self.steps.stats()
@@ -224,7 +317,7 @@ class _ModelQueue:
                 "inflation_max": self.steps.inflation[-1],
                 "decision_s": self.decision_time.snapshot(),
                 "steps": st,
-                "apps": self.steps.app_stats(),
+                **self._app_section(self.steps.app_stats()),
             }
         return {
             "policy": self.policy_name,
@@ -234,14 +327,14 @@ class _ModelQueue:
             "prior_mean_ms": self.prior_mean * 1e3,
             "inflation_max": self.inflation[-1] if self.inflation else None,
             "decision_s": self.decision_time.snapshot(),  # bucket counts..., sum
-            "apps": {
+            **self._app_section({
                 app: {
                     "samples": st.samples,
                     "mean_solo_ms": st.sum / st.samples * 1e3 if st.samples else 0.0,
                     "source": "learned" if st.installed else "prior",
                 }
                 for app, st in self.apps.items()
-            },
+            }),
         }
 
 
@@ -331,6 +424,9 @@ class Scheduler:
             now = time.monotonic()
             if now >= self._next_stats:
                 self._next_stats = now + STATS_INTERVAL_S
+                for mq in self.models:
+                    if mq.policy is not None:
+                        mq.evict_idle(now)
                 self._send_stats()
                 self._watch_hangs(now)
         self._close()
@@ -442,6 +538,7 @@ class Scheduler:
 
     def _enqueue(self, mq: _ModelQueue, token, app, arrival, deadline, hint, slot, gen) -> None:
         try:
+            app = mq.live_app(app, arrival)
             mq.policy.enqueue(token, app, arrival, deadline, hint)
         except (ValueError, TypeError, KeyError) as exc:
             self._errors.append([token, f"the scheduler could not queue the request: {exc}"])
@@ -487,11 +584,13 @@ class Scheduler:
         apps = []
         for t in tokens:
             entry = mq.slots.pop(t, None)
-            apps.append(entry[2] if entry is not None else "default")
+            if entry is not None:
+                apps.append(entry[2])
         if msg.ok:
             mq.batches += 1
             mq.batched_requests += len(tokens)
-            mq.learn(apps, msg.exec_s, msg.work)
+            if len(apps) == len(tokens):  # else members were taken out: their apps unknown
+                mq.learn(apps, msg.exec_s, msg.work)
 
     def _on_step_progress(self, msg: msgs.StepProgress) -> None:
         if not 0 <= msg.model < len(self.models):

@@ -226,3 +226,46 @@ def test_orloj_step_does_not_take_a_member_about_to_finish_for_a_long_one():
     assert p.step_boundary(0.0, [seen_long]).ended == [1]
     # the steps it occupies after the boundary: the unseen one is not counted again
     assert law.stay(1, 8, 1) == pytest.approx(0.2 * 8 / 1.0, abs=0.1)
+
+
+def test_orloj_step_keeps_bounded_per_app_state(spread):
+    """Issue 19, item 3: apps beyond the cap share the overflow app and are served; an
+    app with nothing queued not seen for app_idle_s is forgotten when a new one comes."""
+    from orloj_rt.engine.apps import OVERFLOW_APP
+
+    p = build("orloj-step", spread, max_apps=4, app_idle_s=5.0)
+    for rid in range(30):
+        p.enqueue(rid, f"tenant-{rid}", 0.0, 50.0)
+    assert p.apps == ["tenant-0", "tenant-1", "tenant-2", OVERFLOW_APP]
+    served = []
+    running: list[RunningMember] = []
+    now = 0.0
+    while len(p):
+        d = p.step_boundary(now, running)
+        served += d.joined + d.dropped
+        running = []  # every member finishes at once
+        now += 0.01
+    assert sorted(served) == list(range(30))
+    p.observe_finished("tenant-29", 12)  # learns into the overflow app: no new app
+    assert len(p.apps) == 4
+    p.enqueue(100, "busy", 1.0, 100.0)  # no room: the overflow app's
+    p.enqueue(101, "fresh", 10.0, 100.0)  # every idle app is due: forgotten
+    assert set(p.apps) == {OVERFLOW_APP, "fresh"}  # the overflow app has one queued
+    assert p.apps_evicted == 3
+    assert not p.forget_app(OVERFLOW_APP)  # queued
+    d = p.step_boundary(10.0, [])
+    assert sorted(d.joined + d.dropped) == [100, 101]
+    assert p.forget_app("fresh") and p.apps == [OVERFLOW_APP]
+
+
+def test_orloj_step_state_does_not_grow_with_the_apps_seen(spread):
+    p = build("orloj-step", spread)
+    now = 0.0
+    for rid in range(5_000):
+        app = f"passing-{rid}"
+        p.enqueue(rid, app, now, now + 100.0)
+        assert p.step_boundary(now, []).joined == [rid]
+        p.observe_finished(app, 10)
+        now += 0.1
+    assert len(p.apps) <= p._apps.max_apps
+    assert len(p._dists) <= p._apps.max_apps and len(p._laws) <= p._apps.max_apps

@@ -30,6 +30,14 @@ When a worker is idle at time `now`:
 If no request reaches theta even alone, the one most likely to finish alone runs, so that
 an idle worker is never wasted on waiting (`fallback=False` turns this off).
 
+Apps. Any client names its app, so the apps a policy keeps state for are bounded
+(orloj_rt/engine/apps.py): at most `max_apps` live apps (default 256; beyond, requests
+share the overflow app "~other"), and an app with nothing queued that has not been seen
+for `app_idle_s` on the policy's clock (default 0: never; the runtime's scheduler forgets
+idle apps itself) is forgotten when a new app arrives, its index reused. A decision looks
+only at the apps with queued requests (`_active`), and a mixed batch's E[max] only at its
+members' apps, so its cost does not grow with the apps seen.
+
 The defaults, theta = 0.8 and epsilon = 0.1, come from the simulator's sweep
 (docs/results.md): theta 0.7 -> 0.8 trades a few batch members for fewer late ones, and a
 request with less than a 10% chance even alone only takes a worker from better bets.
@@ -37,9 +45,16 @@ request with less than a 10% chance even alone only takes a worker from better b
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
+from orloj_rt.engine.apps import (
+    DEFAULT_APP_IDLE_S,
+    DEFAULT_MAX_APPS,
+    OVERFLOW_APP,
+    AppTable,
+)
 from orloj_rt.engine.interface import Decision, Policy
 from orloj_rt.engine.pure.batch_model import (
     DEFAULT_ALPHA,
@@ -75,31 +90,78 @@ def make_inflation(max_batch: int, alpha: float, inflation) -> Inflation:
 class _AppCache:
     """Per-app numbers that only change when the app's distribution does."""
 
-    __slots__ = ("version", "qth", "emax")
+    __slots__ = ("version", "qth", "emax", "mix")
 
     def __init__(self) -> None:
         self.version = -1
         self.qth: list[float] = []  # qth[b] = F^-1(theta^(1/b))
         self.emax: list[float] = []  # emax[b] = E[max of b solo times]
+        self.mix: _MixTable | None = None  # for mixed batches, built on first need
 
 
-class _MixedTables:
-    """CDF powers on a shared set of points, for E[max] of batches that mix apps.
+_stamps = itertools.count(1)
 
-    The points are the grid's bin edges below the largest support end of any app, that
-    end, and the midpoints between them; Simpson's rule on each piece integrates
-    1 - prod_a F_a^n_a. Built only when a mixed batch is first scored after a change.
+
+class _MixTable:
+    """One app's CDF powers on the policy's fixed points, for E[max] of mixed batches.
+
+    The points are the grid's edges from 0 to hi and the midpoints between them
+    (`_points`); pow[n][j] = F(pts[j])^n, by repeated products, for n up to the largest
+    count of the app in a mix so far (`row`). Built when a mixed batch with this app is
+    first scored after its distribution changed; `stamp` is unique to each build, so that
+    a remembered E[max] of a mix can never outlive one of its tables.
     """
 
-    __slots__ = ("versions", "pts", "pow", "zero_until", "one_from", "memo")
+    __slots__ = ("version", "stamp", "f", "pow", "zero_until", "one_from", "top")
 
-    def __init__(self) -> None:
-        self.versions: tuple = ()
-        self.pts: list[float] = []
-        self.pow: list[list[list[float]] | None] = []  # pow[a][n][j] = F_a(pts[j])^n
-        self.zero_until: list[int] = []  # the last j with F_a(pts[j]) == 0, or -1
-        self.one_from: list[int] = []  # the first j with F_a(pts[j]) == 1
-        self.memo: dict[tuple[int, ...], float] = {}  # counts -> E[max], until a change
+    def __init__(self, d: Distribution, pts: list[float]) -> None:
+        f = self.f = [d._cdf(x) for x in pts]
+        self.pow = [[1.0] * len(pts)]
+        zu = -1
+        for j in range(len(pts)):
+            if f[j] <= 0.0:
+                zu = j
+        of = len(pts)  # F < 1 at the last point: never 1 on the points
+        for j in range(len(pts) - 1, -1, -1):
+            if f[j] >= 1.0:
+                of = j
+            else:
+                break
+        self.zero_until = zu  # the last j with F(pts[j]) == 0, or -1
+        self.one_from = of  # F == 1 at every point from this j on
+        self.top = d._bhi[d._last]  # the support's end
+        self.version = d.version
+        self.stamp = next(_stamps)
+
+    def row(self, n: int) -> list[float]:
+        rows = self.pow
+        f = self.f
+        while len(rows) <= n:
+            prev = rows[-1]
+            rows.append([prev[j] * f[j] for j in range(len(f))])
+        return rows[n]
+
+
+def _points(edges) -> list[float]:
+    """The grid's edges below inf (0, lo, ..., hi) and the midpoints between them."""
+    e = edges[:-1]
+    pts: list[float] = []
+    for i in range(len(e) - 1):
+        pts.append(e[i])
+        pts.append(0.5 * (e[i] + e[i + 1]))
+    pts.append(e[-1])
+    return pts
+
+
+def _rep_pow(x: float, n: int) -> float:
+    """x^n by n multiplications, as the tables' rows are built."""
+    p = 1.0
+    for _ in range(n):
+        p *= x
+    return p
+
+
+MEMO_CAP = 4096  # remembered mixes; a full memo starts afresh
 
 
 class OrlojPolicy(Policy):
@@ -116,6 +178,8 @@ class OrlojPolicy(Policy):
         epsilon: float = DEFAULT_EPSILON,
         fallback: bool = True,
         pools: bool = False,
+        max_apps: int = DEFAULT_MAX_APPS,
+        app_idle_s: float = DEFAULT_APP_IDLE_S,
     ):
         self._inflation = make_inflation(max_batch, alpha, inflation)
         self._c = self._inflation.table
@@ -125,15 +189,17 @@ class OrlojPolicy(Policy):
         self._fallback = bool(fallback)
         self._pools = bool(pools)
         self._troot = [0.0] + [self._theta ** (1.0 / b) for b in range(1, self._B + 1)]
-        self._app_index: dict[str, int] = {}
-        self._app_names: list[str] = []
+        self._apps = AppTable(max_apps, app_idle_s)
+        # per app index (a freed index holds None / an empty queue until reused)
         self._dists: list[Distribution | None] = []
         self._queues: list[RequestQueue] = []
         self._caches: list[_AppCache] = []
+        self._active: set[int] = set()  # the apps with queued requests
         self._where: dict[int, int] = {}
         self._default: Distribution | None = None
         self._grid: tuple | None = None
-        self._mixed = _MixedTables()
+        self._pts: list[float] = []  # the mixed tables' points (once a grid is known)
+        self._memo: dict[tuple, float] = {}  # mix -> E[max], see _mixed_emax
 
     # ---------------------------------------------------------------- configuration
     @property
@@ -154,7 +220,50 @@ class OrlojPolicy(Policy):
 
     @property
     def apps(self) -> list[str]:
-        return list(self._app_names)
+        """The live apps (those this policy keeps state for), in index order."""
+        return self._apps.live()
+
+    @property
+    def max_apps(self) -> int:
+        return self._apps.max_apps
+
+    @property
+    def app_idle_s(self) -> float:
+        return self._apps.idle_s
+
+    @property
+    def app_slots(self):
+        """App indices allocated, live or free: at most the most apps ever live at once."""
+        return len(self._apps.names)
+
+    @property
+    def active_apps(self):
+        """The apps with queued requests: the only ones a decision looks at."""
+        return len(self._active)
+
+    @property
+    def apps_evicted(self) -> int:
+        """How many apps were forgotten (idle, or `forget_app`)."""
+        return self._apps.evicted
+
+    def set_app_limits(self, max_apps: int, app_idle_s: float) -> None:
+        """New limits (orloj_rt/engine/apps.py); (0, 0) hands them to the caller, which
+        then forgets apps itself (`forget_app`), as the runtime's scheduler does."""
+        self._apps.set_limits(max_apps, app_idle_s)
+
+    def knows(self, app: str) -> bool:
+        """Whether `app` is live (has state of its own)."""
+        return app in self._apps
+
+    def forget_app(self, app: str) -> bool:
+        """Forgets `app` and all its state, if it is live and has nothing queued; says
+        whether it did."""
+        a = self._apps.get(app)
+        if a is None or len(self._queues[a]):
+            return False
+        self._apps.remove(app)
+        self._free(a)
+        return True
 
     def _check_grid(self, dist: Distribution) -> None:
         if not isinstance(dist, Distribution):
@@ -175,14 +284,18 @@ class OrlojPolicy(Policy):
         self._default = dist.copy()
 
     def set_distribution(self, app: str, dist: Distribution) -> None:
-        """Replaces `app`'s distribution with a copy of `dist`."""
+        """Replaces `app`'s distribution with a copy of `dist`; idle eviction spares it
+        from then on (it is pinned)."""
         self._check_grid(dist)
         a = self._app(app, create=True, need_dist=False)
         self._dists[a] = dist.copy()
+        name = self._apps.names[a]
+        if name == app:  # not filed under the overflow app
+            self._apps.pin(name)
 
     def distribution(self, app: str) -> Distribution:
         """A copy of `app`'s current distribution (the default prior for an unseen app)."""
-        a = self._app_index.get(app)
+        a = self._apps.get(app)
         if a is None and self._default is not None:
             return self._default.copy()
         if a is None or self._dists[a] is None:
@@ -190,7 +303,7 @@ class OrlojPolicy(Policy):
         return self._dists[a].copy()
 
     def _app(self, app: str, create: bool, need_dist: bool = True) -> int:
-        a = self._app_index.get(app)
+        a = self._apps.get(app)
         if a is None:
             if not create:
                 raise KeyError(f"unknown app {app!r}")
@@ -201,15 +314,44 @@ class OrlojPolicy(Policy):
                     f"no execution-time distribution for app {app!r}: call "
                     "set_distribution(app, dist) or set_default_distribution(dist) first"
                 )
-            a = len(self._app_names)
-            self._app_index[app] = a
-            self._app_names.append(app)
-            self._dists.append(self._default.copy() if self._default is not None else None)
-            self._queues.append(RequestQueue())
-            self._caches.append(_AppCache())
-        elif need_dist and self._dists[a] is None:
+            a = self._admit(app)
+        else:
+            self._apps.touch(app)
+        if need_dist and self._dists[a] is None:
             raise ValueError(f"no execution-time distribution for app {app!r}")
         return a
+
+    def _admit(self, app: str) -> int:
+        """A new app: its own state if there is room (after forgetting the idle apps that
+        are due), else the overflow app's."""
+        t = self._apps
+        for _, a in t.sweep(self._busy):
+            self._free(a)
+        if not t.has_room(app):
+            a = t.get(OVERFLOW_APP)
+            if a is not None:
+                t.touch(OVERFLOW_APP)
+                return a
+            app = OVERFLOW_APP
+        a = t.add(app)
+        dist = self._default.copy() if self._default is not None else None
+        if a == len(self._dists):
+            self._dists.append(dist)
+            self._queues.append(RequestQueue())
+            self._caches.append(_AppCache())
+        else:
+            self._dists[a] = dist
+        return a
+
+    def _busy(self, name: str, a: int) -> bool:
+        return len(self._queues[a]) > 0
+
+    def _free(self, a: int) -> None:
+        """Frees app index a's state (its queue is empty)."""
+        self._dists[a] = None
+        self._queues[a] = RequestQueue()
+        self._caches[a] = _AppCache()
+        self._active.discard(a)
 
     # ---------------------------------------------------------------- the queue
     def __len__(self) -> int:
@@ -218,7 +360,7 @@ class OrlojPolicy(Policy):
     def queued(self, app: str | None = None) -> int:
         if app is None:
             return len(self._where)
-        a = self._app_index.get(app)
+        a = self._apps.get(app)
         return 0 if a is None else len(self._queues[a])
 
     def enqueue(self, req_id, app, arrival, deadline, hint=None) -> None:
@@ -235,15 +377,20 @@ class OrlojPolicy(Policy):
         req_id = int(req_id)
         if req_id in self._where:
             raise ValueError(f"request id {req_id} is already queued")
+        self._apps.tick(arrival)
         a = self._app(app, create=True)
         self._queues[a].push(req_id, deadline)
         self._where[req_id] = a
+        self._active.add(a)
 
     def remove(self, req_id) -> None:
         a = self._where.pop(req_id, None)
         if a is None:
             raise KeyError(f"unknown request id {req_id!r}: it is not queued")
-        self._queues[a].remove(req_id)
+        q = self._queues[a]
+        q.remove(req_id)
+        if not len(q):
+            self._active.discard(a)
 
     # ---------------------------------------------------------------- learning
     def observe_solo(self, app: str, solo_time: float) -> None:
@@ -286,14 +433,13 @@ class OrlojPolicy(Policy):
         now = float(now)
         if not math.isfinite(now):
             raise ValueError(f"now must be finite, got {now!r}")
+        self._apps.tick(now)
         c1 = self._c[0]
         eps = self._epsilon
         dropped: list[int] = []
         present: list[int] = []
-        for a in range(len(self._queues)):
+        for a in sorted(self._active):  # app order, as the compiled engine's
             q = self._queues[a]
-            if len(q) == 0:
-                continue
             self._refresh(a)
             d = self._dists[a]
             while len(q):
@@ -306,6 +452,8 @@ class OrlojPolicy(Policy):
                     break
             if len(q):
                 present.append(a)
+            else:
+                self._active.discard(a)
         if not present:
             return Decision([], dropped, [])
 
@@ -321,8 +469,11 @@ class OrlojPolicy(Policy):
         if not best and self._fallback:
             best = self._most_likely_alone(present, now)
         for _, rid, a in best:
-            self._queues[a].remove(rid)
+            q = self._queues[a]
+            q.remove(rid)
             del self._where[rid]
+            if not len(q):
+                self._active.discard(a)
         return Decision([rid for _, rid, _ in best], dropped, [])
 
     def _candidates(self, b: int, cb: float, present: list[int], now: float):
@@ -358,10 +509,10 @@ class OrlojPolicy(Policy):
             yield cands[:b]
 
     def _score(self, members, b: int, cb: float, now: float) -> float:
-        counts = [0] * len(self._queues)
+        counts: dict[int, int] = {}
         for _, _, a in members:
-            counts[a] += 1
-        apps = [a for a in range(len(counts)) if counts[a]]
+            counts[a] = counts.get(a, 0) + 1
+        apps = sorted(counts)
         e_fin = 0.0
         if len(apps) == 1:
             d = self._dists[apps[0]]
@@ -375,7 +526,7 @@ class OrlojPolicy(Policy):
                 for a in apps:
                     p *= ipow(self._dists[a]._cdf(x), counts[a])
                 e_fin += p
-            e_max = self._mixed_emax(counts)
+            e_max = self._mixed_emax(apps, counts)
         e_t = cb * e_max
         if not (e_t > 0.0):
             e_t = 1e-300
@@ -395,96 +546,83 @@ class OrlojPolicy(Policy):
         return best
 
     # ---------------------------------------------------------------- mixed batches
-    def _mixed_emax(self, counts: list[int]) -> float:
-        mt = self._mixed
-        versions = tuple(-1 if d is None else d.version for d in self._dists)
-        if mt.versions != versions:
-            self._build_mixed(versions)
-        memo_key = tuple(counts)
-        total = mt.memo.get(memo_key)
+    # E[max] of a batch that mixes apps: Simpson's rule for the integral of
+    # 1 - prod_a F_a^n_a on the grid's edges below the mix's support end X (the largest of
+    # its apps'), X itself, and the midpoints between them. Every piece but the last is a
+    # whole bin, whose points every app tabulates once (_MixTable); the last, [edge, X],
+    # is computed for the mix. Only the mix's own apps are looked at.
+    def _mix_table(self, a: int) -> _MixTable:
+        cache = self._caches[a]
+        d = self._dists[a]
+        mt = cache.mix
+        if mt is None or mt.version != d.version:
+            d._ready()
+            if not self._pts:
+                self._pts = _points(d.edges)
+            mt = cache.mix = _MixTable(d, self._pts)
+        return mt
+
+    def _mixed_emax(self, apps: list[int], counts: dict[int, int]) -> float:
+        tabs = [self._mix_table(a) for a in apps]
+        key = tuple((a, counts[a], t.stamp) for a, t in zip(apps, tabs, strict=True))
+        total = self._memo.get(key)
         if total is None:
-            total = mt.memo[memo_key] = self._mixed_emax_sum(counts)
+            if len(self._memo) >= MEMO_CAP:
+                self._memo = {}
+            total = self._memo[key] = self._mixed_emax_sum(apps, counts, tabs)
         return total
 
-    def _mixed_emax_sum(self, counts: list[int]) -> float:
-        mt = self._mixed
-        pts = mt.pts
-        npts = len(pts)
+    def _mixed_emax_sum(self, apps: list[int], counts: dict[int, int], tabs) -> float:
+        pts = self._pts
+        top = 0.0
         zero_until = -1
         one_from = 0
-        for a, n in enumerate(counts):
-            if n:
-                if mt.zero_until[a] > zero_until:
-                    zero_until = mt.zero_until[a]
-                if mt.one_from[a] > one_from:
-                    one_from = mt.one_from[a]
+        for t in tabs:
+            if t.top > top:
+                top = t.top
+            if t.zero_until > zero_until:
+                zero_until = t.zero_until
+            if t.one_from > one_from:
+                one_from = t.one_from
+        edges = len(pts) // 2 + 1
+        nk = 0  # the grid's edges below the support's end
+        while nk < edges and pts[2 * nk] < top:
+            nk += 1
+        if nk == 0:
+            return 0.0
+        last = nk - 1
+        rows = [t.row(counts[a]) for a, t in zip(apps, tabs, strict=True)]
         total = 0.0
-        j = 0
-        while j + 2 < npts:
+        for m in range(last):
+            j = 2 * m
             h = pts[j + 2] - pts[j]
             if j + 2 <= zero_until:
                 total += h
             elif j >= one_from:
-                break
+                return total
             else:
                 g0 = 1.0
                 gm = 1.0
                 g2 = 1.0
-                for a, n in enumerate(counts):
-                    if n:
-                        row = mt.pow[a][n]
-                        g0 *= row[j]
-                        gm *= row[j + 1]
-                        g2 *= row[j + 2]
+                for row in rows:
+                    g0 *= row[j]
+                    gm *= row[j + 1]
+                    g2 *= row[j + 2]
                 total += h / 6.0 * ((1.0 - g0) + 4.0 * (1.0 - gm) + (1.0 - g2))
-            j += 2
+        j = 2 * last
+        if j >= one_from:
+            return total
+        x0 = pts[j]
+        mid = 0.5 * (x0 + top)
+        h = top - x0
+        g0 = 1.0
+        gm = 1.0
+        g2 = 1.0
+        for a, row in zip(apps, rows, strict=True):
+            d = self._dists[a]
+            n = counts[a]
+            g0 *= row[j]
+            gm *= _rep_pow(d._cdf(mid), n)
+            g2 *= _rep_pow(d._cdf(top), n)
+        total += h / 6.0 * ((1.0 - g0) + 4.0 * (1.0 - gm) + (1.0 - g2))
         return total
-
-    def _build_mixed(self, versions: tuple) -> None:
-        mt = self._mixed
-        x_end = 0.0
-        edges: tuple[float, ...] = ()
-        for d in self._dists:
-            if d is not None and d.samples_added:
-                d._ready()
-                edges = d.edges
-                top = d._bhi[d._last]
-                if top > x_end:
-                    x_end = top
-        nodes = [e for e in edges if e < x_end]
-        nodes.append(x_end)
-        pts: list[float] = []
-        for i in range(len(nodes) - 1):
-            pts.append(nodes[i])
-            pts.append(0.5 * (nodes[i] + nodes[i + 1]))
-        pts.append(nodes[-1])
-        mt.pts = pts
-        mt.pow = []
-        mt.zero_until = []
-        mt.one_from = []
-        for d in self._dists:
-            if d is None or not d.samples_added:
-                mt.pow.append(None)
-                mt.zero_until.append(-1)
-                mt.one_from.append(0)
-                continue
-            f = [d._cdf(x) for x in pts]
-            rows = [[1.0] * len(pts)]
-            for _ in range(self._B):
-                prev = rows[-1]
-                rows.append([prev[j] * f[j] for j in range(len(pts))])
-            mt.pow.append(rows)
-            zu = -1
-            of = len(pts) - 1
-            for j in range(len(pts)):
-                if f[j] <= 0.0:
-                    zu = j
-            for j in range(len(pts) - 1, -1, -1):
-                if f[j] >= 1.0:
-                    of = j
-                else:
-                    break
-            mt.zero_until.append(zu)
-            mt.one_from.append(of)
-        mt.versions = versions
-        mt.memo = {}
