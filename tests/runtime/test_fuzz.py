@@ -6,8 +6,10 @@ the server stays alive (same frontend, answering health).
 Among them (issue 19): frames far beyond any model's size but under --max-frame-bytes
 (answered `error` on the same connection), valid requests from a flood of distinct apps,
 and, on a second socket with a routing id, frames above --max-frame-bytes sent behind
-valid requests: ZeroMQ drops that connection, and every valid request still gets its
-one reply after the reconnect.
+valid requests still running: ZeroMQ drops that connection, and every one of them still
+gets its one reply after the reconnect. (A reply that ZeroMQ had already taken for the
+connection when it dropped is lost with it: docs/protocol.md, "Frame size". Here the
+replies come 150 ms after the drop.)
 
 The seed is printed; `ORLOJ_RT_FUZZ_SEED=N` replays a run, `ORLOJ_RT_FUZZ_N` changes
 the number of malformed messages.
@@ -31,7 +33,8 @@ from .helpers import running_server
 N_MALFORMED = int(os.environ.get("ORLOJ_RT_FUZZ_N", "10000"))
 MAX_FRAME = 1 << 20  # the fuzzed server's --max-frame-bytes
 ROGUE_ROUNDS = 8  # rounds of (valid requests, then a frame above MAX_FRAME) on a 2nd socket
-ROGUE_VALID = 32
+ROGUE_VALID = 2  # `sleep` requests (its ring holds 3), each running ROGUE_SLEEP_MS
+ROGUE_SLEEP_MS = 150.0
 VALID_EVERY = 8  # about one valid request per this many malformed ones
 WINDOW = 128  # messages in flight
 TIMEOUT_S = 120.0
@@ -248,9 +251,10 @@ def test_fuzzed_messages_get_exactly_one_reply_and_the_server_serves_on(tmp_path
 
 
 def _rogue_rounds(endpoint: str, fz: Fuzzer) -> int:
-    """ROGUE_ROUNDS times: ROGUE_VALID valid requests, then a frame above --max-frame-bytes
-    (ZeroMQ drops the connection unread); each valid request gets exactly one `ok`, after
-    the socket reconnects with its routing id. Returns the number of `ok` replies."""
+    """ROGUE_ROUNDS times: ROGUE_VALID `sleep` requests, then a frame above
+    --max-frame-bytes (ZeroMQ drops the connection unread while they run); each gets
+    exactly one `ok`, after the socket reconnects with its routing id. Returns the number
+    of `ok` replies."""
     import zmq
 
     from orloj_rt.runtime.wire import new_routing_id
@@ -263,12 +267,13 @@ def _rogue_rounds(endpoint: str, fz: Fuzzer) -> int:
     try:
         for _ in range(ROGUE_ROUNDS):
             want = {}
-            while len(want) < ROGUE_VALID:
-                frames, _d, _k, x = fz.valid()
-                if x is None:  # a control op: keep to infer requests here
-                    continue
-                want[msgpack.unpackb(frames[0])["id"]] = x
-                sock.send_multipart([b"", *frames])
+            for _ in range(ROGUE_VALID):
+                rid = fz.rid()
+                x = np.array(ROGUE_SLEEP_MS, np.float32)
+                h = {"v": 1, "id": rid, "model": "sleep", "slo_ms": 60000.0,
+                     "inputs": [{"name": "ms", "dtype": "float32", "shape": []}]}  # fmt: skip
+                want[rid] = x.reshape(1)
+                sock.send_multipart([b"", _pack(h), x.tobytes()])
             big = fz.valid_header(fz.rid())
             sock.send_multipart([b"", _pack(big), b"\0" * (MAX_FRAME + 1)])
             deadline = time.monotonic() + 30

@@ -19,14 +19,17 @@ from orloj_rt.runtime.wire import MAX_APP_LEN
 from tests.runtime.helpers import running_server
 
 N_VALID = 400
-SLEEP_MS = 20.0  # per batch of 32: the valid requests are in flight for ~0.25 s
+# per batch of 64: the valid requests are in flight for ~0.7 s, and the first reply comes
+# 100 ms after the last send, well after ZeroMQ has dropped the connection (a reply that
+# ZeroMQ has taken for a connection and not yet written when it drops is lost with it)
+SLEEP_MS = 100.0
 
 
 def _repo(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "sleep.toml").write_text(
-        'builtin = "sleep"\nring_slots = 512\nmax_batch_size = 32\ndefault_slo_ms = 60000.0\n'
+        'builtin = "sleep"\nring_slots = 512\nmax_batch_size = 64\ndefault_slo_ms = 60000.0\n'
     )
     return repo
 
