@@ -518,8 +518,8 @@ class KServeApp:
         if req_id is not None and not isinstance(req_id, str):  # as Triton: a string
             raise HttpError(400, f"\"id\" must be a string, got {_brief(req_id)}")
         inputs = _parse_inputs(doc, binary)
-        params = doc.get("parameters") or {}
-        if not isinstance(params, dict):
+        params = doc.get("parameters", {})
+        if not isinstance(params, dict):  # [] and "" too: not an object
             raise HttpError(400, "\"parameters\" must be a JSON object")
         selected, binary_out = _requested_outputs(doc, params, spec)
         n, members = _members(spec, inputs)

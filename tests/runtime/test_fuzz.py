@@ -17,6 +17,7 @@ the number of malformed messages.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -327,3 +328,120 @@ def _exchange(sock, messages: list) -> list:
     receive(500)  # a duplicate would arrive now
     assert len(replies) == len(messages), f"{len(replies)} replies to {len(messages)}"
     return replies
+
+
+# ---------------------------------------------------------------------- HTTP (KServe v2)
+N_HTTP = int(os.environ.get("ORLOJ_RT_FUZZ_HTTP_N", "3000"))
+
+
+class JsonFuzzer:
+    """Malformed KServe v2 JSON bodies (and a valid one now and then) for /infer."""
+
+    def __init__(self, seed: int):
+        self.r = random.Random(seed)
+
+    def valid(self, x: list[float]) -> dict:
+        return {"id": "ok", "inputs": [{"name": "x", "datatype": "FP32", "shape": [4],
+                                        "data": x}]}  # fmt: skip
+
+    def malformed(self) -> tuple[str, bytes]:
+        r = self.r
+        body = self.valid([1.0, 2.0, 3.0, 4.0])
+        kind = r.choice(["truncated", "garbage", "deep", "wrong_type", "shape", "missing",
+                         "model_keys", "tokens", "huge_number", "params"])  # fmt: skip
+        if kind == "truncated":
+            text = json.dumps(body)
+            return kind, text[: r.randrange(len(text))].encode()
+        if kind == "garbage":
+            return kind, r.randbytes(r.randint(0, 200))
+        if kind == "deep":
+            d = r.choice([100, 1000, 100_000])
+            return kind, ("[" * d + "]" * d).encode() if r.random() < 0.5 else (
+                '{"inputs": ' + "[" * d + "]" * d + "}").encode()  # fmt: skip
+        if kind == "wrong_type":
+            body["inputs"][0]["data"] = r.choice(
+                [[True] * 4, ["1", "2", "3", "4"], [1e300] * 4, [[1, 2], [3]], None, "x"])
+        elif kind == "shape":
+            body["inputs"][0]["shape"] = r.choice([[5], [-1], [2**40], "4", [4.5], []])
+        elif kind == "missing":
+            body = r.choice([{}, {"inputs": []}, {"inputs": [{}]}, {"id": 1}])
+        elif kind == "model_keys":
+            body["inputs"][0][r.choice(["datatype", "name"])] = r.choice([5, None, "X", []])
+        elif kind == "tokens":
+            return kind, b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], ' \
+                b'"data": [NaN, Infinity, -Infinity, 1]}]}'  # fmt: skip
+        elif kind == "huge_number":
+            return kind, ('{"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], '
+                          '"data": [1' + "0" * 5000 + ", 1, 1, 1]}]}").encode()  # fmt: skip
+        else:  # params
+            body["parameters"] = r.choice([{"slo_ms": -1}, {"slo_ms": "x"}, {"app": 5},
+                                           {"app": "a" * 70_000}, {"hint": [1]}, []])  # fmt: skip
+        return kind, json.dumps(body).encode()
+
+
+def _http_counts(metrics_url: str) -> int:
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    return int(sum(s.value for fam in text_string_to_metric_families(text)
+                   if fam.name == "orloj_http_requests" for s in fam.samples
+                   if s.name == "orloj_http_requests_total"))  # fmt: skip
+
+
+def test_fuzzed_http_json_gets_one_answer_each_and_never_a_500(tmp_path):
+    """N_HTTP malformed KServe v2 JSON bodies (truncated, garbage, deep nesting, wrong
+    types and shapes, huge numbers, bad parameters) interleaved with valid ones on
+    keep-alive connections: each gets exactly one HTTP response, 4xx for the malformed,
+    200 with the right output for the valid (and for NaN / Infinity tokens); no 500;
+    every response is counted in orloj_http_requests_total; the server serves on."""
+    import http.client
+    import re
+
+    seed = int(os.environ.get("ORLOJ_RT_FUZZ_SEED", random.SystemRandom().randrange(2**32)))
+    print(f"\nhttp fuzz seed: {seed} (replay: ORLOJ_RT_FUZZ_SEED={seed})")
+    fz = JsonFuzzer(seed)
+    with running_server(tmp_path, "--http-port", "0", "--metrics-port", "0",
+                        light=True) as server:  # fmt: skip
+        port = int(re.search(r"; http http://127\.0\.0\.1:(\d+)", server.ready_line).group(1))
+        metrics = re.search(r"; metrics (http://[^;)]+)", server.ready_line).group(1)
+        before = _http_counts(metrics)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        codes: dict = {}
+        t_end = time.monotonic() + TIMEOUT_S
+        try:
+            for i in range(N_HTTP + N_HTTP // VALID_EVERY):
+                assert time.monotonic() < t_end, f"{i} requests in {TIMEOUT_S} s"
+                if i % VALID_EVERY == 0:
+                    x = [fz.r.uniform(-1e3, 1e3) for _ in range(4)]
+                    kind, body = "valid", json.dumps(fz.valid(x)).encode()
+                else:
+                    kind, body = fz.malformed()
+                    x = None
+                conn.request("POST", "/v2/models/noop/infer", body=body,
+                             headers={"Content-Type": "application/json"})  # fmt: skip
+                resp = conn.getresponse()
+                data = resp.read()
+                codes.setdefault(kind, {}).setdefault(resp.status, 0)
+                codes[kind][resp.status] += 1
+                if kind == "valid":
+                    assert resp.status == 200, (resp.status, data[:300])
+                    out = json.loads(data)["outputs"][0]["data"]
+                    assert np.allclose(out, np.float32(x)), (out, x)
+                elif kind == "tokens":  # NaN / Infinity: FP32 values Triton's parser takes
+                    assert resp.status == 200, (resp.status, data[:300])
+                else:
+                    assert 400 <= resp.status < 500, (kind, resp.status, body[:200], data[:300])
+                if resp.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        finally:
+            conn.close()
+        sent = sum(sum(v.values()) for v in codes.values())
+        time.sleep(0.2)
+        assert _http_counts(metrics) - before == sent
+        with Client(server.endpoint, timeout_s=10) as c:
+            assert c.infer("noop", {"x": np.ones(4, np.float32)}).ok
+    print(f"http fuzz: {sent} requests; status codes by kind: {codes}")
