@@ -8,30 +8,13 @@ for a batch (round robin over the models with queued work, so that no model star
 sends the batch's ring slots to that worker. Requests a policy drops or rejects go back to
 the frontend in one `Discard` per scheduling pass.
 
-Learning, per model:
-- c(b), the batch inflation, comes from the first worker's warm-up profile; the policy is
-  built with it when that worker is ready (requests that arrive earlier wait).
-- The prior execution-time distribution comes from the warm-up's solo times (a lognormal
-  with their mean and spread). Every app starts from it.
-- Each finished batch gives per-request solo times: from the model's per-request work
-  report where it has one (solo_i = T / c(b) * (a + k w_i) / (a + k max w), with a, k
-  fitted at warm-up), else only from batches of one (solo = T / c(1)).
-- An app keeps the prior until it has `MIN_APP_SAMPLES` solo times of its own; then its
-  learned distribution replaces the prior in the policy, and later samples go to the
-  policy directly (`observe_solo`). `observe_batch` is called for every batch, for the
-  policies that learn from batch times (OrlojPolicy learns batches of one through it).
+What it decides and learns lives in the serving core (orloj_rt/serving/: `ServingCore`,
+one `ModelCore` per model), which has no IO and no clock; this process translates
+messages into the core's calls and its results into messages, and owns what is IO: the
+channels, the poll loop, the hang watch and the stats tick. The simulator drives the same
+core on a virtual clock.
 
-Apps (docs/runtime.md#apps): any client names its app, so the per-app state of a model
-(the policy's, and the learning records and stats here) is bounded by one `AppTable` per
-model, owned here: at most `max_apps` live apps (`--max-apps`, default 256, the overflow
-app included); beyond, a new app's requests are filed under the overflow app "~other" and
-served like any others. An app with nothing in flight (queued or running) that has not
-been seen for `app_idle_s` (60 s) is forgotten everywhere: here, and in the policy
-(`forget_app`; the policy's own limits are switched off, so that the two never disagree).
-The sweep runs once per stats tick, and when a new app finds the table full. The `stats`
-reply lists at most `STATS_MAX_APPS` apps per model, the busiest, and counts the others.
-
-Step-level batching (runtime/step_scheduling.py): a model with steps under a step policy
+Step-level batching (serving/steps.py): a model with steps under a step policy
 (orloj-step, fcfs-step, ...) is not dispatched in batches. Each worker runs its members
 step by step and reports every boundary (`StepProgress`) without waiting; the model's
 `StepCoordinator` asks the step policy about the worker's next boundary and sends the
@@ -52,9 +35,7 @@ step members and has said nothing for `hang_timeout_s`) is reported to the super
 
 from __future__ import annotations
 
-import heapq
 import logging
-import math
 import os
 import select
 import socket
@@ -62,293 +43,34 @@ import time
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle
 
-from orloj_rt.engine.apps import DEFAULT_MAX_APPS, OVERFLOW_APP, RUNTIME_APP_IDLE_S, AppTable
 from orloj_rt.runtime import messages as msgs
 from orloj_rt.runtime.channel import Channel, ChannelClosed
-from orloj_rt.runtime.metrics import DECISION_BUCKETS_S, MAX_APPS_PER_MODEL, Histogram
 from orloj_rt.runtime.proc import InstanceConfig, child_main, send_to_parent, settle_memory
-from orloj_rt.runtime.step_scheduling import (
-    StepCoordinator,
-    serving_mode,
-    step_prior,
-)
+from orloj_rt.serving.core import Dispatch, ServingCore
+from orloj_rt.serving.learning import MIN_APP_SAMPLES  # noqa: F401 - re-exported for tests
+from orloj_rt.serving.model import STATS_MAX_APPS  # noqa: F401 - re-exported for tests
 
 log = logging.getLogger("orloj_rt.scheduler")
 
-MIN_APP_SAMPLES = 32  # solo times an app needs before its own distribution replaces the prior
-PRIOR_MIN_COV = 0.05  # a prior is never sharper than this (warm-up sees few inputs)
 STATS_INTERVAL_S = 1.0
 MIN_WAKEUP_MS = 0.2  # a policy whose wake-up time has passed cannot make the loop spin
 EXPIRE_SWEEP_S = 0.05  # while no worker is ready: how often expired requests are dropped
-#: the `stats` reply's per-app section lists this many apps per model at most (the most
-#: samples first, then by name) and counts the others, as /metrics caps its app labels
-STATS_MAX_APPS = MAX_APPS_PER_MODEL
 #: while a worker runs members step by step, its reports are read this often (and whenever
 #: something else wakes the scheduler), not as each arrives: see `_update_quiet`
 STEP_TICK_S = 0.001
 
 
-class _AppLearning:
-    __slots__ = ("samples", "learned", "installed", "sum", "last")
-
-    def __init__(self, distribution_cls) -> None:
-        self.samples = 0
-        self.learned = distribution_cls()  # until installed in the policy
-        self.installed = False
-        self.sum = 0.0
-        self.last = 0.0
-
-
-class _ModelQueue:
-    """One model's policy, its queued requests' ring slots, and what was learned."""
-
-    def __init__(self, index: int, entry, config: InstanceConfig):
-        self.index = index
-        self.spec = entry.spec
-        self.name = entry.spec.name
-        self.policy_name, self.step_level = serving_mode(entry.spec, config.policy)
-        if self.policy_name != config.policy:
-            log.info("model %s has no steps: policy %s serves it in whole batches as %s",
-                     self.name, config.policy, self.policy_name)  # fmt: skip
-        params = dict(config.policy_params)
-        # scheduler options carried with the policy's parameters (`--max-apps`); the rest
-        # go to the policy
-        self.app_table = AppTable(params.pop("max_apps", DEFAULT_MAX_APPS),
-                                  params.pop("app_idle_s", RUNTIME_APP_IDLE_S))  # fmt: skip
-        self.policy_params = params
-        self.policy = None  # built when the first worker's profile arrives
-        self.steps: StepCoordinator | None = None  # step-level batching (step_level)
-        self.workers = len(config.devices)
-        self.inflation: list[float] = []
-        self.work_fit: tuple[float, float] | None = None
-        self.prior_mean = 0.0
-        self.waiting: list = []  # descriptors that arrived before any worker was ready
-        # token -> (slot, generation, app, deadline), queued or running; `app` is the live
-        # app it is filed under (itself, or OVERFLOW_APP)
-        self.slots: dict[int, tuple[int, int, str, float]] = {}
-        self.apps: dict[str, _AppLearning] = {}  # live apps only (app_table)
-        self.batches = 0
-        self.batched_requests = 0
-        # orloj_scheduler_decision_seconds (docs/metrics.md), sent in SchedulerStats
-        self.decision_time = Histogram(DECISION_BUCKETS_S)
-
-    def configure(self, profile: msgs.ModelProfile) -> None:
-        from orloj_rt.engine import Distribution
-        from orloj_rt.policies import make_policy
-
-        self.inflation = [float(c) for c in profile.inflation]
-        if profile.work_fit is not None:
-            a, k = profile.work_fit
-            self.work_fit = (float(a), float(k))
-        if self.step_level:
-            self._configure_steps(profile)
-            return
-        self.policy = make_policy(
-            self.policy_name,
-            max_batch=self.spec.max_batch_size,
-            inflation=self.inflation,
-            **self.policy_params,
-        )
-        self._own_app_limits()
-        times = [t for t in profile.solo_times if t > 0 and math.isfinite(t)]
-        mean = sum(times) / len(times)
-        var = sum((t - mean) ** 2 for t in times) / len(times)
-        cov = max(math.sqrt(var) / mean, PRIOR_MIN_COV)
-        self.prior_mean = mean
-        self.policy.set_default_distribution(Distribution.from_mean_cov(mean, cov))
-        log.info(
-            "model %s: policy %s, prior mean %.3f ms (cov %.2f), c(%d) = %.2f%s",
-            self.name, self.policy_name, mean * 1e3, cov, len(self.inflation),
-            self.inflation[-1],
-            f", solo ~ {self.work_fit[0] * 1e3:.3f} + {self.work_fit[1] * 1e3:.3f} ms/unit"
-            if self.work_fit else "",
-        )  # fmt: skip
-
-    def _configure_steps(self, profile: msgs.ModelProfile) -> None:
-        """The step policy, from the warm-up's step profile: the solo time of one step is
-        the policy's `step`, c(b) of a step its inflation, the examples' steps its prior."""
-        from orloj_rt.engine import Distribution
-        from orloj_rt.policies import make_policy
-
-        if not profile.steps:
-            raise ValueError(f"model {self.name}: the worker sent no step profile")
-        step_s, inflation, works = profile.steps
-        inflation = [float(c) for c in inflation]
-        self.policy = make_policy(self.policy_name, max_batch=self.spec.max_batch_size,
-                                  inflation=inflation, step=float(step_s),
-                                  **self.policy_params)  # fmt: skip
-        self._own_app_limits()
-        mean, cov = step_prior(float(step_s), works)
-        self.prior_mean = mean
-        self.policy.set_default_distribution(Distribution.from_mean_cov(mean, cov))
-        self.steps = StepCoordinator(self.name, self.index, self.policy, self.slots,
-                                     float(step_s), inflation, self.work_fit,
-                                     self.workers)  # fmt: skip
-        log.info("model %s: step-level batching, policy %s, one step %.3f ms alone, "
-                 "c(%d) = %.2f, prior mean %.1f steps (cov %.2f)", self.name,
-                 self.policy_name, step_s * 1e3, len(inflation), inflation[-1],
-                 mean / step_s, cov)  # fmt: skip
-
-    # ------------------------------------------------------------------ apps
-    def _own_app_limits(self) -> None:
-        """The policy's own app limits off: this table decides, and calls `forget_app`."""
-        limits = getattr(self.policy, "set_app_limits", None)
-        if limits is not None:
-            limits(0, 0)
-
-    def live_app(self, app, now: float):
-        """The live app that a request of `app` arriving at `now` is filed under: `app`,
-        admitted if there is room (after forgetting the idle apps that are due), else
-        OVERFLOW_APP."""
-        t = self.app_table
-        t.tick(now)
-        if app in t.index:
-            t.touch(app)
-            return app
-        if not t.has_room(app):
-            self.evict_idle(now)
-            if not t.has_room(app):
-                app = OVERFLOW_APP
-                if app in t.index:
-                    t.touch(app)
-                    return app
-        t.add(app)
-        return app
-
-    def evict_idle(self, now: float) -> int:
-        """Forgets every app with nothing in flight not seen for `app_idle_s`: its
-        learning record, its step record and its state in the policy. O(1) when none is
-        due; otherwise one pass over the requests in flight."""
-        t = self.app_table
-        t.tick(now)
-        in_flight = None
-
-        def busy(name, _index) -> bool:
-            nonlocal in_flight
-            if in_flight is None:
-                in_flight = {e[2] for e in self.slots.values()}
-            return name in in_flight
-
-        gone = t.sweep(busy)
-        forget = getattr(self.policy, "forget_app", None)
-        for name, _ in gone:
-            self.apps.pop(name, None)
-            if self.steps is not None:
-                self.steps.apps.pop(name, None)
-            if forget is not None:
-                forget(name)
-        return len(gone)
-
-    def solo_times(self, b: int, exec_s: float, work: list | None) -> list[float] | None:
-        """Per-member solo-time estimates for a finished batch, or None if it gives none."""
-        c = self.inflation[b - 1] if b <= len(self.inflation) else self.inflation[-1]
-        if work is not None and len(work) == b:
-            top = max(work)
-            if top <= 0:
-                return None
-            a, k = self.work_fit if self.work_fit is not None else (0.0, 1.0)
-            base = exec_s / c
-            denom = a + k * top
-            if denom <= 0:
-                return None
-            return [base * (a + k * w) / denom for w in work]
-        if b == 1:
-            return [exec_s / c]
-        return None
-
-    def learn(self, apps: list[str], exec_s: float, work: list | None) -> None:
-        from orloj_rt.engine import Distribution
-
-        policy = self.policy
-        t = self.app_table  # an app in flight is live; one that is not is admitted
-        apps = [a if a in t.index else self.live_app(a, t.clock) for a in apps]
-        policy.observe_batch(apps, exec_s)
-        solos = self.solo_times(len(apps), exec_s, work)
-        if solos is None:
-            return
-        for app, t in zip(apps, solos, strict=True):
-            if not (t > 0 and math.isfinite(t)):
-                continue
-            st = self.apps.get(app)
-            if st is None:
-                st = self.apps[app] = _AppLearning(Distribution)
-            st.samples += 1
-            st.sum += t
-            st.last = t
-            if not st.installed:
-                st.learned.add(t)
-                if st.samples >= MIN_APP_SAMPLES:
-                    policy.set_distribution(app, st.learned)
-                    st.installed = True
-                    st.learned = None
-                    log.info("model %s app %s: learned distribution replaces the prior "
-                             "(%d samples, mean %.3f ms)", self.name, app, st.samples,
-                             st.sum / st.samples * 1e3)  # fmt: skip
-            elif len(apps) > 1:  # a batch of one was learned by observe_batch
-                policy.observe_solo(app, t)
-
-    def _app_section(self, apps: dict) -> dict:
-        """The per-app part of the stats: at most STATS_MAX_APPS apps (the most samples
-        first, then by name), a count of the others, and the table's state."""
-        shown = apps
-        if len(apps) > STATS_MAX_APPS:
-            top = heapq.nsmallest(STATS_MAX_APPS, apps.items(),
-                                  key=lambda kv: (-kv[1]["samples"], kv[0]))  # fmt: skip
-            shown = dict(top)
-        t = self.app_table
-        return {
-            "apps": shown,
-            "apps_omitted": len(apps) - len(shown),  # apps with records not listed
-            "apps_live": len(t),  # the apps with state, the overflow app included
-            "max_apps": t.max_apps,
-            "apps_evicted": t.evicted,  # forgotten after being idle
-        }
-
-    def stats(self) -> dict:
-        if self.steps is not None:
-            st = self.steps.stats()
-            return {
-                "queued": (len(self.policy) if self.policy is not None else 0)
-                + len(self.waiting),
-                "policy": self.policy_name,
-                "batches": st["steps"],  # steps, for a step-level model
-                "mean_batch_size": st["mean_members"],
-                "prior_mean_ms": self.prior_mean * 1e3,
-                "inflation_max": self.steps.inflation[-1],
-                "decision_s": self.decision_time.snapshot(),
-                "steps": st,
-                **self._app_section(self.steps.app_stats()),
-            }
-        return {
-            "policy": self.policy_name,
-            "queued": (len(self.policy) if self.policy is not None else 0) + len(self.waiting),
-            "batches": self.batches,
-            "mean_batch_size": self.batched_requests / self.batches if self.batches else 0.0,
-            "prior_mean_ms": self.prior_mean * 1e3,
-            "inflation_max": self.inflation[-1] if self.inflation else None,
-            "decision_s": self.decision_time.snapshot(),  # bucket counts..., sum
-            **self._app_section({
-                app: {
-                    "samples": st.samples,
-                    "mean_solo_ms": st.sum / st.samples * 1e3 if st.samples else 0.0,
-                    "source": "learned" if st.installed else "prior",
-                }
-                for app, st in self.apps.items()
-            }),
-        }
-
-
 class _WorkerState:
-    __slots__ = ("index", "channel", "pid", "ready", "busy_batch", "busy_model",
-                 "last_heard", "hang_reported")  # fmt: skip
+    """A worker as this process sees it: its channel and pid, and when it was last heard
+    of (the hang watch). Whether it is ready and what it runs are the core's."""
 
-    def __init__(self, index: int, channel: Channel) -> None:
+    __slots__ = ("index", "channel", "pid", "last_heard", "hang_reported", "core")
+
+    def __init__(self, index: int, channel: Channel, core) -> None:
         self.index = index
         self.channel = channel
         self.pid = 0
-        self.ready = False
-        self.busy_batch: list | None = None  # tokens of the batch it runs
-        self.busy_model = -1
+        self.core = core  # its serving.core.WorkerCore
         # when it last had news for us or we for it (a batch, an update, a report): the
         # hang watch measures its silence from here
         self.last_heard = 0.0
@@ -359,18 +81,15 @@ class Scheduler:
     def __init__(self, config: InstanceConfig, conn: Connection, frontend_sock, worker_socks):
         self.config = config
         self.conn = conn
-        self.models = [_ModelQueue(i, e, config) for i, e in enumerate(config.models)]
+        self.core = ServingCore([e.spec for e in config.models], config.policy,
+                                config.policy_params, len(config.devices))  # fmt: skip
+        self.models = self.core.models
         self.frontend = Channel(frontend_sock, "scheduler<->frontend")
         self.workers = [
-            _WorkerState(i, Channel(s, f"scheduler<->worker {i}"))
+            _WorkerState(i, Channel(s, f"scheduler<->worker {i}"), self.core.workers[i])
             for i, s in enumerate(worker_socks)
         ]
-        self.idle: list[_WorkerState] = []
-        self._rr = 0
         self._next_batch_id = 1
-        self._dropped: list[int] = []
-        self._rejected: list[int] = []
-        self._errors: list = []
         self._stopping = False
         self._next_stats = 0.0
         self._next_sweep = 0.0
@@ -415,7 +134,7 @@ class Scheduler:
             for w in list(self._quiet.values()):  # stepping workers: their reports so far
                 if w.channel.sock is not None:
                     self._service(w.channel, self._worker_handlers, select.POLLIN)
-            if not self.idle and not any(w.ready for w in self.workers):
+            if not self.core.idle and not self.core.any_ready():
                 self._expire_unservable(time.monotonic())
             elif self._next_sweep:
                 self._next_sweep = 0.0
@@ -424,9 +143,7 @@ class Scheduler:
             now = time.monotonic()
             if now >= self._next_stats:
                 self._next_stats = now + STATS_INTERVAL_S
-                for mq in self.models:
-                    if mq.policy is not None:
-                        mq.evict_idle(now)
+                self.core.evict_idle(now)
                 self._send_stats()
                 self._watch_hangs(now)
         self._close()
@@ -435,14 +152,11 @@ class Scheduler:
         """Until a policy wants another look (a batching delay), else the stats tick."""
         now = time.monotonic()
         wake = self._next_stats
-        if not self.idle and self._next_sweep and self._next_sweep < wake:
+        if not self.core.idle and self._next_sweep and self._next_sweep < wake:
             wake = self._next_sweep  # no worker is ready and requests are queued
-        if self.idle:
-            for mq in self.models:
-                if mq.policy is not None and len(mq.policy):
-                    w = mq.policy.next_wakeup(now)
-                    if w is not None and w < wake:
-                        wake = w
+        w = self.core.next_wakeup(now)
+        if w is not None and w < wake:
+            wake = w
         if self._quiet and now + STEP_TICK_S < wake:
             wake = now + STEP_TICK_S
         return max(MIN_WAKEUP_MS, (wake - now) * 1000.0)
@@ -456,9 +170,9 @@ class Scheduler:
         loop runs: at least every STEP_TICK_S, and at once when a request arrives."""
         for w in self.workers:
             fd = w.channel.fileno()
-            quiet = (w.ready and w.busy_batch is None and w.channel.sock is not None
-                     and any(mq.steps is not None and not mq.steps.runs[w.index].idle()
-                             for mq in self.models))  # fmt: skip
+            quiet = (w.core.ready and w.core.busy_batch is None
+                     and w.channel.sock is not None
+                     and bool(self.core.stepping(w.index)))  # fmt: skip
             if quiet == (fd in self._quiet):
                 continue
             if quiet:
@@ -526,168 +240,60 @@ class Scheduler:
 
     # ------------------------------------------------------------------ handlers
     def _on_submit(self, msg: msgs.Submit) -> None:
-        for d in msg.requests:
-            token, model, app, arrival, deadline, hint, slot, generation = d
-            mq = self.models[model]
-            if mq.policy is None:
-                mq.waiting.append(d)
-                continue
-            self._enqueue(mq, token, app, arrival, deadline, hint, slot, generation)
-            if mq.steps is not None:
-                mq.steps.arrived = True
-
-    def _enqueue(self, mq: _ModelQueue, token, app, arrival, deadline, hint, slot, gen) -> None:
-        try:
-            app = mq.live_app(app, arrival)
-            mq.policy.enqueue(token, app, arrival, deadline, hint)
-        except (ValueError, TypeError, KeyError) as exc:
-            self._errors.append([token, f"the scheduler could not queue the request: {exc}"])
-            return
-        mq.slots[token] = (slot, gen, app, deadline)
+        self.core.submit(msg.requests)
 
     def _on_worker_ready(self, msg: msgs.WorkerReady) -> None:
         w = self.workers[msg.worker]
         w.pid = msg.pid
         # a restarted worker sends no profiles: the first warm-up's stay in force
-        for mq, fields in zip(self.models, msg.profiles or [None] * len(self.models),
-                              strict=True):  # fmt: skip
-            if mq.policy is None:
-                if fields is None:
-                    log.error("worker %d sent no profile for model %s, which has no policy "
-                              "yet; its requests wait for a worker that does", msg.worker,
-                              mq.name)  # fmt: skip
-                    continue
-                mq.configure(msgs.ModelProfile(*fields))
-                waiting, mq.waiting = mq.waiting, []
-                for d in waiting:
-                    token, _m, app, arrival, deadline, hint, slot, generation = d
-                    self._enqueue(mq, token, app, arrival, deadline, hint, slot, generation)
-        if not w.ready:
-            w.ready = True
-            self.idle.append(w)
+        self.core.worker_ready(msg.worker, msg.profiles)
         log.info("worker %d (pid %d, %s) ready", msg.worker, msg.pid, msg.device)
         send_to_parent(self.conn, msgs.ChildReady("worker", msg.worker, msg.pid,
                                                   {"device": msg.device}))  # fmt: skip
 
     def _on_batch_done(self, msg: msgs.BatchDone) -> None:
-        w = self.workers[msg.worker]
-        w.last_heard = time.monotonic()
-        tokens = w.busy_batch
-        w.busy_batch = None
-        if w.ready and w not in self.idle:
-            self.idle.append(w)
-        if tokens is None:
+        self.workers[msg.worker].last_heard = time.monotonic()
+        if not self.core.batch_done(msg.worker, msg.model, msg.ok, msg.exec_s, msg.work):
             log.error("worker %d reported batch %d, which it was not running",
                       msg.worker, msg.batch_id)  # fmt: skip
-            return
-        mq = self.models[msg.model]
-        apps = []
-        for t in tokens:
-            entry = mq.slots.pop(t, None)
-            if entry is not None:
-                apps.append(entry[2])
-        if msg.ok:
-            mq.batches += 1
-            mq.batched_requests += len(tokens)
-            if len(apps) == len(tokens):  # else members were taken out: their apps unknown
-                mq.learn(apps, msg.exec_s, msg.work)
 
     def _on_step_progress(self, msg: msgs.StepProgress) -> None:
-        if not 0 <= msg.model < len(self.models):
-            log.error("step progress for unknown model %d; ignored", msg.model)
-            return
-        co = self.models[msg.model].steps
-        if co is None:
-            log.error("step progress for model %s, which is not served step by step",
-                      self.models[msg.model].name)  # fmt: skip
+        problem = self.core.step_progress(msg)
+        if problem is not None:
+            log.error("%s; ignored", problem)
             return
         if 0 <= msg.worker < len(self.workers):
             self.workers[msg.worker].last_heard = time.monotonic()
-        co.on_progress(msg)
 
     def _on_shutdown(self, msg: msgs.Shutdown) -> None:
         self._stopping = True
 
     # ------------------------------------------------------------------ dispatch
     def _schedule(self) -> None:
-        if self.idle:
+        core = self.core
+        if core.idle:
+            for run in core.dispatch(time.monotonic()):
+                self._send_batch(run)
+        if any(mq.steps is not None for mq in self.models):
             now = time.monotonic()
-            n = len(self.models)
-            while self.idle:
-                dispatched = False
-                for k in range(n):
-                    mq = self.models[(self._rr + k) % n]
-                    if mq.policy is None or mq.steps is not None or not len(mq.policy):
-                        continue
-                    t0 = time.perf_counter()
-                    d = mq.policy.decide(now)
-                    mq.decision_time.observe(time.perf_counter() - t0)
-                    self._take(mq, d.dropped, self._dropped)
-                    self._take(mq, d.rejected, self._rejected)
-                    if d.batch:
-                        self._dispatch(mq, d.batch, self.idle.pop(0))
-                        self._rr = (self._rr + k + 1) % n
-                        dispatched = True
-                        break
-                if not dispatched:
-                    break
-        self._schedule_steps()
-        if self._dropped or self._rejected or self._errors:
-            discard = msgs.Discard(self._dropped, self._rejected, self._errors,
-                                   "rejected by the scheduling policy")  # fmt: skip
-            self._dropped, self._rejected, self._errors = [], [], []
-            self._send(self.frontend, [msgs.encode(discard)])
-
-    def _schedule_steps(self) -> None:
-        """Each step-served model's decision for every ready worker that reported a
-        boundary since the last pass, or that runs nothing of it while requests wait."""
-        now = None
-        for mq in self.models:
-            co = mq.steps
-            if co is None:
-                continue
-            for w in self.workers:
-                if not w.ready or not co.wants_decision(w.index):
-                    continue
-                if now is None:
-                    now = time.monotonic()
-                t0 = time.perf_counter()
-                update, answered = co.decide(w.index, now)
-                mq.decision_time.observe(time.perf_counter() - t0)
-                self._dropped += answered
-                if update is None:
-                    continue
+            for worker, update in core.step_updates(now):
+                w = self.workers[worker]
                 w.last_heard = now
                 if not self._send(w.channel, [msgs.encode(update)]):
                     self._lose_worker(w, "its channel is closed")
-            co.arrived = False
+        dropped, rejected, errors = core.take_discards()
+        if dropped or rejected or errors:
+            discard = msgs.Discard(dropped, rejected, errors,
+                                   "rejected by the scheduling policy")  # fmt: skip
+            self._send(self.frontend, [msgs.encode(discard)])
 
-    @staticmethod
-    def _take(mq: _ModelQueue, tokens: list, into: list) -> None:
-        for t in tokens:
-            mq.slots.pop(t, None)
-            into.append(t)
-
-    def _dispatch(self, mq: _ModelQueue, batch: list, w: _WorkerState) -> None:
-        # the batch invariant is checked, not assumed: a bad policy answer fails its
-        # members with an error instead of reaching a worker
-        entries = [mq.slots.get(t) for t in batch]
-        if len(batch) > mq.spec.max_batch_size or any(e is None for e in entries):
-            log.error("policy %s returned an invalid batch of %d for model %s",
-                      mq.policy_name, len(batch), mq.name)  # fmt: skip
-            for t in batch:
-                mq.slots.pop(t, None)
-                self._errors.append([t, "internal error: the scheduler formed an invalid batch"])
-            self.idle.insert(0, w)
-            return
+    def _send_batch(self, run: Dispatch) -> None:
+        w = self.workers[run.worker]
         batch_id = self._next_batch_id
         self._next_batch_id += 1
-        run = msgs.RunBatch(batch_id, mq.index, list(batch), [e[0] for e in entries],
-                            [e[1] for e in entries])  # fmt: skip
-        w.busy_batch = list(batch)
-        w.busy_model = mq.index
+        msg = msgs.RunBatch(batch_id, run.model, run.tokens, run.slots, run.generations)
         w.last_heard = time.monotonic()
-        if not self._send(w.channel, [msgs.encode(run)]):
+        if not self._send(w.channel, [msgs.encode(msg)]):
             self._lose_worker(w, "its channel is closed")  # the frontend re-queues the batch
 
     # ------------------------------------------------------------------ worker crashes
@@ -710,22 +316,7 @@ class Scheduler:
         if self._quiet.get(fd) is w:
             del self._quiet[fd]
         ch.close()
-        w.ready = False
-        if w in self.idle:
-            self.idle.remove(w)
-        tokens, w.busy_batch = w.busy_batch or [], None
-        what = []
-        if tokens:
-            mq = self.models[w.busy_model]
-            for t in tokens:
-                mq.slots.pop(t, None)
-            what.append(f"a batch of {len(tokens)} request(s) of {mq.name}")
-        for mq in self.models:  # the members it ran step by step, and those on the way
-            if mq.steps is not None:
-                members = mq.steps.lose(w.index)
-                if members:
-                    tokens = tokens + members
-                    what.append(f"{len(members)} step member(s) of {mq.name}")
+        tokens, what = self.core.worker_lost(w.index)
         if not tokens:
             return
         log.warning("worker %d (pid %d) is gone (%s) with %s; the frontend re-queues or "
@@ -748,11 +339,11 @@ class Scheduler:
             silent = now - w.last_heard
             if silent <= limit:
                 continue
-            if w.busy_batch is not None:
-                what = f"a batch of {len(w.busy_batch)} of {self.models[w.busy_model].name}"
+            busy = w.core.busy_batch
+            if busy is not None:
+                what = f"a batch of {len(busy)} of {self.models[w.core.busy_model].name}"
             else:
-                stepping = [mq.name for mq in self.models
-                            if mq.steps is not None and not mq.steps.runs[w.index].idle()]
+                stepping = self.core.stepping(w.index)
                 if not stepping:
                     continue
                 what = f"step members of {', '.join(stepping)}"
@@ -785,7 +376,7 @@ class Scheduler:
             self._lose_worker(w, self._exit_reason(w))
         w.channel = Channel(socket.socket(fileno=fd), f"scheduler<->worker {msg.worker}")
         w.pid = msg.pid
-        w.ready = False  # until its WorkerReady: nothing is dispatched to it before
+        self.core.worker_attached(msg.worker)  # nothing goes to it before its WorkerReady
         self._channels[w.channel.fileno()] = (w.channel, self._worker_handlers)
         self.poller.register(w.channel.fileno(), select.POLLIN)
         log.info("worker %d: restarted as pid %d (restart %d); it gets batches once ready",
@@ -793,26 +384,16 @@ class Scheduler:
 
     def _expire_unservable(self, now: float) -> None:
         """No worker is ready (every one died and restarts), so no decision runs to drop
-        what can no longer finish: drop the queued requests whose deadline has passed."""
+        what can no longer finish: the core drops the queued requests whose deadline has
+        passed, every EXPIRE_SWEEP_S while any is queued (the loop's next `_schedule`
+        sends them to the frontend)."""
         if now < self._next_sweep:
             return
-        queued = False
-        for mq in self.models:
-            if mq.policy is None or not len(mq.policy):
-                continue
-            queued = True
-            expired = [t for t, e in mq.slots.items() if e[3] <= now]
-            for t in expired:
-                try:
-                    mq.policy.remove(t)
-                except KeyError:
-                    continue  # not queued (it runs)
-                del mq.slots[t]
-                self._dropped.append(t)
+        queued = self.core.expire(now)
         self._next_sweep = now + EXPIRE_SWEEP_S if queued else 0.0
 
     def _send_stats(self) -> None:
-        stats = msgs.SchedulerStats({mq.name: mq.stats() for mq in self.models})
+        stats = msgs.SchedulerStats(self.core.stats())
         self._send(self.frontend, [msgs.encode(stats)])
 
     def _close(self) -> None:

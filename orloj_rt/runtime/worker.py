@@ -41,7 +41,7 @@ from orloj_rt.runtime.batch_runner import (
 )
 from orloj_rt.runtime.channel import Channel, ChannelClosed
 from orloj_rt.runtime.proc import InstanceConfig, attach_rings, child_main, settle_memory
-from orloj_rt.runtime.step_scheduling import StepTimes, serving_mode
+from orloj_rt.serving.steps import StepTimes, serving_mode
 
 log = logging.getLogger("orloj_rt.worker")
 

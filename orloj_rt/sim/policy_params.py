@@ -159,7 +159,7 @@ def parse_for_server(texts: list[str] | None, policy: str, models) -> dict:
     model without steps is served by its whole-batch counterpart (orloj-step -> orloj),
     which must take them too. PolicyParamError (one line) if any cannot be used."""
     from orloj_rt.policies.step_base import DEFAULT_STEP
-    from orloj_rt.runtime.step_scheduling import serving_mode
+    from orloj_rt.serving.steps import serving_mode
 
     texts = texts or []
     params: dict = {}

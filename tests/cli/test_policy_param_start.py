@@ -52,20 +52,17 @@ def options(repo, *extra):
 
 def test_good_params_reach_the_scheduler_policy(repo):
     from orloj_rt.runtime.messages import ModelProfile
-    from orloj_rt.runtime.proc import InstanceConfig
-    from orloj_rt.runtime.scheduler import _ModelQueue
+    from orloj_rt.serving.model import ModelCore
 
     opts, code = options(repo, "--policy-param", "theta=0.8", "--policy-param",
                          "epsilon=0.05", "--policy-param", "fallback=false")
     assert code == 0
     assert {"theta": 0.8, "epsilon": 0.05, "fallback": False}.items() <= \
         opts.policy_params.items()
-    # as the supervisor hands them on (InstanceConfig.policy_params) to the scheduler
+    # as the supervisor hands them on (InstanceConfig.policy_params) to the scheduler's
+    # serving core
     entry = opts.models[0]
-    config = InstanceConfig(instance="t", models=(entry,), ring_names=("r",), ring_layouts=(),
-                            client_endpoint="", devices=("cpu",), policy=opts.policy,
-                            policy_params=dict(opts.policy_params))  # fmt: skip
-    mq = _ModelQueue(0, entry, config)
+    mq = ModelCore(0, entry.spec, opts.policy, dict(opts.policy_params))
     b = entry.spec.max_batch_size
     mq.configure(ModelProfile([0.001, 0.002], [1.0 + 0.1 * i for i in range(b)], None))
     assert mq.policy.theta == pytest.approx(0.8) and mq.policy.epsilon == pytest.approx(0.05)

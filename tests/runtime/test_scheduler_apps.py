@@ -14,25 +14,21 @@ from orloj_rt.engine.apps import OVERFLOW_APP
 from orloj_rt.models.builtin import BUILTIN_MODELS
 from orloj_rt.runtime import messages as msgs
 from orloj_rt.runtime.messages import ModelProfile
-from orloj_rt.runtime.proc import InstanceConfig
-from orloj_rt.runtime.scheduler import STATS_MAX_APPS, _ModelQueue
+from orloj_rt.serving.model import STATS_MAX_APPS, ModelCore
 
 from .helpers import running_server
 
 
-def queue(**params) -> _ModelQueue:
+def queue(**params) -> ModelCore:
     entry = BUILTIN_MODELS["noop"]
-    config = InstanceConfig(instance="t", models=(entry,), ring_names=("r",), ring_layouts=(),
-                            client_endpoint="", devices=("cpu",), policy="orloj",
-                            policy_params=params)  # fmt: skip
-    mq = _ModelQueue(0, entry, config)
+    mq = ModelCore(0, entry.spec, "orloj", params)
     b = entry.spec.max_batch_size
     mq.configure(ModelProfile([0.001, 0.002, 0.003], [1.0 + 0.1 * i for i in range(b)], None))
     return mq
 
 
-def arrive(mq: _ModelQueue, token: int, app: str, now: float) -> str:
-    """What Scheduler._enqueue does with an arriving request; returns its live app."""
+def arrive(mq: ModelCore, token: int, app: str, now: float) -> str:
+    """What ServingCore._enqueue does with an arriving request; returns its live app."""
     name = mq.live_app(app, now)
     mq.policy.enqueue(token, name, now, now + 1.0)
     mq.slots[token] = (0, 0, name, now + 1.0)

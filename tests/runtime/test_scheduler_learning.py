@@ -6,15 +6,13 @@ import pytest
 
 from orloj_rt.models.builtin import BUILTIN_MODELS
 from orloj_rt.runtime.messages import ModelProfile
-from orloj_rt.runtime.proc import InstanceConfig
-from orloj_rt.runtime.scheduler import MIN_APP_SAMPLES, _ModelQueue
+from orloj_rt.serving.learning import MIN_APP_SAMPLES
+from orloj_rt.serving.model import ModelCore
 
 
-def queue(name: str, policy: str = "orloj", fit=None) -> _ModelQueue:
+def queue(name: str, policy: str = "orloj", fit=None) -> ModelCore:
     entry = BUILTIN_MODELS[name]
-    config = InstanceConfig(instance="t", models=(entry,), ring_names=("r",), ring_layouts=(),
-                            client_endpoint="", devices=("cpu",), policy=policy)  # fmt: skip
-    mq = _ModelQueue(0, entry, config)
+    mq = ModelCore(0, entry.spec, policy)
     b = entry.spec.max_batch_size
     mq.configure(ModelProfile([0.001, 0.002, 0.003], [1.0 + 0.1 * i for i in range(b)], fit))
     return mq

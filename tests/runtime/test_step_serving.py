@@ -305,7 +305,7 @@ def test_orloj_step_runs_members_beyond_what_it_learned_to_their_end():
     from orloj_rt.engine import Distribution
     from orloj_rt.policies import make_policy
     from orloj_rt.runtime import messages as msgs
-    from orloj_rt.runtime.step_scheduling import StepCoordinator, step_prior
+    from orloj_rt.serving.steps import StepCoordinator, step_prior
 
     step = 0.3e-3
     inflation = [1.0 + 0.1 * b for b in range(MAX_BATCH)]

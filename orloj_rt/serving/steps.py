@@ -47,9 +47,9 @@ warm-up said on a loaded 2-core machine, and most of whom it admitted missed.
 from __future__ import annotations
 
 import logging
-import math
 
 from orloj_rt.runtime import messages as msgs
+from orloj_rt.serving.learning import MIN_APP_SAMPLES, prior_of
 
 log = logging.getLogger("orloj_rt.scheduler")
 
@@ -60,8 +60,6 @@ WHOLE_BATCH_FALLBACK = {
     "edf-step": "edf",
     "oracle-step": "oracle",
 }
-MIN_APP_SAMPLES = 32  # finished members before an app's own distribution replaces the prior
-PRIOR_MIN_COV = 0.05
 #: Step times learned online (`StepCoordinator._learn_step_time`): each report moves the
 #: estimate by this share per timed step it covers (an exponential average over about
 #: 1 / STEP_TIME_RATE steps), and the policy hears of it when it moved this much
@@ -384,6 +382,4 @@ def step_prior(step_s: float, works: list) -> tuple[float, float]:
     times = [w * step_s for w in works if w > 0]
     if not times:
         return step_s, 1.0
-    mean = sum(times) / len(times)
-    var = sum((t - mean) ** 2 for t in times) / len(times)
-    return mean, max(math.sqrt(var) / mean, PRIOR_MIN_COV)
+    return prior_of(times)

@@ -1,0 +1,294 @@
+"""One model's serving state, free of IO: its policy and queue, and what it learns.
+
+`ModelCore` is what the scheduler process and the simulator hold per model (through
+`ServingCore`, core.py). No sockets, no clocks: every time is an argument.
+
+Learning, per model:
+- c(b), the batch inflation, comes from the first worker's warm-up profile; the policy is
+  built with it when that worker is ready (requests that arrive earlier wait).
+- The prior execution-time distribution comes from the warm-up's solo times (a lognormal
+  with their mean and spread). Every app starts from it.
+- Each finished batch gives per-request solo times: from the model's per-request work
+  report where it has one (solo_i = T / c(b) * (a + k w_i) / (a + k max w), with a, k
+  fitted at warm-up), else only from batches of one (solo = T / c(1)).
+- An app keeps the prior until it has `MIN_APP_SAMPLES` solo times of its own; then its
+  learned distribution replaces the prior in the policy, and later samples go to the
+  policy directly (`observe_solo`). `observe_batch` is called for every batch, for the
+  policies that learn from batch times (OrlojPolicy learns batches of one through it).
+
+Apps (docs/runtime.md#apps): any client names its app, so the per-app state of a model
+(the policy's, and the learning records and stats here) is bounded by one `AppTable` per
+model: at most `max_apps` live apps (`--max-apps`, default 256, the overflow app
+included); beyond, a new app's requests are filed under the overflow app "~other" and
+served like any others. An app with nothing in flight (queued or running) that has not
+been seen for `app_idle_s` (60 s) is forgotten everywhere: here, and in the policy
+(`forget_app`; the policy's own limits are switched off, so that the two never disagree).
+The `stats` reply lists at most `STATS_MAX_APPS` apps per model, the busiest, and counts
+the others.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+
+from orloj_rt.engine.apps import DEFAULT_MAX_APPS, OVERFLOW_APP, RUNTIME_APP_IDLE_S, AppTable
+from orloj_rt.runtime import messages as msgs
+from orloj_rt.runtime.metrics import DECISION_BUCKETS_S, MAX_APPS_PER_MODEL, Histogram
+from orloj_rt.serving.learning import MIN_APP_SAMPLES, prior_of
+from orloj_rt.serving.steps import StepCoordinator, serving_mode, step_prior
+
+log = logging.getLogger("orloj_rt.scheduler")
+
+#: the `stats` reply's per-app section lists this many apps per model at most (the most
+#: samples first, then by name) and counts the others, as /metrics caps its app labels
+STATS_MAX_APPS = MAX_APPS_PER_MODEL
+
+
+class _AppLearning:
+    __slots__ = ("samples", "learned", "installed", "sum", "last")
+
+    def __init__(self, distribution_cls) -> None:
+        self.samples = 0
+        self.learned = distribution_cls()  # until installed in the policy
+        self.installed = False
+        self.sum = 0.0
+        self.last = 0.0
+
+
+class ModelCore:
+    """One model's policy, its queued requests' ring slots, and what was learned."""
+
+    def __init__(self, index: int, spec, policy: str, policy_params: dict | None = None,
+                 workers: int = 1):  # fmt: skip
+        self.index = index
+        self.spec = spec
+        self.name = spec.name
+        self.policy_name, self.step_level = serving_mode(spec, policy)
+        if self.policy_name != policy:
+            log.info("model %s has no steps: policy %s serves it in whole batches as %s",
+                     self.name, policy, self.policy_name)  # fmt: skip
+        params = dict(policy_params or {})
+        # scheduler options carried with the policy's parameters (`--max-apps`); the rest
+        # go to the policy
+        self.app_table = AppTable(params.pop("max_apps", DEFAULT_MAX_APPS),
+                                  params.pop("app_idle_s", RUNTIME_APP_IDLE_S))  # fmt: skip
+        self.policy_params = params
+        self.policy = None  # built when the first worker's profile arrives
+        self.steps: StepCoordinator | None = None  # step-level batching (step_level)
+        self.workers = workers
+        self.inflation: list[float] = []
+        self.work_fit: tuple[float, float] | None = None
+        self.prior_mean = 0.0
+        self.waiting: list = []  # descriptors that arrived before any worker was ready
+        # token -> (slot, generation, app, deadline), queued or running; `app` is the live
+        # app it is filed under (itself, or OVERFLOW_APP)
+        self.slots: dict[int, tuple[int, int, str, float]] = {}
+        self.apps: dict[str, _AppLearning] = {}  # live apps only (app_table)
+        self.batches = 0
+        self.batched_requests = 0
+        # orloj_scheduler_decision_seconds (docs/metrics.md), sent in SchedulerStats
+        self.decision_time = Histogram(DECISION_BUCKETS_S)
+
+    def configure(self, profile: msgs.ModelProfile) -> None:
+        from orloj_rt.engine import Distribution
+        from orloj_rt.policies import make_policy
+
+        self.inflation = [float(c) for c in profile.inflation]
+        if profile.work_fit is not None:
+            a, k = profile.work_fit
+            self.work_fit = (float(a), float(k))
+        if self.step_level:
+            self._configure_steps(profile)
+            return
+        self.policy = make_policy(
+            self.policy_name,
+            max_batch=self.spec.max_batch_size,
+            inflation=self.inflation,
+            **self.policy_params,
+        )
+        self._own_app_limits()
+        mean, cov = prior_of(list(profile.solo_times))
+        self.prior_mean = mean
+        self.policy.set_default_distribution(Distribution.from_mean_cov(mean, cov))
+        log.info(
+            "model %s: policy %s, prior mean %.3f ms (cov %.2f), c(%d) = %.2f%s",
+            self.name, self.policy_name, mean * 1e3, cov, len(self.inflation),
+            self.inflation[-1],
+            f", solo ~ {self.work_fit[0] * 1e3:.3f} + {self.work_fit[1] * 1e3:.3f} ms/unit"
+            if self.work_fit else "",
+        )  # fmt: skip
+
+    def _configure_steps(self, profile: msgs.ModelProfile) -> None:
+        """The step policy, from the warm-up's step profile: the solo time of one step is
+        the policy's `step`, c(b) of a step its inflation, the examples' steps its prior."""
+        from orloj_rt.engine import Distribution
+        from orloj_rt.policies import make_policy
+
+        if not profile.steps:
+            raise ValueError(f"model {self.name}: the worker sent no step profile")
+        step_s, inflation, works = profile.steps
+        inflation = [float(c) for c in inflation]
+        self.policy = make_policy(self.policy_name, max_batch=self.spec.max_batch_size,
+                                  inflation=inflation, step=float(step_s),
+                                  **self.policy_params)  # fmt: skip
+        self._own_app_limits()
+        mean, cov = step_prior(float(step_s), works)
+        self.prior_mean = mean
+        self.policy.set_default_distribution(Distribution.from_mean_cov(mean, cov))
+        self.steps = StepCoordinator(self.name, self.index, self.policy, self.slots,
+                                     float(step_s), inflation, self.work_fit,
+                                     self.workers)  # fmt: skip
+        log.info("model %s: step-level batching, policy %s, one step %.3f ms alone, "
+                 "c(%d) = %.2f, prior mean %.1f steps (cov %.2f)", self.name,
+                 self.policy_name, step_s * 1e3, len(inflation), inflation[-1],
+                 mean / step_s, cov)  # fmt: skip
+
+    # ------------------------------------------------------------------ apps
+    def _own_app_limits(self) -> None:
+        """The policy's own app limits off: this table decides, and calls `forget_app`."""
+        limits = getattr(self.policy, "set_app_limits", None)
+        if limits is not None:
+            limits(0, 0)
+
+    def live_app(self, app, now: float):
+        """The live app that a request of `app` arriving at `now` is filed under: `app`,
+        admitted if there is room (after forgetting the idle apps that are due), else
+        OVERFLOW_APP."""
+        t = self.app_table
+        t.tick(now)
+        if app in t.index:
+            t.touch(app)
+            return app
+        if not t.has_room(app):
+            self.evict_idle(now)
+            if not t.has_room(app):
+                app = OVERFLOW_APP
+                if app in t.index:
+                    t.touch(app)
+                    return app
+        t.add(app)
+        return app
+
+    def evict_idle(self, now: float) -> int:
+        """Forgets every app with nothing in flight not seen for `app_idle_s`: its
+        learning record, its step record and its state in the policy. O(1) when none is
+        due; otherwise one pass over the requests in flight."""
+        t = self.app_table
+        t.tick(now)
+        in_flight = None
+
+        def busy(name, _index) -> bool:
+            nonlocal in_flight
+            if in_flight is None:
+                in_flight = {e[2] for e in self.slots.values()}
+            return name in in_flight
+
+        gone = t.sweep(busy)
+        forget = getattr(self.policy, "forget_app", None)
+        for name, _ in gone:
+            self.apps.pop(name, None)
+            if self.steps is not None:
+                self.steps.apps.pop(name, None)
+            if forget is not None:
+                forget(name)
+        return len(gone)
+
+    def solo_times(self, b: int, exec_s: float, work: list | None) -> list[float] | None:
+        """Per-member solo-time estimates for a finished batch, or None if it gives none."""
+        c = self.inflation[b - 1] if b <= len(self.inflation) else self.inflation[-1]
+        if work is not None and len(work) == b:
+            top = max(work)
+            if top <= 0:
+                return None
+            a, k = self.work_fit if self.work_fit is not None else (0.0, 1.0)
+            base = exec_s / c
+            denom = a + k * top
+            if denom <= 0:
+                return None
+            return [base * (a + k * w) / denom for w in work]
+        if b == 1:
+            return [exec_s / c]
+        return None
+
+    def learn(self, apps: list[str], exec_s: float, work: list | None) -> None:
+        from orloj_rt.engine import Distribution
+
+        policy = self.policy
+        t = self.app_table  # an app in flight is live; one that is not is admitted
+        apps = [a if a in t.index else self.live_app(a, t.clock) for a in apps]
+        policy.observe_batch(apps, exec_s)
+        solos = self.solo_times(len(apps), exec_s, work)
+        if solos is None:
+            return
+        for app, t in zip(apps, solos, strict=True):
+            if not (t > 0 and math.isfinite(t)):
+                continue
+            st = self.apps.get(app)
+            if st is None:
+                st = self.apps[app] = _AppLearning(Distribution)
+            st.samples += 1
+            st.sum += t
+            st.last = t
+            if not st.installed:
+                st.learned.add(t)
+                if st.samples >= MIN_APP_SAMPLES:
+                    policy.set_distribution(app, st.learned)
+                    st.installed = True
+                    st.learned = None
+                    log.info("model %s app %s: learned distribution replaces the prior "
+                             "(%d samples, mean %.3f ms)", self.name, app, st.samples,
+                             st.sum / st.samples * 1e3)  # fmt: skip
+            elif len(apps) > 1:  # a batch of one was learned by observe_batch
+                policy.observe_solo(app, t)
+
+    def _app_section(self, apps: dict) -> dict:
+        """The per-app part of the stats: at most STATS_MAX_APPS apps (the most samples
+        first, then by name), a count of the others, and the table's state."""
+        shown = apps
+        if len(apps) > STATS_MAX_APPS:
+            top = heapq.nsmallest(STATS_MAX_APPS, apps.items(),
+                                  key=lambda kv: (-kv[1]["samples"], kv[0]))  # fmt: skip
+            shown = dict(top)
+        t = self.app_table
+        return {
+            "apps": shown,
+            "apps_omitted": len(apps) - len(shown),  # apps with records not listed
+            "apps_live": len(t),  # the apps with state, the overflow app included
+            "max_apps": t.max_apps,
+            "apps_evicted": t.evicted,  # forgotten after being idle
+        }
+
+    def stats(self) -> dict:
+        if self.steps is not None:
+            st = self.steps.stats()
+            return {
+                "queued": (len(self.policy) if self.policy is not None else 0)
+                + len(self.waiting),
+                "policy": self.policy_name,
+                "batches": st["steps"],  # steps, for a step-level model
+                "mean_batch_size": st["mean_members"],
+                "prior_mean_ms": self.prior_mean * 1e3,
+                "inflation_max": self.steps.inflation[-1],
+                "decision_s": self.decision_time.snapshot(),
+                "steps": st,
+                **self._app_section(self.steps.app_stats()),
+            }
+        return {
+            "policy": self.policy_name,
+            "queued": (len(self.policy) if self.policy is not None else 0) + len(self.waiting),
+            "batches": self.batches,
+            "mean_batch_size": self.batched_requests / self.batches if self.batches else 0.0,
+            "prior_mean_ms": self.prior_mean * 1e3,
+            "inflation_max": self.inflation[-1] if self.inflation else None,
+            "decision_s": self.decision_time.snapshot(),  # bucket counts..., sum
+            **self._app_section({
+                app: {
+                    "samples": st.samples,
+                    "mean_solo_ms": st.sum / st.samples * 1e3 if st.samples else 0.0,
+                    "source": "learned" if st.installed else "prior",
+                }
+                for app, st in self.apps.items()
+            }),
+        }
