@@ -25,6 +25,7 @@ import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -192,3 +193,153 @@ def simulate(
         batch_sizes=np.asarray(sizes, dtype=np.int32),
         end_time=last_event,
     )
+
+
+# ---------------------------------------------------------------------- through the core
+class SimModel(NamedTuple):
+    """The simulated model as the serving core sees a model's spec."""
+
+    name: str
+    max_batch_size: int
+    step_kind: str | None = None
+
+
+def warmup_profile(warmup_solo: Sequence[float], inflation: Sequence[float]) -> list:
+    """The ModelProfile fields a worker would send after warming the model up: the solo
+    times of its example requests, c(b) as profiled, and the work fit of a model whose
+    per-request work report is its solo time (a = 0, k = 1)."""
+    return [[float(t) for t in warmup_solo], [float(c) for c in inflation], [0.0, 1.0], None]
+
+
+def simulate_serving(
+    policy: str,
+    arrival: Sequence[float],
+    deadline: Sequence[float],
+    solo: Sequence[float],
+    apps: Sequence[str],
+    inflation: Sequence[float],
+    warmup_solo: Sequence[float],
+    *,
+    workers: int = 1,
+    hints: Sequence[float] | None = None,
+    clairvoyant: bool = False,
+    policy_params: dict | None = None,
+    trace: list | None = None,
+) -> Outcome:
+    """Runs every request through the runtime's own serving core (orloj_rt.serving) on
+    `workers` identical workers, on a virtual clock.
+
+    The core gets what the scheduler process gets: every worker's warm-up profile
+    (`warmup_profile`: the solo times of `warmup_solo`, c(b), and a work fit), each
+    request's descriptor at its arrival, and for each batch the worker's report: its
+    execution time c(b) x max of the members' solo times, and each member's work (its
+    solo time: the model reports per-request work, as early_exit and generate do). So
+    the policy is built, primed and taught exactly as in `orloj-rt start`.
+
+    `trace`, if a list, receives every call made on the core, in order, as (name, args)
+    tuples, and after each `dispatch` what it decided: ("decided", (batches as (worker,
+    tokens), dropped, rejected)). tests/serving/test_replay.py replays it through the
+    scheduler process's message handlers.
+    """
+    from orloj_rt.serving import ServingCore
+
+    arrival = np.asarray(arrival, dtype=np.float64)
+    deadline = np.asarray(deadline, dtype=np.float64)
+    solo = np.asarray(solo, dtype=np.float64)
+    n = len(arrival)
+    if not (len(deadline) == len(solo) == len(apps) == n):
+        raise ValueError("arrival, deadline, solo and apps must have one entry per request")
+    if n and np.any(np.diff(arrival) < 0):
+        raise ValueError("requests must be ordered by arrival time")
+    if workers < 1:
+        raise ValueError(f"need at least one worker, got {workers!r}")
+    c = [float(v) for v in inflation]
+    core = ServingCore([SimModel("sim", len(c))], policy, policy_params, workers,
+                       timer=lambda: 0.0)  # fmt: skip
+    record = trace.append if trace is not None else (lambda _e: None)
+    profile = warmup_profile(warmup_solo, c)
+    for w in range(workers):
+        record(("worker_ready", (w, [profile])))
+        core.worker_ready(w, [profile])
+    arr = arrival.tolist()
+    dl = deadline.tolist()
+    x = solo.tolist()
+    hint_of = x if clairvoyant else (None if hints is None else [float(h) for h in hints])
+    state = [PENDING] * n
+    finish = [math.nan] * n
+    sizes: list[int] = []
+    running: list[tuple[float, int, int, float, list[int]]] = []  # (end, seq, w, start, ids)
+    seq = 0
+    nxt = 0
+    last_event = 0.0
+    wakeup = math.inf
+
+    def settle(ids: list[int], to: int, what: str) -> None:
+        for rid in ids:
+            if not (0 <= rid < n) or state[rid] != PENDING or rid >= nxt:
+                raise SimulationError(f"{policy} {what} request {rid}, which is not queued")
+            state[rid] = to
+
+    while True:
+        t_arr = arr[nxt] if nxt < n else math.inf
+        t_done = running[0][0] if running else math.inf
+        t_wake = wakeup if core.idle else math.inf
+        now = min(t_arr, t_done, t_wake)
+        if now == math.inf:
+            break
+        last_event = now
+        if t_wake <= now:
+            wakeup = math.inf
+        while running and running[0][0] <= now:  # completions first: they free workers
+            end, _, w, start, members = heapq.heappop(running)
+            for rid in members:
+                state[rid] = COMPLETED
+                finish[rid] = end
+            report = (w, 0, True, end - start, [x[rid] for rid in members])
+            record(("batch_done", report))
+            core.batch_done(*report)
+        descs = []
+        while nxt < n and arr[nxt] <= now:
+            hint = None if hint_of is None else hint_of[nxt]
+            descs.append((nxt, 0, apps[nxt], arr[nxt], dl[nxt], hint, 0, 0))
+            nxt += 1
+        if descs:
+            record(("submit", (descs,)))
+            core.submit(descs)
+        record(("dispatch", (now,)))
+        runs = core.dispatch(now)
+        dropped, rejected, errors = core.take_discards()
+        record(("decided", ([(r.worker, list(r.tokens)) for r in runs], dropped, rejected)))
+        for run in runs:
+            for rid in run.tokens:
+                if not (0 <= rid < n) or state[rid] != PENDING or rid >= nxt:
+                    raise SimulationError(f"{policy} dispatched request {rid}, which is "
+                                          "not queued")  # fmt: skip
+                state[rid] = -1  # running
+            exec_time = c[len(run.tokens) - 1] * max(x[rid] for rid in run.tokens)
+            seq += 1
+            heapq.heappush(running, (now + exec_time, seq, run.worker, now, run.tokens))
+            sizes.append(len(run.tokens))
+        if errors:
+            raise SimulationError(f"{policy}: the core failed requests: {errors[:3]}")
+        settle(dropped, DROPPED, "dropped")
+        settle(rejected, REJECTED, "rejected")
+        w_at = core.next_wakeup(now)
+        if w_at is not None and w_at > now:
+            wakeup = min(wakeup, w_at)
+        queued = len(core.models[0].policy) if core.models[0].policy is not None else 0
+        if not running and nxt >= n and wakeup == math.inf and queued:
+            # nothing can happen any more, yet requests wait: they count as dropped
+            policy_obj = core.models[0].policy
+            for rid in range(n):
+                if state[rid] == PENDING:
+                    policy_obj.remove(rid)
+                    state[rid] = DROPPED
+    return Outcome(
+        state=np.asarray(state, dtype=np.int8),
+        finish=np.asarray(finish, dtype=np.float64),
+        batches=len(sizes),
+        batch_sizes=np.asarray(sizes, dtype=np.int32),
+        end_time=last_event,
+    )
+

@@ -1,0 +1,122 @@
+"""One event sequence, two drivers of the serving core: the simulator's harness
+(`simulate_serving`, virtual clock) and the scheduler process's message handlers (real
+socket pairs, its clock replaced by the sequence's). They must decide the same: the same
+batches for the same workers, the same drops and rejections, at every step."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import numpy as np
+import pytest
+
+from orloj_rt.engine.pure.batch_model import Inflation
+from orloj_rt.models.builtin import BUILTIN_MODELS
+from orloj_rt.runtime import messages as msgs
+from orloj_rt.runtime.channel import Channel
+from orloj_rt.runtime.proc import InstanceConfig
+from orloj_rt.sim.simulator import simulate_serving
+from orloj_rt.sim.workloads import WorkloadSpec, generate
+
+WORKERS = 2
+
+
+def _recorded(policy: str, seed: int) -> tuple[list, int]:
+    """A simulated run's calls on the core and its decisions, and the maximum batch."""
+    spec = BUILTIN_MODELS["noop"].spec
+    req = generate(WorkloadSpec(solo="bimodal", slo=3.0, load=3.0, requests=600, seed=seed))
+    # times in seconds as the runtime sees them: one unit of solo work is 2 ms
+    scale = 0.002
+    trace: list = []
+    simulate_serving(policy, req.arrival * scale, req.deadline * scale, req.solo * scale,
+                     req.app, Inflation(spec.max_batch_size, 0.15).table,
+                     req.prior * scale, workers=WORKERS, trace=trace)  # fmt: skip
+    return trace, spec.max_batch_size
+
+
+def _drain(ch: Channel) -> list:
+    out = []
+    while True:
+        got = ch.recv()
+        if not got:
+            return out
+        out += [msgs.decode(parts[0]) for parts in got]
+
+
+@pytest.mark.parametrize("policy", ["orloj", "fifo", "nexus", "clockwork"])
+def test_the_simulator_and_the_scheduler_process_decide_the_same(policy, monkeypatch):
+    import select
+
+    import orloj_rt.runtime.scheduler as scheduler_mod
+    from orloj_rt.runtime.scheduler import Scheduler
+
+    trace, _ = _recorded(policy, seed=7)
+    entry = BUILTIN_MODELS["noop"]
+    config = InstanceConfig(instance="replay", models=(entry,), ring_names=("unused",),
+                            ring_layouts=(None,), client_endpoint="",
+                            devices=("cpu",) * WORKERS, policy=policy)  # fmt: skip
+    parent, child = multiprocessing.Pipe(duplex=True)
+    fe_a, fe_b = Channel.pair()
+    pairs = [Channel.pair() for _ in range(WORKERS)]
+    sched = Scheduler(config, child, fe_b, [a for a, _ in pairs])
+    sched.poller = select.poll()  # run() makes it; here the handlers are called directly
+    for ch, _h in sched._channels.values():
+        sched.poller.register(ch.fileno(), select.POLLIN)
+    frontend = Channel(fe_a, "frontend")
+    workers = [Channel(b, f"worker {i}") for i, (_a, b) in enumerate(pairs)]
+    clock = [0.0]
+    monkeypatch.setattr(scheduler_mod.time, "monotonic", lambda: clock[0])
+    batch_ids: dict[int, int] = {}
+    compared = batches = 0
+    try:
+        for name, args in trace:
+            if name == "worker_ready":
+                w, profiles = args
+                sched._on_worker_ready(msgs.WorkerReady(w, 1000 + w, "cpu", profiles))
+            elif name == "submit":
+                sched._on_submit(msgs.Submit(args[0]))
+            elif name == "batch_done":
+                w, model, ok, exec_s, work = args
+                sched._on_batch_done(msgs.BatchDone(w, batch_ids[w], model, ok, exec_s, work))
+            elif name == "dispatch":
+                clock[0] = args[0]
+                sched._schedule()
+            else:  # "decided": what the simulator's core decided at that dispatch
+                want_runs, want_dropped, want_rejected = args
+                runs, dropped, rejected = [], [], []
+                for i, ch in enumerate(workers):
+                    for m in _drain(ch):
+                        assert isinstance(m, msgs.RunBatch), m
+                        runs.append((i, list(m.tokens)))
+                        batch_ids[i] = m.batch_id
+                for m in _drain(frontend):
+                    if isinstance(m, msgs.Discard):
+                        assert not m.errors, m.errors
+                        dropped += m.dropped
+                        rejected += m.rejected
+                assert sorted(runs) == sorted(want_runs), (clock[0], runs, want_runs)
+                assert dropped == list(want_dropped) and rejected == list(want_rejected)
+                compared += 1
+                batches += len(runs)
+    finally:
+        sched._close()
+        for ch in (frontend, *workers):
+            ch.close()
+    assert compared > 500 and batches > 50, (compared, batches)
+
+
+def test_the_simulator_learns_through_the_core_as_the_runtime_does():
+    """simulate_serving feeds per-request work: after 32 solo times an app's learned
+    distribution replaces the warm-up prior, as in the scheduler process."""
+    from orloj_rt.serving import ServingCore
+    from orloj_rt.sim.simulator import SimModel, warmup_profile
+
+    rng = np.random.default_rng(0)
+    core = ServingCore([SimModel("sim", 8)], "orloj", None, 1, timer=lambda: 0.0)
+    core.worker_ready(0, [warmup_profile(rng.lognormal(0, 1, 64), [1.0] * 8)])
+    mq = core.models[0]
+    for i in range(40):
+        core.submit([(i, 0, "a", float(i), float(i) + 100.0, None, 0, 0)])
+        (run,) = core.dispatch(float(i))
+        core.batch_done(0, 0, True, 0.5 * len(run.tokens), [0.5] * len(run.tokens))
+    assert mq.apps["a"].installed and mq.apps["a"].samples == 40
