@@ -164,7 +164,7 @@ int main(int argc, char **argv) {
     int linger = 0;
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
     /* A routing id of our own, kept across reconnects: replies in flight when the
-       connection broke still reach us (PROTOCOL.md, "Frame size"). Random bytes; the
+       connection broke still reach us (docs/protocol.md, "Frame size"). Random bytes; the
        first must not be zero. */
     unsigned char routing_id[17] = "c";
     FILE *urandom = fopen("/dev/urandom", "rb");

@@ -1,37 +1,67 @@
-"""`orloj-rt demo`: serve the built-in models on the CPU and drive early-exit load at them.
+"""`orloj-rt demo`: orloj beside fifo (Triton's dynamic batcher) on the same overload.
 
-For each policy asked for, it starts a server (`orloj-rt start --cpu-workers N`), sends a
-bounded open-loop load of `early_exit` requests whose exit depths are bimodal (most exit
-early, some run every layer: the case where one slow member makes a whole batch late),
-prints finish rate, status counts and latency, and shuts the server down cleanly. The
-same seed gives every policy the same requests at the same times.
+For each policy asked for (default: orloj and fifo) it starts a server (`orloj-rt start
+--cpu-workers N`) with the built-in models on the CPU, gives it the same short warm-up,
+sends the same bounded open-loop load of `early_exit` requests whose exit depths are
+bimodal (most exit early, some run every layer: the case where one slow member makes a
+whole batch late), prints finish rate, status counts and latency, and shuts the server
+down cleanly. The same seed gives every policy the same requests at the same times.
+
+Unless `--rate` and `--slo-ms` are given, they are set from this machine's speed: the
+first server's scheduler learns the mean solo time of the warm-up's requests, and the rate
+is `--load` (default 1.5) times what the workers serve one request at a time (workers /
+mean), the SLO `--slo-mult` (default 10) times the mean. That is an overload (on the CPU,
+batching the compute-bound early_exit gains little: docs/results.md): some requests must
+miss, and what matters is which ones. fifo runs requests in arrival order whether or not
+they can still finish; orloj drops the hopeless ones at once and spends the worker on
+those that can (bench/e2e_finish_rate.py measures the same cell, among others:
+docs/results.md).
 """
 
 from __future__ import annotations
 
 import sys
+import time
+
+DEFAULT_POLICIES = ("orloj", "fifo")
+MODEL = "early_exit"
+APP = "demo"
+# The warm-up, the same for every server: light load, a loose SLO, so that every request
+# runs and each scheduler learns the model's solo times before the measured load.
+WARMUP_REQUESTS = 200
+WARMUP_RATE = 150.0
+WARMUP_SLO_MS = 200.0
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="start a CPU server, drive bimodal early-exit load, print the finish rate",
+        help="orloj beside fifo (Triton's batcher) on the same early-exit overload, on the CPU",
         description=(
-            "Start an orloj-rt server with the built-in models on the CPU, send a short "
-            "open-loop load of early_exit requests with bimodal exit depths, print a table "
-            "of finish rate (answered ok within the SLO), status counts and p50/p99 "
-            "latency, and shut the server down. Repeat --policy to compare policies."
+            "Start an orloj-rt server with the built-in models on the CPU, once per policy "
+            "(default: orloj, then fifo: Triton's dynamic batcher as a user tunes it), send "
+            "each the same short open-loop load of early_exit requests with bimodal exit "
+            "depths, print a table of finish rate (answered ok within the SLO), status "
+            "counts and p50/p99 latency, and shut the server down. By default the rate is "
+            "an overload and the SLO tight, both set from this machine's measured speed."
         ),
     )
     p.add_argument("--policy", action="append", metavar="NAME",
-                   help="a policy to run (repeat, or comma-separate, to compare; default: "
-                        "orloj)")  # fmt: skip
+                   help="a policy to run (repeat, or comma-separate; default: "
+                        f"{','.join(DEFAULT_POLICIES)})")  # fmt: skip
     p.add_argument("--requests", type=int, default=3000, metavar="N",
                    help="requests per policy (default: %(default)s)")  # fmt: skip
-    p.add_argument("--rate", type=float, default=350.0, metavar="R",
-                   help="mean Poisson arrival rate, req/s (default: %(default)s)")  # fmt: skip
-    p.add_argument("--slo-ms", type=float, default=25.0, metavar="MS",
-                   help="every request's SLO (default: %(default)s)")  # fmt: skip
+    p.add_argument("--load", type=float, default=1.5, metavar="X",
+                   help="the mean Poisson arrival rate in units of what the workers serve "
+                        "one request at a time (workers / the mean solo time measured at "
+                        "warm-up); above 1 is an overload (default: %(default)s)")  # fmt: skip
+    p.add_argument("--rate", type=float, metavar="R",
+                   help="the mean Poisson arrival rate in req/s (overrides --load)")  # fmt: skip
+    p.add_argument("--slo-mult", type=float, default=10.0, metavar="M",
+                   help="every request's SLO in units of the mean solo time measured at "
+                        "warm-up (default: %(default)s)")  # fmt: skip
+    p.add_argument("--slo-ms", type=float, metavar="MS",
+                   help="every request's SLO in ms (overrides --slo-mult)")  # fmt: skip
     p.add_argument("--deep-fraction", type=float, default=0.2, metavar="F",
                    help="share of requests that run all 12 layers; the rest exit after "
                         "--shallow-depth (default: %(default)s)")  # fmt: skip
@@ -50,7 +80,7 @@ def _policies(args) -> list[str] | None:
     from orloj_rt.cli._server_args import policy_names
 
     asked = []
-    for item in args.policy or ["orloj"]:
+    for item in args.policy or [",".join(DEFAULT_POLICIES)]:
         asked += [x.strip() for x in item.split(",") if x.strip()]
     known = policy_names()
     bad = [x for x in asked if x not in known]
@@ -61,27 +91,71 @@ def _policies(args) -> list[str] | None:
     return asked
 
 
-def build_workload(args):
+def build_workload(n: int, rate: float, slo_ms: float, seed: int, deep_fraction: float,
+                   shallow_depth: int):  # fmt: skip
     """The same requests and arrival times for every policy (seeded)."""
     import numpy as np
 
     from orloj_rt.models.early_exit import NUM_LAYERS, tokens_for_depth
 
-    rng = np.random.default_rng(args.seed)
-    gaps = rng.exponential(1.0 / args.rate, size=args.requests)
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0 / rate, size=n)
     times = np.cumsum(gaps) - gaps[0]
-    deep = rng.random(args.requests) < args.deep_fraction
+    deep = rng.random(n) < deep_fraction
     requests = []
     for is_deep in deep:
-        depth = NUM_LAYERS if is_deep else args.shallow_depth
+        depth = NUM_LAYERS if is_deep else shallow_depth
         length = int(rng.integers(8, 33))
         requests.append({
-            "model": "early_exit",
+            "model": MODEL,
             "inputs": {"tokens": tokens_for_depth(depth, length, rng)},
-            "slo_ms": args.slo_ms,
-            "app": "demo",
+            "slo_ms": slo_ms,
+            "app": APP,
         })  # fmt: skip
     return requests, times.tolist()
+
+
+def learned_mean_solo_ms(endpoint: str) -> float | None:
+    """The mean solo time of the demo's requests that the server's scheduler has learned
+    (every policy's scheduler learns it from the worker's work reports)."""
+    from orloj_rt.client import Client
+
+    time.sleep(1.2)  # the scheduler's figures reach `stats` once a second
+    with Client(endpoint, timeout_s=30) as c:
+        apps = c.stats()["models"][MODEL]["scheduler"]["apps"]
+    if APP in apps and apps[APP].get("samples"):
+        return float(apps[APP]["mean_solo_ms"])
+    return None
+
+
+def explanation(finish: dict[str, float]) -> list[str]:
+    """A plain reading of the result, when orloj and fifo both ran."""
+    import textwrap
+
+    if "orloj" not in finish or "fifo" not in finish:
+        return []
+    o, f = finish["orloj"], finish["fifo"]
+    if o > f + 0.05:
+        times = f" ({o / f:.1f}x)" if f > 0.005 else ""
+        text = (
+            f"orloj finished {o:.0%} of the requests within their SLO, fifo {f:.0%}{times}: "
+            "they arrive faster than the worker serves them. fifo runs them in arrival "
+            "order, also those that can no longer finish, and so makes later ones late; "
+            "orloj learns the execution times, drops the hopeless ones at once ('dropped') "
+            "and serves those that can still finish."
+        )
+    elif o >= f - 0.05:
+        text = (
+            f"orloj finished {o:.0%} of the requests within their SLO, fifo {f:.0%}: about "
+            "the same. The difference shows when requests arrive faster than they can be "
+            "served (the default: --load 1.5)."
+        )
+    else:
+        text = (
+            f"orloj finished {o:.0%} of the requests within their SLO, fifo {f:.0%}: fifo "
+            "did better here. docs/results.md shows where orloj wins and where it does not."
+        )
+    return textwrap.wrap(text, width=96)
 
 
 def run(args) -> int:
@@ -91,31 +165,63 @@ def run(args) -> int:
     policies = _policies(args)
     if policies is None:
         return 2
-    if args.requests < 1 or args.rate <= 0 or args.slo_ms <= 0:
-        print("orloj-rt demo: --requests, --rate and --slo-ms must be positive", file=sys.stderr)
+    if (args.requests < 1 or args.load <= 0 or args.slo_mult <= 0
+            or (args.rate is not None and args.rate <= 0)
+            or (args.slo_ms is not None and args.slo_ms <= 0)):  # fmt: skip
+        print("orloj-rt demo: --requests, --load, --rate, --slo-mult and --slo-ms must be "
+              "positive", file=sys.stderr)  # fmt: skip
         return 2
     if not 1 <= args.shallow_depth <= 12 or not 0 <= args.deep_fraction <= 1:
         print("orloj-rt demo: --shallow-depth is 1..12, --deep-fraction 0..1", file=sys.stderr)
         return 2
-    requests, times = build_workload(args)
-    print(f"orloj-rt demo: {args.requests} early_exit requests per policy, Poisson "
-          f"{args.rate:g} req/s, SLO {args.slo_ms:g} ms; exit depth bimodal: "
-          f"{1 - args.deep_fraction:.0%} after {args.shallow_depth} layers, "
-          f"{args.deep_fraction:.0%} after 12; {args.cpu_workers} CPU worker(s)",
-          flush=True)  # fmt: skip
+    print(f"orloj-rt demo: {args.requests} early_exit requests per policy "
+          f"({', '.join(policies)}); exit depth bimodal: {1 - args.deep_fraction:.0%} after "
+          f"{args.shallow_depth} layers, {args.deep_fraction:.0%} after 12; "
+          f"{args.cpu_workers} CPU worker(s)", flush=True)  # fmt: skip
+    warmup = build_workload(WARMUP_REQUESTS, WARMUP_RATE, WARMUP_SLO_MS, args.seed + 1000,
+                            args.deep_fraction, args.shallow_depth)  # fmt: skip
+    workload = None
+    rate = slo_ms = None
     header = (f"{'policy':<10} {'finish rate':>11} {'ok':>6} {'dropped':>8} {'rejected':>9} "
               f"{'error':>6} {'lost':>5} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'mean batch':>10}")  # fmt: skip
     rows = []
+    finish: dict[str, float] = {}
     code = 0
     for policy in policies:
         server_args = ["--cpu-workers", str(args.cpu_workers), "--policy", policy,
                        "--log-level", args.log_level]  # fmt: skip
-        print(f"  starting a server with policy {policy} ...", end="", flush=True)
+        print(f"  {policy}: starting a server ...", end="", flush=True)
         with ServerProcess(server_args) as server:
-            print(" ready; sending load", flush=True)
-            report = run_open_loop(server.endpoint, requests, times,
-                                   drain_timeout_s=10.0 + args.slo_ms / 1000.0)  # fmt: skip
+            print(" ready; warm-up ...", end="", flush=True)
+            run_open_loop(server.endpoint, *warmup, drain_timeout_s=30.0)
+            if workload is None:  # the first server sets the load for every policy
+                mean_ms = None
+                if args.rate is None or args.slo_ms is None:
+                    mean_ms = learned_mean_solo_ms(server.endpoint)
+                    if mean_ms is None:
+                        print("\norloj-rt demo: the warm-up taught the scheduler no solo "
+                              "time; give --rate and --slo-ms", file=sys.stderr)  # fmt: skip
+                        return 1
+                capacity = args.cpu_workers * 1e3 / mean_ms if mean_ms else None
+                rate = args.rate or round(args.load * capacity)
+                slo_ms = args.slo_ms or round(args.slo_mult * mean_ms, 1)
+                print()
+                if mean_ms is not None:
+                    print(f"  measured: an early_exit request takes {mean_ms:.2f} ms on "
+                          f"average alone; {args.cpu_workers} worker(s) serving one at a "
+                          f"time: {capacity:.0f} req/s")  # fmt: skip
+                load = f" ({rate / capacity:.2g}x that)" if mean_ms is not None else ""
+                slo = (f" ({slo_ms / mean_ms:.2g}x the mean)" if mean_ms is not None
+                       else "")  # fmt: skip
+                print(f"  load: Poisson {rate:g} req/s{load}, SLO {slo_ms:g} ms{slo}",
+                      flush=True)  # fmt: skip
+                workload = build_workload(args.requests, rate, slo_ms, args.seed,
+                                          args.deep_fraction, args.shallow_depth)  # fmt: skip
+                print(f"  {policy}:", end="", flush=True)
+            print(" sending the load", flush=True)
+            report = run_open_loop(server.endpoint, *workload,
+                                   drain_timeout_s=10.0 + slo_ms / 1000.0)  # fmt: skip
         if server.returncode != 0:
             print(f"  the server exited with code {server.returncode}", file=sys.stderr)
             code = 1
@@ -124,6 +230,7 @@ def run(args) -> int:
         mean_batch = sum(o.batch_size for o in ok) / len(ok) if ok else 0.0
         p50 = report.latency_quantile(0.5) * 1e3
         p99 = report.latency_quantile(0.99) * 1e3
+        finish[policy] = report.finish_rate
         rows.append(
             f"{policy:<10} {report.finish_rate:>11.1%} {c['ok']:>6} {c['dropped']:>8} "
             f"{c['rejected']:>9} {c['error']:>6} {c['lost']:>5} {p50:>8.2f} {p99:>8.2f} "
@@ -137,6 +244,10 @@ def run(args) -> int:
         print(row)
     print("\nfinish rate: share of requests answered ok within their SLO. Latency: ok replies, "
           "as the client saw them.")  # fmt: skip
+    if "fifo" in finish:
+        print("fifo: Triton's dynamic batcher as a user tunes it (orloj_rt/policies/fifo.py).")
+    for line in explanation(finish):
+        print(line)
     if len(policies) == 1:
         print("compare policies on the same requests: orloj-rt demo --policy orloj,fifo,edf")
     print("every server shut down cleanly" if code == 0 else "PROBLEMS: see above")

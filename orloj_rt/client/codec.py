@@ -1,4 +1,4 @@
-"""Encoding requests and decoding replies of the wire protocol (PROTOCOL.md), for clients.
+"""Encoding requests and decoding replies of the wire protocol (docs/protocol.md), for clients.
 
 Pure functions over frames, shared by the synchronous and the asyncio client and by load
 generators (demo, benchmarks) that drive raw sockets.

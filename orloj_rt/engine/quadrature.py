@@ -4,8 +4,13 @@ A batch's execution time is c(b) times the maximum of its members' solo times. B
 breakpoints of the members' piecewise-linear CDFs, the batch CDF is a polynomial of degree
 b, which an m-point rule integrates exactly when 2m - 1 >= b.
 
-The nodes come from Newton's method on the Legendre polynomials, in plain Python: the
-engine stays free of numpy, whose BLAS threads would otherwise spin in the scheduler.
+The nodes come from Newton's method on the Legendre polynomials, in plain Python, so that
+the engine (the compiled one and the pure twin alike) imports no numpy. The scheduler
+process imports numpy all the same: its shared-memory rings do (runtime/shm_ring.py,
+imported at start through runtime/proc.py), and so does the oracle policy
+(policies/oracle.py, when the scheduler builds its policies). The decisions of orloj and
+the baselines make no numpy calls, and nothing in the scheduler multiplies matrices, so
+numpy's BLAS threads, started at import, stay idle there.
 """
 
 from __future__ import annotations

@@ -22,7 +22,9 @@ hints choose a cost class (build the inner orloj with pools=True).
 
 Step-level policies (`STEP_POLICIES`) implement `orloj_rt.policies.step_interface.
 StepPolicy` instead: for iterative models whose batch is re-formed at every step, they
-are called at each step boundary (the simulator's `--batching step` today). `make_policy`
+are called at each step boundary, by the simulator (`orloj-rt sim --batching step`) and
+by the runtime (`orloj-rt start --policy orloj-step`, which serves a model without steps
+with the whole-batch counterpart: docs/runtime.md#step-level-batching). `make_policy`
 builds them too, with `step=` (the solo work of one step):
 
     orloj-step   distribution-aware admission, dropping and ending from each running
@@ -31,8 +33,8 @@ builds them too, with `step=` (the solo work of one step):
     edf-step     earliest deadline first; drops and ends the expired
     oracle-step  orloj-step knowing each request's true time (an upper reference)
 
-`POLICIES` stays the list of whole-batch policies, the choices of the runtime's
-`--policy`.
+`POLICIES` stays the list of whole-batch policies; the runtime's `--policy` offers both
+(`orloj_rt.cli._server_args.policy_names`).
 """
 
 from __future__ import annotations

@@ -4,11 +4,12 @@ An iterative model (a generation loop: one step per token; an early-exit encoder
 step per layer) can change its batch between two steps. Members whose work is done leave
 and are answered at once; waiting requests join. A `StepPolicy` decides, at every step
 boundary of a worker, who joins, who is given up while still queued, and which running
-members are ended. The simulator (orloj_rt/sim/step_simulator.py) drives it today; a
-runtime scheduler with step-capable workers drives it through the same calls:
+members are ended. The simulator (`orloj-rt sim --batching step`) and the runtime's
+scheduler (`orloj-rt start --policy orloj-step`, docs/runtime.md#step-level-batching) both
+drive it through the same calls:
 
     enqueue(id, app, arrival, deadline, hint)   at each arrival
-    step(now, running)                          at each step boundary of a worker, and
+    step_boundary(now, running)                 at each step boundary of a worker, and
                                                 when an idle worker has requests queued
     observe_finished(app, steps)                when a member's work is done
     observe_ended(app, steps)                   when the policy ended a member

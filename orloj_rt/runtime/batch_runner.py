@@ -75,7 +75,11 @@ def default_examples(spec: ModelSpec, rng: np.random.Generator, n: int) -> list[
 
 
 class BatchRunner:
-    """Eager execution of one model's batches (CPU, and CUDA for uncapturable models)."""
+    """Eager execution of one model's batches (CPU, and CUDA for uncapturable models).
+
+    Besides `run`, the step runner (step_runner.py) uses its pieces: `input_tensors` (the
+    members' inputs as one batch on the device), `extract_outputs` (a model's outputs as
+    checked numpy arrays), `on_cuda` and `synchronize`."""
 
     def __init__(self, entry: ModelEntry, module, device: str = "cpu"):
         import torch
@@ -106,7 +110,29 @@ class BatchRunner:
             raise BatchError(f"batch of {b} exceeds max_batch_size {self.spec.max_batch_size}")
         with self.torch.inference_mode():
             outputs = self._forward(members)
-        return self._extract(outputs, b)
+        return self.extract_outputs(outputs, b)
+
+    @property
+    def on_cuda(self) -> bool:
+        """Whether the model runs on a CUDA device."""
+        return self._on_cuda
+
+    def synchronize(self) -> None:
+        """Waits for the work queued on the device (nothing to wait for on the CPU)."""
+        if self._on_cuda:
+            self.torch.cuda.synchronize(self.device)
+
+    def input_tensors(self, members: Sequence[Sequence[np.ndarray]]) -> list:
+        """The members' inputs as one batch: a tensor per input (spec order), on the
+        model's device; variable dims padded to the longest member with the input's
+        `pad_value`. `members[j][i]` is member j's input i, as for `run`."""
+        tensors = []
+        for i in range(len(self.spec.inputs)):
+            t = self._to_tensor(self._gather([m[i] for m in members], i), i)
+            if self._on_cuda:
+                t = t.to(self.device, non_blocking=True)
+            tensors.append(t)
+        return tensors
 
     def _to_tensor(self, arr: np.ndarray, i: int):
         t = self.torch.from_numpy(arr)
@@ -128,15 +154,13 @@ class BatchRunner:
         return out
 
     def _forward(self, members):
-        tensors = []
-        for i in range(len(self.spec.inputs)):
-            t = self._to_tensor(self._gather([m[i] for m in members], i), i)
-            if self._on_cuda:
-                t = t.to(self.device, non_blocking=True)
-            tensors.append(t)
-        return self.module(*tensors)
+        return self.module(*self.input_tensors(members))
 
-    def _extract(self, result, b: int):
+    def extract_outputs(self, result, b: int):
+        """A model's result for `b` members (a tensor, a tuple or list in spec order, or a
+        dict by output name) as (outputs, work): one C-contiguous CPU numpy array per
+        output with the members as dim 0 (rows beyond `b`, a bucket's padding, are cut),
+        and per-member work or None. BatchError if it does not match the spec."""
         torch = self.torch
         spec = self.spec
         if isinstance(result, torch.Tensor):
@@ -180,8 +204,7 @@ class BatchRunner:
     def timed(self, members) -> float:
         start = time.perf_counter()
         self.run(members)
-        if self._on_cuda:
-            self.torch.cuda.synchronize(self.device)
+        self.synchronize()
         return time.perf_counter() - start
 
     def profile(self, examples: list[dict]) -> ModelProfile:
@@ -339,7 +362,7 @@ class CudaGraphRunner(BatchRunner):
             static_in[i].copy_(host, non_blocking=True)
         graph.replay()
         # NOTE: the staging buffers are reused by the next batch; the .cpu() copies in
-        # _extract synchronise the stream, so the next batch cannot overwrite them early
+        # extract_outputs synchronise the stream, so the next batch cannot overwrite them early
         return static_out
 
 

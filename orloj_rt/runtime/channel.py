@@ -5,7 +5,7 @@ the receiver's I/O thread before the receiver's own thread sees it: three wake-u
 hop. A socket pair is one. Measured on the 2-vCPU development VM (notes in
 docs/runtime.md): a 4-hop ring of Python processes forwarding 100 bytes took 35 us per
 hop over ZeroMQ ipc and 16 us per hop over kernel pipes (multiprocessing.Pipe), which
-wake the receiver the way a socket pair does. Clients still speak ZeroMQ (PROTOCOL.md).
+wake the receiver the way a socket pair does. Clients still speak ZeroMQ (docs/protocol.md).
 
 Wire format of one message (little-endian):
 

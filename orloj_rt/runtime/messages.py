@@ -2,7 +2,7 @@
 
 Only IPC structs belong here: one small typed struct per message, each with a single-byte
 type tag, so that the whole conversation between the processes reads in one place. The
-client wire protocol (PROTOCOL.md) is not here: it lives in `wire.py`.
+client wire protocol (docs/protocol.md) is not here: it lives in `wire.py`.
 
     who -> whom                  tag  message        carries
     ---------------------------  ---  -------------  -----------------------------------------

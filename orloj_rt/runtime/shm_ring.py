@@ -90,10 +90,6 @@ def _align(n: int, a: int = ALIGN) -> int:
     return (n + a - 1) // a * a
 
 
-class RingFullError(Exception):
-    """Every slot is taken: the request must be answered `rejected`."""
-
-
 @dataclass(frozen=True)
 class RingLayout:
     """Where everything is in one model's ring; a pure function of its spec and size."""
@@ -359,16 +355,6 @@ def instance_alive(instance: str) -> bool:
         return round(psutil.Process(pid).create_time() * 100) == stamp
     except psutil.Error:
         return False
-
-
-def segments_of(instance: str) -> list[str]:
-    """Names of the shared-memory segments that `instance` has in /dev/shm."""
-    try:
-        names = os.listdir(SHM_DIR)
-    except FileNotFoundError:  # pragma: no cover - no /dev/shm (macOS)
-        return []
-    prefix = f"{SEGMENT_PREFIX}{instance}."
-    return sorted(n for n in names if n.startswith(prefix))
 
 
 def remove_stale_segments() -> list[str]:

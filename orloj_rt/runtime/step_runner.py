@@ -258,7 +258,7 @@ class StepBatch:
         t0, c0 = time.perf_counter(), time.process_time()
         try:
             with torch.inference_mode():
-                inputs = self._inputs([m for _, m in members])
+                inputs = self.runner.input_tensors([m for _, m in members])
                 state = self.model.init_state(*inputs)
                 tokens, state = self._leave_early(tokens, state, started)
                 if self.layer and tokens and self.rows.n:
@@ -274,16 +274,6 @@ class StepBatch:
             self.tokens += tokens
             self.started += [started] * len(tokens)
             self.steps += [int(k) for k in steps]
-
-    def _inputs(self, members) -> list:
-        r = self.runner
-        tensors = []
-        for i in range(len(self.spec.inputs)):
-            t = r._to_tensor(r._gather([m[i] for m in members], i), i)
-            if r._on_cuda:
-                t = t.to(r.device, non_blocking=True)
-            tensors.append(t)
-        return tensors
 
     def _leave_early(self, tokens: list[int], state: dict, started: float):
         """Answers the newcomers already done (a one-token generation); the rest stay."""
@@ -359,7 +349,7 @@ class StepBatch:
     # ------------------------------------------------------------------ answers
     def _answer(self, token: int, state: dict, steps: int, started: float, size: int) -> None:
         try:
-            arrays, _ = self.runner._extract(self.model.outputs(state), 1)
+            arrays, _ = self.runner.extract_outputs(self.model.outputs(state), 1)
             # the rows are reused: the answer must not view them
             arrays = [np.array(a, copy=True) for a in arrays]
         except Exception as exc:  # noqa: BLE001 - this member's answer is the error
@@ -389,9 +379,8 @@ def profile_steps(runner: BatchRunner, examples: list[dict]) -> list:
     model = runner.module
     spec = runner.spec
     reqs = [[ex[t.name] for t in spec.inputs] for ex in examples]
-    b1 = StepBatch(runner, lambda *a: None)
     with torch.inference_mode():
-        states = [model.init_state(*b1._inputs([r])) for r in reqs]
+        states = [model.init_state(*runner.input_tensors([r])) for r in reqs]
         work = []
         for s in states:
             s = {k: v.clone() for k, v in s.items()}  # steps may update a state in place
@@ -433,12 +422,10 @@ def _time_step(runner: BatchRunner, model, state: dict) -> float:
     # a step on a copy: the timed state is the same every repetition (a `layer` model at
     # its last layer would otherwise run nothing)
     s = {k: v.clone() for k, v in state.items()}
-    if runner._on_cuda:
-        runner.torch.cuda.synchronize(runner.device)
+    runner.synchronize()
     t0 = time.perf_counter()
     model.step(s)
-    if runner._on_cuda:
-        runner.torch.cuda.synchronize(runner.device)
+    runner.synchronize()
     return time.perf_counter() - t0
 
 
@@ -538,13 +525,14 @@ def make_step_batch(runner: BatchRunner, emit: Emit, examples: list[dict] | None
             "progress, outputs: orloj_rt/models/steps.py)"
         )
     batch = StepBatch(runner, emit)
-    if (runner._on_cuda and runner.spec.cuda_graphs and runner.spec.step_kind == "token"
+    if (runner.on_cuda and runner.spec.cuda_graphs and runner.spec.step_kind == "token"
             and examples):  # fmt: skip
         torch = runner.torch
         with torch.inference_mode():
             ex = examples[0]
-            example = runner.module.init_state(*batch._inputs([[ex[t.name] for t in
-                                                                runner.spec.inputs]]))  # fmt: skip
+            example = runner.module.init_state(
+                *runner.input_tensors([[ex[t.name] for t in runner.spec.inputs]])
+            )
         try:
             graphs = StepGraphs(batch, example)
             if graphs.capture(example):

@@ -1,9 +1,9 @@
 """The client wire protocol, version 1: parsing and validating requests, encoding replies.
 
-The contract is PROTOCOL.md (docs/protocol.md in this repository). A request is
-`[routing..., b"", header, data_0, ...]` on a ROUTER socket; the header is a msgpack map.
-Everything that can be wrong with a request raises `WireError` with a text that says what
-and how to fix it; the frontend answers it `error` and goes on serving.
+The contract is docs/protocol.md. A request is `[routing..., b"", header, data_0, ...]` on
+a ROUTER socket; the header is a msgpack map. Everything that can be wrong with a request
+raises `WireError` with a text that says what and how to fix it; the frontend answers it
+`error` and goes on serving.
 
 This module is pure Python with no sockets, so that it is unit-tested without a server,
 and shared by the Python client for the constants.
@@ -40,7 +40,7 @@ _packb = msgpack.Packer(use_bin_type=True).pack
 def new_routing_id() -> bytes:
     """A DEALER's ZMQ_ROUTING_ID for one client socket: random (unguessable, so no other
     client can take over its replies) and kept across reconnects, so that replies in
-    flight when a connection broke still reach it (outbox.py, PROTOCOL.md)."""
+    flight when a connection broke still reach it (outbox.py, docs/protocol.md)."""
     import os
 
     return b"orloj:" + os.urandom(16)  # never starts with a zero byte (ZeroMQ reserves it)
