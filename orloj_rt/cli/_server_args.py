@@ -27,8 +27,8 @@ def default_worker_threads(n_cpu_workers: int) -> int:
 
 
 def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    from orloj_rt.protocol.wire import DEFAULT_ENDPOINT
     from orloj_rt.runtime.security import DEFAULT_MAX_FRAME_BYTES
-    from orloj_rt.runtime.wire import DEFAULT_ENDPOINT
 
     where = p.add_mutually_exclusive_group()
     where.add_argument(

@@ -24,7 +24,7 @@ EXIT_USAGE = 2
 
 
 def register(sub) -> None:
-    from orloj_rt.runtime.wire import DEFAULT_ENDPOINT
+    from orloj_rt.protocol.wire import DEFAULT_ENDPOINT
 
     p = sub.add_parser(
         "bench",

@@ -18,7 +18,7 @@ CLEAR = "\x1b[H\x1b[J"  # cursor home, clear to the end: a terminal redraws in p
 
 
 def register(sub) -> None:
-    from orloj_rt.runtime.wire import DEFAULT_ENDPOINT
+    from orloj_rt.protocol.wire import DEFAULT_ENDPOINT
 
     p = sub.add_parser(
         "status",

@@ -8,7 +8,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "[::1]", "*")
 
 
 def register(sub) -> None:
-    from orloj_rt.runtime.wire import DEFAULT_ENDPOINT
+    from orloj_rt.protocol.wire import DEFAULT_ENDPOINT
 
     p = sub.add_parser(
         "stop",

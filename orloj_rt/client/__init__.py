@@ -19,7 +19,7 @@ A client object is not thread-safe (ZeroMQ sockets are not): use one per thread.
 
 A server started with `--curve-keys DIR` serves only CURVE clients whose key it admits:
 pass `curve_keys=` a directory holding `server.key` and `client.key_secret` (what
-`orloj-rt keys DIR` makes), or `orloj_rt.runtime.security.ClientKeys.load(DIR, "NAME")`.
+`orloj-rt keys DIR` makes), or `orloj_rt.protocol.keys.ClientKeys.load(DIR, "NAME")`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from orloj_rt.client.codec import (
     encode_infer,
     encode_op,
 )
-from orloj_rt.runtime.wire import DEFAULT_ENDPOINT, STATUS_OK, new_routing_id
+from orloj_rt.protocol.wire import DEFAULT_ENDPOINT, STATUS_OK, new_routing_id
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -66,7 +66,7 @@ class Client:
                  curve_keys=None):  # fmt: skip
         import zmq
 
-        from orloj_rt.runtime.security import client_keys
+        from orloj_rt.protocol.keys import client_keys
 
         self._zmq = zmq
         self.endpoint = endpoint
@@ -142,7 +142,7 @@ class AsyncClient:
         import zmq
         import zmq.asyncio
 
-        from orloj_rt.runtime.security import client_keys
+        from orloj_rt.protocol.keys import client_keys
 
         self._zmq = zmq
         self.endpoint = endpoint

@@ -13,7 +13,7 @@ import msgpack
 import numpy as np
 
 from orloj_rt.models.spec import DTYPES
-from orloj_rt.runtime.wire import PROTOCOL_VERSION, STATUS_OK
+from orloj_rt.protocol.wire import PROTOCOL_VERSION, STATUS_OK
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 # numpy dtype -> wire dtype; bfloat16 has no numpy dtype (pass `dtypes=` for its uint16 bits)

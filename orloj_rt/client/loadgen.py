@@ -23,7 +23,7 @@ from datetime import datetime
 import numpy as np
 
 from orloj_rt.client.codec import decode_header, encode_infer
-from orloj_rt.runtime.wire import new_routing_id
+from orloj_rt.protocol.wire import new_routing_id
 
 TIME_COLUMN = "TIMESTAMP"
 PROGRESS_INTERVAL_S = 0.1

@@ -18,6 +18,8 @@ import os
 
 from orloj_rt.engine import pure
 from orloj_rt.engine.interface import Decision, Policy
+from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH
+from orloj_rt.engine.pure.orloj import check_probability
 
 _choice = os.environ.get("ORLOJ_RT_PURE", "")
 
@@ -51,11 +53,23 @@ else:
     batch_cdf = pure.batch_cdf
     batch_mean = pure.batch_mean
 
+def inflation_table(max_batch: int, alpha: float, inflation=None) -> list[float]:
+    """c(1..max_batch) as plain floats: from a profiled table, an `Inflation` (either
+    engine's), or 1 + alpha (b - 1) when `inflation` is None."""
+    if inflation is None:
+        return pure.Inflation(max_batch, alpha).table
+    if hasattr(inflation, "table"):
+        return [float(v) for v in inflation.table]
+    return pure.Inflation.from_table(inflation).table
+
+
 IMPLEMENTATIONS = {"pure": pure}
 if native is not None:
     IMPLEMENTATIONS["native"] = native
 
 __all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_MAX_BATCH",
     "IMPL",
     "IMPLEMENTATIONS",
     "Decision",
@@ -66,4 +80,6 @@ __all__ = [
     "RequestQueue",
     "batch_cdf",
     "batch_mean",
+    "check_probability",
+    "inflation_table",
 ]

@@ -83,6 +83,26 @@ def is_step_policy(name: str) -> bool:
     return name in STEP_POLICIES
 
 
+#: the whole-batch policy that serves a model without steps under a step policy
+WHOLE_BATCH_FALLBACK = {
+    "orloj-step": "orloj",
+    "fcfs-step": "fifo",
+    "edf-step": "edf",
+    "oracle-step": "oracle",
+}
+
+
+def serving_mode(spec, policy: str) -> tuple[str, bool]:
+    """(the policy that serves this model, whether it is served step by step): a model
+    that declares steps (`spec.step_kind`) under a step policy is served step by step; a
+    model without steps under a step policy by its whole-batch counterpart."""
+    if not is_step_policy(policy):
+        return policy, False
+    if spec.step_kind is None:
+        return WHOLE_BATCH_FALLBACK.get(policy, "orloj"), False
+    return policy, True
+
+
 def make_policy(
     name: str,
     *,

@@ -11,18 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from orloj_rt.engine import RequestQueue
+from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, RequestQueue, inflation_table
 from orloj_rt.engine.interface import Decision, Policy
-from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, Inflation
-
-
-def inflation_table(max_batch: int, alpha: float, inflation) -> list[float]:
-    """c(1..max_batch) from a profiled table, an `Inflation`, or 1 + alpha (b - 1)."""
-    if inflation is None:
-        return Inflation(max_batch, alpha).table
-    if hasattr(inflation, "table"):
-        return [float(v) for v in inflation.table]
-    return Inflation.from_table(inflation).table
 
 
 class Request:

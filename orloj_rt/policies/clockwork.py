@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH
+from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH
 from orloj_rt.policies.base import QueuedPolicy
 
 DEFAULT_HISTORY = 10

@@ -48,8 +48,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from orloj_rt.engine import RequestQueue
-from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH
+from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, RequestQueue
 from orloj_rt.policies.base import QueuedPolicy, Request
 
 #: The default queue delay as a fraction of each request's SLO (see the module docstring).

@@ -74,14 +74,13 @@ from __future__ import annotations
 
 import math
 
+from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, check_probability
 from orloj_rt.engine.apps import (
     DEFAULT_APP_IDLE_S,
     DEFAULT_MAX_APPS,
     OVERFLOW_APP,
     AppTable,
 )
-from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH
-from orloj_rt.engine.pure.orloj import check_probability
 from orloj_rt.policies.step_base import DEFAULT_STEP, QueuedStepPolicy
 
 DEFAULT_EPSILON = 0.05

@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from orloj_rt.engine import RequestQueue
-from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH
+from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, RequestQueue
 from orloj_rt.policies.base import Request, inflation_table
 from orloj_rt.policies.step_interface import StepDecision, StepPolicy
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from orloj_rt.models.spec import ModelEntry, ModelSpec
-from orloj_rt.runtime.messages import ModelProfile
+from orloj_rt.protocol.messages import ModelProfile
 
 log = logging.getLogger("orloj_rt.worker")
 

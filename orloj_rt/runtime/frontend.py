@@ -44,8 +44,16 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle
 from typing import Any
 
-from orloj_rt.runtime import messages as msgs
-from orloj_rt.runtime import wire
+from orloj_rt.protocol import messages as msgs
+from orloj_rt.protocol import wire
+from orloj_rt.protocol.wire import (
+    STATUS_DROPPED,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_REJECTED,
+    RequestValidator,
+    WireError,
+)
 from orloj_rt.runtime.channel import Channel, ChannelClosed
 from orloj_rt.runtime.metrics import FrontendMetrics
 from orloj_rt.runtime.outbox import ReplyOutbox
@@ -54,6 +62,8 @@ from orloj_rt.runtime.proc import (
     StartupProblem,
     attach_rings,
     child_main,
+    dispatch_message,
+    drain_parent,
     send_to_parent,
     settle_memory,
 )
@@ -64,14 +74,6 @@ from orloj_rt.runtime.security import (
     start_authenticator,
 )
 from orloj_rt.runtime.shm_ring import ShmRing
-from orloj_rt.runtime.wire import (
-    STATUS_DROPPED,
-    STATUS_ERROR,
-    STATUS_OK,
-    STATUS_REJECTED,
-    RequestValidator,
-    WireError,
-)
 
 log = logging.getLogger("orloj_rt.frontend")
 
@@ -306,30 +308,11 @@ class Frontend:
             self._flush_submit()
 
     def _dispatch_backend(self, parts: list) -> None:
-        try:
-            msg = msgs.decode(parts[0])
-        except (msgs.UnknownMessage, ValueError, TypeError) as exc:
-            log.error("backend: %s; message ignored", exc)
-            return
-        handler = self._backend_handlers.get(type(msg))
-        if handler is None:
-            log.error("backend: no handler for %s; message ignored", type(msg).__name__)
-            return
-        try:
-            handler(msg, parts)
-        except Exception:  # noqa: BLE001 - a bad internal message must not stop the serving
-            log.exception("backend: %s could not be handled", type(msg).__name__)
+        # each handler gets the message and its frames (results carry data frames)
+        dispatch_message(parts, self._backend_handlers, "backend", log, parts, guard=True)
 
     def _drain_parent(self) -> None:
-        try:
-            while self.conn.poll():
-                msg = msgs.decode(self.conn.recv_bytes())
-                handler = self._parent_handlers.get(type(msg))
-                if handler is None:
-                    log.error("supervisor sent unexpected %s; ignored", type(msg).__name__)
-                    continue
-                handler(msg)
-        except (EOFError, OSError):
+        if not drain_parent(self.conn, self._parent_handlers, log):
             # the supervisor is gone: shutting down is the only safe thing left
             self._on_shutdown(msgs.Shutdown(0.0, "the server's supervisor exited"))
 

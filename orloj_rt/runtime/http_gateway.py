@@ -56,15 +56,15 @@ import msgpack
 import numpy as np
 
 from orloj_rt.models.spec import DTYPES, ModelSpec
-from orloj_rt.runtime import messages as msgs
-from orloj_rt.runtime.proc import InstanceConfig, StartupProblem, child_main, send_to_parent
-from orloj_rt.runtime.wire import (
+from orloj_rt.protocol import messages as msgs
+from orloj_rt.protocol.wire import (
     PROTOCOL_VERSION,
     STATUS_DROPPED,
     STATUS_ERROR,
     STATUS_OK,
     new_routing_id,
 )
+from orloj_rt.runtime.proc import InstanceConfig, StartupProblem, child_main, send_to_parent
 
 log = logging.getLogger("orloj_rt.gateway")
 

@@ -26,52 +26,21 @@ The metric names and their meanings are listed in docs/metrics.md.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import Any
 
-from orloj_rt.runtime.wire import MAX_APP_LEN
+from orloj_rt.protocol.stats import (  # noqa: F401 - the buckets are part of /metrics
+    BATCH_SIZE_BUCKETS,
+    DECISION_BUCKETS_S,
+    LATENCY_BUCKETS_S,
+    MAX_APPS_PER_MODEL,
+    Histogram,
+)
+from orloj_rt.protocol.wire import MAX_APP_LEN
 
-# Upper bounds (Prometheus "le") of the fixed buckets; the implicit last bucket is +Inf.
-# Latencies: 50 us .. 30 s, about three per decade: sub-millisecond serving and
-# multi-second SLOs both resolve.
-LATENCY_BUCKETS_S = (
-    50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3,
-    250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0, 30.0,
-)  # fmt: skip
-# A scheduling decision takes microseconds (docs/engine.md): 1 us .. 10 ms.
-DECISION_BUCKETS_S = (
-    1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3,
-    10e-3,
-)  # fmt: skip
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-
-# A client names its app freely (wire.MAX_APP_LEN characters); a label value per app must
-# not let one client grow the frontend's memory and every scrape without bound.
-MAX_APPS_PER_MODEL = 64
 OTHER_APP = "_other"  # the label of every app beyond MAX_APPS_PER_MODEL
 UNATTRIBUTED = ""  # model and app label of requests too malformed to name a model
 
 STATUSES = ("ok", "dropped", "rejected", "error")
-
-
-class Histogram:
-    """Fixed buckets; `counts[i]` is the number of observations in (bounds[i-1], bounds[i]],
-    the last one everything above bounds[-1]. Not cumulative: the exporter sums."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, x: float) -> None:
-        self.counts[bisect_left(self.bounds, x)] += 1
-        self.sum += x
-
-    def snapshot(self) -> list:
-        """[counts..., sum]: one flat msgpack-friendly list."""
-        return [*self.counts, self.sum]
 
 
 class AppMetrics:

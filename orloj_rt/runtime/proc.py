@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from orloj_rt.models.spec import ModelEntry
-from orloj_rt.runtime import messages as msgs
+from orloj_rt.protocol import messages as msgs
 from orloj_rt.runtime.channel import ChannelClosed
 from orloj_rt.runtime.shm_ring import RingLayout
 
@@ -160,6 +160,49 @@ def child_main(
     finally:
         logging.shutdown()
     sys.exit(code)
+
+
+# ---------------------------------------------------------------------- receive loops
+def dispatch_message(parts: list, handlers: dict, where: str, log: logging.Logger,
+                     *extra, guard: bool = False) -> None:  # fmt: skip
+    """Decodes one channel message (`parts[0]` the struct, the rest its data frames) and
+    calls its handler from the type -> handler table, `handler(msg, *extra)`. A message
+    that does not decode, or has no handler here, is logged and ignored: one bad message
+    must not stop a process. With `guard`, a handler that raises is logged with its
+    traceback and the process goes on (the frontend: its clients still need answers)."""
+    try:
+        msg = msgs.decode(parts[0])
+    except (msgs.UnknownMessage, ValueError, TypeError) as exc:
+        log.error("ignored a malformed message on %s: %s", where, exc)
+        return
+    handler = handlers.get(type(msg))
+    if handler is None:
+        log.error("no handler for %s on %s; ignored", type(msg).__name__, where)
+        return
+    if not guard:
+        handler(msg, *extra)
+        return
+    try:
+        handler(msg, *extra)
+    except Exception:  # noqa: BLE001 - a bad internal message must not stop the serving
+        log.exception("%s: %s could not be handled", where, type(msg).__name__)
+
+
+def drain_parent(conn: Connection, handlers: dict, log: logging.Logger) -> bool:
+    """Handles every message the supervisor has sent on `conn` so far, through the type
+    -> handler table. False once the supervisor is gone (the pipe closed): the caller
+    stops."""
+    try:
+        while conn.poll():
+            msg = msgs.decode(conn.recv_bytes())
+            handler = handlers.get(type(msg))
+            if handler is None:
+                log.error("supervisor sent unexpected %s; ignored", type(msg).__name__)
+                continue
+            handler(msg)
+    except (EOFError, OSError):
+        return False
+    return True
 
 
 class WaitTimeout(TimeoutError):

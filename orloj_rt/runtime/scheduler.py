@@ -43,9 +43,16 @@ import time
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle
 
-from orloj_rt.runtime import messages as msgs
+from orloj_rt.protocol import messages as msgs
 from orloj_rt.runtime.channel import Channel, ChannelClosed
-from orloj_rt.runtime.proc import InstanceConfig, child_main, send_to_parent, settle_memory
+from orloj_rt.runtime.proc import (
+    InstanceConfig,
+    child_main,
+    dispatch_message,
+    drain_parent,
+    send_to_parent,
+    settle_memory,
+)
 from orloj_rt.serving.core import Dispatch, ServingCore
 from orloj_rt.serving.learning import MIN_APP_SAMPLES  # noqa: F401 - re-exported for tests
 from orloj_rt.serving.model import STATS_MAX_APPS  # noqa: F401 - re-exported for tests
@@ -206,16 +213,7 @@ class Scheduler:
                     self._lose_worker(w, self._exit_reason(w))
 
     def _handle(self, ch: Channel, handlers: dict, parts: list) -> None:
-        try:
-            msg = msgs.decode(parts[0])
-        except (msgs.UnknownMessage, ValueError, TypeError) as exc:
-            log.error("ignored a malformed message on %s: %s", ch.name, exc)
-            return
-        handler = handlers.get(type(msg))
-        if handler is None:
-            log.error("no handler for %s on %s; ignored", type(msg).__name__, ch.name)
-            return
-        handler(msg)
+        dispatch_message(parts, handlers, ch.name, log)
 
     def _send(self, ch: Channel, parts: list) -> bool:
         try:
@@ -227,15 +225,7 @@ class Scheduler:
         return True
 
     def _drain_parent(self) -> None:
-        try:
-            while self.conn.poll():
-                msg = msgs.decode(self.conn.recv_bytes())
-                handler = self._parent_handlers.get(type(msg))
-                if handler is None:
-                    log.error("supervisor sent unexpected %s; ignored", type(msg).__name__)
-                    continue
-                handler(msg)
-        except (EOFError, OSError):
+        if not drain_parent(self.conn, self._parent_handlers, log):
             self._stopping = True
 
     # ------------------------------------------------------------------ handlers

@@ -52,7 +52,8 @@ from multiprocessing.connection import wait
 from multiprocessing.reduction import send_handle
 
 from orloj_rt.models.spec import ModelEntry
-from orloj_rt.runtime import messages as msgs
+from orloj_rt.protocol import messages as msgs
+from orloj_rt.protocol.wire import DEFAULT_ENDPOINT
 from orloj_rt.runtime.channel import Channel
 from orloj_rt.runtime.http_gateway import (
     GatewayOptions,
@@ -77,7 +78,6 @@ from orloj_rt.runtime.shm_ring import (
     remove_stale_segments,
     segment_name,
 )
-from orloj_rt.runtime.wire import DEFAULT_ENDPOINT
 
 log = logging.getLogger("orloj_rt.supervisor")
 

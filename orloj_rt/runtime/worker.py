@@ -32,7 +32,9 @@ import select
 import time
 from multiprocessing.connection import Connection
 
-from orloj_rt.runtime import messages as msgs
+from orloj_rt.policies import serving_mode
+from orloj_rt.protocol import messages as msgs
+from orloj_rt.protocol.step_times import StepTimes
 from orloj_rt.runtime.batch_runner import (
     PROFILE_SOLO_EXAMPLES,
     BatchError,
@@ -40,8 +42,14 @@ from orloj_rt.runtime.batch_runner import (
     make_runner,
 )
 from orloj_rt.runtime.channel import Channel, ChannelClosed
-from orloj_rt.runtime.proc import InstanceConfig, attach_rings, child_main, settle_memory
-from orloj_rt.serving.steps import StepTimes, serving_mode
+from orloj_rt.runtime.proc import (
+    InstanceConfig,
+    attach_rings,
+    child_main,
+    dispatch_message,
+    drain_parent,
+    settle_memory,
+)
 
 log = logging.getLogger("orloj_rt.worker")
 
@@ -214,27 +222,10 @@ class Worker:
                 self.poller.unregister(fd)
 
     def _dispatch(self, parts: list) -> None:
-        try:
-            msg = msgs.decode(parts[0])
-        except (msgs.UnknownMessage, ValueError, TypeError) as exc:
-            log.error("ignored a malformed message: %s", exc)
-            return
-        handler = self._handlers.get(type(msg))
-        if handler is None:
-            log.error("no handler for %s here; ignored", type(msg).__name__)
-            return
-        handler(msg)
+        dispatch_message(parts, self._handlers, "the scheduler channel", log)
 
     def _drain_parent(self) -> None:
-        try:
-            while self.conn.poll():
-                msg = msgs.decode(self.conn.recv_bytes())
-                handler = self._parent_handlers.get(type(msg))
-                if handler is None:
-                    log.error("supervisor sent unexpected %s; ignored", type(msg).__name__)
-                    continue
-                handler(msg)
-        except (EOFError, OSError):
+        if not drain_parent(self.conn, self._parent_handlers, log):
             self._stopping = True
 
     def _on_shutdown(self, msg: msgs.Shutdown) -> None:

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from orloj_rt.runtime import messages as msgs
+from orloj_rt.protocol import messages as msgs
 from orloj_rt.serving.model import ModelCore
 
 log = logging.getLogger("orloj_rt.scheduler")

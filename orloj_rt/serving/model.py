@@ -34,10 +34,11 @@ import logging
 import math
 
 from orloj_rt.engine.apps import DEFAULT_MAX_APPS, OVERFLOW_APP, RUNTIME_APP_IDLE_S, AppTable
-from orloj_rt.runtime import messages as msgs
-from orloj_rt.runtime.metrics import DECISION_BUCKETS_S, MAX_APPS_PER_MODEL, Histogram
+from orloj_rt.policies import serving_mode
+from orloj_rt.protocol import messages as msgs
+from orloj_rt.protocol.stats import DECISION_BUCKETS_S, MAX_APPS_PER_MODEL, Histogram
 from orloj_rt.serving.learning import MIN_APP_SAMPLES, prior_of
-from orloj_rt.serving.steps import StepCoordinator, serving_mode, step_prior
+from orloj_rt.serving.steps import StepCoordinator, step_prior
 
 log = logging.getLogger("orloj_rt.scheduler")
 

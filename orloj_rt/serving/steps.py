@@ -1,9 +1,9 @@
 """Step-level batching in the scheduler: a step policy per model, driven by the workers'
 step boundaries, with no round trip per step.
 
-Which models are served step by step (`serving_mode`): those that declare a step kind
-(`spec.step_kind`, "token" or "layer") when the instance's policy is a step policy
-(`orloj-step`, `fcfs-step`, `edf-step`, `oracle-step`). A model without steps under a
+Which models are served step by step (`orloj_rt.policies.serving_mode`): those that
+declare a step kind (`spec.step_kind`, "token" or "layer") when the instance's policy is
+a step policy (`orloj-step`, `fcfs-step`, `edf-step`, `oracle-step`). A model without steps under a
 step policy is served in whole batches by the policy's whole-batch counterpart
 (`WHOLE_BATCH_FALLBACK`: orloj-step -> orloj, fcfs-step -> fifo, edf-step -> edf), and the
 scheduler logs it at start. A whole-batch policy serves every model in whole batches.
@@ -48,18 +48,12 @@ from __future__ import annotations
 
 import logging
 
-from orloj_rt.runtime import messages as msgs
+from orloj_rt.protocol import messages as msgs
+from orloj_rt.protocol.step_times import StepTimes
 from orloj_rt.serving.learning import MIN_APP_SAMPLES, prior_of
 
 log = logging.getLogger("orloj_rt.scheduler")
 
-#: the whole-batch policy that serves a model without steps under a step policy
-WHOLE_BATCH_FALLBACK = {
-    "orloj-step": "orloj",
-    "fcfs-step": "fifo",
-    "edf-step": "edf",
-    "oracle-step": "oracle",
-}
 #: Step times learned online (`StepCoordinator._learn_step_time`): each report moves the
 #: estimate by this share per timed step it covers (an exponential average over about
 #: 1 / STEP_TIME_RATE steps), and the policy hears of it when it moved this much
@@ -67,39 +61,6 @@ STEP_TIME_RATE = 0.02
 STEP_TIME_PUSH = 0.05
 
 
-def serving_mode(spec, policy: str) -> tuple[str, bool]:
-    """(the policy that serves this model, whether it is served step by step)."""
-    from orloj_rt.policies import is_step_policy
-
-    if not is_step_policy(policy):
-        return policy, False
-    if spec.step_kind is None:
-        return WHOLE_BATCH_FALLBACK.get(policy, "orloj"), False
-    return policy, True
-
-
-class StepTimes:
-    """Step counts and time accounting, as a StepProgress carries them (messages.py): the
-    worker sums them between two reports, the scheduler over a model's life."""
-
-    __slots__ = ("n_steps", "members", "timed", "model_s", "overhead_s", "model_cpu_s",
-                 "overhead_cpu_s", "coord_s", "coord_cpu_s")
-
-    def __init__(self) -> None:
-        self.n_steps = 0
-        self.members = 0
-        self.timed = 0
-        self.model_s = 0.0
-        self.overhead_s = 0.0
-        self.model_cpu_s = 0.0
-        self.overhead_cpu_s = 0.0
-        self.coord_s = 0.0  # of the overhead: reading updates and sending reports
-        self.coord_cpu_s = 0.0
-
-    def add(self, other) -> None:
-        """Adds another StepTimes, or a StepProgress's figures."""
-        for name in StepTimes.__slots__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 class _Run:

@@ -158,8 +158,8 @@ def parse_for_server(texts: list[str] | None, policy: str, models) -> dict:
     The scheduler gives the same params to every model's policy: for a step policy, a
     model without steps is served by its whole-batch counterpart (orloj-step -> orloj),
     which must take them too. PolicyParamError (one line) if any cannot be used."""
+    from orloj_rt.policies import serving_mode
     from orloj_rt.policies.step_base import DEFAULT_STEP
-    from orloj_rt.serving.steps import serving_mode
 
     texts = texts or []
     params: dict = {}

@@ -51,7 +51,7 @@ def options(repo, *extra):
 
 
 def test_good_params_reach_the_scheduler_policy(repo):
-    from orloj_rt.runtime.messages import ModelProfile
+    from orloj_rt.protocol.messages import ModelProfile
     from orloj_rt.serving.model import ModelCore
 
     opts, code = options(repo, "--policy-param", "theta=0.8", "--policy-param",

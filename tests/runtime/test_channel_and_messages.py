@@ -7,7 +7,7 @@ import select
 import numpy as np
 import pytest
 
-from orloj_rt.runtime import messages as msgs
+from orloj_rt.protocol import messages as msgs
 from orloj_rt.runtime.channel import Channel, ChannelClosed
 
 

@@ -27,7 +27,7 @@ import msgpack
 import numpy as np
 
 from orloj_rt.client import Client
-from orloj_rt.runtime.wire import MAX_HEADER_BYTES, MAX_ID_LEN
+from orloj_rt.protocol.wire import MAX_HEADER_BYTES, MAX_ID_LEN
 
 from .helpers import running_server
 
@@ -258,7 +258,7 @@ def _rogue_rounds(endpoint: str, fz: Fuzzer) -> int:
     of `ok` replies."""
     import zmq
 
-    from orloj_rt.runtime.wire import new_routing_id
+    from orloj_rt.protocol.wire import new_routing_id
 
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)

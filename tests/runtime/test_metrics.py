@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from orloj_rt.runtime import messages as msgs
+from orloj_rt.protocol import messages as msgs
 from orloj_rt.runtime.metrics import (
     BATCH_SIZE_BUCKETS,
     LATENCY_BUCKETS_S,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from orloj_rt.client import Client, encode_infer
-from orloj_rt.runtime.wire import MAX_APP_LEN
+from orloj_rt.protocol.wire import MAX_APP_LEN
 from tests.runtime.helpers import running_server
 
 N_VALID = 400

@@ -15,7 +15,7 @@ from multiprocessing.reduction import send_handle
 import pytest
 
 from orloj_rt.models.builtin import BUILTIN_MODELS
-from orloj_rt.runtime import messages as msgs
+from orloj_rt.protocol import messages as msgs
 from orloj_rt.runtime.channel import Channel
 from orloj_rt.runtime.proc import InstanceConfig
 from orloj_rt.runtime.scheduler import Scheduler

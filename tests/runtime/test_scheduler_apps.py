@@ -12,8 +12,8 @@ import numpy as np
 
 from orloj_rt.engine.apps import OVERFLOW_APP
 from orloj_rt.models.builtin import BUILTIN_MODELS
-from orloj_rt.runtime import messages as msgs
-from orloj_rt.runtime.messages import ModelProfile
+from orloj_rt.protocol import messages as msgs
+from orloj_rt.protocol.messages import ModelProfile
 from orloj_rt.serving.model import STATS_MAX_APPS, ModelCore
 
 from .helpers import running_server

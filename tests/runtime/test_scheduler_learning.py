@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orloj_rt.models.builtin import BUILTIN_MODELS
-from orloj_rt.runtime.messages import ModelProfile
+from orloj_rt.protocol.messages import ModelProfile
 from orloj_rt.serving.learning import MIN_APP_SAMPLES
 from orloj_rt.serving.model import ModelCore
 

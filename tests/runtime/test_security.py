@@ -17,6 +17,7 @@ from zmq.utils.monitor import recv_monitor_message
 from orloj_rt.client import Client
 from orloj_rt.client.codec import encode_infer
 from orloj_rt.models.builtin import BUILTIN_MODELS
+from orloj_rt.protocol.wire import DEFAULT_ENDPOINT, MAX_HEADER_BYTES
 from orloj_rt.runtime.security import (
     ClientKeys,
     check_bind,
@@ -25,7 +26,6 @@ from orloj_rt.runtime.security import (
     max_frame_bytes,
 )
 from orloj_rt.runtime.shm_ring import RingLayout, ShmRing, segment_name
-from orloj_rt.runtime.wire import DEFAULT_ENDPOINT, MAX_HEADER_BYTES
 
 from .helpers import instance_segments, light_repo, run_cli, running_server
 

@@ -304,7 +304,7 @@ def test_orloj_step_runs_members_beyond_what_it_learned_to_their_end():
     48 tokens with a minute of slack runs. It should run to its end."""
     from orloj_rt.engine import Distribution
     from orloj_rt.policies import make_policy
-    from orloj_rt.runtime import messages as msgs
+    from orloj_rt.protocol import messages as msgs
     from orloj_rt.serving.steps import StepCoordinator, step_prior
 
     step = 0.3e-3

@@ -12,7 +12,7 @@ import pytest
 
 from orloj_rt.engine.pure.batch_model import Inflation
 from orloj_rt.models.builtin import BUILTIN_MODELS
-from orloj_rt.runtime import messages as msgs
+from orloj_rt.protocol import messages as msgs
 from orloj_rt.runtime.channel import Channel
 from orloj_rt.runtime.proc import InstanceConfig
 from orloj_rt.sim.simulator import simulate_serving

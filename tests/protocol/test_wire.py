@@ -8,8 +8,8 @@ import msgpack
 import pytest
 
 from orloj_rt.models.builtin import BUILTIN_MODELS
-from orloj_rt.runtime import wire
-from orloj_rt.runtime.wire import RequestValidator, WireError
+from orloj_rt.protocol import wire
+from orloj_rt.protocol.wire import RequestValidator, WireError
 
 EE = RequestValidator(BUILTIN_MODELS["early_exit"].spec)
 
