@@ -5,14 +5,17 @@ requests. Whole-batch policies run inside the runtime's own serving core
 (`simulate_serving`, orloj_rt/serving): the core builds the policy as the scheduler
 process does, primes it from a warm-up profile (the solo times of an independent sample
 of the workload, as a worker's warm-up measures its examples), and teaches it from the
-same reports a worker sends (batch times, per-request work). Step-level policies and
-`+hint` policies still run on the policy alone (`simulate_steps`, `simulate`), given the
-prior sample's empirical distribution through `set_default_distribution`.
+same reports a worker sends (batch times, per-request work). `+hint` policies still run
+on the policy alone (`simulate`), given the prior sample's empirical distribution through
+`set_default_distribution`.
 
 With `batching="step"` (step-level batching, issue 8) the step policies (`orloj-step`,
-`fcfs-step`, `edf-step`, `oracle-step`) run on `simulate_steps`: the batch is re-formed
-every `step` units of solo work. Whole-batch policies run whole batches in either mode,
-so a step cell compares both kinds on the same requests.
+`fcfs-step`, `edf-step`, `oracle-step`) run inside the serving core too
+(`simulate_serving_steps`): the batch is re-formed every `step` units of solo work, the
+workers report each step boundary (`StepProgress`) and apply the core's `StepUpdate`s at
+their next boundary, as in the runtime. Whole-batch policies run whole batches in either
+mode, so a step cell compares both kinds on the same requests. (`simulate_steps`, which
+calls a step policy directly at each boundary, stays for direct policy tests.)
 
 A policy name with the suffix `+hint` (e.g. `orloj+hint`) is that policy given the
 requests' cost hints through `HintClassPolicy`, fitted on the prior sample and its hints;
@@ -31,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, Inflation
 from orloj_rt.policies.step_base import DEFAULT_STEP
 from orloj_rt.sim.simulator import COMPLETED, Outcome, simulate, simulate_serving
-from orloj_rt.sim.step_simulator import simulate_steps
+from orloj_rt.sim.step_simulator import simulate_serving_steps
 from orloj_rt.sim.workloads import WorkloadSpec, generate
 
 ALL_POLICIES = ("orloj", "fifo", "edf", "nexus", "clockwork", "oracle")
@@ -130,15 +133,18 @@ def run_policy(config: SimConfig, name: str, requests=None, prior=None) -> dict:
     from orloj_rt.policies.step_interface import StepPolicy
 
     if isinstance(policy, StepPolicy):
-        outcome: Outcome = simulate_steps(
-            policy,
+        outcome: Outcome = simulate_serving_steps(
+            name,
             requests.arrival,
             requests.deadline,
             requests.solo,
             requests.app,
             Inflation(config.max_batch, config.batch_alpha).table,
+            requests.prior,
             step=config.step,
             workers=config.workers,
+            clairvoyant=bool(getattr(policy, "clairvoyant", False)),
+            policy_params=dict(config.policy_params.get(name, {})),
         )
         return summarise(outcome, requests)
     table = Inflation(config.max_batch, config.batch_alpha).table

@@ -120,3 +120,88 @@ def test_the_simulator_learns_through_the_core_as_the_runtime_does():
         (run,) = core.dispatch(float(i))
         core.batch_done(0, 0, True, 0.5 * len(run.tokens), [0.5] * len(run.tokens))
     assert mq.apps["a"].installed and mq.apps["a"].samples == 40
+
+
+# ---------------------------------------------------------------------- step level
+def _recorded_steps(policy: str, seed: int) -> list:
+    """A step-level simulated run's calls on the core and its decisions."""
+    from orloj_rt.sim.step_simulator import simulate_serving_steps
+
+    spec = BUILTIN_MODELS["generate"].spec
+    req = generate(WorkloadSpec(solo="lognormal", slo=1.5, load=8.0, requests=500, seed=seed))
+    scale = 0.002  # one unit of solo work is 2 ms; a step a tenth of it
+    trace: list = []
+    simulate_serving_steps(policy, req.arrival * scale, req.deadline * scale,
+                           req.solo * scale, req.app, Inflation(spec.max_batch_size, 0.15).table,
+                           req.prior * scale, step=0.1 * scale, workers=WORKERS,
+                           trace=trace)  # fmt: skip
+    return trace
+
+
+@pytest.mark.parametrize("policy", ["orloj-step", "fcfs-step"])
+def test_the_step_simulator_and_the_scheduler_process_decide_the_same(policy, monkeypatch):
+    """simulate_serving_steps' calls (warm-up profiles, arrivals, every StepProgress, every
+    pass) replayed through the scheduler process's handlers: the same StepUpdates (seq,
+    joined and ended tokens) on the same worker channels, and the same drops, each time."""
+    import select
+
+    import orloj_rt.runtime.scheduler as scheduler_mod
+    from orloj_rt.runtime.scheduler import Scheduler
+
+    trace = _recorded_steps(policy, seed=3)
+    entry = BUILTIN_MODELS["generate"]
+    config = InstanceConfig(instance="replay", models=(entry,), ring_names=("unused",),
+                            ring_layouts=(None,), client_endpoint="",
+                            devices=("cpu",) * WORKERS, policy=policy)  # fmt: skip
+    parent, child = multiprocessing.Pipe(duplex=True)
+    fe_a, fe_b = Channel.pair()
+    pairs = [Channel.pair() for _ in range(WORKERS)]
+    sched = Scheduler(config, child, fe_b, [a for a, _ in pairs])
+    assert sched.models[0].step_level
+    sched.poller = select.poll()
+    for ch, _h in sched._channels.values():
+        sched.poller.register(ch.fileno(), select.POLLIN)
+    frontend = Channel(fe_a, "frontend")
+    workers = [Channel(b, f"worker {i}") for i, (_a, b) in enumerate(pairs)]
+    clock = [0.0]
+    monkeypatch.setattr(scheduler_mod.time, "monotonic", lambda: clock[0])
+    compared = updates = joined = ended = drops = 0
+    try:
+        for name, args in trace:
+            if name == "worker_ready":
+                w, profiles = args
+                sched._on_worker_ready(msgs.WorkerReady(w, 1000 + w, "cpu", profiles))
+            elif name == "submit":
+                sched._on_submit(msgs.Submit(args[0]))
+            elif name == "step_progress":
+                sched._on_step_progress(msgs.StepProgress(*args[0]))
+            elif name == "schedule":
+                clock[0] = args[0]
+                sched._schedule()
+            else:  # "decided": the StepUpdates and drops of the simulator's pass
+                want_updates, want_dropped = args
+                got, dropped = [], []
+                for i, ch in enumerate(workers):
+                    for m in _drain(ch):
+                        assert isinstance(m, msgs.StepUpdate), m
+                        got.append((i, m.seq, [t for t, _s, _g in m.joined], list(m.ended)))
+                for m in _drain(frontend):
+                    if isinstance(m, msgs.Discard):
+                        assert not m.errors and not m.rejected, m
+                        dropped += m.dropped
+                assert got == [tuple(u) for u in want_updates], (clock[0], got, want_updates)
+                assert dropped == list(want_dropped), (clock[0], dropped, want_dropped)
+                compared += 1
+                updates += len(got)
+                joined += sum(len(u[2]) for u in got)
+                ended += sum(len(u[3]) for u in got)
+                drops += len(dropped)
+    finally:
+        sched._close()
+        for ch in (frontend, *workers):
+            ch.close()
+    assert compared > 1000 and updates > 200 and joined > 400, (compared, updates, joined)
+    if policy == "orloj-step":  # at load 5 it drops and ends
+        assert drops > 20 and ended > 0, (drops, ended)
+    else:  # continuous batching gives up on nobody
+        assert drops == 0 and ended == 0

@@ -201,3 +201,78 @@ def test_step_policies_need_step_batching():
         SimConfig(WorkloadSpec(**SMALL), batching="token")
     with pytest.raises(ValueError, match="step"):
         SimConfig(WorkloadSpec(**SMALL), batching="step", step=0.0)
+
+
+# ---------------------------------------------------------------------- through the core
+def _core_run(policy, arrival, deadline, solo, inflation, **kw):
+    from orloj_rt.sim.step_simulator import simulate_serving_steps
+
+    trace: list = []
+    out = simulate_serving_steps(policy, arrival, deadline, solo, ["a"] * len(arrival),
+                                 inflation, [0.1, 0.2, 0.3], step=0.1, trace=trace,
+                                 **kw)  # fmt: skip
+    return out, trace
+
+
+def test_through_the_core_a_freed_place_is_filled_one_step_later():
+    """The runtime's worker applies an update at the boundary after the report it answers:
+    r0 leaves at 0.2, and r2, queued since 0.05, joins at 0.3, one step later than when
+    the policy is called at each boundary (simulate_steps)."""
+    arrival, deadline, solo = [0.0, 0.0, 0.05], [9.0, 9.0, 9.0], [0.2, 0.3, 0.1]
+    out, trace = _core_run("fcfs-step", arrival, deadline, solo, [1.0, 1.0])
+    assert out.finish == pytest.approx([0.2, 0.3, 0.4])
+    assert list(out.batch_sizes) == [2, 2, 1, 1]
+    assert np.all(out.state == COMPLETED)
+    # an idle worker applies an update at once: r0 and r1 ran from 0.0
+    (first,) = [a for name, a in trace if name == "decided" and a[0]][:1]
+    assert first[0] == [(0, 1, [0, 1], [])]
+    # r2 was admitted at the report of 0.2 and joined at 0.3, after that boundary's report
+    # (which echoes the update applied at 0.0: the worker reports, then applies)
+    reports = [a[0] for name, a in trace if name == "step_progress"]
+    assert [(r[2], r[4], r[6]) for r in reports] == [
+        (1, [0, 1], []), (1, [1], [[0, 2]]), (1, [], [[1, 3]]), (2, [], [[2, 1]])]
+    assert [r[3] for r in reports] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    from orloj_rt.policies import make_policy
+
+    direct = simulate_steps(make_policy("fcfs-step", max_batch=2, inflation=[1.0, 1.0],
+                                        step=0.1), arrival, deadline, solo, ["a"] * 3,
+                            [1.0, 1.0], step=0.1)  # fmt: skip
+    assert direct.finish == pytest.approx([0.2, 0.3, 0.3])
+
+
+def test_through_the_core_an_ended_member_is_answered_at_once_and_leaves_a_step_later():
+    # r0 needs 5 steps but its deadline is 0.25: edf-step ends it at the report of 0.2,
+    # for the boundary of 0.3; it is answered then (ENDED) and runs until 0.3
+    out, trace = _core_run("edf-step", [0.0], [0.25], [0.5], [1.0, 1.0])
+    assert list(out.state) == [ENDED] and math.isnan(out.finish[0])
+    assert list(out.batch_sizes) == [1, 1, 1]
+    decided = [a for name, a in trace if name == "decided" and (a[0] or a[1])]
+    assert decided[-1] == ([(0, 2, [], [0])], [0])
+    m = out.summary(np.array([0.0]), np.array([0.25]))
+    assert (m["completed"], m["dropped"], m["ended"]) == (0, 1, 1)
+
+
+def test_step_cells_run_the_step_policies_through_the_core():
+    from orloj_rt.engine.pure.batch_model import Inflation
+    from orloj_rt.sim.experiment import run_policy
+    from orloj_rt.sim.step_simulator import simulate_serving_steps
+    from orloj_rt.sim.workloads import generate
+
+    config = SimConfig(WorkloadSpec(solo="lognormal", slo=3.0, load=4.0, **SMALL),
+                       batching="step", policies=tuple(STEP_POLICIES))  # fmt: skip
+    req = generate(config.workload)
+    for name in STEP_POLICIES:
+        out = simulate_serving_steps(name, req.arrival, req.deadline, req.solo, req.app,
+                                     Inflation(config.max_batch, config.batch_alpha).table,
+                                     req.prior, step=config.step,
+                                     clairvoyant=name == "oracle-step")  # fmt: skip
+        assert run_policy(config, name, req) == out.summary(req.arrival, req.deadline), name
+
+
+def test_through_the_core_the_contract_is_checked():
+    from orloj_rt.sim.step_simulator import simulate_serving_steps
+
+    with pytest.raises(ValueError, match="not a step policy"):
+        simulate_serving_steps("fifo", [0.0], [1.0], [0.1], ["a"], C, [0.1], step=0.1)
+    with pytest.raises(ValueError, match="step"):
+        simulate_serving_steps("fcfs-step", [0.0], [1.0], [0.1], ["a"], C, [0.1], step=0.0)
