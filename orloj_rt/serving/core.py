@@ -1,6 +1,7 @@
 """The serving core: everything the scheduler decides and learns, with no IO and no clock.
 
-    scheduler process (runtime/scheduler.py)        simulator (sim/simulator.py)
+    scheduler process (runtime/scheduler.py)        simulator (sim/simulator.py,
+                                                                sim/step_simulator.py)
       sockets, poll loop, hang watch, stats            virtual clock, modelled workers
                      \\                                   /
                       ServingCore: submit, worker_ready, dispatch, batch_done,
