@@ -70,6 +70,22 @@ class Outcome:
         }
 
 
+def checked_requests(arrival, deadline, solo, apps, workers: int):
+    """The requests' arrays as float64 numpy arrays, after checking that they line up,
+    arrive in order, and that there is a worker; ValueError otherwise."""
+    arrival = np.asarray(arrival, dtype=np.float64)
+    deadline = np.asarray(deadline, dtype=np.float64)
+    solo = np.asarray(solo, dtype=np.float64)
+    n = len(arrival)
+    if not (len(deadline) == len(solo) == len(apps) == n):
+        raise ValueError("arrival, deadline, solo and apps must have one entry per request")
+    if n and np.any(np.diff(arrival) < 0):
+        raise ValueError("requests must be ordered by arrival time")
+    if workers < 1:
+        raise ValueError(f"need at least one worker, got {workers!r}")
+    return arrival, deadline, solo
+
+
 def simulate(
     policy: Policy,
     arrival: Sequence[float],
@@ -89,16 +105,8 @@ def simulate(
     class sets `clairvoyant = True`, or when `clairvoyant` says so) gets each request's
     true solo time as its hint instead.
     """
-    arrival = np.asarray(arrival, dtype=np.float64)
-    deadline = np.asarray(deadline, dtype=np.float64)
-    solo = np.asarray(solo, dtype=np.float64)
+    arrival, deadline, solo = checked_requests(arrival, deadline, solo, apps, workers)
     n = len(arrival)
-    if not (len(deadline) == len(solo) == len(apps) == n):
-        raise ValueError("arrival, deadline, solo and apps must have one entry per request")
-    if n and np.any(np.diff(arrival) < 0):
-        raise ValueError("requests must be ordered by arrival time")
-    if workers < 1:
-        raise ValueError(f"need at least one worker, got {workers!r}")
     c = [float(v) for v in inflation]
     max_batch = len(c)
     if clairvoyant is None:
@@ -243,16 +251,8 @@ def simulate_serving(
     """
     from orloj_rt.serving import ServingCore
 
-    arrival = np.asarray(arrival, dtype=np.float64)
-    deadline = np.asarray(deadline, dtype=np.float64)
-    solo = np.asarray(solo, dtype=np.float64)
+    arrival, deadline, solo = checked_requests(arrival, deadline, solo, apps, workers)
     n = len(arrival)
-    if not (len(deadline) == len(solo) == len(apps) == n):
-        raise ValueError("arrival, deadline, solo and apps must have one entry per request")
-    if n and np.any(np.diff(arrival) < 0):
-        raise ValueError("requests must be ordered by arrival time")
-    if workers < 1:
-        raise ValueError(f"need at least one worker, got {workers!r}")
     c = [float(v) for v in inflation]
     core = ServingCore([SimModel("sim", len(c))], policy, policy_params, workers,
                        timer=lambda: 0.0)  # fmt: skip

@@ -49,6 +49,7 @@ from orloj_rt.sim.simulator import (
     PENDING,
     Outcome,
     SimulationError,
+    checked_requests,
 )
 
 RUNNING = -1
@@ -82,16 +83,8 @@ def simulate_steps(
     instead. The Outcome's `batches` counts steps and `batch_sizes` holds the members of
     every step.
     """
-    arrival = np.asarray(arrival, dtype=np.float64)
-    deadline = np.asarray(deadline, dtype=np.float64)
-    solo = np.asarray(solo, dtype=np.float64)
+    arrival, deadline, solo = checked_requests(arrival, deadline, solo, apps, workers)
     n = len(arrival)
-    if not (len(deadline) == len(solo) == len(apps) == n):
-        raise ValueError("arrival, deadline, solo and apps must have one entry per request")
-    if n and np.any(np.diff(arrival) < 0):
-        raise ValueError("requests must be ordered by arrival time")
-    if workers < 1:
-        raise ValueError(f"need at least one worker, got {workers!r}")
     if not (step > 0 and math.isfinite(step)):
         raise ValueError(f"the step's solo work must be > 0, got {step!r}")
     step_time = [float(v) * step for v in inflation]  # a step of b takes step_time[b - 1]
@@ -278,16 +271,8 @@ def simulate_serving_steps(
     from orloj_rt.serving import ServingCore
     from orloj_rt.sim.simulator import SimModel
 
-    arrival = np.asarray(arrival, dtype=np.float64)
-    deadline = np.asarray(deadline, dtype=np.float64)
-    solo = np.asarray(solo, dtype=np.float64)
+    arrival, deadline, solo = checked_requests(arrival, deadline, solo, apps, workers)
     n = len(arrival)
-    if not (len(deadline) == len(solo) == len(apps) == n):
-        raise ValueError("arrival, deadline, solo and apps must have one entry per request")
-    if n and np.any(np.diff(arrival) < 0):
-        raise ValueError("requests must be ordered by arrival time")
-    if workers < 1:
-        raise ValueError(f"need at least one worker, got {workers!r}")
     if not (step > 0 and math.isfinite(step)):
         raise ValueError(f"the step's solo work must be > 0, got {step!r}")
     step = float(step)
