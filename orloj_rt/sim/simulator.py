@@ -86,6 +86,26 @@ def checked_requests(arrival, deadline, solo, apps, workers: int):
     return arrival, deadline, solo
 
 
+def drop_stranded(policy, state: list) -> None:
+    """Nothing can happen any more, yet requests wait (a policy that idles without a
+    wake-up): they would wait forever, so they count as dropped."""
+    for rid, st in enumerate(state):
+        if st == PENDING:
+            policy.remove(rid)
+            state[rid] = DROPPED
+
+
+def outcome_of(state: list, finish: list, sizes: list, last_event: float) -> Outcome:
+    """A simulation's Outcome from its per-request lists and batch (or step) sizes."""
+    return Outcome(
+        state=np.asarray(state, dtype=np.int8),
+        finish=np.asarray(finish, dtype=np.float64),
+        batches=len(sizes),
+        batch_sizes=np.asarray(sizes, dtype=np.int32),
+        end_time=last_event,
+    )
+
+
 def simulate(
     policy: Policy,
     arrival: Sequence[float],
@@ -188,19 +208,8 @@ def simulate(
             heapq.heappush(running, (now + exec_time, seq, w, now, list(batch)))
             sizes.append(len(batch))
         if not running and nxt >= n and wakeup == math.inf and len(policy):
-            # Nothing can happen any more, yet requests wait (a policy that idles without a
-            # wake-up): they would wait forever, so they count as dropped.
-            left = [rid for rid in range(n) if state[rid] == PENDING]
-            for rid in left:
-                policy.remove(rid)
-                state[rid] = DROPPED
-    return Outcome(
-        state=np.asarray(state, dtype=np.int8),
-        finish=np.asarray(finish, dtype=np.float64),
-        batches=len(sizes),
-        batch_sizes=np.asarray(sizes, dtype=np.int32),
-        end_time=last_event,
-    )
+            drop_stranded(policy, state)
+    return outcome_of(state, finish, sizes, last_event)
 
 
 # ---------------------------------------------------------------------- through the core
@@ -329,17 +338,6 @@ def simulate_serving(
             wakeup = min(wakeup, w_at)
         queued = len(core.models[0].policy) if core.models[0].policy is not None else 0
         if not running and nxt >= n and wakeup == math.inf and queued:
-            # nothing can happen any more, yet requests wait: they count as dropped
-            policy_obj = core.models[0].policy
-            for rid in range(n):
-                if state[rid] == PENDING:
-                    policy_obj.remove(rid)
-                    state[rid] = DROPPED
-    return Outcome(
-        state=np.asarray(state, dtype=np.int8),
-        finish=np.asarray(finish, dtype=np.float64),
-        batches=len(sizes),
-        batch_sizes=np.asarray(sizes, dtype=np.int32),
-        end_time=last_event,
-    )
+            drop_stranded(core.models[0].policy, state)
+    return outcome_of(state, finish, sizes, last_event)
 

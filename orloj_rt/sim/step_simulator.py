@@ -39,8 +39,6 @@ import heapq
 import math
 from collections.abc import Sequence
 
-import numpy as np
-
 from orloj_rt.policies.step_interface import RunningMember, StepPolicy
 from orloj_rt.sim.simulator import (
     COMPLETED,
@@ -50,6 +48,8 @@ from orloj_rt.sim.simulator import (
     Outcome,
     SimulationError,
     checked_requests,
+    drop_stranded,
+    outcome_of,
 )
 
 RUNNING = -1
@@ -188,18 +188,8 @@ def simulate_steps(
             if not batch[w] and len(policy):
                 boundary(w)
         if not ends and nxt >= n and wakeup == math.inf and len(policy):
-            # nothing can happen any more, yet requests wait: they count as dropped
-            for rid in range(n):
-                if state[rid] == PENDING:
-                    policy.remove(rid)
-                    state[rid] = DROPPED
-    return Outcome(
-        state=np.asarray(state, dtype=np.int8),
-        finish=np.asarray(finish, dtype=np.float64),
-        batches=len(sizes),
-        batch_sizes=np.asarray(sizes, dtype=np.int32),
-        end_time=last_event,
-    )
+            drop_stranded(policy, state)
+    return outcome_of(state, finish, sizes, last_event)
 
 
 # ---------------------------------------------------------------------- through the core
@@ -441,15 +431,5 @@ def simulate_serving_steps(
             if w_at is not None and w_at > now:
                 wakeup = min(wakeup, w_at)
         if not ends and nxt >= n and wakeup == math.inf and len(policy_obj):
-            # nothing can happen any more, yet requests wait: they count as dropped
-            for rid in range(n):
-                if state[rid] == PENDING:
-                    policy_obj.remove(rid)
-                    state[rid] = DROPPED
-    return Outcome(
-        state=np.asarray(state, dtype=np.int8),
-        finish=np.asarray(finish, dtype=np.float64),
-        batches=len(sizes),
-        batch_sizes=np.asarray(sizes, dtype=np.int32),
-        end_time=last_event,
-    )
+            drop_stranded(policy_obj, state)
+    return outcome_of(state, finish, sizes, last_event)
