@@ -228,6 +228,21 @@ def warmup_profile(warmup_solo: Sequence[float], inflation: Sequence[float]) -> 
     return [[float(t) for t in warmup_solo], [float(c) for c in inflation], [0.0, 1.0], None]
 
 
+def submit_arrivals(core, now: float, nxt: int, arr: list, dl: list, apps, hint_of,
+                    record) -> int:  # fmt: skip
+    """Submits to the serving core, as the frontend's descriptors, every request from
+    `nxt` on that has arrived by `now`; returns the next request still to arrive."""
+    descs = []
+    while nxt < len(arr) and arr[nxt] <= now:
+        hint = None if hint_of is None else hint_of[nxt]
+        descs.append((nxt, 0, apps[nxt], arr[nxt], dl[nxt], hint, 0, 0))
+        nxt += 1
+    if descs:
+        record(("submit", (descs,)))
+        core.submit(descs)
+    return nxt
+
+
 def simulate_serving(
     policy: str,
     arrival: Sequence[float],
@@ -307,14 +322,7 @@ def simulate_serving(
             report = (w, 0, True, end - start, [x[rid] for rid in members])
             record(("batch_done", report))
             core.batch_done(*report)
-        descs = []
-        while nxt < n and arr[nxt] <= now:
-            hint = None if hint_of is None else hint_of[nxt]
-            descs.append((nxt, 0, apps[nxt], arr[nxt], dl[nxt], hint, 0, 0))
-            nxt += 1
-        if descs:
-            record(("submit", (descs,)))
-            core.submit(descs)
+        nxt = submit_arrivals(core, now, nxt, arr, dl, apps, hint_of, record)
         record(("dispatch", (now,)))
         runs = core.dispatch(now)
         dropped, rejected, errors = core.take_discards()

@@ -50,6 +50,7 @@ from orloj_rt.sim.simulator import (
     checked_requests,
     drop_stranded,
     outcome_of,
+    submit_arrivals,
 )
 
 RUNNING = -1
@@ -417,14 +418,7 @@ def simulate_serving_steps(
             report(w, now, finished, b)
             if apply_and_start(w, now):
                 report(w, now, [], 0)
-        descs = []
-        while nxt < n and arr[nxt] <= now:
-            hint = None if hint_of is None else hint_of[nxt]
-            descs.append((nxt, 0, apps[nxt], arr[nxt], dl[nxt], hint, 0, 0))
-            nxt += 1
-        if descs:
-            record(("submit", (descs,)))
-            core.submit(descs)
+        nxt = submit_arrivals(core, now, nxt, arr, dl, apps, hint_of, record)
         schedule(now)
         if not all(stepping):
             w_at = core.next_wakeup(now)
