@@ -16,6 +16,9 @@ active engine's `RequestQueue`:
                batches; drops what that estimate says cannot make it
     oracle     the clairvoyant twin of orloj: knows each request's true time (an upper
                reference; the simulator gives it the true times)
+    sjf-hint   shortest predicted first: each request's prediction is the mean of its
+               (hint-class) app's distribution; drops what cannot finish alone by it, then
+               a greedy batch that meets every member's deadline by the prediction
 
 `orloj_rt.policies.hint_classes.HintClassPolicy` wraps orloj so that per-request cost
 hints choose a cost class (build the inner orloj with pools=True).
@@ -51,6 +54,7 @@ from orloj_rt.policies.fifo import TritonFifoPolicy
 from orloj_rt.policies.nexus import NexusPolicy
 from orloj_rt.policies.oracle import ClairvoyantOraclePolicy
 from orloj_rt.policies.orloj_step import ClairvoyantStepOraclePolicy, OrlojStepPolicy
+from orloj_rt.policies.sjf_hint import SjfHintPolicy
 from orloj_rt.policies.step_interface import StepPolicy
 
 PolicyFactory = Callable[..., Policy | StepPolicy]
@@ -63,10 +67,16 @@ POLICIES: dict[str, PolicyFactory] = {
     "nexus": NexusPolicy,
     "clockwork": ClockworkPolicy,
     "oracle": ClairvoyantOraclePolicy,
+    "sjf-hint": SjfHintPolicy,
 }
 
 #: The policies a deployment may choose; the oracle needs true times only a simulator has.
+#: sjf-hint, also deployable, is the hint-aware baseline: it is compared where requests
+#: carry cost hints (HINTED), so it stays out of this list of every cell's baselines.
 BASELINES = ("fifo", "edf", "nexus", "clockwork")
+
+#: the policies that get cost-hint classes from the serving core (orloj_rt/serving/hints.py)
+HINTED = ("orloj", "orloj-step", "sjf-hint")
 
 #: Step-level policies (orloj_rt/policies/step_interface.py): called at every step boundary
 #: of an iterative model, factory(max_batch=..., inflation=..., step=..., **params).
