@@ -24,6 +24,12 @@
    measures beside it do not depend on the CPU share the server gets: the server's
    processes' CPU per reply, without and with scraping, in the same pairs; and the CPU
    one scrape costs the instance (idle, 200 scrapes) times the scrape rate.
+5. The derived cost hint (a model's `hint` declaration, orloj_rt/protocol/derived_hint.py):
+   what the frontend adds to each request of a model that declares one, timed call by
+   call on the frontend's own inputs (the frames as bytes, the shapes as lists) for
+   `seq_encoder`'s `length(tokens)` over requests of 1..256 tokens, and `nonzero(tokens)`
+   on the same requests beside it. Target: p50 <= 5 us. `--derived-hint-only` runs just
+   this part (under a second, no server).
 
 Side by side in the same run: the direct call; the server path; the *architecture floor*,
 the same chain of processes and sockets (client -ZeroMQ-> process A -socket pair-> B ->
@@ -61,6 +67,7 @@ TARGETS = {
     "noop_throughput_rps": (">=", 10_000.0),
     "http_added_p50_us": ("<=", 1000.0),
     "scrape_throughput_loss_pct": ("<", 5.0),
+    "derived_hint_p50_us": ("<=", 5.0),
 }
 
 
@@ -412,6 +419,39 @@ def architecture_floor(n: int) -> list[float]:
     return out
 
 
+def derived_hint_cost(n: int) -> dict:
+    """Per-call cost of the derived hint as the frontend calls it (no client hint, the
+    request's shapes and byte frames): seq_encoder's declaration, and nonzero() on the
+    same requests. Each call is timed alone (the timer's own cost, tens of ns, included)."""
+    from orloj_rt.models import seq_encoder
+    from orloj_rt.models.builtin import BUILTIN_MODELS
+    from orloj_rt.protocol.derived_hint import compile_hint
+
+    spec = BUILTIN_MODELS["seq_encoder"].spec
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, seq_encoder.MAX_LEN + 1, size=64)
+    requests = [([[int(k)]], [seq_encoder.tokens_of_length(int(k), rng).tobytes()])
+                for k in lengths]  # fmt: skip
+    clock = time.perf_counter_ns
+    out: dict = {"declaration": spec.hint, "calls": n,
+                 "mean_tokens": float(lengths.mean())}  # fmt: skip
+    for key, deriver in (("derived_hint", compile_hint(spec)),
+                         ("derived_hint_nonzero",
+                          compile_hint(spec.replace(hint="nonzero(tokens)")))):  # fmt: skip
+        assert deriver is not None
+        for shapes, frames in requests:  # each answer checked once, then warm
+            assert deriver(None, shapes, frames) == shapes[0][0]
+        ns = []
+        for i in range(n):
+            shapes, frames = requests[i & 63]
+            t0 = clock()
+            deriver(None, shapes, frames)
+            ns.append(clock() - t0)
+        out[f"{key}_p50_us"] = quantile(ns, 0.5) / 1e3
+        out[f"{key}_p99_us"] = quantile(ns, 0.99) / 1e3
+    return out
+
+
 def throughput(endpoint: str, window: int, duration_s: float) -> dict:
     """Keeps `window` noop requests in flight for `duration_s`; counts replies by status."""
     import msgpack
@@ -490,7 +530,25 @@ def main() -> int:
                     "is 60, common settings 15 (default: %(default)s)")
     ap.add_argument("--scrape-pairs", type=int, default=10,
                     help="pairs of runs without / with scraping (default: %(default)s)")
+    ap.add_argument("--derived-hint-only", action="store_true",
+                    help="measure only the derived hint's cost (part 5; no server)")
+    ap.add_argument("--hint-calls", type=int, default=20_000,
+                    help="timed calls of each derived hint (default: %(default)s)")
     args = ap.parse_args()
+
+    hint = derived_hint_cost(args.hint_calls)
+    hint_keys = ("derived_hint_p50_us", "derived_hint_p99_us", "derived_hint_nonzero_p50_us",
+                 "derived_hint_nonzero_p99_us")  # fmt: skip
+    if args.derived_hint_only:
+        if args.json:
+            print(json.dumps({**{k: hint[k] for k in hint_keys}, "derived_hint_detail": hint,
+                              "cpus": os.cpu_count()}))  # fmt: skip
+            return 0
+        print(f"orloj-rt derived hint cost ({os.cpu_count()} CPUs; {args.hint_calls} calls "
+              "each)")  # fmt: skip
+        print(f"{'measure':<50} {'value':>12}  {'target':>12}")
+        print_hint_rows(hint)
+        return 0
 
     direct = direct_latency(args.requests)
     direct_idle = direct_latency(args.requests // 2, idle_s=0.0005)
@@ -552,6 +610,8 @@ def main() -> int:
         "server_side_exec_p50_us": quantile([t["exec_us"] for t in timings], 0.5),
         "noop_throughput_window1_rps": one["ok_per_s"],
         "noop_throughput_detail": many,
+        **{k: hint[k] for k in hint_keys},
+        "derived_hint_detail": hint,
         "requests": args.requests,
         "cpus": os.cpu_count(),
     }
@@ -561,16 +621,6 @@ def main() -> int:
     print(f"orloj-rt end-to-end overhead ({os.cpu_count()} CPUs; {args.requests} sequential "
           f"requests; throughput: {args.duration:g} s at a window of {args.window})")
     print(f"{'measure':<50} {'value':>12}  {'target':>12}")
-
-    def row(name: str, value: float, unit: str, key: str | None = None) -> None:
-        target = ""
-        if key in TARGETS:
-            op, bound = TARGETS[key]
-            ok = {"<=": value <= bound, "<": value < bound, ">=": value >= bound}[op]
-            target = f"{op} {bound:g} {'ok' if ok else 'MISSED'}"
-        digits = 1 if unit == "%" else 0
-        print(f"{name:<50} {value:>9.{digits}f} {unit:<3} {target:>14}")
-
     row("tiny_mlp called directly, p50", d50, "us")
     row("tiny_mlp called directly, p99", d99, "us")
     row("tiny_mlp directly, 0.5 ms idle before each, p50", result["direct_after_idle_p50_us"],
@@ -618,7 +668,32 @@ def main() -> int:
     print(f"  {sc['scrapes']} scrapes, p50 {sc['scrape_p50_ms']:.1f} ms under load, "
           f"{sc['scrape_bytes']} bytes; runs without {[round(x) for x in sc['without_rps']]}, "
           f"with {[round(x) for x in sc['with_rps']]}")
+    print_hint_rows(hint)
     return 0
+
+
+def row(name: str, value: float, unit: str, key: str | None = None, digits: int = -1) -> None:
+    target = ""
+    if key in TARGETS:
+        op, bound = TARGETS[key]
+        ok = {"<=": value <= bound, "<": value < bound, ">=": value >= bound}[op]
+        target = f"{op} {bound:g} {'ok' if ok else 'MISSED'}"
+    if digits < 0:
+        digits = 1 if unit == "%" else 0
+    print(f"{name:<50} {value:>9.{digits}f} {unit:<3} {target:>14}")
+
+
+def print_hint_rows(hint: dict) -> None:
+    decl = hint["declaration"]
+    row(f"derived hint, seq_encoder {decl}, p50", hint["derived_hint_p50_us"], "us",
+        "derived_hint_p50_us", digits=2)  # fmt: skip
+    row(f"derived hint, seq_encoder {decl}, p99", hint["derived_hint_p99_us"], "us", digits=2)
+    row("derived hint, nonzero(tokens) instead, p50", hint["derived_hint_nonzero_p50_us"], "us",
+        digits=2)  # fmt: skip
+    row("derived hint, nonzero(tokens) instead, p99", hint["derived_hint_nonzero_p99_us"], "us",
+        digits=2)  # fmt: skip
+    print(f"  {hint['calls']} calls each over 64 requests of {hint['mean_tokens']:.0f} tokens "
+          "on average (int64), each call timed alone")
 
 
 if __name__ == "__main__":

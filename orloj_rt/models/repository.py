@@ -13,6 +13,8 @@ Each `*.toml` file holds one model, from one of three sources:
     batch_buckets = [1, 2, 4, 8]        # batch sizes to pad to (default: powers of two)
     default_slo_ms = 20.0               # SLO of a request that sends none (default 100)
     work_output = "steps"               # an integer output counting per-request work (optional)
+    hint = "length(x)"                  # a request's cost hint, derived from its inputs:
+                                        #   length(NAME[, AXIS]) or nonzero(NAME) (optional)
 
     [[inputs]]                          # one table per input, in the order forward() takes them
     name = "x"
@@ -48,6 +50,7 @@ from orloj_rt.models.spec import (
     DTYPES,
     MAX_BATCH_LIMIT,
     STEP_KINDS,
+    HintDeclarationError,
     ModelEntry,
     ModelSpec,
     TensorSpec,
@@ -70,6 +73,8 @@ SPEC_FIELDS: dict[str, tuple[Any, str]] = {
     "ring_slots": (int, "an integer >= 1, e.g. ring_slots = 1024"),
     "cuda_graphs": (bool, "true or false"),
     "description": (str, "a string"),
+    "hint": (str, 'a string naming how to derive a request\'s cost hint, e.g. '
+                  'hint = "length(tokens)" or hint = "nonzero(tokens)"'),
     "inputs": (list, "[[inputs]] tables"),
     "outputs": (list, "[[outputs]] tables"),
 }
@@ -281,6 +286,8 @@ def _spec(path: Path, cfg: dict[str, Any], base: ModelSpec | None) -> ModelSpec:
                               "`factory`")  # fmt: skip
         try:
             return base.replace(**fields)
+        except HintDeclarationError as exc:
+            raise ConfigError(path, "hint", exc.problem, exc.fix) from None
         except ValueError as exc:
             raise ConfigError(path, _field_of(exc), str(exc), "see docs/models.md") from None
     for key in ("name", "inputs", "outputs"):
@@ -295,6 +302,8 @@ def _spec(path: Path, cfg: dict[str, Any], base: ModelSpec | None) -> ModelSpec:
     outputs = tuple(_tensor(path, "outputs", i, t) for i, t in enumerate(cfg["outputs"]))
     try:
         return ModelSpec(inputs=inputs, outputs=outputs, **fields)
+    except HintDeclarationError as exc:
+        raise ConfigError(path, "hint", exc.problem, exc.fix) from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(path, _field_of(exc), str(exc), "see docs/models.md") from None
 

@@ -8,8 +8,9 @@ short one in its batch pay for its length. The model reports `length` (its non-p
 tokens) per request as the spec's `work_output`, so the scheduler learns per-request
 solo times from batches (solo ~ a + k * length, fitted at warm-up).
 
-The length is known when the request arrives, so a client may send it as the request's
-cost `hint`.
+The length is known when the request arrives: the spec declares it as the request's
+cost hint (`hint = "length(tokens)"`, the size of the token input's variable dim), which
+the server derives for every request that sends no `hint` of its own.
 
 `tokens_of_length(length, rng)` builds an input; `lengths_from_trace` scales a trace's
 token counts (e.g. the Azure conversation trace's `ContextTokens`) into this model's
@@ -48,6 +49,7 @@ SPEC = ModelSpec(
     default_slo_ms=100.0,
     work_output="length",
     ring_slots=512,
+    hint="length(tokens)",
     description="transformer encoder over variable-length input, padded per batch "
     "(random weights)",
 )

@@ -15,6 +15,10 @@ Conventions the worker relies on (see docs/runtime.md):
   batch's shape bucket; the model must treat padding as padding (e.g. token 0).
 - `work_output`, if set, names an integer output that counts the work each request did
   (layers run, tokens generated); the scheduler learns per-request solo times from it.
+- `hint`, if set, declares how the server derives a request's cost hint from its inputs
+  (`length(NAME)`, `length(NAME, AXIS)`, `nonzero(NAME)`; `parse_hint`): the frontend
+  computes it for every request that sends no hint of its own
+  (orloj_rt/protocol/derived_hint.py).
 
 Specs are plain frozen dataclasses: they pickle across processes and convert to and from
 dicts (`to_dict` / `from_dict`), which the `models` answer and the model repository's TOML
@@ -23,10 +27,12 @@ files use.
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 #: protocol dtype -> (numpy storage dtype, itemsize). numpy has no bfloat16, so its bytes
 #: are stored as uint16 and re-viewed as torch.bfloat16 inside the worker.
@@ -43,6 +49,13 @@ DTYPES: dict[str, tuple[str, int]] = {
 
 #: step-level batching kinds a model may declare (used by a later scheduler mode)
 STEP_KINDS = (None, "token", "layer")
+
+#: the forms of a derived cost hint (`ModelSpec.hint`): `length(NAME[, AXIS])`, the size of
+#: a variable dim of input NAME; `nonzero(NAME)`, the non-zero entries of an integer input
+HINT_FORMS = ("length", "nonzero")
+#: the dtypes `nonzero(NAME)` counts in
+HINT_INTEGER_DTYPES = ("int64", "int32", "int8", "uint8")
+_HINT_SYNTAX = re.compile(r"\s*([A-Za-z_]\w*)\s*\(\s*([^,()]*?)\s*(?:,\s*([^,()]*?)\s*)?\)\s*")
 
 MAX_BATCH_LIMIT = 4096
 MAX_NAME_LEN = 128
@@ -189,6 +202,125 @@ class TensorSpec:
         )
 
 
+class HintRule(NamedTuple):
+    """A parsed `hint` declaration (`parse_hint`): what the frontend computes per request."""
+
+    form: str  # "length" or "nonzero"
+    input: str  # the input's name
+    index: int  # its position in the spec's inputs: the request's frame order
+    dtype: str  # its dtype
+    axis: int | None  # length(): the dim of one request (no batch dim), >= 0; else None
+
+
+class HintDeclarationError(ValueError):
+    """A wrong `hint` declaration: what is wrong (`problem`) and how to fix it (`fix`)."""
+
+    def __init__(self, declaration: Any, problem: str, fix: str, model: str | None = None):
+        self.declaration = declaration
+        self.problem = problem
+        self.fix = fix
+        where = f"model {model!r}: " if model is not None else ""
+        super().__init__(f"{where}field `hint`: {problem}. Fix: {fix}")
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _length_fix(t: TensorSpec) -> str:
+    return " or ".join(f'hint = "length({t.name}, {a})"' for a in t.variable_dims)
+
+
+def parse_hint(
+    declaration: Any, inputs: Sequence[TensorSpec], model: str | None = None
+) -> HintRule:
+    """Parses and checks a derived cost hint against the model's inputs:
+
+        length(NAME)        the size of input NAME's variable dim (-1 in its shape)
+        length(NAME, AXIS)  the size of dim AXIS of one request (no batch dim; a variable
+                            dim), needed when NAME has several variable dims
+        nonzero(NAME)       the number of non-zero entries of integer input NAME (its
+                            tokens when 0 pads)
+
+    Raises `HintDeclarationError` (a ValueError) naming the problem and the fix."""
+    names = [t.name for t in inputs]
+    ex = next((t.name for t in inputs if t.variable_dims), names[0] if names else "x")
+    forms = (f'hint = "length(NAME)" (the size of input NAME\'s variable dim), '
+             f'"length(NAME, AXIS)" (when it has several) or "nonzero(NAME)" (the non-zero '
+             f'entries of an integer input), e.g. hint = "length({ex})"')  # fmt: skip
+
+    def fail(problem: str, fix: str) -> HintDeclarationError:
+        return HintDeclarationError(declaration, problem, fix, model)
+
+    if not isinstance(declaration, str):
+        raise fail(f"{declaration!r} is not a string", f"write {forms}")
+    m = _HINT_SYNTAX.fullmatch(declaration)
+    if m is None:
+        raise fail(f"{declaration!r} is not a hint declaration", f"write {forms}")
+    form, name, axis_text = m.groups()
+    if form not in HINT_FORMS:
+        raise fail(f"{declaration!r}: unknown form {form!r}" + _suggest(form, HINT_FORMS),
+                   f"use one of the forms: {forms}")  # fmt: skip
+    if len(name) >= 2 and name[0] == name[-1] and name[0] in "'\"":
+        name = name[1:-1]
+    if name not in names:
+        what = f"{name!r} is not an input of the model" if name else "it names no input"
+        raise fail(f"{declaration!r}: {what}" + _suggest(name, names),
+                   f"name one of its inputs ({', '.join(names)}), e.g. hint = "
+                   f'"{form}({ex})"')  # fmt: skip
+    index = names.index(name)
+    t = inputs[index]
+    if form == "nonzero":
+        if axis_text is not None:
+            raise fail(f"{declaration!r}: nonzero() takes an input and no axis",
+                       f'write hint = "nonzero({name})": it counts every non-zero entry of '
+                       "the input")  # fmt: skip
+        if t.dtype not in HINT_INTEGER_DTYPES:
+            other = f', or use hint = "length({name})" for the size of its variable dim' \
+                if len(t.variable_dims) == 1 else ""  # fmt: skip
+            ints = [u.name for u in inputs if u.dtype in HINT_INTEGER_DTYPES]
+            which = f'hint = "nonzero({ints[0]})"' if ints else "token ids padded with 0"
+            raise fail(f"{declaration!r}: nonzero() counts the non-zero entries of an integer "
+                       f"input, but {name!r} is {t.dtype}",
+                       f"name an integer input ({', '.join(HINT_INTEGER_DTYPES)}), e.g. "
+                       f"{which}{other}")  # fmt: skip
+        return HintRule("nonzero", name, index, t.dtype, None)
+    shape = list(t.shape)
+    variable = t.variable_dims
+    if not variable:
+        others = [u.name for u in inputs if u.variable_dims]
+        use = (f'use length() of an input with a variable dim ({", ".join(others)}), '
+               if others else "")  # fmt: skip
+        count = (f', or count its non-zero entries: hint = "nonzero({name})"'
+                 if t.dtype in HINT_INTEGER_DTYPES else "")  # fmt: skip
+        raise fail(f"{declaration!r}: input {name!r} (shape {shape}) has no variable dim "
+                   "(-1), so its length is the same for every request",
+                   f"{use}declare the dim variable (-1 in shape, with max_shape)"
+                   f"{count}")  # fmt: skip
+    if axis_text is None:
+        if len(variable) > 1:
+            raise fail(f"{declaration!r}: input {name!r} (shape {shape}) has "
+                       f"{len(variable)} variable dims ({', '.join(map(str, variable))}), so "
+                       "length() needs the axis", f"name it: {_length_fix(t)}")  # fmt: skip
+        return HintRule("length", name, index, t.dtype, variable[0])
+    if not re.fullmatch(r"[+-]?\d+", axis_text):
+        raise fail(f"{declaration!r}: the axis {axis_text!r} is not an integer",
+                   f"write {_length_fix(t)}: the dim of one request (no batch dim), counted "
+                   "from 0")  # fmt: skip
+    axis, ndim = int(axis_text), len(shape)
+    if not -ndim <= axis < ndim:
+        raise fail(f"{declaration!r}: axis {axis} is out of range for input {name!r} (shape "
+                   f"{shape}: dims 0..{ndim - 1}, without the batch dim)",
+                   f"write {_length_fix(t)}")  # fmt: skip
+    axis %= ndim
+    if axis not in variable:
+        raise fail(f"{declaration!r}: dim {axis} of input {name!r} is fixed at {shape[axis]} "
+                   f"(shape {shape}), so its length is the same for every request",
+                   f"name a variable dim (-1 in shape): {_length_fix(t)}")  # fmt: skip
+    return HintRule("length", name, index, t.dtype, axis)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A served model's interface and serving limits.
@@ -204,6 +336,9 @@ class ModelSpec:
                      are taken, new requests are answered `rejected`.
     cuda_graphs:     False for models with data-dependent control flow (early exit),
                      which CUDA graphs cannot capture; they run eagerly on CUDA too.
+    hint:            how the server derives a request's cost hint from its inputs
+                     (`parse_hint`: "length(NAME)", "length(NAME, AXIS)", "nonzero(NAME)"),
+                     or None; a hint the client sends overrides it.
     """
 
     name: str
@@ -217,6 +352,7 @@ class ModelSpec:
     ring_slots: int = DEFAULT_RING_SLOTS
     cuda_graphs: bool = True
     description: str = ""
+    hint: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or len(self.name) > MAX_NAME_LEN:
@@ -268,6 +404,13 @@ class ModelSpec:
                 f"model {self.name!r}: ring_slots must be an integer >= 1, "
                 f"got {self.ring_slots!r}"
             )
+        if self.hint is not None:
+            parse_hint(self.hint, self.inputs, self.name)
+
+    @property
+    def hint_rule(self) -> HintRule | None:
+        """The parsed `hint` declaration, or None when the model declares none."""
+        return None if self.hint is None else parse_hint(self.hint, self.inputs, self.name)
 
     def input(self, name: str) -> TensorSpec:
         for t in self.inputs:
@@ -283,21 +426,24 @@ class ModelSpec:
         raise ValueError(f"batch of {b} exceeds max_batch_size {self.max_batch_size}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The `models` answer of the wire protocol."""
-        return {
+        """The `models` answer of the wire protocol (`hint` only when declared)."""
+        d: dict[str, Any] = {
             "name": self.name,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
             "max_batch_size": self.max_batch_size,
             "default_slo_ms": self.default_slo_ms,
         }
+        if self.hint is not None:
+            d["hint"] = self.hint
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
         """From a config mapping (e.g. a TOML table); the inverse of a full spec."""
         known = {
             "name", "inputs", "outputs", "max_batch_size", "batch_buckets", "default_slo_ms",
-            "work_output", "step_kind", "ring_slots", "cuda_graphs", "description",
+            "work_output", "step_kind", "ring_slots", "cuda_graphs", "description", "hint",
         }  # fmt: skip
         extra = set(d) - known
         if extra:

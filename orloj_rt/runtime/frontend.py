@@ -46,6 +46,7 @@ from typing import Any
 
 from orloj_rt.protocol import messages as msgs
 from orloj_rt.protocol import wire
+from orloj_rt.protocol.derived_hint import compile_hint
 from orloj_rt.protocol.wire import (
     STATUS_DROPPED,
     STATUS_ERROR,
@@ -85,11 +86,12 @@ MAX_CRASH_RETRIES = 1  # times a request is re-queued after its worker died runn
 
 
 class _ModelState:
-    """One served model as the frontend sees it: validator, ring, free slots, counters."""
+    """One served model as the frontend sees it: validator, derived hint, ring, free slots,
+    counters."""
 
     __slots__ = (
-        "index", "spec", "name", "validator", "ring", "free", "next_generation", "outputs",
-        "received", "ok", "met_slo", "dropped", "rejected", "error", "scheduler",
+        "index", "spec", "name", "validator", "derive_hint", "ring", "free", "next_generation",
+        "outputs", "received", "ok", "met_slo", "dropped", "rejected", "error", "scheduler",
     )  # fmt: skip
 
     def __init__(self, index: int, spec, ring: ShmRing):
@@ -97,6 +99,8 @@ class _ModelState:
         self.spec = spec
         self.name = spec.name
         self.validator = RequestValidator(spec)
+        # the model's `hint` declaration, parsed once (protocol/derived_hint.py), or None
+        self.derive_hint = compile_hint(spec)
         self.ring = ring
         self.free = list(range(ring.layout.n_slots - 1, -1, -1))  # pop() hands out slot 0 first
         self.next_generation = 1
@@ -381,6 +385,9 @@ class Frontend:
             self.metrics.models[m.index].app(req.app).rejected += 1
             self._reply(envelope, wire.encode_reply(header.req_id, STATUS_REJECTED, text))
             return
+        # the client's hint, else the one the model derives (it never raises: no hint then)
+        hint = req.hint if m.derive_hint is None else m.derive_hint(req.hint, req.shapes,
+                                                                     req.frames)  # fmt: skip
         slot = m.free.pop()
         generation = m.next_generation
         m.next_generation = generation + 1
@@ -390,7 +397,7 @@ class Frontend:
         p = self._pending[token] = _Pending(envelope, header.req_id, m, slot, arrival,
                                             req.slo_s,
                                             self.metrics.models[m.index].app(req.app))  # fmt: skip
-        p.desc = (token, m.index, req.app, arrival, arrival + req.slo_s, req.hint, slot,
+        p.desc = (token, m.index, req.app, arrival, arrival + req.slo_s, hint, slot,
                   generation)  # fmt: skip
         self._submit.append(p.desc)
 
