@@ -20,8 +20,9 @@ active engine's `RequestQueue`:
                (hint-class) app's distribution; drops what cannot finish alone by it, then
                a greedy batch that meets every member's deadline by the prediction
 
-`orloj_rt.policies.hint_classes.HintClassPolicy` wraps orloj so that per-request cost
-hints choose a cost class (build the inner orloj with pools=True).
+Cost hints reach the policies in `HINTED` as apps: the serving core files each hinted
+request under a class of its hint, `APP#h<k>`, with its own learned distribution
+(orloj_rt/serving/hints.py); orloj is then built with pools=True.
 
 Step-level policies (`STEP_POLICIES`) implement `orloj_rt.policies.step_interface.
 StepPolicy` instead: for iterative models whose batch is re-formed at every step, they

@@ -114,6 +114,9 @@ class ModelProfile(NamedTuple):
     # one step's solo time, a step of b members over one of 1, and the steps each warm-up
     # example ran (its work); None for a model served in whole batches
     steps: list | None = None
+    # each example's cost hint, where the model derives one (a `hint` declaration), in
+    # solo_times' order; None without: they seed the hint classes (serving/hints.py)
+    hints: list | None = None
 
 
 class WorkerReady(NamedTuple):

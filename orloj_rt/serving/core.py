@@ -97,12 +97,12 @@ class ServingCore:
     def _enqueue(self, mq: ModelCore, d) -> None:
         token, _m, app, arrival, deadline, hint, slot, gen = d
         try:
-            app = mq.live_app(app, arrival)
+            app, classes = mq.file(app, hint, arrival)
             mq.policy.enqueue(token, app, arrival, deadline, hint)
         except (ValueError, TypeError, KeyError) as exc:
             self._errors.append([token, f"the scheduler could not queue the request: {exc}"])
             return
-        mq.slots[token] = (slot, gen, app, deadline)
+        mq.slots[token] = (slot, gen, app, deadline, hint, classes)
 
     # ------------------------------------------------------------------ workers
     def worker_ready(self, worker: int, profiles) -> None:
@@ -165,15 +165,17 @@ class ServingCore:
             return False
         mq = self.models[model]
         apps = []
+        hinted = []
         for t in tokens:
             entry = mq.slots.pop(t, None)
             if entry is not None:
                 apps.append(entry[2])
+                hinted.append(None if entry[5] is None else (entry[4], entry[5]))
         if ok:
             mq.batches += 1
             mq.batched_requests += len(tokens)
             if len(apps) == len(tokens):  # else members were taken out: their apps unknown
-                mq.learn(apps, exec_s, work)
+                mq.learn(apps, exec_s, work, hinted if mq.hints is not None else None)
         return True
 
     def step_progress(self, msg: msgs.StepProgress) -> str | None:

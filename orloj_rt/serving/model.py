@@ -34,9 +34,16 @@ import logging
 import math
 
 from orloj_rt.engine.apps import DEFAULT_MAX_APPS, OVERFLOW_APP, RUNTIME_APP_IDLE_S, AppTable
-from orloj_rt.policies import serving_mode
+from orloj_rt.policies import HINTED, serving_mode
 from orloj_rt.protocol import messages as msgs
 from orloj_rt.protocol.stats import DECISION_BUCKETS_S, MAX_APPS_PER_MODEL, Histogram
+from orloj_rt.serving.hints import (
+    DEFAULT_HINT_CLASSES,
+    HintBook,
+    HintClasses,
+    check_classes,
+    class_app,
+)
 from orloj_rt.serving.learning import MIN_APP_SAMPLES, prior_of
 from orloj_rt.serving.steps import StepCoordinator, step_prior
 
@@ -75,6 +82,11 @@ class ModelCore:
         # go to the policy
         self.app_table = AppTable(params.pop("max_apps", DEFAULT_MAX_APPS),
                                   params.pop("app_idle_s", RUNTIME_APP_IDLE_S))  # fmt: skip
+        # cost-hint classes (hints.py), for the policies that use them
+        classes = check_classes(params.pop("hint_classes", DEFAULT_HINT_CLASSES))
+        self.hints = HintBook(classes) if classes and self.policy_name in HINTED else None
+        if self.hints is not None and self.policy_name == "orloj":
+            params.setdefault("pools", True)  # what lets classes batch short with short
         self.policy_params = params
         self.policy = None  # built when the first worker's profile arrives
         self.steps: StepCoordinator | None = None  # step-level batching (step_level)
@@ -82,10 +94,12 @@ class ModelCore:
         self.inflation: list[float] = []
         self.work_fit: tuple[float, float] | None = None
         self.prior_mean = 0.0
+        self.prior_cov = 0.0
         self.waiting: list = []  # descriptors that arrived before any worker was ready
-        # token -> (slot, generation, app, deadline), queued or running; `app` is the live
-        # app it is filed under (itself, or OVERFLOW_APP)
-        self.slots: dict[int, tuple[int, int, str, float]] = {}
+        # token -> (slot, generation, app, deadline, hint, classes), queued or running;
+        # `app` is the live app it is filed under (itself, a hint class of it, or
+        # OVERFLOW_APP); `classes` the HintClasses its hint was classed by, or None
+        self.slots: dict[int, tuple] = {}
         self.apps: dict[str, _AppLearning] = {}  # live apps only (app_table)
         self.batches = 0
         self.batched_requests = 0
@@ -111,7 +125,8 @@ class ModelCore:
         )
         self._own_app_limits()
         mean, cov = prior_of(list(profile.solo_times))
-        self.prior_mean = mean
+        self.prior_mean, self.prior_cov = mean, cov
+        self._seed_hints(profile.hints, profile.solo_times)
         self.policy.set_default_distribution(Distribution.from_mean_cov(mean, cov))
         log.info(
             "model %s: policy %s, prior mean %.3f ms (cov %.2f), c(%d) = %.2f%s",
@@ -136,7 +151,8 @@ class ModelCore:
                                   **self.policy_params)  # fmt: skip
         self._own_app_limits()
         mean, cov = step_prior(float(step_s), works)
-        self.prior_mean = mean
+        self.prior_mean, self.prior_cov = mean, cov
+        self._seed_hints(profile.hints, [float(step_s) * w for w in works])
         self.policy.set_default_distribution(Distribution.from_mean_cov(mean, cov))
         self.steps = StepCoordinator(self.name, self.index, self.policy, self.slots,
                                      float(step_s), inflation, self.work_fit,
@@ -145,6 +161,13 @@ class ModelCore:
                  "c(%d) = %.2f, prior mean %.1f steps (cov %.2f)", self.name,
                  self.policy_name, step_s * 1e3, len(inflation), inflation[-1],
                  mean / step_s, cov)  # fmt: skip
+
+    def _seed_hints(self, hints, values) -> None:
+        """The warm-up examples' (hint, solo) pairs seed every app's hint classes."""
+        if self.hints is None or not hints or len(hints) != len(values):
+            return
+        self.hints.seed = [(float(h), float(v)) for h, v in zip(hints, values, strict=True)
+                           if h is not None and math.isfinite(h) and v > 0]  # fmt: skip
 
     # ------------------------------------------------------------------ apps
     def _own_app_limits(self) -> None:
@@ -171,6 +194,50 @@ class ModelCore:
                     return app
         t.add(app)
         return app
+
+    def file(self, app, hint, now: float) -> tuple[str, HintClasses | None]:
+        """(the live app a request of `app` with cost `hint` arriving at `now` is filed
+        under, the HintClasses that classed it or None): its app (`live_app`), or with a
+        hint and classes, the class of its hint (hints.py)."""
+        app = self.live_app(app, now)
+        if self.hints is None or hint is None or app == OVERFLOW_APP:
+            return app, None
+        hc = self.hints.get(app)
+        hc.observe(float(hint))  # a (re)fit marks every class stale: rebuilt when next used
+        k = hc.class_of(float(hint))
+        if k is None:
+            return app, hc
+        name = class_app(app, k)
+        fresh = name not in self.app_table.index
+        live = self.live_app(name, now)
+        if live != name:
+            return live, hc  # no room for the class: the overflow app
+        if fresh or k in hc.stale:
+            hc.stale.discard(k)
+            self._install_class(name, hc.buckets()[k])
+        return name, hc
+
+    def _install_class(self, name: str, values: list[float]) -> None:
+        """Class app `name` starts from the kept solo times (step-served: solo work) of
+        its range: its own distribution if there are `MIN_APP_SAMPLES`, else the prior,
+        and its learning record goes on from those samples."""
+        from orloj_rt.engine import Distribution
+
+        prior = Distribution.from_mean_cov(self.prior_mean, self.prior_cov)
+        if self.steps is not None:
+            self.steps.seed_app(name, values, prior)
+            return
+        rec = self.apps[name] = _AppLearning(Distribution)
+        for v in values:
+            rec.learned.add(v)
+        rec.samples = len(values)
+        rec.sum = float(sum(values))
+        rec.last = values[-1] if values else 0.0
+        if rec.samples >= MIN_APP_SAMPLES:
+            self.policy.set_distribution(name, rec.learned)
+            rec.installed, rec.learned = True, None
+        else:
+            self.policy.set_distribution(name, prior)
 
     def evict_idle(self, now: float) -> int:
         """Forgets every app with nothing in flight not seen for `app_idle_s`: its
@@ -213,7 +280,10 @@ class ModelCore:
             return [exec_s / c]
         return None
 
-    def learn(self, apps: list[str], exec_s: float, work: list | None) -> None:
+    def learn(self, apps: list[str], exec_s: float, work: list | None,
+              hinted: list | None = None) -> None:  # fmt: skip
+        """Learns from a finished batch: its members' apps, its time, their work reports;
+        `hinted`: each member's (hint, HintClasses) or None, to keep (hint, solo) pairs."""
         from orloj_rt.engine import Distribution
 
         policy = self.policy
@@ -223,9 +293,12 @@ class ModelCore:
         solos = self.solo_times(len(apps), exec_s, work)
         if solos is None:
             return
-        for app, t in zip(apps, solos, strict=True):
+        for i, (app, t) in enumerate(zip(apps, solos, strict=True)):
             if not (t > 0 and math.isfinite(t)):
                 continue
+            if hinted is not None and hinted[i] is not None:
+                hint, classes = hinted[i]
+                classes.pairs.append((hint, t))
             st = self.apps.get(app)
             if st is None:
                 st = self.apps[app] = _AppLearning(Distribution)
@@ -261,6 +334,13 @@ class ModelCore:
             "apps_evicted": t.evicted,  # forgotten after being idle
         }
 
+    def _hint_section(self) -> dict:
+        """Per hinted app: hints seen, fits, and its classes' hint ranges (each class's
+        learning is in `apps`, as app `APP#h<k>`)."""
+        if self.hints is None:
+            return {}
+        return {"hint_classes": self.hints.stats()}
+
     def stats(self) -> dict:
         if self.steps is not None:
             st = self.steps.stats()
@@ -274,6 +354,7 @@ class ModelCore:
                 "inflation_max": self.steps.inflation[-1],
                 "decision_s": self.decision_time.snapshot(),
                 "steps": st,
+                **self._hint_section(),
                 **self._app_section(self.steps.app_stats()),
             }
         return {
@@ -284,6 +365,7 @@ class ModelCore:
             "prior_mean_ms": self.prior_mean * 1e3,
             "inflation_max": self.inflation[-1] if self.inflation else None,
             "decision_s": self.decision_time.snapshot(),  # bucket counts..., sum
+            **self._hint_section(),
             **self._app_section({
                 app: {
                     "samples": st.samples,

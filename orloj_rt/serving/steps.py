@@ -102,8 +102,8 @@ class _AppSteps:
 class StepCoordinator:
     """One step-served model: its step policy's view of every worker (module docstring).
 
-    `slots` is the scheduler's token -> (slot, generation, app, deadline) for the model's
-    requests in flight; this class takes out those it answers or learns are answered."""
+    `slots` is the scheduler's token -> (slot, generation, app, deadline, hint, classes)
+    for the model's requests in flight; this class takes out those it answers or learns are answered."""
 
     def __init__(self, name: str, index: int, policy, slots: dict, step_s: float,
                  inflation: list[float], work_fit, workers: int):  # fmt: skip
@@ -175,6 +175,8 @@ class StepCoordinator:
             if entry is not None:  # else: ended by the policy while it finished
                 self.finished += 1
                 self._learn(entry[2], int(steps))
+                if entry[5] is not None:  # its hint's classes keep (hint, solo work)
+                    entry[5].pairs.append((entry[4], int(steps) * self.step_s))
         for token in msg.failed:
             slots.pop(token, None)
         self.reports += 1
@@ -206,6 +208,24 @@ class StepCoordinator:
             log.info("model %s app %s: learned distribution replaces the prior (%d samples, "
                      "mean %.1f steps)", self.name, app, st.samples,
                      st.sum / st.samples / (self.work_fit[1] if self.work_fit else self.step_s))
+
+    def seed_app(self, app: str, works: list[float], prior) -> None:
+        """App `app` (a hint class, serving/hints.py) starts over from these solo works:
+        its own distribution if there are `MIN_APP_SAMPLES`, else `prior`."""
+        from orloj_rt.engine import Distribution
+
+        st = self.apps[app] = _AppSteps(Distribution)
+        for work in works:
+            steps = work / self.step_s
+            st.samples += 1
+            st.steps += round(steps)
+            st.sum += self.work_fit[0] + self.work_fit[1] * steps if self.work_fit else work
+            st.learned.add(work)
+        if st.samples >= MIN_APP_SAMPLES:
+            self.policy.set_distribution(app, st.learned)
+            st.installed, st.learned = True, None
+        else:
+            self.policy.set_distribution(app, prior)
 
     # ------------------------------------------------------------------ decisions
     def wants_decision(self, worker: int) -> bool:

@@ -5,9 +5,7 @@ requests. Whole-batch policies run inside the runtime's own serving core
 (`simulate_serving`, orloj_rt/serving): the core builds the policy as the scheduler
 process does, primes it from a warm-up profile (the solo times of an independent sample
 of the workload, as a worker's warm-up measures its examples), and teaches it from the
-same reports a worker sends (batch times, per-request work). `+hint` policies still run
-on the policy alone (`simulate`), given the prior sample's empirical distribution through
-`set_default_distribution`.
+same reports a worker sends (batch times, per-request work).
 
 With `batching="step"` (step-level batching, issue 8) the step policies (`orloj-step`,
 `fcfs-step`, `edf-step`, `oracle-step`) run inside the serving core too
@@ -17,10 +15,11 @@ their next boundary, as in the runtime. Whole-batch policies run whole batches i
 mode, so a step cell compares both kinds on the same requests. (`simulate_steps`, which
 calls a step policy directly at each boundary, stays for direct policy tests.)
 
-A policy name with the suffix `+hint` (e.g. `orloj+hint`) is that policy given the
-requests' cost hints through `HintClassPolicy`, fitted on the prior sample and its hints;
-the workload must have hints (`hint_cv`). Every other policy gets no hint (the oracle gets
-each request's true solo time instead).
+A policy name with the suffix `+hint` (e.g. `orloj+hint`, `orloj-step+hint`) is that
+policy given the requests' cost hints: the serving core classes them and learns each
+class's distribution online (orloj_rt/serving/hints.py), as in the runtime. `sjf-hint`
+always gets them. The workload must have hints (`hint_cv`). Every other policy gets no
+hint (the oracle gets each request's true solo time instead).
 
 A multi-app cell (`WorkloadSpec.app_mix`, orloj_rt/sim/mix.py) tags each request with its
 app; every policy's metrics then gain "apps": {name: the same metrics over that app's
@@ -33,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, Inflation
 from orloj_rt.policies.step_base import DEFAULT_STEP
-from orloj_rt.sim.simulator import COMPLETED, Outcome, simulate, simulate_serving
+from orloj_rt.sim.simulator import COMPLETED, Outcome, simulate_serving
 from orloj_rt.sim.step_simulator import simulate_serving_steps
 from orloj_rt.sim.workloads import WorkloadSpec, generate
 
@@ -61,7 +60,7 @@ class SimConfig:
     step: float = DEFAULT_STEP
 
     def __post_init__(self) -> None:
-        from orloj_rt.policies import is_step_policy
+        from orloj_rt.policies import HINTED, is_step_policy
 
         if self.batching not in BATCHING:
             raise ValueError(f"unknown batching {self.batching!r}; choose one of {BATCHING}")
@@ -72,8 +71,9 @@ class SimConfig:
                 if self.batching != "step":
                     raise ValueError(f"policy {name!r} is step-level: it needs step "
                                      "batching (--batching step)")
-                if name.endswith(HINT_SUFFIX):
-                    raise ValueError(f"policy {name!r}: step policies take no cost hints")
+            if name.endswith(HINT_SUFFIX) and name.removesuffix(HINT_SUFFIX) not in HINTED:
+                raise ValueError(f"policy {name!r}: {name.removesuffix(HINT_SUFFIX)} uses no "
+                                 f"cost hints; give one of {', '.join(HINTED)} the suffix")
 
     def to_json(self) -> dict:
         out = asdict(self.workload)
@@ -97,74 +97,45 @@ class SimConfig:
         return out
 
 
-def build_policy(config: SimConfig, name: str, requests, prior):
-    """The policy `name` as the runtime would build it, with the prior given."""
-    from orloj_rt.policies import is_step_policy, make_policy
-    from orloj_rt.policies.hint_classes import HintClassPolicy
-
-    params = dict(config.policy_params.get(name, {}))
-    base = name.removesuffix(HINT_SUFFIX)
-    hinted = base != name
-    if is_step_policy(base):
-        params.setdefault("step", config.step)
-    classes = params.pop("classes", None) if hinted else None
-    if hinted and base == "orloj":
-        params.setdefault("pools", True)  # what makes hint classes pay (see HintClassPolicy)
-    table = Inflation(config.max_batch, config.batch_alpha).table
-    policy = make_policy(base, max_batch=config.max_batch, inflation=table, **params)
-    policy.set_default_distribution(prior)
-    if hinted:
-        if requests.prior_hint is None:
-            raise ValueError(f"policy {name!r} needs cost hints: give the workload a hint_cv")
-        kw = {} if classes is None else {"classes": int(classes)}
-        policy = HintClassPolicy.fit(policy, requests.prior, requests.prior_hint, **kw)
-    return policy, hinted
+def uses_hints(name: str) -> bool:
+    """Whether policy `name` of a cell is given the requests' cost hints."""
+    return name.endswith(HINT_SUFFIX) or name == "sjf-hint"
 
 
 def run_policy(config: SimConfig, name: str, requests=None, prior=None) -> dict:
-    """Simulates one policy on the cell's requests; returns its metrics."""
-    from orloj_rt.engine import Distribution
+    """Simulates one policy on the cell's requests, through the serving core; returns its
+    metrics. `prior` is unused (the core builds its prior from the warm-up sample, as the
+    runtime does); it stays for callers that pass one."""
+    from orloj_rt.policies import POLICIES, STEP_POLICIES, is_step_policy
 
     if requests is None:
         requests = generate(config.workload)
-    if prior is None:
-        prior = Distribution.from_samples(requests.prior.tolist())
-    policy, hinted = build_policy(config, name, requests, prior)
-    from orloj_rt.policies.step_interface import StepPolicy
-
-    if isinstance(policy, StepPolicy):
-        outcome: Outcome = simulate_serving_steps(
-            name,
-            requests.arrival,
-            requests.deadline,
-            requests.solo,
-            requests.app,
-            Inflation(config.max_batch, config.batch_alpha).table,
-            requests.prior,
-            step=config.step,
-            workers=config.workers,
-            clairvoyant=bool(getattr(policy, "clairvoyant", False)),
-            policy_params=dict(config.policy_params.get(name, {})),
-        )
-        return summarise(outcome, requests)
+    base = name.removesuffix(HINT_SUFFIX)
+    if base not in POLICIES and base not in STEP_POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose one of: "
+                         f"{', '.join(sorted(POLICIES))} (step-level: "
+                         f"{', '.join(sorted(STEP_POLICIES))}), with {HINT_SUFFIX} for "
+                         "one given cost hints")  # fmt: skip
+    hints = warmup_hints = None
+    if uses_hints(name):
+        if requests.hint is None:
+            raise ValueError(f"policy {name!r} needs cost hints: give the workload a hint_cv")
+        hints, warmup_hints = requests.hint, requests.prior_hint
     table = Inflation(config.max_batch, config.batch_alpha).table
-    if hinted:  # hint classes are not in the serving core yet (issue 15): the policy alone
-        outcome = simulate(policy, requests.arrival, requests.deadline, requests.solo,
-                           requests.app, table, workers=config.workers,
-                           hints=requests.hint)  # fmt: skip
-        return summarise(outcome, requests)
-    outcome = simulate_serving(
-        name,
-        requests.arrival,
-        requests.deadline,
-        requests.solo,
-        requests.app,
-        table,
-        requests.prior,
-        workers=config.workers,
-        clairvoyant=bool(getattr(policy, "clairvoyant", False)),
-        policy_params=dict(config.policy_params.get(name, {})),
-    )
+    params = dict(config.policy_params.get(name, {}))
+    clairvoyant = base in ("oracle", "oracle-step")
+    if is_step_policy(base):
+        outcome: Outcome = simulate_serving_steps(
+            base, requests.arrival, requests.deadline, requests.solo, requests.app, table,
+            requests.prior, step=config.step, workers=config.workers, hints=hints,
+            warmup_hints=warmup_hints, clairvoyant=clairvoyant, policy_params=params,
+        )  # fmt: skip
+    else:
+        outcome = simulate_serving(
+            base, requests.arrival, requests.deadline, requests.solo, requests.app, table,
+            requests.prior, workers=config.workers, hints=hints, warmup_hints=warmup_hints,
+            clairvoyant=clairvoyant, policy_params=params,
+        )  # fmt: skip
     return summarise(outcome, requests)
 
 
@@ -197,9 +168,6 @@ def app_summary(outcome: Outcome, requests) -> dict:
 
 def run(config: SimConfig) -> dict:
     """Every policy of the cell on the same requests: {"config": ..., "policies": ...}."""
-    from orloj_rt.engine import Distribution
-
     requests = generate(config.workload)
-    prior = Distribution.from_samples(requests.prior.tolist())
-    results = {name: run_policy(config, name, requests, prior) for name in config.policies}
+    results = {name: run_policy(config, name, requests) for name in config.policies}
     return {"config": config.to_json(), "policies": results}

@@ -27,7 +27,8 @@ FLAG = "--policy-param"
 #: constructor arguments that the serving set-up (or the simulator's own flags) fix
 RESERVED = ("self", "max_batch", "alpha", "inflation", "step")
 HINT_SUFFIX = "+hint"
-HINT_KEYS = ("classes",)  # HintClassPolicy.fit's, for NAME+hint in the simulator
+#: keys the serving core reads for the policies that use cost hints (HINTED), not the policy
+HINT_KEYS = ("hint_classes",)
 #: keys that `orloj-rt start` takes as flags of their own (the scheduler, not the policy,
 #: keeps the apps' table)
 SERVER_FLAGS = {"max_apps": "--max-apps"}
@@ -89,7 +90,10 @@ def _signature(cls):
 
 
 def accepted_keys(name: str) -> tuple[str, ...]:
-    """The keys policy `name` takes (NAME+hint: its base's, and `classes`)."""
+    """The keys policy `name` takes (NAME+hint: its base's); the policies that use cost
+    hints (HINTED) also `hint_classes`, which the serving core reads."""
+    from orloj_rt.policies import HINTED
+
     base = name.removesuffix(HINT_SUFFIX)
     factory = _factory(base)
     if factory is None:
@@ -108,7 +112,7 @@ def accepted_keys(name: str) -> tuple[str, ...]:
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break  # else (oracle-step's *args, **kwargs) its base class says what it takes
     keys = [k for k in keys if k not in RESERVED]
-    if base != name:
+    if base in HINTED:
         keys += list(HINT_KEYS)
     return tuple(keys)
 
@@ -124,6 +128,7 @@ def check_policy(name: str, params: dict, *, max_batch: int = 32, inflation=None
     naming the flag, the key, the policy and its keys) if it cannot be built.
     `given` maps each key to the flag's text, for the message."""
     from orloj_rt.policies import is_step_policy, make_policy
+    from orloj_rt.serving.hints import check_classes
 
     given = given or {}
     keys = tuple(k for k in accepted_keys(name) if k not in hidden)
@@ -135,14 +140,12 @@ def check_policy(name: str, params: dict, *, max_batch: int = 32, inflation=None
             raise PolicyParamError(f"{_shown(key, given.get(key))}: {where} has no key "
                                    f"{key!r}{why}; accepted keys: {listed}")
     base = name.removesuffix(HINT_SUFFIX)
-    kw = {k: v for k, v in params.items() if k not in HINT_KEYS or base == name}
+    kw = {k: v for k, v in params.items() if k not in HINT_KEYS}
     extra = {"step": step} if is_step_policy(base) and step is not None else {}
     try:
         make_policy(base, max_batch=max_batch, inflation=inflation, **extra, **kw)
-        if base != name and "classes" in params:
-            c = params["classes"]
-            if not (isinstance(c, int) and not isinstance(c, bool) and c >= 1):
-                raise ValueError(f"classes must be an integer >= 1, got {c!r}")
+        if "hint_classes" in params:
+            check_classes(params["hint_classes"])
     except (TypeError, ValueError) as exc:
         text = str(exc)
         bad = [k for k in params if k in text or k.replace("_", " ") in text] or list(params)

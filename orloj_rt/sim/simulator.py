@@ -221,11 +221,15 @@ class SimModel(NamedTuple):
     step_kind: str | None = None
 
 
-def warmup_profile(warmup_solo: Sequence[float], inflation: Sequence[float]) -> list:
+def warmup_profile(warmup_solo: Sequence[float], inflation: Sequence[float],
+                   warmup_hints: Sequence[float] | None = None) -> list:  # fmt: skip
     """The ModelProfile fields a worker would send after warming the model up: the solo
-    times of its example requests, c(b) as profiled, and the work fit of a model whose
-    per-request work report is its solo time (a = 0, k = 1)."""
-    return [[float(t) for t in warmup_solo], [float(c) for c in inflation], [0.0, 1.0], None]
+    times of its example requests, c(b) as profiled, the work fit of a model whose
+    per-request work report is its solo time (a = 0, k = 1), and the examples' cost
+    hints where the model derives them (`warmup_hints`)."""
+    hints = None if warmup_hints is None else [float(h) for h in warmup_hints]
+    return [[float(t) for t in warmup_solo], [float(c) for c in inflation], [0.0, 1.0], None,
+            hints]  # fmt: skip
 
 
 def submit_arrivals(core, now: float, nxt: int, arr: list, dl: list, apps, hint_of,
@@ -254,6 +258,7 @@ def simulate_serving(
     *,
     workers: int = 1,
     hints: Sequence[float] | None = None,
+    warmup_hints: Sequence[float] | None = None,
     clairvoyant: bool = False,
     policy_params: dict | None = None,
     trace: list | None = None,
@@ -281,7 +286,7 @@ def simulate_serving(
     core = ServingCore([SimModel("sim", len(c))], policy, policy_params, workers,
                        timer=lambda: 0.0)  # fmt: skip
     record = trace.append if trace is not None else (lambda _e: None)
-    profile = warmup_profile(warmup_solo, c)
+    profile = warmup_profile(warmup_solo, c, warmup_hints)
     for w in range(workers):
         record(("worker_ready", (w, [profile])))
         core.worker_ready(w, [profile])

@@ -197,15 +197,18 @@ def simulate_steps(
 JOINING = -2  # sent to a worker in a StepUpdate, not yet applied there
 
 
-def step_profile(warmup_solo: Sequence[float], inflation: Sequence[float], step: float) -> list:
+def step_profile(warmup_solo: Sequence[float], inflation: Sequence[float], step: float,
+                 warmup_hints: Sequence[float] | None = None) -> list:  # fmt: skip
     """The ModelProfile fields a worker would send after warming up a model that declares
     steps: its examples' solo times, c(b), a work fit (solo time ~ step x steps), and the
     step profile [step_s, the step's c(1..B), the steps each example ran]
-    (`steps_needed(x, step)` for each warm-up solo time x)."""
+    (`steps_needed(x, step)` for each warm-up solo time x), and the examples' cost hints
+    where the model derives them (`warmup_hints`)."""
     c = [float(v) for v in inflation]
     solo = [float(x) for x in warmup_solo]
     works = [steps_needed(x, step) for x in solo]
-    return [solo, c, [0.0, float(step)], [float(step), list(c), works]]
+    hints = None if warmup_hints is None else [float(h) for h in warmup_hints]
+    return [solo, c, [0.0, float(step)], [float(step), list(c), works], hints]
 
 
 def simulate_serving_steps(
@@ -219,6 +222,8 @@ def simulate_serving_steps(
     *,
     step: float,
     workers: int = 1,
+    hints: Sequence[float] | None = None,
+    warmup_hints: Sequence[float] | None = None,
     clairvoyant: bool = False,
     policy_params: dict | None = None,
     trace: list | None = None,
@@ -252,6 +257,9 @@ def simulate_serving_steps(
     request once, the first answer winning). Events at one instant: step ends in
     (time, worker) order, then arrivals, then the pass.
 
+    `hints` are the requests' cost hints, in their descriptors (the core classes them for
+    the policies that use them; a clairvoyant policy gets each true solo time instead).
+
     `trace`, if a list, receives every call made on the core, in order, as (name, args):
     ("worker_ready", (w, profiles)), ("submit", (descs,)), ("step_progress", (fields of
     the StepProgress,)), ("schedule", (now,)) for a pass, followed by what it decided:
@@ -275,7 +283,7 @@ def simulate_serving_steps(
     core = ServingCore([SimModel("sim", max_batch, step_kind="token")], policy,
                        policy_params, workers, timer=lambda: 0.0)  # fmt: skip
     record = trace.append if trace is not None else (lambda _e: None)
-    profile = step_profile(warmup_solo, c, step)
+    profile = step_profile(warmup_solo, c, step, warmup_hints)
     for w in range(workers):
         record(("worker_ready", (w, [profile])))
         core.worker_ready(w, [profile])
@@ -287,7 +295,7 @@ def simulate_serving_steps(
     dl = deadline.tolist()
     x = solo.tolist()
     need = [steps_needed(v, step) for v in x]
-    hint_of = x if clairvoyant else None
+    hint_of = x if clairvoyant else (None if hints is None else [float(h) for h in hints])
     state = [PENDING] * n
     finish = [math.nan] * n
     done = [0] * n  # steps run so far

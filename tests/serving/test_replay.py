@@ -21,16 +21,20 @@ from orloj_rt.sim.workloads import WorkloadSpec, generate
 WORKERS = 2
 
 
-def _recorded(policy: str, seed: int) -> tuple[list, int]:
-    """A simulated run's calls on the core and its decisions, and the maximum batch."""
+def _recorded(policy: str, seed: int, hinted: bool = False) -> tuple[list, int]:
+    """A simulated run's calls on the core and its decisions, and the maximum batch;
+    `hinted`: the requests and the warm-up carry cost hints (hint classes in the core)."""
     spec = BUILTIN_MODELS["noop"].spec
-    req = generate(WorkloadSpec(solo="bimodal", slo=3.0, load=3.0, requests=600, seed=seed))
+    req = generate(WorkloadSpec(solo="bimodal", slo=3.0, load=3.0, requests=600, seed=seed,
+                                hint_cv=0.6 if hinted else None,
+                                prior_samples=2000 if hinted else 20_000))  # fmt: skip
     # times in seconds as the runtime sees them: one unit of solo work is 2 ms
     scale = 0.002
     trace: list = []
+    hints = dict(hints=req.hint * scale, warmup_hints=req.prior_hint * scale) if hinted else {}
     simulate_serving(policy, req.arrival * scale, req.deadline * scale, req.solo * scale,
                      req.app, Inflation(spec.max_batch_size, 0.15).table,
-                     req.prior * scale, workers=WORKERS, trace=trace)  # fmt: skip
+                     req.prior * scale, workers=WORKERS, trace=trace, **hints)  # fmt: skip
     return trace, spec.max_batch_size
 
 
@@ -43,14 +47,16 @@ def _drain(ch: Channel) -> list:
         out += [msgs.decode(parts[0]) for parts in got]
 
 
-@pytest.mark.parametrize("policy", ["orloj", "fifo", "nexus", "clockwork"])
+@pytest.mark.parametrize("policy", ["orloj", "fifo", "nexus", "clockwork", "orloj+hint",
+                                    "sjf-hint+hint"])  # fmt: skip
 def test_the_simulator_and_the_scheduler_process_decide_the_same(policy, monkeypatch):
     import select
 
     import orloj_rt.runtime.scheduler as scheduler_mod
     from orloj_rt.runtime.scheduler import Scheduler
 
-    trace, _ = _recorded(policy, seed=7)
+    policy, hinted = policy.removesuffix("+hint"), policy.endswith("+hint")
+    trace, _ = _recorded(policy, seed=7, hinted=hinted)
     entry = BUILTIN_MODELS["noop"]
     config = InstanceConfig(instance="replay", models=(entry,), ring_names=("unused",),
                             ring_layouts=(None,), client_endpoint="",
@@ -103,6 +109,10 @@ def test_the_simulator_and_the_scheduler_process_decide_the_same(policy, monkeyp
         for ch in (frontend, *workers):
             ch.close()
     assert compared > 500 and batches > 50, (compared, batches)
+    if hinted:  # the classes were fitted, and requests were filed under them
+        mq = sched.models[0]
+        assert mq.stats()["hint_classes"]["default"]["fits"] >= 1
+        assert any("#h" in app for app in mq.stats()["apps"]), mq.stats()["apps"]
 
 
 def test_the_simulator_learns_through_the_core_as_the_runtime_does():

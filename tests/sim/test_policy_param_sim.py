@@ -24,14 +24,16 @@ def test_values(text, value):
 
 def test_split_and_keys():
     assert split_param("theta=0.8") == (None, "theta", 0.8)
-    assert split_param("orloj+hint:classes=4") == ("orloj+hint", "classes", 4)
+    assert split_param("orloj+hint:hint_classes=4") == ("orloj+hint", "hint_classes", 4)
     for bad in ("theta", "=1", "theta=", ":theta=1", "the ta=1"):
         with pytest.raises(ValueError):
             split_param(bad)
     assert {"theta", "epsilon", "pools"} <= set(accepted_keys("orloj"))  # native: pure twin's
     assert "history" in accepted_keys("clockwork")
     assert {"theta", "end_epsilon", "learn"} <= set(accepted_keys("oracle-step"))  # *kwargs
-    assert "classes" in accepted_keys("orloj+hint")
+    for hinted in ("orloj", "orloj+hint", "orloj-step", "sjf-hint"):  # the core reads it
+        assert "hint_classes" in accepted_keys(hinted), hinted
+    assert "hint_classes" not in accepted_keys("fifo")
     for name in ("orloj", "fifo", "orloj-step"):
         assert not {"max_batch", "alpha", "inflation", "step"} & set(accepted_keys(name))
 
@@ -72,12 +74,12 @@ def test_errors_exit_2_with_one_line(capsys, param, said):
 
 def test_hint_and_step_policies_take_their_keys(capsys):
     assert main(ARGS + ["--json", "--policies", "orloj+hint", "--hint-cv", "0.3",
-                        "--policy-param", "classes=4"]) == 0
+                        "--policy-param", "hint_classes=4"]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["policy_params"] == {
-        "orloj+hint": {"classes": 4}}
+        "orloj+hint": {"hint_classes": 4}}
     assert main(ARGS + ["--policies", "orloj+hint", "--hint-cv", "0.3",
-                        "--policy-param", "classes=0"]) == 2
-    assert "classes must be an integer >= 1" in capsys.readouterr().err
+                        "--policy-param", "hint_classes=-1"]) == 2
+    assert "hint_classes must be an integer >= 0" in capsys.readouterr().err
     assert main(ARGS + ["--batching", "step", "--policies", "orloj-step",
                         "--policy-param", "end_epsilon=7"]) == 2
     assert "a bad value for policy orloj-step: end_epsilon" in capsys.readouterr().err

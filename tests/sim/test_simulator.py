@@ -16,8 +16,11 @@ SMALL = dict(requests=300, prior_samples=2000)
 @pytest.mark.parametrize("solo", ["static", "bimodal", "lognormal"])
 @pytest.mark.parametrize("load", [1.0, 4.0])
 def test_every_request_ends_exactly_once_for_every_policy(solo, load):
-    result = run(SimConfig(WorkloadSpec(solo=solo, slo=3.0, load=load, **SMALL)))
-    assert set(result["policies"]) == set(POLICIES)
+    # with cost hints, so that sjf-hint and orloj+hint run too
+    every = (*POLICIES, "orloj+hint")
+    result = run(SimConfig(WorkloadSpec(solo=solo, slo=3.0, load=load, hint_cv=0.6, **SMALL),
+                           policies=every))  # fmt: skip
+    assert set(result["policies"]) == set(every)
     for name, m in result["policies"].items():
         assert m["completed"] + m["dropped"] + m["rejected"] == 300, name
         assert 0 <= m["late"] <= m["completed"]

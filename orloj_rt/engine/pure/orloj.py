@@ -18,7 +18,7 @@ When a worker is idle at time `now`:
      the mix (each member app has F_a(q_(j)) >= theta^(1/b)). Pool j yields its b most
      urgent admitted requests, and is skipped when its newest app has no admitted
      request. So a batch of fast requests is not forced to wait for, or run with, slow
-     ones. With cost hints (orloj_rt/policies/hint_classes.py) the apps are cost classes,
+     ones. With cost hints (orloj_rt/serving/hints.py) the apps are cost classes,
      and pools are what lets orloj batch short requests with short ones: +12-17% finish
      rate over one bar in the simulator (docs/results.md). They cost time: up to an app count times
      more candidates (bench/sched_overhead.py: 4 apps at queue 1,000, p50 about 6 us
