@@ -103,7 +103,8 @@ class StepCoordinator:
     """One step-served model: its step policy's view of every worker (module docstring).
 
     `slots` is the scheduler's token -> (slot, generation, app, deadline, hint, classes)
-    for the model's requests in flight; this class takes out those it answers or learns are answered."""
+    for the model's requests in flight; this class takes out those it answers or learns
+    are answered."""
 
     def __init__(self, name: str, index: int, policy, slots: dict, step_s: float,
                  inflation: list[float], work_fit, workers: int):  # fmt: skip

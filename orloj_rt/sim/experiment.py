@@ -67,10 +67,9 @@ class SimConfig:
         if not (self.step > 0 and self.step < float("inf")):
             raise ValueError(f"the step's solo work must be > 0, got {self.step!r}")
         for name in self.policies:
-            if is_step_policy(name.removesuffix(HINT_SUFFIX)):
-                if self.batching != "step":
-                    raise ValueError(f"policy {name!r} is step-level: it needs step "
-                                     "batching (--batching step)")
+            if is_step_policy(name.removesuffix(HINT_SUFFIX)) and self.batching != "step":
+                raise ValueError(f"policy {name!r} is step-level: it needs step "
+                                 "batching (--batching step)")
             if name.endswith(HINT_SUFFIX) and name.removesuffix(HINT_SUFFIX) not in HINTED:
                 raise ValueError(f"policy {name!r}: {name.removesuffix(HINT_SUFFIX)} uses no "
                                  f"cost hints; give one of {', '.join(HINTED)} the suffix")
