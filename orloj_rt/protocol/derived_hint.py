@@ -91,3 +91,18 @@ def compile_hint(spec: ModelSpec) -> HintDeriver | None:
     if rule is None:
         return None
     return HintDeriver(spec.name, spec.hint or "", rule)
+
+
+def example_hints(spec: ModelSpec, examples: Sequence[dict]) -> list | None:
+    """The derived hint of each warm-up example (a dict of arrays by input name), as the
+    frontend would derive it from the request; None when the model declares no `hint`.
+    A worker sends them with its profile: they seed the hint classes (serving/hints.py)."""
+    deriver = compile_hint(spec)
+    if deriver is None:
+        return None
+    out = []
+    for ex in examples:
+        arrays = [np.ascontiguousarray(ex[t.name], dtype=DTYPES[t.dtype][0])
+                  for t in spec.inputs]  # fmt: skip
+        out.append(deriver(None, [list(a.shape) for a in arrays], [a.tobytes() for a in arrays]))
+    return out

@@ -139,6 +139,7 @@ class Worker:
                      "first warm-up's)", runner.spec.name, time.monotonic() - t0)  # fmt: skip
 
     def warm_up(self) -> list:
+        from orloj_rt.protocol.derived_hint import example_hints
         from orloj_rt.runtime.step_runner import profile_steps
 
         profiles = []
@@ -148,6 +149,8 @@ class Worker:
             prof = runner.profile(examples)
             if i in self.steps:
                 prof = prof._replace(steps=profile_steps(runner, examples))
+            # the examples' derived hints (a model that declares `hint`) seed its classes
+            prof = prof._replace(hints=example_hints(runner.spec, examples))
             profiles.append(list(prof))
             log.info("model %s profiled in %.2f s: solo mean %.3f ms, c(max) %.2f%s",
                      runner.spec.name, time.monotonic() - t0,

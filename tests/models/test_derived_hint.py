@@ -254,3 +254,20 @@ def test_good_declarations_in_configs(tmp_path):
     assert derived(spec, {"tokens": tokens}) == 2.0  # the override, not the built-in's 4
     path = write(tmp_path, 'builtin = "seq_encoder"\nname = "s"\n')
     assert load_entry(path).spec.hint == "length(tokens)"  # the built-in's own
+
+
+def test_the_warm_up_examples_carry_the_hint_the_frontend_would_derive():
+    """A worker sends its examples' derived hints with its profile (they seed the hint
+    classes): the same numbers as the frontend derives from the same requests."""
+    from orloj_rt.protocol.derived_hint import example_hints
+    from orloj_rt.runtime.batch_runner import examples_for
+
+    entry = BUILTIN_MODELS["seq_encoder"]
+    examples = examples_for(entry, 12)
+    hints = example_hints(entry.spec, examples)
+    assert hints == [float(len(ex["tokens"])) for ex in examples]
+    assert hints == [derived(entry.spec, {"tokens": np.asarray(ex["tokens"], np.int64)})
+                     for ex in examples]  # fmt: skip
+    padded = spec_with("nonzero(t)", TensorSpec("t", "int32", (-1,), max_shape=(8,)))
+    assert example_hints(padded, [{"t": [3, 4, 0, 0]}, {"t": [1, 0, 0, 0]}]) == [2.0, 1.0]
+    assert example_hints(BUILTIN_MODELS["early_exit"].spec, examples[:1]) is None
