@@ -37,9 +37,9 @@ def runtime_modules(mods: set[str]) -> list[str]:
 
 @pytest.mark.parametrize(("what", "code", "forbidden"), [
     ("engine", "import orloj_rt.engine, orloj_rt.policies", {"zmq", "torch"}),
-    ("serving core", "import orloj_rt.serving", {"zmq", "torch"}),
+    ("serving core", "import orloj_rt.serving, orloj_rt.serving.hints", {"zmq", "torch"}),
     ("protocol", "import orloj_rt.protocol.wire, orloj_rt.protocol.messages, "
-                 "orloj_rt.protocol.keys", {"zmq", "torch"}),
+                 "orloj_rt.protocol.keys, orloj_rt.protocol.derived_hint", {"zmq", "torch"}),
     ("frontend", "import orloj_rt.runtime.frontend", {"torch"}),
     ("scheduler", "import orloj_rt.runtime.scheduler", {"torch"}),
 ])  # fmt: skip
@@ -49,8 +49,9 @@ def test_forbidden_imports(what, code, forbidden):
 
 
 @pytest.mark.parametrize("code", [
-    "import orloj_rt.serving",
-    "import orloj_rt.protocol.wire, orloj_rt.protocol.messages, orloj_rt.protocol.keys",
+    "import orloj_rt.serving, orloj_rt.serving.hints",
+    "import orloj_rt.protocol.wire, orloj_rt.protocol.messages, orloj_rt.protocol.keys, "
+    "orloj_rt.protocol.derived_hint",
     "import orloj_rt.client, orloj_rt.client.loadgen",
     # a client in use: its socket, CURVE keys from a directory, a request's encoding
     "import tempfile, numpy as np\n"
