@@ -30,6 +30,22 @@ the state here, in 10 s of clock).
 
 Targets (issue 19): after 10,000 apps, RSS grows by less than 20 MB and decision p99
 stays within 2x of its value before.
+
+Hint classes (`--hint-classes K`, issue 15): the queue as the serving core builds it for
+one app whose requests carry cost hints: every request is filed under one of K class apps
+`default#h0` .. `default#h<K-1>` (orloj_rt/serving/hints.py), each with its own
+distribution, as the classes of a length-driven model are: lognormal, means spread evenly
+on a log scale over a decade (2 to 20 ms), each narrow (CoV `--class-cov`, default 0.3);
+each request's hint is its class's "length" (mean / 0.1 ms, +-10%); deadlines and the
+timing as above. orloj is built with pools=True (as the core builds it for hint classes),
+compiled engine and pure twin; sjf-hint (orloj_rt/policies/sjf_hint.py, Python, over the
+runtime's engine's distributions) is timed in the same setting. `--apps` is not used;
+`--queues` defaults to 100,1000,10000 and `--bins` to 64 in this mode.
+
+    python bench/sched_overhead.py --hint-classes 8 [--queues 1000] [--json]
+
+Target (issue 15): native orloj (pools) decision p99 <= 30 us at queue 1,000 with 8 hint
+classes.
 """
 
 from __future__ import annotations
@@ -45,6 +61,21 @@ import time
 
 APP_MEANS = [0.010, 0.005, 0.020, 0.008]
 SLACK = (0.020, 0.200)
+HINT_APP = "default"  # the app whose hint classes fill the queue (--hint-classes)
+CLASS_MEANS = (0.002, 0.020)  # the smallest and the largest class's mean solo time
+HINT_UNIT = 1e-4  # a class's hint ("length") is its mean in units of 0.1 ms
+HINT_TARGET_QUEUE = 1000
+HINT_TARGET_P99_US = 30.0  # issue 15: native orloj + pools, 8 classes, queue 1,000
+HINT_TARGET_CLASSES = 8
+
+
+def class_means(k: int) -> list[float]:
+    """The mean solo time of each of k hint classes: evenly spaced on a log scale from
+    CLASS_MEANS[0] to CLASS_MEANS[1] (a decade); one class: their geometric mean."""
+    lo, hi = CLASS_MEANS
+    if k == 1:
+        return [(lo * hi) ** 0.5]
+    return [lo * (hi / lo) ** (i / (k - 1)) for i in range(k)]
 
 
 def engines(which: str) -> list[tuple[str, object]]:
@@ -66,19 +97,45 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def measure(mod, queue: int, apps: int, bins: int, max_batch: int, decisions: int,
-            inserts: int, seed: int, pools: bool = False) -> dict:
+            inserts: int, seed: int, pools: bool = False, classes: int = 0,
+            class_cov: float = 0.3, policy_name: str = "orloj") -> dict:
+    """One row. `classes` > 0: the queue's requests are spread over that many hint-class
+    apps of HINT_APP (means `class_means`, CoV `class_cov`), each with a hint, instead of
+    `apps` apps; `policy_name` "sjf-hint": that policy over `mod`'s distributions."""
     rng = random.Random(seed)
-    policy = mod.OrlojPolicy(max_batch=max_batch, pools=pools)
-    names = [f"app{a}" for a in range(apps)]
-    for a, name in enumerate(names):
-        policy.set_distribution(name, mod.Distribution.from_mean_cov(APP_MEANS[a % 4], 1.0,
-                                                                     bins=bins))
+    if policy_name == "sjf-hint":
+        from orloj_rt.policies.sjf_hint import SjfHintPolicy
+
+        policy = SjfHintPolicy(max_batch=max_batch)
+    else:
+        policy = mod.OrlojPolicy(max_batch=max_batch, pools=pools)
+    if classes:
+        from orloj_rt.serving.hints import class_app
+
+        means = class_means(classes)
+        names = [class_app(HINT_APP, k) for k in range(classes)]
+        covs = [class_cov] * classes
+        hints = [m / HINT_UNIT for m in means]
+    else:
+        means = [APP_MEANS[a % 4] for a in range(apps)]
+        names = [f"app{a}" for a in range(apps)]
+        covs = [1.0] * apps
+        hints = None
+    for name, mean, cov in zip(names, means, covs, strict=True):
+        policy.set_distribution(name, mod.Distribution.from_mean_cov(mean, cov, bins=bins))
+    n_apps = len(names)
     next_id = 0
+
+    def request() -> tuple:
+        a = rng.randrange(n_apps)
+        hint = None if hints is None else hints[a] * rng.uniform(0.9, 1.1)
+        return names[a], rng.uniform(*SLACK), hint
 
     def fill(n: int) -> None:
         nonlocal next_id
         for _ in range(n):
-            policy.enqueue(next_id, names[rng.randrange(apps)], 0.0, rng.uniform(*SLACK))
+            app, deadline, hint = request()
+            policy.enqueue(next_id, app, 0.0, deadline, hint)
             next_id += 1
 
     fill(queue)
@@ -98,10 +155,9 @@ def measure(mod, queue: int, apps: int, bins: int, max_batch: int, decisions: in
         for _ in range(inserts):
             rid = next_id
             next_id += 1
-            app = names[rng.randrange(apps)]
-            deadline = rng.uniform(*SLACK)
+            app, deadline, hint = request()
             t0 = time.perf_counter_ns()
-            policy.enqueue(rid, app, 0.0, deadline)
+            policy.enqueue(rid, app, 0.0, deadline, hint)
             t1 = time.perf_counter_ns()
             insert_ns.append(t1 - t0)
             policy.remove(rid)
@@ -110,7 +166,7 @@ def measure(mod, queue: int, apps: int, bins: int, max_batch: int, decisions: in
     decide_ns.sort()
     insert_ns.sort()
     return {
-        "queue": queue, "apps": apps, "bins": bins, "max_batch": max_batch,
+        "queue": queue, "apps": n_apps, "bins": bins, "max_batch": max_batch,
         "decide_p50_us": percentile(decide_ns, 0.50) / 1e3,
         "decide_p99_us": percentile(decide_ns, 0.99) / 1e3,
         "insert_p50_us": percentile(insert_ns, 0.50) / 1e3,
@@ -243,6 +299,81 @@ def apps_seen_main(args) -> int:
     return 0
 
 
+def hint_classes_main(args) -> int:
+    """Rows for `--hint-classes K`: orloj (pools) per engine and sjf-hint, per queue and
+    bin count; the issue-15 target checked on the native orloj row at queue 1,000."""
+    k = args.hint_classes
+    queues = args.queues or [100, 1000, 10000]
+    bins_list = args.bins or [64]
+    runs = [("orloj", impl, mod) for impl, mod in engines(args.impl)]
+    # sjf-hint is Python: it runs over the distributions of the engine the runtime uses
+    runtime_engine = importlib.import_module("orloj_rt.engine")
+    runs.append(("sjf-hint", "python", runtime_engine))
+    rows = []
+    grid = [(q, b) for q in queues for b in bins_list]
+    for n, (q, b) in enumerate(grid, 1):
+        for policy, impl, mod in runs:
+            native = impl == "native"
+            reps = args.decisions if native else max(30, args.decisions // 10)
+            ins = args.inserts if native else max(30, args.inserts // 10)
+            if not args.json:
+                print(f"\r[{n}/{len(grid)}] {policy} {impl:6s} queue={q} classes={k} "
+                      f"bins={b} ...", end="", file=sys.stderr, flush=True)  # fmt: skip
+            row = measure(mod, q, 0, b, args.max_batch, reps, ins, args.seed, pools=True,
+                          classes=k, class_cov=args.class_cov, policy_name=policy)  # fmt: skip
+            row.pop("apps")
+            rows.append({"policy": policy, "impl": impl,
+                         "pools": True if policy == "orloj" else None,
+                         # sjf-hint: the engine whose distributions it reads
+                         "distributions": impl if policy == "orloj" else runtime_engine.IMPL,
+                         "hint_classes": k, **row})  # fmt: skip
+    if not args.json:
+        print("\r" + " " * 70 + "\r", end="", file=sys.stderr)
+    at_target = [r for r in rows if r["policy"] == "orloj" and r["impl"] == "native"
+                 and r["queue"] == HINT_TARGET_QUEUE]  # fmt: skip
+    worst = max((r["decide_p99_us"] for r in at_target), default=None)
+    target = {
+        "decide_p99_us_max": HINT_TARGET_P99_US, "queue": HINT_TARGET_QUEUE,
+        "hint_classes": HINT_TARGET_CLASSES, "policy": "orloj", "impl": "native",
+        "pools": True, "measured_p99_us": worst,
+        "met": None if worst is None else worst <= HINT_TARGET_P99_US,
+    }  # fmt: skip
+    setting = {"app": HINT_APP, "class_means_ms": [m * 1e3 for m in class_means(k)],
+               "class_cov": args.class_cov, "slack_ms": [x * 1e3 for x in SLACK],
+               "max_batch": args.max_batch}  # fmt: skip
+    if args.json:
+        print(json.dumps({"hint_classes": {"setting": setting, "rows": rows,
+                                           "target": target}}))  # fmt: skip
+        return 0
+    means = ", ".join(f"{m:.3g}" for m in setting["class_means_ms"])
+    print(f"{k} hint classes of app {HINT_APP!r} ({HINT_APP}#h0..{k - 1}): lognormal, means "
+          f"{means} ms, CoV {args.class_cov:g}; orloj with pools; max batch {args.max_batch}")
+    native = {(r["queue"], r["bins"]): r for r in rows
+              if r["policy"] == "orloj" and r["impl"] == "native"}  # fmt: skip
+    print(f"{'policy':8} {'impl':6} {'queue':>7} {'classes':>7} {'bins':>4} "
+          f"{'decide p50 us':>13} {'decide p99 us':>13} {'insert p50 us':>13} {'batch':>5} "
+          f"{'x native':>8}")  # fmt: skip
+    for r in rows:
+        key = (r["queue"], r["bins"])
+        ratio = ""
+        if r["impl"] != "native" and key in native:
+            ratio = f"{r['decide_p50_us'] / native[key]['decide_p50_us']:.1f}x"
+        print(f"{r['policy']:8} {r['impl']:6} {r['queue']:>7} {r['hint_classes']:>7} "
+              f"{r['bins']:>4} {r['decide_p50_us']:>13.2f} {r['decide_p99_us']:>13.2f} "
+              f"{r['insert_p50_us']:>13.2f} {r['mean_batch']:>5.1f} {ratio:>8}")
+    print("x native: decision p50 over native orloj's at the same queue and bins")
+    line = (f"target (issue 15): native orloj with pools, {HINT_TARGET_CLASSES} hint classes, "
+            f"queue {HINT_TARGET_QUEUE:,}: decision p99 <= {HINT_TARGET_P99_US:g} us")
+    if worst is None:
+        print(f"{line}: not measured here (needs the compiled engine and queue "
+              f"{HINT_TARGET_QUEUE})")
+    else:
+        verdict = "met" if target["met"] else "NOT met"
+        note = "" if k == HINT_TARGET_CLASSES else f" (measured with {k} classes)"
+        print(f"{line}: {worst:.2f} us, {verdict}{note}")
+    return 0
+
+
 def int_list(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -254,12 +385,14 @@ def int_list(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--queues", type=int_list, default=[10, 100, 1000, 10000, 100000],
-                    help="queue lengths (comma-separated; default 10,100,1000,10000,100000)")
+    ap.add_argument("--queues", type=int_list,
+                    help="queue lengths (comma-separated; default 10,100,1000,10000,100000; "
+                    "with --hint-classes 100,1000,10000)")  # fmt: skip
     ap.add_argument("--apps", type=int_list, default=[1, 4],
                     help="apps per queue (comma-separated; default 1,4)")
-    ap.add_argument("--bins", type=int_list, default=[64, 128],
-                    help="histogram bins (comma-separated; default 64,128)")
+    ap.add_argument("--bins", type=int_list,
+                    help="histogram bins (comma-separated; default 64,128; with "
+                    "--hint-classes 64)")  # fmt: skip
     ap.add_argument("--max-batch", type=int, default=32, help="maximum batch (default 32)")
     ap.add_argument("--impl", choices=["both", "native", "pure"], default="both")
     ap.add_argument("--decisions", type=int, default=3000,
@@ -276,7 +409,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="--apps-seen: apps with a request queued in the probe (default 16)")
     ap.add_argument("--apps-gap-ms", type=float, default=1.0,
                     help="--apps-seen: policy-clock ms between passing apps (default 1)")
+    ap.add_argument("--hint-classes", type=int, metavar="K",
+                    help="instead of the grid: the queue spread over K hint-class apps of "
+                    "one app, orloj with pools and sjf-hint (see the docstring)")  # fmt: skip
+    ap.add_argument("--class-cov", type=float, default=0.3,
+                    help="--hint-classes: each class's CoV (default 0.3)")
     args = ap.parse_args(argv)
+    if args.hint_classes is not None:
+        if args.hint_classes < 1 or not args.class_cov > 0 or args.apps_seen is not None:
+            ap.error("--hint-classes needs K >= 1 and --class-cov > 0, without --apps-seen")
+        return hint_classes_main(args)
+    args.queues = args.queues or [10, 100, 1000, 10000, 100000]
+    args.bins = args.bins or [64, 128]
     if args.apps_seen is not None:
         if args.apps_seen < 1 or args.probe_apps < 1 or not args.apps_gap_ms >= 0:
             ap.error("--apps-seen and --probe-apps need N >= 1, --apps-gap-ms >= 0")
