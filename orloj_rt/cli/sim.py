@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-WORKLOADS = ("static", "bimodal", "lognormal", "trace")
+WORKLOADS = ("static", "bimodal", "lognormal", "trace", "encoder")
 ARRIVALS = ("poisson", "gamma", "trace")
 
 
@@ -44,8 +44,9 @@ def register(sub) -> None:
         "units of the mean solo execution time.",
     )
     p.add_argument("--workload", choices=WORKLOADS,
-                   help="solo execution times: static, bimodal, lognormal, or a trace column "
-                   "(required unless --apps)")
+                   help="solo execution times: static, bimodal, lognormal, a trace column, "
+                   "or encoder (a variable-length encoder: cost follows its length, which "
+                   "is its hint with --hint-cv) (required unless --apps)")
     p.add_argument("--apps", metavar="SPEC",
                    help="a multi-app cell: apps sharing the model, each with its own cost law, "
                    "SLO and share of one arrival stream: NAME:WORKLOAD[:slo=S][:share=P]"

@@ -14,6 +14,10 @@ Solo execution time X (each kind normalised by its true mean, so that E[X] = 1):
     trace       a numeric CSV column plus a constant offset (default 8), divided by the
                 column's mean plus the offset over the whole file; requests draw rows
                 uniformly with replacement, or in file order with trace arrivals
+    encoder     a variable-length encoder whose cost follows its length: L tokens,
+                ceil(LogNormal with median 32 and CoV 1), clipped to 1..512; solo time
+                (8 + L) * (1 + Normal(0, 0.05)), truncated at 0.01, divided by the mean
+                of that law (`encoder_mean()`: 10^6 draws of a fixed seed)
 
 Arrivals at load L (the mean gap is 1/L units):
 
@@ -27,7 +31,9 @@ The first request arrives one gap after time 0. Deadline = arrival + SLO.
 Cost hints (optional, `hint_cv`): a per-request number known at arrival that predicts the
 solo time, like an input length or a length predictor's output. Here the hint is the true
 solo time times an independent LogNormal factor with mean 1 and coefficient of variation
-`hint_cv` (0.3: a good predictor; 1.0: a poor one). Policies that cannot use hints ignore
+`hint_cv` (0.3: a good predictor; 1.0: a poor one); for `encoder` it is the request's
+length L times that factor (`hint_cv` 0: the length itself, as a server derives it from
+the input, docs/models.md). Policies that cannot use hints ignore
 them; the prior sample gets hints drawn the same way, so that a policy can learn what a
 hint says about the solo time.
 
@@ -58,7 +64,7 @@ import numpy as np
 
 from orloj_rt.sim.mix import AppSpec
 
-SOLO_KINDS = ("static", "bimodal", "lognormal", "trace")
+SOLO_KINDS = ("static", "bimodal", "lognormal", "trace", "encoder")
 ARRIVAL_KINDS = ("poisson", "gamma", "trace")
 #: `WorkloadSpec.solo` of a multi-app cell: each app has its own law (`app_mix`)
 MIX = "mix"
@@ -70,6 +76,8 @@ BIMODAL_LONG, BIMODAL_LONG_COV = 1.0, 0.10
 BIMODAL_MEAN = BIMODAL_SHORT_SHARE * BIMODAL_SHORT + (1 - BIMODAL_SHORT_SHARE) * BIMODAL_LONG
 LOGNORMAL_COV = 1.0
 TRACE_OFFSET = 8.0
+ENCODER_MEDIAN_TOKENS, ENCODER_TOKENS_COV, ENCODER_MAX_TOKENS = 32.0, 1.0, 512
+ENCODER_OFFSET, ENCODER_JITTER = 8.0, 0.05  # per-request fixed cost (in tokens), noise
 # Jitter is Gaussian; truncating at a small positive time keeps every solo time > 0 (a
 # 0.3 short mode would need a 20-sigma draw to reach it, so the means do not move).
 MIN_SOLO = 0.01
@@ -232,8 +240,29 @@ def sample_law(kind: str, spec: WorkloadSpec, rng: np.random.Generator, n: int) 
     if kind == "lognormal":
         sigma2 = math.log1p(LOGNORMAL_COV**2)
         return rng.lognormal(-sigma2 / 2.0, math.sqrt(sigma2), n)
+    if kind == "encoder":
+        return encoder_draw(rng, n)[0]
     costs = trace_costs(spec)
     return costs[rng.integers(0, len(costs), n)]
+
+
+def encoder_draw(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n requests of the `encoder` law: (solo times, mean 1; their lengths in tokens)."""
+    sigma2 = math.log1p(ENCODER_TOKENS_COV**2)
+    raw = rng.lognormal(math.log(ENCODER_MEDIAN_TOKENS), math.sqrt(sigma2), n)
+    length = np.clip(np.ceil(raw), 1, ENCODER_MAX_TOKENS)
+    x = (ENCODER_OFFSET + length) * (1.0 + ENCODER_JITTER * rng.normal(0.0, 1.0, n))
+    return np.maximum(x / encoder_mean(), MIN_SOLO), length
+
+
+@lru_cache(maxsize=1)
+def encoder_mean() -> float:
+    """The mean of the `encoder` law before normalising (10^6 draws of seed 12345)."""
+    rng = np.random.default_rng(12345)
+    sigma2 = math.log1p(ENCODER_TOKENS_COV**2)
+    raw = rng.lognormal(math.log(ENCODER_MEDIAN_TOKENS), math.sqrt(sigma2), 1_000_000)
+    length = np.clip(np.ceil(raw), 1, ENCODER_MAX_TOKENS)
+    return float(np.mean(ENCODER_OFFSET + length))
 
 
 # ------------------------------------------------------------------------ arrivals
@@ -254,7 +283,8 @@ def sample_arrivals(spec: WorkloadSpec, rng: np.random.Generator, n: int) -> tup
 
 
 def noisy_hints(solo: np.ndarray, cv: float, rng: np.random.Generator) -> np.ndarray:
-    """Each solo time times an independent LogNormal factor with mean 1 and CoV `cv`."""
+    """Each solo time (or length) times an independent LogNormal factor with mean 1 and
+    CoV `cv`."""
     if cv == 0:
         return solo.copy()
     sigma2 = math.log1p(cv * cv)
@@ -271,18 +301,24 @@ def generate(spec: WorkloadSpec) -> Requests:
     )
     n = spec.requests
     arrival, start = sample_arrivals(spec, arrival_rng, n)
-    if spec.solo == "trace" and spec.arrival == "trace":
+    length = prior_length = None
+    if spec.solo == "encoder":  # the hint is the length (times the hint noise)
+        solo, length = encoder_draw(cost_rng, n)
+        prior, prior_length = encoder_draw(prior_rng, spec.prior_samples)
+    elif spec.solo == "trace" and spec.arrival == "trace":
         # replay the trace's own pairing of arrivals and costs, row by row
         costs = trace_costs(spec)
         solo = np.take(costs, np.arange(start + 1, start + 1 + n), mode="wrap")
     else:
         solo = sample_solo(spec, cost_rng, n)
-    prior = sample_solo(spec, prior_rng, spec.prior_samples)
+    if length is None:
+        prior = sample_solo(spec, prior_rng, spec.prior_samples)
     apps = [f"app{i % spec.apps}" for i in range(n)] if spec.apps > 1 else ["default"] * n
     hint = prior_hint = None
     if spec.hint_cv is not None:
-        hint = noisy_hints(solo, spec.hint_cv, hint_rng)
-        prior_hint = noisy_hints(prior, spec.hint_cv, prior_hint_rng)
+        hint = noisy_hints(solo if length is None else length, spec.hint_cv, hint_rng)
+        prior_hint = noisy_hints(prior if prior_length is None else prior_length,
+                                 spec.hint_cv, prior_hint_rng)  # fmt: skip
     return Requests(
         arrival=arrival,
         deadline=arrival + spec.slo,

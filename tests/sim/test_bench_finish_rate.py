@@ -23,11 +23,27 @@ def test_writes_table_csv_plots_and_summary(tmp_path):
     result = json.loads((out / "results.json").read_text())
     assert len(result["cells"]) == 4
     lognormal = result["summary"]["lognormal"]
-    assert set(lognormal["orloj"]) == {"geomean_vs_best", "min_vs_best", "geomean_vs_oracle"}
-    assert "orloj+hint" in lognormal
+    assert set(lognormal["orloj"]) == {"geomean_vs_best", "min_vs_best", "geomean_vs_oracle",
+                                       "geomean_vs_sjf", "min_vs_sjf"}
+    assert "orloj+hint" in lognormal and "sjf-hint" in lognormal  # with --hint-cv
+    assert lognormal["orloj+hint"]["geomean_vs_sjf"] > 0
     assert "geomean" in done.stdout and "NOTE" in done.stdout  # too few requests for targets
+    assert "orloj+hint / sjf-hint geomean >= 1.15" in done.stdout  # issue 15's targets
     rows = (out / "results.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 * 7
+    assert len(rows) == 1 + 4 * 8  # orloj, orloj+hint, sjf-hint, 4 baselines, oracle
+
+
+def test_with_hints_the_encoder_workload_joins_the_sweep(tmp_path):
+    out = tmp_path / "fr_enc"
+    cmd = [sys.executable, str(ROOT / "bench/finish_rate.py"), "--out", str(out),
+           "--slos", "3", "--loads", "2", "--requests", "150", "--jobs", "2",
+           "--hint-cv", "0.6", "--no-multi-app"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "results.json").read_text())
+    assert [c["workload"] for c in result["cells"]] == ["static", "bimodal", "lognormal",
+                                                        "azure-conv", "encoder"]
+    assert "encoder" in result["summary"]
 
 
 def test_step_section(tmp_path):

@@ -113,3 +113,21 @@ def test_bad_specs_say_what_is_wrong():
     with pytest.raises(ValueError, match="no column"):
         trace_costs(WorkloadSpec(solo="trace", trace=str(DEFAULT_TRACE), cost_col="Nope")) \
             if DEFAULT_TRACE.exists() else (_ for _ in ()).throw(ValueError("no column"))
+
+
+def test_the_encoder_workload_costs_follow_its_length_which_is_its_hint():
+    from orloj_rt.sim.workloads import ENCODER_MAX_TOKENS, ENCODER_OFFSET
+
+    r = generate(WorkloadSpec(solo="encoder", hint_cv=0.0, requests=20_000, seed=3))
+    assert r.solo.mean() == pytest.approx(1.0, rel=0.03)
+    length = r.hint
+    assert np.all(length == np.round(length)) and 1 <= length.min()
+    assert length.max() <= ENCODER_MAX_TOKENS
+    # solo = (offset + L) x (1 + 5% noise), normalised: the cost follows the length
+    ratio = r.solo / (ENCODER_OFFSET + length)
+    assert ratio.std() / ratio.mean() < 0.06
+    assert np.corrcoef(r.solo, length)[0, 1] > 0.99
+    assert r.prior_hint is not None and len(r.prior_hint) == len(r.prior)
+    noisy = generate(WorkloadSpec(solo="encoder", hint_cv=0.5, requests=20_000, seed=3))
+    assert np.array_equal(noisy.solo, r.solo)  # the noise changes the hints only
+    assert 0.4 < np.std(noisy.hint / length) < 0.6
