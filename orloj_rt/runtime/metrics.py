@@ -2,8 +2,9 @@
 
     frontend: per (model, app) status counts, SLO met/late, queue / execution / end-to-end
               histograms; per model the batch-size histogram; ring occupancy; workers
-    scheduler: per model the decision-time histogram and the queue length, sent to the
-              frontend in its once-a-second `SchedulerStats` (messages.py)
+    scheduler: per model the decision-time histogram, the queue length and what it learned
+              (per app and per cost-hint class), sent to the frontend in its once-a-second
+              `SchedulerStats` (messages.py)
         |
         |  `stats` with "metrics": true (the wire protocol's own control op, answered by the
         |  frontend from its state at once), over the instance-internal endpoint
@@ -26,6 +27,7 @@ The metric names and their meanings are listed in docs/metrics.md.
 
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 from orloj_rt.protocol.stats import (  # noqa: F401 - the buckets are part of /metrics
@@ -142,8 +144,35 @@ class FrontendMetrics:
                 "ring_in_use": n_slots - len(m.free),
                 "queued": sched.get("queued"),
                 "decision_s": sched.get("decision_s"),
+                "hint_classes": hint_class_rows(sched),
             }
         return out
+
+
+def hint_class_rows(sched: dict) -> list:
+    """The per-class part of a model's snapshot, from its scheduler stats (ModelCore.stats:
+    `hint_classes` lists each hinted app's classes, `apps` each class app's learning):
+    [app, k, hint_from, samples, mean_solo_s] per class, hint_from None for the first class,
+    samples and mean None where `apps` does not list the class app (the scheduler lists
+    at most STATS_MAX_APPS apps), mean None without samples. At most MAX_APPS_PER_MODEL
+    hinted apps, those that have seen the most hints (then by name), as app labels are
+    capped; an app before its first fit has no classes and no rows."""
+    hinted = sched.get("hint_classes")
+    if not hinted:
+        return []
+    learned = sched.get("apps") or {}
+    items = hinted.items()
+    if len(hinted) > MAX_APPS_PER_MODEL:
+        items = heapq.nsmallest(MAX_APPS_PER_MODEL, items,
+                                key=lambda kv: (-kv[1].get("hints_seen", 0), kv[0]))  # fmt: skip
+    rows = []
+    for app, info in items:
+        for k, cls in enumerate(info.get("classes") or ()):
+            rec = learned.get(cls.get("app"))
+            samples = rec.get("samples") if rec else None
+            mean = rec["mean_solo_ms"] * 1e-3 if samples else None
+            rows.append([app, k, cls.get("hint_from"), samples, mean])
+    return rows
 
 
 # ---------------------------------------------------------------------- exposition
@@ -187,6 +216,7 @@ class SnapshotCollector:
             return
         yield from self._requests(snap)
         yield from self._model_gauges(snap)
+        yield from self._hint_classes(snap)
         yield from self._processes(snap)
 
     def _requests(self, snap: dict):
@@ -269,6 +299,33 @@ class SnapshotCollector:
         for cause, n in sorted(snap.get("worker_restarts", {}).items()):
             restarts.add_metric([cause], n)
         yield from (queue, in_use, slots, workers, ready, restarts)
+
+    def _hint_classes(self, snap: dict):
+        """Per cost-hint class (serving/hints.py): what the scheduler learned of it."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        labels = ["model", "app", "class"]
+        samples = GaugeMetricFamily(
+            "orloj_hint_class_samples", "Solo times the scheduler has learned a cost-hint "
+            "class's distribution from (restarts from the kept samples in its range when "
+            "the class edges are refitted)", labels=labels)  # fmt: skip
+        mean = GaugeMetricFamily(
+            "orloj_hint_class_mean_solo_seconds", "Mean solo time of a cost-hint class's "
+            "requests, as the scheduler learned it", labels=labels)  # fmt: skip
+        edge = GaugeMetricFamily(
+            "orloj_hint_class_edge", "Lowest hint of a cost-hint class: class k holds the "
+            "hints from its edge up to the next class's (class 0 has none)",
+            labels=labels)  # fmt: skip
+        for model, mm in snap["models"].items():
+            for app, k, hint_from, n, mean_s in mm.get("hint_classes") or ():
+                key = [model, app, str(k)]
+                if n is not None:
+                    samples.add_metric(key, n)
+                if mean_s is not None:
+                    mean.add_metric(key, mean_s)
+                if hint_from is not None:
+                    edge.add_metric(key, hint_from)
+        yield from (samples, mean, edge)
 
     def _processes(self, snap: dict):
         """CPU time and resident memory of each process of the instance (psutil)."""
