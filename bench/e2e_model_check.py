@@ -3,6 +3,8 @@
     .venv/bin/python bench/e2e_model_check.py                   # a table per model
     .venv/bin/python bench/e2e_model_check.py --compare docs/results/e2e_finish_rate/results.json
     .venv/bin/python bench/e2e_model_check.py --json            # one JSON object
+    .venv/bin/python bench/e2e_model_check.py --compare R.json --service   # + a live
+                                     # server's measured delays in the execution model
 
 `bench/e2e_finish_rate.py` runs the real servers; this script asks whether what they
 finish is what the scheduling algorithm itself can finish, or whether the runtime loses
@@ -28,6 +30,16 @@ target: at most 0.05 in every cell, on a quiet machine). Then each cell is simul
 the runtime's own rate and SLO (in req/s and ms, converted with the mean timed here),
 not at its nominal multiples: the servers set those from the mean they learned at
 warm-up, which includes their own overheads.
+
+With `--service`, the execution model also carries what a real server adds to the
+model's time (issue 14): a live server (one CPU worker, as the sweep's) answers
+`--service-samples` of the same drawn requests one at a time, and each reply's timing
+gives one sample of (start delay: `queue_us`, arrival until its worker began, with
+nobody ahead; execution-time ratio: `exec_us` over the request's solo time timed here;
+reply delay: `total_us - queue_us - exec_us`, from the batch's end to its reply). The
+simulator draws one sample per batch (`simulate_serving(service=...)`): the batch starts
+that delay after its dispatch, runs its model time times the ratio, and its members are
+answered the reply delay later. The table then has both gaps, without and with it.
 """
 
 from __future__ import annotations
@@ -58,8 +70,9 @@ SIM_REQUESTS = 4000
 WARMUP_DRAWS = 64  # the warm-up profile's examples, as a worker times them
 
 
-def measure(model: str, n: int, seed: int) -> tuple[list[float], np.ndarray]:
-    """(c(1..max), solo times in seconds of n drawn requests) on this machine."""
+def measure(model: str, n: int, seed: int) -> tuple[list[float], np.ndarray, list]:
+    """(c(1..max), solo times in seconds of n drawn requests, the drawn requests' inputs)
+    on this machine."""
     import torch
 
     from orloj_rt.client.loadgen import read_trace
@@ -83,12 +96,43 @@ def measure(model: str, n: int, seed: int) -> tuple[list[float], np.ndarray]:
     for d in draws:
         member = [d.inputs[t.name] for t in entry.spec.inputs]
         solo.append(min(runner.timed([member]) for _ in range(2)))
-    return inflation, np.asarray(solo)
+    return inflation, np.asarray(solo), [d.inputs for d in draws]
+
+
+def measure_service(model: str, inputs: list, solo: np.ndarray, n: int) -> list:
+    """(start delay s, execution-time ratio, reply delay s) of n of the drawn requests,
+    each answered alone by a live server (the module docstring)."""
+    import tempfile
+
+    from e2e_finish_rate import model_repo
+
+    from orloj_rt.client import Client
+    from orloj_rt.runtime.launcher import ServerProcess
+
+    samples = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = model_repo(Path(tmp), model)
+        server = ServerProcess(["--models", str(repo), "--cpu-workers", "1", "--policy",
+                                "orloj", "--log-level", "WARNING"],
+                               start_timeout_s=180).start()  # fmt: skip
+        try:
+            with Client(server.endpoint, timeout_s=30) as c:
+                for i in range(min(n, len(inputs))):
+                    r = c.infer(model, inputs[i], slo_ms=60_000)
+                    if r.status != "ok":
+                        raise RuntimeError(f"{model}: a calibration request got {r.status}: "
+                                           f"{r.error}")  # fmt: skip
+                    q, e, t = (r.timing[k] * 1e-6 for k in ("queue_us", "exec_us", "total_us"))
+                    samples.append((q, e / solo[i], max(0.0, t - q - e)))
+        finally:
+            server.stop()
+    return samples
 
 
 def simulate_cell(x: np.ndarray, inflation: list[float], slo: float, load: float,
-                  seed: int) -> dict:  # fmt: skip
-    """Every policy's finish rate on one cell; x: solo times in units of their mean."""
+                  seed: int, service: list | None = None) -> dict:  # fmt: skip
+    """Every policy's finish rate on one cell; x: solo times in units of their mean;
+    `service`: measured (start delay, ratio, reply delay) samples, delays in those units."""
     from orloj_rt.sim.bounds import finish_rate_bound
     from orloj_rt.sim.simulator import simulate_serving
 
@@ -101,7 +145,8 @@ def simulate_cell(x: np.ndarray, inflation: list[float], slo: float, load: float
     rates = {}
     for name in SIM_POLICIES:
         out = simulate_serving(name, arrival, deadline, solo, apps, inflation, warmup,
-                               workers=1, clairvoyant=name == "oracle")  # fmt: skip
+                               workers=1, clairvoyant=name == "oracle",
+                               service=service)  # fmt: skip
         rates[name] = out.summary(arrival, deadline)["finish_rate"]
     rates["bound"] = finish_rate_bound(x, slo, 1.0 / load, inflation)
     return rates
@@ -142,6 +187,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compare", type=Path, metavar="RESULTS_JSON",
                     help="an e2e_finish_rate.py results.json: its orloj / fifo beside")
+    ap.add_argument("--service", action="store_true",
+                    help="also simulate with a live server's measured delays (docstring)")
+    ap.add_argument("--service-samples", type=int, default=200,
+                    help="requests the live server answers alone, per model (default 200)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
     t0 = time.monotonic()
@@ -153,27 +202,49 @@ def main() -> int:
         if not args.json:
             print(f"{model}: profiling c(b) and timing {args.samples} requests solo ...",
                   flush=True)  # fmt: skip
-        inflation, solo = measure(model, args.samples, args.seed)
+        inflation, solo, inputs = measure(model, args.samples, args.seed)
         mean = float(solo.mean())
         out["models"][model] = {"inflation": inflation, "mean_solo_ms": mean * 1e3,
                                 "solo_cov": float(solo.std() / mean)}  # fmt: skip
+        service = None
+        if args.service:
+            if not args.json:
+                print(f"{model}: {args.service_samples} requests alone through a live "
+                      "server ...", flush=True)  # fmt: skip
+            raw = measure_service(model, inputs, solo, args.service_samples)
+            service = [(d / mean, r, p / mean) for d, r, p in raw]
+            arr = np.asarray(raw)
+            out["models"][model]["service"] = {
+                "samples": len(raw),
+                "start_delay_ms": {"median": float(np.median(arr[:, 0]) * 1e3),
+                                   "p99": float(np.quantile(arr[:, 0], 0.99) * 1e3)},
+                "exec_ratio": {"median": float(np.median(arr[:, 1])),
+                               "p99": float(np.quantile(arr[:, 1], 0.99))},
+                "reply_delay_ms": {"median": float(np.median(arr[:, 2]) * 1e3),
+                                   "p99": float(np.quantile(arr[:, 2], 0.99) * 1e3)},
+            }  # fmt: skip
         sweep = SWEEPS[model]
         for load in sweep.loads:
             for slo in sweep.slo_mults:
                 rt = seen.get((model, round(slo, 3), round(load, 3)))
+                cell_slo, cell_load = slo, load
                 if rt:
                     # the runtime's cell in this law's units: its servers set rate and SLO
                     # from the mean they learned at warm-up, which includes their own
                     # overheads and so is not the mean timed here
-                    r = simulate_cell(solo / mean, inflation, rt["_slo_ms"] / 1e3 / mean,
-                                      rt["_rate"] * mean, args.seed)  # fmt: skip
-                else:
-                    r = simulate_cell(solo / mean, inflation, slo, load, args.seed)
+                    cell_slo, cell_load = rt["_slo_ms"] / 1e3 / mean, rt["_rate"] * mean
+                r = simulate_cell(solo / mean, inflation, cell_slo, cell_load, args.seed)
+                served = None
+                if service:
+                    served = simulate_cell(solo / mean, inflation, cell_slo, cell_load,
+                                           args.seed, service)  # fmt: skip
                 best = max(r[p] for p in BASELINES if p != "fifo")
                 row = {"model": model, "slo_mult": slo, "load": load, **r,
                        "orloj_vs_fifo": r["orloj"] / r["fifo"] if r["fifo"] else None,
                        "orloj_vs_best_other": r["orloj"] / best if best else None,
                        "target": verdict(r)}  # fmt: skip
+                if served is not None:
+                    row["with_service"] = served
                 if rt and "orloj" in rt:
                     vf, vb = runtime_ratios(rt)
                     row["runtime_orloj_vs_fifo"], row["runtime_orloj_vs_best_other"] = vf, vb
@@ -181,6 +252,12 @@ def main() -> int:
                     worst = max(gaps, key=gaps.get)
                     row["runtime"] = {p: v for p, v in rt.items() if p[0] != "_"}
                     row["max_gap"], row["max_gap_policy"] = gaps[worst], worst
+                    if served is not None:
+                        gaps = {p: abs(rt[p] - served[p]) for p in rt
+                                if p in served and p[0] != "_"}  # fmt: skip
+                        worst = max(gaps, key=gaps.get)
+                        row["max_gap_service"] = gaps[worst]
+                        row["max_gap_service_policy"] = worst
                 out["rows"].append(row)
     out["elapsed_s"] = time.monotonic() - t0
     if args.json:
@@ -189,11 +266,20 @@ def main() -> int:
     for model, m in out["models"].items():
         print(f"{model}: mean solo {m['mean_solo_ms']:.2f} ms, CoV {m['solo_cov']:.2f}, "
               f"c(2) {m['inflation'][1]:.2f}, c({len(m['inflation'])}) {m['inflation'][-1]:.2f}")
+        if "service" in m:
+            sv = m["service"]
+            d, e, p = sv["start_delay_ms"], sv["exec_ratio"], sv["reply_delay_ms"]
+            print(f"  a live server, {sv['samples']} requests alone: start delay median "
+                  f"{d['median']:.3f} ms (p99 {d['p99']:.3f}), execution / solo median "
+                  f"{e['median']:.2f} (p99 {e['p99']:.2f}), reply delay median "
+                  f"{p['median']:.3f} ms (p99 {p['p99']:.3f})")
     cols = ["model", "load", "SLO / mean", *SIM_POLICIES, "bound", "orloj / fifo",
             "orloj / best other"]  # fmt: skip
     if seen:
         cols += ["runtime: orloj / fifo", "runtime: orloj / best other",
                  "max |runtime - sim| finish"]
+        if args.service:
+            cols.append("with the server's delays")
     cols.append("target (simulated)")
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in out["rows"]:
@@ -207,13 +293,23 @@ def main() -> int:
                       if "runtime_orloj_vs_best_other" in r else "-",
                       f"{r['max_gap']:.3f} ({r['max_gap_policy']})" if "max_gap" in r
                       else "-"]  # fmt: skip
+            if args.service:
+                cells.append(f"{r['max_gap_service']:.3f} ({r['max_gap_service_policy']})"
+                             if "max_gap_service" in r else "-")
         cells.append(r["target"])
         print("| " + " | ".join(cells) + " |")
-    gaps = [r["max_gap"] for r in out["rows"] if "max_gap" in r]
-    if gaps:
-        within = sum(g <= 0.05 for g in gaps)
-        print(f"\nruntime vs simulator: {within} of {len(gaps)} cells within 0.05 (largest "
-              f"gap {max(gaps):.3f}; target: every cell, on a quiet machine)")
+    for key, what in (("max_gap", "the model alone"),
+                      ("max_gap_service", "with the live server's delays")):
+        gaps = [r[key] for r in out["rows"] if key in r]
+        orloj = [abs(r["runtime"]["orloj"] - (r["with_service"] if key == "max_gap_service"
+                                              else r)["orloj"])
+                 for r in out["rows"] if key in r and "orloj" in r["runtime"]]  # fmt: skip
+        if gaps:
+            within = sum(g <= 0.05 for g in gaps)
+            print(f"\nruntime vs simulator, {what}: {within} of {len(gaps)} cells within "
+                  f"0.05 for every policy (largest gap {max(gaps):.3f}); orloj alone: "
+                  f"{sum(g <= 0.05 for g in orloj)} of {len(orloj)} (largest "
+                  f"{max(orloj):.3f}); target: every cell, on a quiet machine")
     print(f"\nelapsed {out['elapsed_s']:.0f} s")
     return 0
 

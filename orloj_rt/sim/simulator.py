@@ -261,6 +261,7 @@ def simulate_serving(
     warmup_hints: Sequence[float] | None = None,
     clairvoyant: bool = False,
     policy_params: dict | None = None,
+    service: Sequence[tuple[float, float, float]] | None = None,
     trace: list | None = None,
 ) -> Outcome:
     """Runs every request through the runtime's own serving core (orloj_rt.serving) on
@@ -272,6 +273,13 @@ def simulate_serving(
     execution time c(b) x max of the members' solo times, and each member's work (its
     solo time: the model reports per-request work, as early_exit and generate do). So
     the policy is built, primed and taught exactly as in `orloj-rt start`.
+
+    `service`: measured samples of what a real server adds to the model's time, (start
+    delay, execution-time ratio, reply delay) per batch (bench/e2e_model_check.py
+    measures them on a live server). Each batch draws one (a fixed seed): it starts
+    `start delay` after its dispatch, runs c(b) x max X x `ratio` (what its worker
+    reports), frees its worker then, and its members are answered `reply delay` later.
+    None (the default): the model alone, every delay 0 and ratio 1 (docs/simulation.md).
 
     `trace`, if a list, receives every call made on the core, in order, as (name, args)
     tuples, and after each `dispatch` what it decided: ("decided", (batches as (worker,
@@ -297,7 +305,10 @@ def simulate_serving(
     state = [PENDING] * n
     finish = [math.nan] * n
     sizes: list[int] = []
-    running: list[tuple[float, int, int, float, list[int]]] = []  # (end, seq, w, start, ids)
+    # (end, seq, w, start, ids, reply delay)
+    running: list[tuple[float, int, int, float, list[int], float]] = []
+    service_list = None if service is None else [tuple(map(float, s)) for s in service]
+    service_rng = np.random.default_rng(0)
     seq = 0
     nxt = 0
     last_event = 0.0
@@ -320,10 +331,10 @@ def simulate_serving(
         if t_wake <= now:
             wakeup = math.inf
         while running and running[0][0] <= now:  # completions first: they free workers
-            end, _, w, start, members = heapq.heappop(running)
+            end, _, w, start, members, reply = heapq.heappop(running)
             for rid in members:
                 state[rid] = COMPLETED
-                finish[rid] = end
+                finish[rid] = end + reply
             report = (w, 0, True, end - start, [x[rid] for rid in members])
             record(("batch_done", report))
             core.batch_done(*report)
@@ -339,8 +350,13 @@ def simulate_serving(
                                           "not queued")  # fmt: skip
                 state[rid] = -1  # running
             exec_time = c[len(run.tokens) - 1] * max(x[rid] for rid in run.tokens)
+            start, reply = now, 0.0
+            if service_list:
+                delay, ratio, reply = service_list[int(service_rng.integers(len(service_list)))]
+                start, exec_time = now + delay, exec_time * ratio
             seq += 1
-            heapq.heappush(running, (now + exec_time, seq, run.worker, now, run.tokens))
+            heapq.heappush(running, (start + exec_time, seq, run.worker, start, run.tokens,
+                                     reply))  # fmt: skip
             sizes.append(len(run.tokens))
         if errors:
             raise SimulationError(f"{policy}: the core failed requests: {errors[:3]}")
