@@ -51,17 +51,7 @@ class QueuedPolicy(Policy):
         return req.deadline
 
     def enqueue(self, req_id, app, arrival, deadline, hint=None) -> None:
-        arrival = float(arrival)
-        deadline = float(deadline)
-        if not (math.isfinite(arrival) and math.isfinite(deadline)):
-            raise ValueError(f"arrival and deadline must be finite, got {arrival!r}, {deadline!r}")
-        if deadline < arrival:
-            raise ValueError(
-                f"deadline {deadline!r} is in the past: it is before the arrival {arrival!r}"
-            )
-        req_id = int(req_id)
-        if req_id in self._requests:
-            raise ValueError(f"request id {req_id} is already queued")
+        req_id, arrival, deadline = checked_request(req_id, arrival, deadline, self._requests)
         req = Request(req_id, app, arrival, deadline, hint)
         self._queue.push(req_id, self.queue_key(req))
         self._requests[req_id] = req
@@ -101,6 +91,23 @@ class QueuedPolicy(Policy):
     @staticmethod
     def decision(batch=(), dropped=(), rejected=()) -> Decision:
         return Decision(list(batch), list(dropped), list(rejected))
+
+
+def checked_request(req_id, arrival, deadline, queued) -> tuple[int, float, float]:
+    """(id, arrival, deadline) of a request to enqueue, checked: finite times, a deadline
+    not before the arrival, an id not already in `queued`; ValueError otherwise."""
+    arrival = float(arrival)
+    deadline = float(deadline)
+    if not (math.isfinite(arrival) and math.isfinite(deadline)):
+        raise ValueError(f"arrival and deadline must be finite, got {arrival!r}, {deadline!r}")
+    if deadline < arrival:
+        raise ValueError(
+            f"deadline {deadline!r} is in the past: it is before the arrival {arrival!r}"
+        )
+    req_id = int(req_id)
+    if req_id in queued:
+        raise ValueError(f"request id {req_id} is already queued")
+    return req_id, arrival, deadline
 
 
 def expired_before(now: float) -> float:

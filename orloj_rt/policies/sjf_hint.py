@@ -53,6 +53,7 @@ from collections.abc import Sequence
 
 from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, RequestQueue, inflation_table
 from orloj_rt.engine.interface import Decision, Policy
+from orloj_rt.policies.base import checked_request
 
 SCAN_PER_BATCH = 4  # candidates a decision looks at, per member of a full batch
 
@@ -188,17 +189,7 @@ class SjfHintPolicy(Policy):
         return len(self._requests)
 
     def enqueue(self, req_id, app, arrival, deadline, hint=None) -> None:
-        arrival = float(arrival)
-        deadline = float(deadline)
-        if not (math.isfinite(arrival) and math.isfinite(deadline)):
-            raise ValueError(f"arrival and deadline must be finite, got {arrival!r}, {deadline!r}")
-        if deadline < arrival:
-            raise ValueError(
-                f"deadline {deadline!r} is in the past: it is before the arrival {arrival!r}"
-            )
-        req_id = int(req_id)
-        if req_id in self._requests:
-            raise ValueError(f"request id {req_id} is already queued")
+        req_id, arrival, deadline = checked_request(req_id, arrival, deadline, self._requests)
         self.prediction(app)  # ValueError without any distribution for it
         h = math.nan if hint is None else float(hint)
         entry = (1, 0.0, deadline, req_id) if math.isnan(h) else (0, h, deadline, req_id)

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 
 from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, RequestQueue
-from orloj_rt.policies.base import Request, inflation_table
+from orloj_rt.policies.base import Request, checked_request, inflation_table
 from orloj_rt.policies.step_interface import StepDecision, StepPolicy
 
 #: The solo work of one step, in units of the mean solo time (the issue's definition).
@@ -58,17 +58,7 @@ class QueuedStepPolicy(StepPolicy):
         return req.deadline
 
     def enqueue(self, req_id, app, arrival, deadline, hint=None) -> None:
-        arrival = float(arrival)
-        deadline = float(deadline)
-        if not (math.isfinite(arrival) and math.isfinite(deadline)):
-            raise ValueError(f"arrival and deadline must be finite, got {arrival!r}, {deadline!r}")
-        if deadline < arrival:
-            raise ValueError(
-                f"deadline {deadline!r} is in the past: it is before the arrival {arrival!r}"
-            )
-        req_id = int(req_id)
-        if req_id in self._requests:
-            raise ValueError(f"request id {req_id} is already queued")
+        req_id, arrival, deadline = checked_request(req_id, arrival, deadline, self._requests)
         req = Request(req_id, self._app_of(app, arrival), arrival, deadline, hint)
         self._queue.push(req_id, self.queue_key(req))
         self._requests[req_id] = req
