@@ -35,11 +35,13 @@ With `--service`, the execution model also carries what a real server adds to th
 model's time (issue 14): a live server (one CPU worker, as the sweep's) answers
 `--service-samples` of the same drawn requests one at a time, and each reply's timing
 gives one sample of (start delay: `queue_us`, arrival until its worker began, with
-nobody ahead; execution-time ratio: `exec_us` over the request's solo time timed here;
-reply delay: `total_us - queue_us - exec_us`, from the batch's end to its reply). The
-simulator draws one sample per batch (`simulate_serving(service=...)`): the batch starts
-that delay after its dispatch, runs its model time times the ratio, and its members are
-answered the reply delay later. The table then has both gaps, without and with it.
+nobody ahead; execution-time extra: `exec_us` minus the request's solo time timed here;
+reply delay: `total_us - queue_us - exec_us`, from the batch's end to its reply), after
+`SERVICE_WARMUP` requests that are not kept (a fresh server's first requests are slow
+once). The simulator draws one sample per batch (`simulate_serving(service=...)`): the
+batch starts that delay after its dispatch, runs its model time plus the extra, and its
+members are answered the reply delay later. The table then has both gaps, without and
+with it.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from e2e_finish_rate import (  # noqa: E402
 SIM_POLICIES = (*POLICIES, "oracle")
 SIM_REQUESTS = 4000
 WARMUP_DRAWS = 64  # the warm-up profile's examples, as a worker times them
+SERVICE_WARMUP = 50  # requests a live server answers before its delays are kept
 
 
 def measure(model: str, n: int, seed: int) -> tuple[list[float], np.ndarray, list]:
@@ -100,8 +103,8 @@ def measure(model: str, n: int, seed: int) -> tuple[list[float], np.ndarray, lis
 
 
 def measure_service(model: str, inputs: list, solo: np.ndarray, n: int) -> list:
-    """(start delay s, execution-time ratio, reply delay s) of n of the drawn requests,
-    each answered alone by a live server (the module docstring)."""
+    """(start delay s, execution-time extra s, reply delay s) of n of the drawn requests,
+    each answered alone by a live server, after SERVICE_WARMUP (the module docstring)."""
     import tempfile
 
     from e2e_finish_rate import model_repo
@@ -117,13 +120,16 @@ def measure_service(model: str, inputs: list, solo: np.ndarray, n: int) -> list:
                                start_timeout_s=180).start()  # fmt: skip
         try:
             with Client(server.endpoint, timeout_s=30) as c:
-                for i in range(min(n, len(inputs))):
+                for k in range(SERVICE_WARMUP + min(n, len(inputs))):
+                    i = (k - SERVICE_WARMUP) % len(inputs)
                     r = c.infer(model, inputs[i], slo_ms=60_000)
                     if r.status != "ok":
                         raise RuntimeError(f"{model}: a calibration request got {r.status}: "
                                            f"{r.error}")  # fmt: skip
+                    if k < SERVICE_WARMUP:
+                        continue
                     q, e, t = (r.timing[k] * 1e-6 for k in ("queue_us", "exec_us", "total_us"))
-                    samples.append((q, e / solo[i], max(0.0, t - q - e)))
+                    samples.append((q, e - solo[i], max(0.0, t - q - e)))
         finally:
             server.stop()
     return samples
@@ -132,7 +138,7 @@ def measure_service(model: str, inputs: list, solo: np.ndarray, n: int) -> list:
 def simulate_cell(x: np.ndarray, inflation: list[float], slo: float, load: float,
                   seed: int, service: list | None = None) -> dict:  # fmt: skip
     """Every policy's finish rate on one cell; x: solo times in units of their mean;
-    `service`: measured (start delay, ratio, reply delay) samples, delays in those units."""
+    `service`: measured (start delay, execution extra, reply delay) samples, in those units."""
     from orloj_rt.sim.bounds import finish_rate_bound
     from orloj_rt.sim.simulator import simulate_serving
 
@@ -212,14 +218,14 @@ def main() -> int:
                 print(f"{model}: {args.service_samples} requests alone through a live "
                       "server ...", flush=True)  # fmt: skip
             raw = measure_service(model, inputs, solo, args.service_samples)
-            service = [(d / mean, r, p / mean) for d, r, p in raw]
+            service = [(d / mean, e / mean, p / mean) for d, e, p in raw]
             arr = np.asarray(raw)
             out["models"][model]["service"] = {
                 "samples": len(raw),
                 "start_delay_ms": {"median": float(np.median(arr[:, 0]) * 1e3),
                                    "p99": float(np.quantile(arr[:, 0], 0.99) * 1e3)},
-                "exec_ratio": {"median": float(np.median(arr[:, 1])),
-                               "p99": float(np.quantile(arr[:, 1], 0.99))},
+                "exec_extra_ms": {"median": float(np.median(arr[:, 1]) * 1e3),
+                                  "p99": float(np.quantile(arr[:, 1], 0.99) * 1e3)},
                 "reply_delay_ms": {"median": float(np.median(arr[:, 2]) * 1e3),
                                    "p99": float(np.quantile(arr[:, 2], 0.99) * 1e3)},
             }  # fmt: skip
@@ -268,10 +274,10 @@ def main() -> int:
               f"c(2) {m['inflation'][1]:.2f}, c({len(m['inflation'])}) {m['inflation'][-1]:.2f}")
         if "service" in m:
             sv = m["service"]
-            d, e, p = sv["start_delay_ms"], sv["exec_ratio"], sv["reply_delay_ms"]
+            d, e, p = sv["start_delay_ms"], sv["exec_extra_ms"], sv["reply_delay_ms"]
             print(f"  a live server, {sv['samples']} requests alone: start delay median "
-                  f"{d['median']:.3f} ms (p99 {d['p99']:.3f}), execution / solo median "
-                  f"{e['median']:.2f} (p99 {e['p99']:.2f}), reply delay median "
+                  f"{d['median']:.3f} ms (p99 {d['p99']:.3f}), execution - solo median "
+                  f"{e['median']:.3f} ms (p99 {e['p99']:.3f}), reply delay median "
                   f"{p['median']:.3f} ms (p99 {p['p99']:.3f})")
     cols = ["model", "load", "SLO / mean", *SIM_POLICIES, "bound", "orloj / fifo",
             "orloj / best other"]  # fmt: skip

@@ -275,11 +275,11 @@ def simulate_serving(
     the policy is built, primed and taught exactly as in `orloj-rt start`.
 
     `service`: measured samples of what a real server adds to the model's time, (start
-    delay, execution-time ratio, reply delay) per batch (bench/e2e_model_check.py
-    measures them on a live server). Each batch draws one (a fixed seed): it starts
-    `start delay` after its dispatch, runs c(b) x max X x `ratio` (what its worker
-    reports), frees its worker then, and its members are answered `reply delay` later.
-    None (the default): the model alone, every delay 0 and ratio 1 (docs/simulation.md).
+    delay, execution extra, reply delay) per batch (bench/e2e_model_check.py measures
+    them on a live server). Each batch draws one (a fixed seed): it starts `start delay`
+    after its dispatch, runs c(b) x max X + `extra` (what its worker reports; never below
+    0), frees its worker then, and its members are answered `reply delay` later. None
+    (the default): the model alone, every delay and extra 0 (docs/simulation.md).
 
     `trace`, if a list, receives every call made on the core, in order, as (name, args)
     tuples, and after each `dispatch` what it decided: ("decided", (batches as (worker,
@@ -352,8 +352,8 @@ def simulate_serving(
             exec_time = c[len(run.tokens) - 1] * max(x[rid] for rid in run.tokens)
             start, reply = now, 0.0
             if service_list:
-                delay, ratio, reply = service_list[int(service_rng.integers(len(service_list)))]
-                start, exec_time = now + delay, exec_time * ratio
+                delay, extra, reply = service_list[int(service_rng.integers(len(service_list)))]
+                start, exec_time = now + delay, max(0.0, exec_time + extra)
             seq += 1
             heapq.heappush(running, (start + exec_time, seq, run.worker, start, run.tokens,
                                      reply))  # fmt: skip

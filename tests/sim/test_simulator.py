@@ -143,17 +143,17 @@ def test_orloj_with_cost_hints_runs_in_the_simulator():
 
 def test_a_servers_measured_delays_shift_each_batch_as_measured():
     """simulate_serving(service=...): a batch starts `start delay` after its dispatch,
-    runs its model time x `ratio`, frees its worker then, and is answered `reply delay`
+    runs its model time + `extra`, frees its worker then, and is answered `reply delay`
     later (bench/e2e_model_check.py --service)."""
     from orloj_rt.sim.simulator import simulate_serving
 
     args = ([0.0, 0.0], [100.0, 100.0], [1.0, 1.0], ["a", "a"], [1.0], [1.0] * 64)
     plain = simulate_serving("fifo", *args)
     assert plain.finish.tolist() == [1.0, 2.0]  # batches of one (max batch 1), back to back
-    out = simulate_serving("fifo", *args, service=[(0.5, 2.0, 0.25)])
+    out = simulate_serving("fifo", *args, service=[(0.5, 1.0, 0.25)])
     # first: starts 0.5, runs 2.0, worker free at 2.5, answered 2.75; second: dispatched
     # at 2.5, starts 3.0, free at 5.0, answered 5.25
     assert out.finish.tolist() == [2.75, 5.25]
     late = simulate_serving("fifo", [0.0], [2.7], [1.0], ["a"], [1.0], [1.0] * 64,
-                            service=[(0.5, 2.0, 0.25)])  # fmt: skip
+                            service=[(0.5, 1.0, 0.25)])  # fmt: skip
     assert late.summary(np.array([0.0]), np.array([2.7]))["late"] == 1
