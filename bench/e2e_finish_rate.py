@@ -4,6 +4,7 @@
     .venv/bin/python bench/e2e_finish_rate.py --quick            # a reduced sweep, < 3 min
     .venv/bin/python bench/e2e_finish_rate.py --json             # one JSON object
     .venv/bin/python bench/e2e_finish_rate.py --out docs/results/e2e_finish_rate   # + PNG
+    .venv/bin/python bench/e2e_finish_rate.py --hints --out docs/results/e2e_hints  # issue 15
 
 For each model (one at a time) it starts one server per policy (`orloj-rt start --models
 REPO --cpu-workers 1 --policy P`: frontend, scheduler, one CPU worker), one after another,
@@ -28,6 +29,25 @@ core. The load generator runs in this process, on the same machine as the server
 Targets (issue 5): for early_exit and generate, at every cell where fifo finishes 20-60%,
 orloj finishes >= 1.5x fifo and at least as much as the best other baseline; the
 scheduler's share of one core < 25% at the highest load of the sweep.
+
+`--hints` (issue 15): cost hints end to end. Policies orloj (which files hinted requests
+under hint classes, orloj_rt/serving/hints.py), `orloj-nohint` (this script's label for
+orloj started with `--policy-param hint_classes=0`), sjf-hint, fifo, nexus, clockwork;
+models:
+
+- `seq_encoder`: lengths from the trace's `ContextTokens` column, rows drawn at random,
+  divided by 16 (mean 72 tokens, CoV 0.93, 1..256); its solo time follows its length.
+  The client sends no hint: the server derives it (`hint = "length(tokens)"`).
+- `generate` as above; each request carries a client hint: its true output length (the
+  tokens it generates) x an independent LogNormal noise factor of mean 1 and CoV 0.6,
+  drawn from a seeded stream of its own, so every policy sees the same hints.
+- `early_exit` as above, without hints (the control: orloj against orloj-nohint).
+
+After every cell, the orloj and sjf-hint servers' `stats` give the hint classes fitted and
+each class's mean solo time learned so far (`hint_stats` in the JSON). Targets (issue 15):
+for seq_encoder and generate, where fifo finishes 20-60%, orloj >= 2x fifo, >= 1.5x the
+best of nexus and clockwork, >= 1.1x sjf-hint; for early_exit, orloj no worse than
+orloj-nohint within noise (two binomial standard errors of the difference, at least 0.03).
 """
 
 from __future__ import annotations
@@ -50,6 +70,7 @@ from orloj_rt.client.loadgen import arrival_times, read_trace, run_open_loop  # 
 from orloj_rt.models.builtin import BUILTIN_MODELS  # noqa: E402
 from orloj_rt.models.load_inputs import make_inputs  # noqa: E402
 from orloj_rt.runtime.launcher import ServerProcess  # noqa: E402
+from orloj_rt.serving.hints import CLASS_SEPARATOR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRACE = ROOT.parent / "shared" / "data" / "azure-llm-2023" / "conv.csv"
@@ -66,6 +87,19 @@ ORLOJ_BAND = (0.2, 0.6)  # cells where whole-batch orloj finishes 20-60%: orloj-
 TARGET_STEP_VS_ORLOJ = 2.0
 TARGET_STEP_VS_FCFS = 3.0  # at 2x overload of the step capacity
 TARGET_STEP_OVERHEAD = 0.05  # per-step coordination, of the step time
+
+# `--hints` (issue 15): cost hints end to end
+HINT_POLICIES = ("orloj", "orloj-nohint", "sjf-hint", "fifo", "nexus", "clockwork")
+#: labels of this script that run a policy with parameters: label -> server arguments
+POLICY_ARGS = {"orloj-nohint": ("--policy", "orloj", "--policy-param", "hint_classes=0")}
+HINT_CLASS_POLICIES = ("orloj", "sjf-hint", "orloj-nohint")  # hint classes recorded (nohint: none)
+HINT_NOISE_COV = 0.6  # generate's client hints: true length x LogNormal(mean 1, CoV 0.6)
+HINT_NOISE_STREAM = 15  # appended to a cell's seed key: the noise's own stream
+HINT_TARGET_VS_FIFO = 2.0
+HINT_TARGET_VS_NEXUS_CLOCKWORK = 1.5
+HINT_TARGET_VS_SJF = 1.1
+CONTROL_MIN_TOLERANCE = 0.03  # early_exit: orloj >= orloj-nohint - max(this, 2 SE)
+DEFAULT_MODELS = ("early_exit", "generate")
 
 
 @dataclass(frozen=True)
@@ -85,6 +119,7 @@ class ModelSweep:
     warmup_rate: float
     warmup_slo_ms: float
     input_params: tuple[tuple[str, float], ...] = ()
+    trace_column: str | None = None  # the trace column its inputs are drawn from
 
 
 SWEEPS = {
@@ -110,8 +145,51 @@ SWEEPS = {
         quick_requests=300,
         warmup_rate=40.0,
         warmup_slo_ms=2000.0,
+        trace_column="GeneratedTokens",
+    ),
+    # lengths: the trace's ContextTokens / 16 (mean 72, CoV 0.93, 1..256); solo time
+    # about a + k x length (1 ms at the shortest, 12 ms at 256 on the 2-core VM)
+    "seq_encoder": ModelSweep(
+        "seq_encoder",
+        slo_mults=(3.0, 5.0, 10.0),
+        loads=(0.7, 1.0, 1.5),
+        quick_slo_mults=(5.0,),
+        quick_loads=(1.0,),
+        requests=1200,
+        quick_requests=600,
+        warmup_rate=200.0,
+        warmup_slo_ms=500.0,
+        trace_column="ContextTokens",
     ),
 }
+
+
+@dataclass(frozen=True)
+class HintSweep:
+    """One model's `--hints` cells (a subset of its SWEEPS cells, to keep the run under
+    15 minutes on the 2-core VM) and its hints: "derived" (the server derives them, the
+    client sends none), "client" (true work x noise), or None (no hints)."""
+
+    slo_mults: tuple[float, ...]
+    loads: tuple[float, ...]
+    requests: int
+    quick_slo_mults: tuple[float, ...]
+    quick_loads: tuple[float, ...]
+    quick_requests: int
+    hint: str | None
+
+
+HINT_SWEEPS = {
+    "seq_encoder": HintSweep(slo_mults=(3.0, 5.0, 10.0), loads=(0.7, 1.0, 1.5),
+                             requests=600, quick_slo_mults=(5.0,), quick_loads=(1.0,),
+                             quick_requests=400, hint="derived"),
+    "generate": HintSweep(slo_mults=(3.0, 6.0, 12.0), loads=(1.2, 2.0), requests=500,
+                          quick_slo_mults=(3.0,), quick_loads=(2.0,), quick_requests=300,
+                          hint="client"),
+    "early_exit": HintSweep(slo_mults=(5.0, 10.0, 20.0), loads=(1.0, 1.5), requests=800,
+                            quick_slo_mults=(10.0,), quick_loads=(1.0,), quick_requests=400,
+                            hint=None),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -149,21 +227,35 @@ def model_repo(directory: Path, model: str) -> Path:
     return repo
 
 
-def workload(model: str, n: int, rate: float, slo_ms: float, seed: int, trace):
-    """The same requests and send times for every policy (seeded by model and cell)."""
+def hint_noise(n: int, key: list, cov: float = HINT_NOISE_COV) -> np.ndarray:
+    """n LogNormal factors of mean 1 and CoV `cov`, from their own stream (the cell's key
+    and HINT_NOISE_STREAM): the same for every policy, independent of the inputs."""
+    rng = np.random.default_rng([*key, HINT_NOISE_STREAM])
+    sigma2 = np.log1p(cov * cov)
+    return rng.lognormal(-sigma2 / 2, np.sqrt(sigma2), n)
+
+
+def workload(model: str, n: int, rate: float, slo_ms: float, seed: int, trace,
+             hints: str | None = None):  # fmt: skip
+    """The same requests and send times for every policy (seeded by model and cell).
+    `hints="client"`: every request carries a hint, its true work x `hint_noise`;
+    "derived" or None: no request carries one (the server derives it, or there is none)."""
     sweep = SWEEPS[model]
     key = [seed, sum(map(ord, model)), int(rate * 1000), int(slo_ms * 1000), n]
     rng = np.random.default_rng(key)
     times = arrival_times(n, rate, rng)
     rows = None
-    if model == "generate":
-        col = trace["GeneratedTokens"]
-        rows = {"GeneratedTokens": col[rng.integers(0, len(col), n)]}
+    if sweep.trace_column is not None and trace is not None:
+        col = trace[sweep.trace_column]
+        rows = {sweep.trace_column: col[rng.integers(0, len(col), n)]}
     spec = BUILTIN_MODELS[model].spec.to_dict()
     draws = make_inputs(model, spec, n, rng, rows, dict(sweep.input_params))
     requests = [{"model": model, "inputs": d.inputs, "slo_ms": slo_ms, "app": APP}
                 for d in draws]  # fmt: skip
     work = [d.work for d in draws]
+    if hints == "client":
+        for r, w, f in zip(requests, work, hint_noise(n, key), strict=True):
+            r["hint"] = float(w * f)
     return requests, times.tolist(), work
 
 
@@ -222,11 +314,13 @@ def chunks_of(requests, times, slo_ms: float, chunk_s: float):
 
 def start_servers(model: str, policies, repo: Path, log) -> dict[str, ServerProcess]:
     """One server per policy, started one after another (each measures its model's c(b)
-    and prior at warm-up: two warming up at once would disturb each other)."""
+    and prior at warm-up: two warming up at once would disturb each other). A label of
+    POLICY_ARGS (orloj-nohint) starts its policy with its parameters."""
     servers: dict[str, ServerProcess] = {}
     try:
         for p in policies:
-            server_args = ["--models", str(repo), "--cpu-workers", "1", "--policy", p,
+            server_args = ["--models", str(repo), "--cpu-workers", "1",
+                           *POLICY_ARGS.get(p, ("--policy", p)),
                            "--log-level", "WARNING"]  # fmt: skip
             servers[p] = ServerProcess(server_args, stderr=log, start_timeout_s=180).start()
     except BaseException:
@@ -245,17 +339,51 @@ def stop_servers(servers: dict[str, ServerProcess]) -> list[str]:
 
 def learned_mean_solo_s(servers: dict[str, ServerProcess], model: str) -> float:
     """The median over the servers of the mean solo time their schedulers learned during
-    the warm-up (every policy's scheduler learns it, from the model's work reports)."""
+    the warm-up (every policy's scheduler learns it, from the model's work reports). A
+    server with hint classes learns it per class (`APP#h<k>`): its mean pools the app's
+    and its classes' samples."""
     time.sleep(1.2)  # the scheduler's figures reach `stats` once a second
     means = []
     for s in servers.values():
         with Client(s.endpoint, timeout_s=30) as c:
             apps = c.stats()["models"][model]["scheduler"]["apps"]
-        if APP in apps and apps[APP]["samples"]:
-            means.append(apps[APP]["mean_solo_ms"] / 1e3)
+        mine = [a for name, a in apps.items()
+                if (name == APP or name.startswith(APP + CLASS_SEPARATOR)) and a["samples"]]
+        if mine:
+            n = sum(a["samples"] for a in mine)
+            means.append(sum(a["mean_solo_ms"] * a["samples"] for a in mine) / n / 1e3)
     if not means:
         raise RuntimeError(f"{model}: no solo time was learned during the warm-up")
     return float(np.median(means))
+
+
+def hint_class_stats(servers: dict[str, ServerProcess], model: str, policies) -> dict:
+    """Per server of `policies`: its scheduler's hint classes of APP (hints seen, fits,
+    classes fitted, each class's hint range) and each class's mean solo time and samples
+    as learned so far (since the server started: the warm-up and every cell before)."""
+    time.sleep(1.2)  # the scheduler's figures reach `stats` once a second
+    out = {}
+    for p in policies:
+        if p not in servers:
+            continue
+        with Client(servers[p].endpoint, timeout_s=30) as c:
+            sched = c.stats()["models"][model]["scheduler"]
+        book = sched.get("hint_classes", {}).get(APP)
+        apps = sched["apps"]
+        classes = (book or {}).get("classes", [])
+        out[p] = {
+            "hints_seen": book["hints_seen"] if book else 0,
+            "fits": book["fits"] if book else 0,
+            "classes": len(classes),
+            "edges": [c["hint_from"] for c in classes[1:]],
+            "class_mean_solo_ms": {c["app"]: round(apps[c["app"]]["mean_solo_ms"], 3)
+                                   for c in classes if c["app"] in apps},
+            "class_samples": {c["app"]: apps[c["app"]]["samples"]
+                              for c in classes if c["app"] in apps},
+            "class_source": {c["app"]: apps[c["app"]]["source"]
+                             for c in classes if c["app"] in apps},
+        }  # fmt: skip
+    return out
 
 
 def step_capacity(server: ServerProcess, model: str) -> tuple[float, float]:
@@ -298,6 +426,12 @@ def plan_cells(model: str, args, servers, mean_s: float) -> list[tuple]:
         slos = [float(x) for x in (args.slos or "100").split(",")]
         rates = [float(x) for x in (args.rates or "10").split(",")]
         return [(s_, r_, s_ / 1e3 / mean_s, r_ * mean_s, "solo") for r_ in rates for s_ in slos]
+    if args.hints:
+        hs = HINT_SWEEPS[model]
+        mults = hs.quick_slo_mults if args.quick else hs.slo_mults
+        loads = hs.quick_loads if args.quick else hs.loads
+        return [(round(m_ * mean_s * 1e3, 1), round(ld / mean_s, 1), m_, ld, "solo")
+                for ld in loads for m_ in mults]  # fmt: skip
     if not args.step:
         sweep = SWEEPS[model]
         mults = sweep.quick_slo_mults if args.quick else sweep.slo_mults
@@ -326,8 +460,12 @@ def run_model(model: str, policies, args, repo: Path, trace, log,
     """Every cell under every policy. The servers run side by side (an idle one costs
     nothing), and each cell's load is cut into chunks that the policies run in turn, so
     that a change in the machine's background load does not favour one policy. The step
-    servers' per-step accounting over the whole run goes into `step_overheads[model]`."""
+    servers' per-step accounting over the whole run goes into `step_overheads[model]`.
+    `--hints`: requests carry the model's hints (HINT_SWEEPS), in the warm-up too, and
+    after every cell the hint classes of the orloj and sjf-hint servers go into their
+    rows (`hint_stats`)."""
     sweep = SWEEPS[model]
+    hints = HINT_SWEEPS[model].hint if args.hints else None
     rows = []
     t0 = time.monotonic()
     servers = start_servers(model, policies, repo, log)
@@ -339,7 +477,7 @@ def run_model(model: str, policies, args, repo: Path, trace, log,
         # warm-up: every policy learns from the same unmeasured load (orloj's learned
         # distribution replaces its prior after 32 solo times; clockwork fills its window)
         reqs, times, _ = workload(model, args.warmup, sweep.warmup_rate, sweep.warmup_slo_ms,
-                                  args.seed + 1000, trace)  # fmt: skip
+                                  args.seed + 1000, trace, hints)  # fmt: skip
         for s in servers.values():
             run_open_loop(s.endpoint, reqs, times, drain_timeout_s=30.0)
         mean_s = learned_mean_solo_s(servers, model)
@@ -349,8 +487,9 @@ def run_model(model: str, policies, args, repo: Path, trace, log,
                   flush=True)  # fmt: skip
         turn = 0
         for slo_ms, rate, mult, load, unit in cells:
-            n = args.requests or (sweep.quick_requests if args.quick else sweep.requests)
-            reqs, times, _ = workload(model, n, rate, slo_ms, args.seed, trace)
+            counts = HINT_SWEEPS[model] if args.hints else sweep
+            n = args.requests or (counts.quick_requests if args.quick else counts.requests)
+            reqs, times, _ = workload(model, n, rate, slo_ms, args.seed, trace, hints)
             done: dict[str, list] = {p: [] for p in policies}
             # the policies take turns, chunk by chunk, starting with a different one each
             # time: background load that comes and goes hits every policy alike
@@ -360,17 +499,29 @@ def run_model(model: str, policies, args, repo: Path, trace, log,
                     done[p].append(run_chunk(servers[p].endpoint, pids[p], creqs, ctimes,
                                              slo_ms))  # fmt: skip
                 turn += 1
+            classes = (hint_class_stats(servers, model, HINT_CLASS_POLICIES)
+                       if args.hints else {})  # fmt: skip
             for p in policies:
                 r = aggregate(done[p])
                 r.update(model=model, slo_ms=slo_ms, rate=rate, policy=p, slo_mult=mult,
                          load=load, load_unit=unit, mean_solo_ms=mean_s * 1e3)  # fmt: skip
+                if args.hints:
+                    r["hints"] = hints or "none"
+                if p in classes:
+                    r["hint_stats"] = classes[p]
                 rows.append(r)
                 if not args.json:
-                    print(f"  {model:<10} {p:<10} SLO {slo_ms:>6g} ms ({mult:g}x)  rate "
+                    print(f"  {model:<11} {p:<12} SLO {slo_ms:>6g} ms ({mult:g}x)  rate "
                           f"{rate:>6g}/s (load {load:g}{'' if unit == 'solo' else ' ' + unit})"
                           f"  finish {r['finish_rate']:6.1%}  "
                           f"batch {r['mean_batch']:5.2f}  sched cpu "
                           f"{r['scheduler_cpu']:5.1%}  {r['counts']}", flush=True)  # fmt: skip
+            if not args.json:
+                for p, st in classes.items():
+                    means = " ".join(f"{v:.2f}" for v in st["class_mean_solo_ms"].values())
+                    print(f"  {model:<11} {p:<12} {st['hints_seen']} hints seen, "
+                          f"{st['classes']} classes; mean solo ms by class: {means or '-'}",
+                          flush=True)  # fmt: skip
         if step_overheads is not None:
             step_overheads[model] = step_stats(servers, model)
     finally:
@@ -416,6 +567,135 @@ def cell_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
                      f"{'-' if mult is None else f'{mult:.3g}'} | {s:g} | {values} | "
                      f"{vs_fifo} | {vs_best} | {cpu_text} | {target} |")  # fmt: skip
     return lines, verdicts
+
+
+def _binomial_tolerance(a: float, b: float, n: int) -> float:
+    """Two standard errors of the difference of two finish rates of n requests each, at
+    least CONTROL_MIN_TOLERANCE."""
+    se = np.sqrt((a * (1 - a) + b * (1 - b)) / max(n, 1))
+    return float(max(CONTROL_MIN_TOLERANCE, 2 * se))
+
+
+HINT_CAPTIONS = {
+    "derived": "the client sends no hint; the server derives each request's hint, its "
+               "token count (`hint = \"length(tokens)\"`); lengths: the Azure conversation "
+               "trace's ContextTokens / 16, rows drawn at random (mean 72, CoV 0.93, "
+               "1..256); the solo time follows the length",
+    "client": "each request carries a client hint: its true output length (the Azure "
+              "trace's GeneratedTokens / 8, rows drawn at random: mean 27, CoV 0.76, "
+              "1..125) x an independent LogNormal noise factor of mean 1 and CoV "
+              f"{HINT_NOISE_COV} (its own seeded stream: the same hints for every policy)",
+    "none": "no hints (the control): orloj should match orloj-nohint within noise",
+}
+
+
+def hint_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
+    """`--hints`: a markdown table per model, and one verdict per cell. Targets (issue
+    15): where requests carry hints and fifo finishes 20-60%, orloj >= 2x fifo, >= 1.5x
+    the best of nexus and clockwork, >= 1.1x sjf-hint; without hints (early_exit), orloj
+    >= orloj-nohint - tolerance (`_binomial_tolerance`) in every cell."""
+    by = {(r["model"], r["slo_ms"], r["rate"], r["policy"]): r for r in rows}
+    lines: list[str] = []
+    verdicts = []
+
+    def ratio(a, b):
+        return f"{a / b:.2f}" if a is not None and b else ("inf" if a else "-")
+
+    for m in dict.fromkeys(r["model"] for r in rows):
+        cells = sorted({(r["rate"], r["slo_ms"]) for r in rows if r["model"] == m})
+        kind = next(r.get("hints", "none") for r in rows if r["model"] == m)
+        mean = next(r["mean_solo_ms"] for r in rows if r["model"] == m)
+        n_req = next(sum(r["counts"].values()) for r in rows if r["model"] == m)
+        lines += [f"### {m}", "", f"Hints: {HINT_CAPTIONS[kind]}. Mean solo time learned at "
+                  f"warm-up {mean:.2f} ms; {n_req} requests a cell.", ""]  # fmt: skip
+        head = ("| load | rate /s | SLO / mean solo | SLO ms | " + " | ".join(policies)
+                + " | orloj / fifo | orloj / best of nexus, clockwork | orloj / sjf-hint | "
+                "orloj / orloj-nohint | orloj's classes | target |")
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        for rate, s in cells:
+            got = {p: by[(m, s, rate, p)] for p in policies if (m, s, rate, p) in by}
+            fr = {p: r["finish_rate"] for p, r in got.items()}
+            o, f, sj, nh = (fr.get(p) for p in ("orloj", "fifo", "sjf-hint", "orloj-nohint"))
+            nc = max((fr[p] for p in ("nexus", "clockwork") if p in fr), default=None)
+            any_row = next(iter(got.values()))
+            n = sum(any_row["counts"].values())
+            stats = {p: r["hint_stats"] for p, r in got.items() if "hint_stats" in r}
+            v = {"model": m, "slo_ms": s, "rate": rate, "load": any_row["load"],
+                 "slo_mult": any_row["slo_mult"], "hints": kind,
+                 "finish_rates": fr, "best_nexus_clockwork": nc,
+                 "in_fifo_band": f is not None and FIFO_BAND[0] <= f <= FIFO_BAND[1],
+                 "target": None, "met": None, "checks": {}, "hint_stats": stats}  # fmt: skip
+            if kind != "none" and v["in_fifo_band"] and o is not None:
+                checks = {"vs_fifo": o >= HINT_TARGET_VS_FIFO * f}
+                if nc is not None:
+                    checks["vs_nexus_clockwork"] = o >= HINT_TARGET_VS_NEXUS_CLOCKWORK * nc
+                if sj is not None:
+                    checks["vs_sjf_hint"] = o >= HINT_TARGET_VS_SJF * sj
+                v.update(target="hints", checks=checks, met=all(checks.values()))
+            elif kind == "none" and o is not None and nh is not None:
+                tol = _binomial_tolerance(o, nh, n)
+                v.update(target="control", tolerance=tol, met=o >= nh - tol,
+                         checks={"vs_orloj_nohint": o >= nh - tol})  # fmt: skip
+            verdicts.append(v)
+            if v["target"] == "hints":
+                failed = [k for k, ok in v["checks"].items() if not ok]
+                target = "**met**" if v["met"] else f"**missed** ({', '.join(failed)})"
+            elif v["target"] == "control":
+                target = (f"{'**met**' if v['met'] else '**missed**'} (tolerance "
+                          f"{v['tolerance']:.3f})")  # fmt: skip
+            else:
+                target = "fifo outside 20-60%"
+            own = stats.get("orloj")
+            classes = "-" if own is None else str(own["classes"])
+            values = " | ".join(f"{fr[p]:.3f}" if p in fr else "-" for p in policies)
+            lines.append(f"| {any_row['load']:.2g} | {rate:g} | {any_row['slo_mult']:.3g} | "
+                         f"{s:g} | {values} | {ratio(o, f)} | {ratio(o, nc)} | "
+                         f"{ratio(o, sj)} | {ratio(o, nh)} | {classes} | {target} |")
+        lines.append("")
+    return lines, verdicts
+
+
+def hint_stats_lines(verdicts: list[dict]) -> list[str]:
+    """The hint classes of the orloj and sjf-hint servers after each cell: classes fitted
+    and each class's mean solo time learned so far (since the server started)."""
+    head = ("| model | load | SLO / mean solo | policy | hints seen | fits | classes | "
+            "class edges (hint) | mean solo ms by class, h0 first (samples) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for v in verdicts:
+        for p, st in v["hint_stats"].items():
+            means = ", ".join(f"{st['class_mean_solo_ms'][a]:.2f} ({st['class_samples'][a]})"
+                              for a in st["class_mean_solo_ms"])  # fmt: skip
+            edges = ", ".join(f"{e:.3g}" for e in st["edges"])
+            lines.append(f"| {v['model']} | {v['load']:.2g} | {v['slo_mult']:.3g} | {p} | "
+                         f"{st['hints_seen']} | {st['fits']} | {st['classes']} | "
+                         f"{edges or '-'} | {means or '-'} |")
+    return lines
+
+
+def hint_verdict_lines(verdicts: list[dict]) -> list[str]:
+    """`--hints`: met or missed, cell by cell, then a count per target."""
+    out = []
+    for v in verdicts:
+        cell = f"{v['model']} load {v['load']:g} SLO {v['slo_mult']:g}x"
+        fr = v["finish_rates"]
+        if v["target"] == "hints":
+            parts = [f"{k} {'met' if ok else 'MISSED'}" for k, ok in v["checks"].items()]
+            out.append(f"{cell}: fifo {fr['fifo']:.3f} in 20-60%: orloj {fr['orloj']:.3f}; "
+                       + ", ".join(parts) + f" -> {'met' if v['met'] else 'MISSED'}")
+        elif v["target"] == "control":
+            out.append(f"{cell}: control, orloj {fr['orloj']:.3f} vs orloj-nohint "
+                       f"{fr['orloj-nohint']:.3f} (tolerance {v['tolerance']:.3f}) -> "
+                       f"{'met' if v['met'] else 'MISSED'}")  # fmt: skip
+    hinted = [v for v in verdicts if v["target"] == "hints"]
+    control = [v for v in verdicts if v["target"] == "control"]
+    out.append(f"cells with hints where fifo finishes 20-60%: {len(hinted)}; orloj >= "
+               f"{HINT_TARGET_VS_FIFO:g}x fifo, >= {HINT_TARGET_VS_NEXUS_CLOCKWORK:g}x the "
+               f"best of nexus and clockwork and >= {HINT_TARGET_VS_SJF:g}x sjf-hint in "
+               f"{sum(bool(v['met']) for v in hinted)} of them")  # fmt: skip
+    if control:
+        out.append(f"early_exit (no hints): orloj within noise of orloj-nohint or better in "
+                   f"{sum(bool(v['met']) for v in control)} of {len(control)} cells")
+    return out
 
 
 def step_table(rows: list[dict], overheads: dict) -> tuple[list[str], list[dict], dict]:
@@ -536,23 +816,32 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
-    ap.add_argument("--models", default=",".join(SWEEPS),
-                    help="comma-separated models (default: %(default)s)")  # fmt: skip
+    ap.add_argument("--models", default=None,
+                    help="comma-separated models (default: " + ",".join(DEFAULT_MODELS)
+                    + "; with --hints " + ",".join(HINT_SWEEPS) + ")")  # fmt: skip
     ap.add_argument("--policies", default=None,
                     help="comma-separated policies (default: " + ",".join(POLICIES)
-                    + "; with --step " + ",".join(STEP_POLICIES) + ")")  # fmt: skip
+                    + "; with --step " + ",".join(STEP_POLICIES) + "; with --hints "
+                    + ",".join(HINT_POLICIES) + ")")  # fmt: skip
     ap.add_argument("--step", action="store_true",
                     help="step-level batching (issue 8): whole-batch orloj, fcfs-step and "
                          "orloj-step, at the step sweep's cells, with the per-step overhead")
+    ap.add_argument("--hints", action="store_true",
+                    help="cost hints end to end (issue 15): seq_encoder with server-derived "
+                         "hints, generate with noisy client hints, early_exit without; "
+                         "orloj, orloj-nohint (orloj with hint_classes=0), sjf-hint and the "
+                         "baselines; the hint classes learned after every cell")
     ap.add_argument("--slos", help="comma-separated SLOs in ms instead of the sweep's "
                                    "multiples of the mean solo time (one model only)")
     ap.add_argument("--rates", help="comma-separated rates in req/s instead of the sweep's "
                                     "loads (one model only)")
     ap.add_argument("--requests", type=int, default=None,
-                    help="requests per cell (default: early_exit 1500, generate 800; "
-                         "--quick 600 and 300)")  # fmt: skip
+                    help="requests per cell (default: early_exit 1500, generate 800, "
+                         "seq_encoder 1200; --quick 600, 300, 600; with --hints: 800, 500, "
+                         "600; --quick 400, 300, 400)")  # fmt: skip
     ap.add_argument("--warmup", type=int, default=None,
-                    help="unmeasured warm-up requests per server (default 200; --quick 100)")
+                    help="unmeasured warm-up requests per server (default 200, with "
+                         "--hints 300; --quick 100)")  # fmt: skip
     ap.add_argument("--chunk-s", type=float, default=3.0,
                     help="policies take turns every S seconds of a cell's arrivals (at least "
                          "10 SLOs; default %(default)s)")  # fmt: skip
@@ -565,23 +854,31 @@ def main() -> int:
     ap.add_argument("--plot-from", type=Path, metavar="RESULTS_JSON",
                     help="only redraw the PNG (beside the file) from a run's results.json")
     args = ap.parse_args()
+    if args.hints and args.step:
+        ap.error("--hints and --step are separate sweeps: give one")
+    if args.models is None:
+        args.models = ",".join(HINT_SWEEPS if args.hints else DEFAULT_MODELS)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.policies is None:
-        args.policies = ",".join(STEP_POLICIES if args.step else POLICIES)
+        args.policies = ",".join(STEP_POLICIES if args.step else
+                                 HINT_POLICIES if args.hints else POLICIES)  # fmt: skip
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if args.plot_from:
         saved = json.loads(args.plot_from.read_text())
-        ran = [p for p in dict.fromkeys((*POLICIES, *STEP_POLICIES))
+        ran = [p for p in dict.fromkeys((*POLICIES, *STEP_POLICIES, *HINT_POLICIES))
                if any(r["policy"] == p for r in saved["details"])]
-        plot(saved["details"], ran, args.plot_from.parent / "e2e_finish_rate.png")
+        name = "e2e_hints.png" if saved.get("mode") == "hints" else "e2e_finish_rate.png"
+        plot(saved["details"], ran, args.plot_from.parent / name)
         return 0
-    bad = [m for m in models if m not in SWEEPS]
+    known = HINT_SWEEPS if args.hints else SWEEPS
+    bad = [m for m in models if m not in known]
     if bad:
-        ap.error(f"unknown model(s) {bad}; choose from {list(SWEEPS)}")
+        ap.error(f"unknown model(s) {bad}; choose from {list(known)}")
     if (args.slos or args.rates) and len(models) != 1:
         ap.error("--slos and --rates need exactly one model (--models NAME)")
-    args.warmup = args.warmup or (100 if args.quick else 200)
-    trace = read_trace(str(args.trace), ["GeneratedTokens"]) if "generate" in models else None
+    args.warmup = args.warmup or (100 if args.quick else 300 if args.hints else 200)
+    columns = sorted({SWEEPS[m].trace_column for m in models} - {None})
+    trace = read_trace(str(args.trace), columns) if columns else None
 
     started = time.monotonic()
     load_before = os.getloadavg()
@@ -603,12 +900,20 @@ def main() -> int:
     if args.step:
         lines, verdicts, overhead = step_table(rows, step_overheads)
         lines += ["", *overhead_lines(overhead)]
+    elif args.hints:
+        lines, verdicts = hint_table(rows, policies)
+        lines += ["### Hint classes after each cell", "",
+                  "(orloj's and sjf-hint's schedulers, `op: \"stats\"`: each class's mean "
+                  "solo time over its samples since the server started)", "",
+                  *hint_stats_lines(verdicts)]  # fmt: skip
+        overhead = None
     else:
         lines, verdicts = cell_table(rows, policies)
         overhead = None
     cpu = cpu_verdict(rows)
     command = "python bench/e2e_finish_rate.py " + " ".join(sys.argv[1:])
     result = {
+        "mode": "step" if args.step else "hints" if args.hints else "default",
         "rows": [{k: r[k] for k in ("model", "slo_ms", "rate", "policy", "finish_rate",
                                     "scheduler_cpu")} for r in rows],  # fmt: skip
         "details": rows,
@@ -626,7 +931,8 @@ def main() -> int:
         (args.out / "results.json").write_text(json.dumps(result, indent=1))
         (args.out / "results.md").write_text(f"`{command}` ({elapsed:.0f} s)\n\n"
                                              + "\n".join(lines) + "\n")  # fmt: skip
-        plot(rows, policies, args.out / "e2e_finish_rate.png")
+        plot(rows, policies, args.out / ("e2e_hints.png" if args.hints
+                                         else "e2e_finish_rate.png"))  # fmt: skip
     if args.json:
         print(json.dumps(result))
         return 0
@@ -645,6 +951,9 @@ def main() -> int:
             print(f"{m}: per-step coordination at most "
                   f"{'-' if w is None else f'{w:.1%}'} of the step time (target <= 5%: "
                   f"{'met' if o['met'] else 'missed'})")  # fmt: skip
+    elif args.hints:
+        for line in hint_verdict_lines(verdicts):
+            print(line)
     else:
         band = [v for v in verdicts if v["in_fifo_band"]]
         met = sum(bool(v["met"]) for v in band)

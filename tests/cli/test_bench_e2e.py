@@ -79,3 +79,82 @@ def test_model_check_simulates_the_sweep_from_measured_models(tmp_path):
     # the bound by more than one run's noise
     assert all(row["orloj"] > 2 * row["fifo"] for row in overloaded)
     assert all(row["orloj"] <= row["bound"] + 0.05 for row in overloaded)
+
+
+def test_hint_workloads_are_seeded_and_noisy_as_stated(e2e):
+    """--hints: generate's client hints are the true length x LogNormal(mean 1, CoV 0.6)
+    noise from a stream of their own (the same for every policy); seq_encoder and
+    early_exit requests carry none (the server derives seq_encoder's)."""
+    trace = {"GeneratedTokens": np.array([8.0, 80.0, 400.0, 1000.0]),
+             "ContextTokens": np.array([16.0, 400.0, 1600.0, 5000.0])}  # fmt: skip
+    a = e2e.workload("generate", 200, 40.0, 200.0, 0, trace, "client")
+    b = e2e.workload("generate", 200, 40.0, 200.0, 0, trace, "client")
+    plain = e2e.workload("generate", 200, 40.0, 200.0, 0, trace)
+    hints = np.array([r["hint"] for r in a[0]])
+    assert hints.tolist() == [r["hint"] for r in b[0]]
+    assert a[1] == plain[1] and a[2] == plain[2]  # the noise leaves the load as it was
+    assert "hint" not in plain[0][0]
+    noise = hints / np.array(a[2])
+    assert len(set(noise.round(9))) == 200  # one independent factor per request
+    big = e2e.hint_noise(200_000, [0, 1, 2])
+    assert abs(big.mean() - 1) < 0.01 and abs(big.std() / big.mean() - 0.6) < 0.02
+    seq = e2e.workload("seq_encoder", 300, 300.0, 10.0, 0, trace, "derived")
+    assert all("hint" not in r for r in seq[0])
+    assert set(seq[2]) <= {1, 25, 100, 256}  # ContextTokens / 16, clipped to 256
+    assert len(set(seq[2])) == 4
+    ee = e2e.workload("early_exit", 50, 300.0, 25.0, 0, None, None)
+    assert all("hint" not in r for r in ee[0])
+
+
+def test_hint_verdicts(e2e):
+    def rows(model, cell, hints, **rates):
+        return [{"model": model, "slo_ms": cell, "rate": 1.0, "policy": p, "finish_rate": f,
+                 "scheduler_cpu": 0.05, "load": 1.0, "slo_mult": cell / 10,
+                 "mean_solo_ms": 10.0, "hints": hints,
+                 "counts": {"ok": 400, "dropped": 600}} for p, f in rates.items()]  # fmt: skip
+
+    base = {"orloj-nohint": 0.4, "nexus": 0.3, "clockwork": 0.2}
+    data = (rows("generate", 30, "client", orloj=0.8, sjf_hint=0.7, fifo=0.4, **base)  # met
+            + rows("generate", 40, "client", orloj=0.8, sjf_hint=0.75, fifo=0.4, **base)
+            + rows("generate", 50, "client", orloj=0.9, sjf_hint=0.7, fifo=0.7, **base)
+            + rows("early_exit", 30, "none", orloj=0.58, fifo=0.3, sjf_hint=0.5, **base)
+            + rows("early_exit", 40, "none", orloj=0.30, fifo=0.3, sjf_hint=0.5, **base))
+    for r in data:
+        r["policy"] = r["policy"].replace("_", "-")
+    lines, verdicts = e2e.hint_table(data, list(e2e.HINT_POLICIES))
+    assert [v["target"] for v in verdicts] == ["hints", "hints", None, "control", "control"]
+    assert [v["met"] for v in verdicts] == [True, False, None, True, False]
+    assert verdicts[1]["checks"] == {"vs_fifo": True, "vs_nexus_clockwork": True,
+                                     "vs_sjf_hint": False}  # 0.8 < 1.1 x 0.75
+    assert verdicts[3]["tolerance"] == pytest.approx(2 * np.sqrt(0.58 * 0.42 / 1000
+                                                                 + 0.4 * 0.6 / 1000))
+    assert sum("### generate" in x or "### early_exit" in x for x in lines) == 2
+    text = "\n".join(e2e.hint_verdict_lines(verdicts))
+    assert "in 1 of them" in text and "in 1 of 2 cells" in text
+
+
+def test_hints_run_end_to_end(tmp_path):
+    """`--hints` for real on one tiny generate cell: client hints reach orloj's scheduler,
+    which fits hint classes and learns each one's mean solo time; orloj-nohint has none."""
+    import json
+    import subprocess
+
+    r = subprocess.run([sys.executable, str(SCRIPT), "--hints", "--models", "generate",
+                        "--policies", "orloj,orloj-nohint", "--requests", "30",
+                        "--warmup", "70", "--slos", "400", "--rates", "15", "--json",
+                        "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["mode"] == "hints"
+    assert out == json.loads((tmp_path / "results.json").read_text())
+    assert "### generate" in (tmp_path / "results.md").read_text()
+    assert {row["policy"] for row in out["rows"]} == {"orloj", "orloj-nohint"}
+    assert all(0.0 <= row["finish_rate"] <= 1.0 for row in out["rows"])
+    (cell,) = out["cells"]
+    assert cell["hints"] == "client" and set(cell["finish_rates"]) == {"orloj", "orloj-nohint"}
+    own, none = cell["hint_stats"]["orloj"], cell["hint_stats"]["orloj-nohint"]
+    assert own["hints_seen"] == 100 and own["fits"] >= 1  # the warm-up's 70 + the cell's 30
+    assert 2 <= own["classes"] <= 8 and len(own["edges"]) == own["classes"] - 1
+    assert own["class_mean_solo_ms"] and all(v > 0 for v in own["class_mean_solo_ms"].values())
+    assert none["hints_seen"] == 0 and none["classes"] == 0
