@@ -7,7 +7,8 @@
  *
  * It asks `health`, then sends one `infer` request to the built-in `early_exit` model
  * (8 int64 tokens; the first token picks the exit layer) and prints the reply: status,
- * timing, and each output. Exit code 0 when both answers are `ok`.
+ * timing, and each output; then it cancels that request (too late: the cancel's result
+ * is "answered"), to show `op: "cancel"`. Exit code 0 when the three answers are `ok`.
  *
  * The wire format (docs/protocol.md): a DEALER sends [b"", header, data_0, ...] where
  * the header is a msgpack map and each data frame holds one tensor's raw little-endian
@@ -146,8 +147,12 @@ static int show_reply(zmq_msg_t frames[], int n, int expect_outputs) {
             print_output(&outputs->via.array.ptr[i], &frames[1 + i]);
     } else {
         const msgpack_object *result = map_get(h, "result");
-        const msgpack_object *st = result ? map_get(result, "status") : NULL;
-        if (st) printf("  server status: %.*s\n", (int)st->via.str.size, st->via.str.ptr);
+        if (result && result->type == MSGPACK_OBJECT_STR) { /* a cancel's: where it was */
+            printf("  result: %.*s\n", (int)result->via.str.size, result->via.str.ptr);
+        } else {
+            const msgpack_object *st = result ? map_get(result, "status") : NULL;
+            if (st) printf("  server status: %.*s\n", (int)st->via.str.size, st->via.str.ptr);
+        }
     }
     rc = 0;
 done:
@@ -216,6 +221,21 @@ int main(int argc, char **argv) {
     msgpack_sbuffer_destroy(&buf);
     n = recv_reply(sock, frames);
     failed |= n < 0 || show_reply(frames, n, 1);
+
+    /* 3. cancel: {"v": 1, "id": 3, "op": "cancel", "target": 2}. Request 2 is answered
+       already, so the result is "answered"; sent while it waits, it would be "queued" or
+       "running", and request 2 would be answered "cancelled". */
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 4);
+    pack_str(&pk, "v");      msgpack_pack_int(&pk, 1);
+    pack_str(&pk, "id");     msgpack_pack_int(&pk, 3);
+    pack_str(&pk, "op");     pack_str(&pk, "cancel");
+    pack_str(&pk, "target"); msgpack_pack_int(&pk, 2);
+    if (send_request(sock, &buf, NULL, 0) != 0) return 2;
+    msgpack_sbuffer_destroy(&buf);
+    n = recv_reply(sock, frames);
+    failed |= n < 0 || show_reply(frames, n, 0);
 
     zmq_close(sock);
     zmq_ctx_term(ctx);

@@ -12,6 +12,16 @@
 
 `infer` returns an `InferResult` for every status (`raise_for_status()` turns a non-ok one
 into `ServerError`); it raises `TimeoutError` only when no reply came within `timeout_s`.
+
+Cancellation (docs/protocol.md): `Client.submit` sends a request without waiting and
+returns its id, `Client.result(id)` waits for its reply, and `Client.cancel(id)` cancels
+it (the request is then answered `cancelled`, unless its answer had gone out already):
+
+    rid = c.submit("early_exit", {"tokens": tokens}, slo_ms=200)
+    print(c.cancel(rid))          # "queued", "running", "answered" or "unknown"
+    print(c.result(rid).status)   # "cancelled" (or its answer, if that came first)
+
+`AsyncClient.infer` cancels its request when its task is cancelled or it times out.
 Both clients use a DEALER socket, so an `AsyncClient` keeps many requests in flight on one
 connection. Output arrays are views of the received frames (no copy).
 
@@ -39,7 +49,7 @@ from orloj_rt.client.codec import (
     encode_infer,
     encode_op,
 )
-from orloj_rt.protocol.wire import DEFAULT_ENDPOINT, STATUS_OK, new_routing_id
+from orloj_rt.protocol.wire import DEFAULT_ENDPOINT, PROTOCOL_VERSION, STATUS_OK, new_routing_id
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -51,6 +61,13 @@ def _timeout_error(endpoint: str, timeout_s: float, what: str) -> TimeoutError:
         f"no reply to {what} from {endpoint} within timeout_s={timeout_s:g} s: is the server "
         "running there (orloj-rt start)? Raise timeout_s for slow requests."
     )
+
+
+def _encode_cancel(req_id: Any, target: Any) -> list:
+    import msgpack
+
+    return [msgpack.packb({"v": PROTOCOL_VERSION, "id": req_id, "op": "cancel",
+                           "target": target}, use_bin_type=True)]  # fmt: skip
 
 
 def _control_result(header: dict, result: InferResult, op: str) -> Any:
@@ -80,6 +97,8 @@ class Client:
             keys.apply(self._sock)
         self._sock.connect(endpoint)
         self._ids = itertools.count(1)
+        self._submitted: set[int] = set()  # submitted, result not taken yet
+        self._replies: dict[int, tuple] = {}  # replies to them that came while waiting
 
     def infer(
         self,
@@ -94,6 +113,40 @@ class Client:
         rid = next(self._ids)
         frames = encode_infer(rid, model, inputs, slo_ms=slo_ms, app=app, hint=hint)
         return self._roundtrip(rid, frames, timeout_s, f"infer({model!r})")[1]
+
+    def submit(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray],
+        slo_ms: float | None = None,
+        app: str | None = None,
+        hint: float | None = None,
+    ) -> int:
+        """Sends a request without waiting; returns its id, for `result` and `cancel`."""
+        rid = next(self._ids)
+        frames = encode_infer(rid, model, inputs, slo_ms=slo_ms, app=app, hint=hint)
+        self._sock.send_multipart([b"", *frames], copy=False)
+        self._submitted.add(rid)
+        return rid
+
+    def result(self, rid: int, timeout_s: float | None = None) -> InferResult:
+        """The reply to submitted request `rid` (waits for it; TimeoutError after
+        `timeout_s`)."""
+        if rid not in self._submitted and rid not in self._replies:
+            raise KeyError(f"request {rid!r} was not submitted by this client, or its "
+                           "result was taken already")  # fmt: skip
+        header, result = self._wait(rid, timeout_s, f"result({rid!r})")
+        self._submitted.discard(rid)
+        return result
+
+    def cancel(self, rid: int, timeout_s: float | None = None) -> str:
+        """Cancels submitted request `rid`: "queued" (it never runs), "running" (its
+        result is discarded), "answered" (too late: its answer went out) or "unknown". The
+        request's own reply (`result`) is then `cancelled`, unless it was answered."""
+        cid = next(self._ids)
+        header, result = self._roundtrip(cid, _encode_cancel(cid, rid), timeout_s,
+                                         f"cancel({rid!r})")  # fmt: skip
+        return _control_result(header, result, "cancel")
 
     def health(self) -> dict:
         return self._op("health")
@@ -110,9 +163,17 @@ class Client:
         return _control_result(header, result, op)
 
     def _roundtrip(self, rid: int, frames: list, timeout_s: float | None, what: str):
+        self._sock.send_multipart([b"", *frames], copy=False)
+        return self._wait(rid, timeout_s, what)
+
+    def _wait(self, rid: int, timeout_s: float | None, what: str):
+        """The reply to `rid`; replies to submitted requests that come first are kept for
+        `result`, others (a late reply to a request that timed out) skipped."""
+        got = self._replies.pop(rid, None)
+        if got is not None:
+            return got
         zmq = self._zmq
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        self._sock.send_multipart([b"", *frames], copy=False)
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -122,7 +183,8 @@ class Client:
             header, result = decode_reply(reply[1:])
             if result.id == rid:
                 return header, result
-            # a late reply to an earlier request that timed out: not ours, skip it
+            if result.id in self._submitted:
+                self._replies[result.id] = (header, result)
 
     def close(self) -> None:
         self._sock.close(linger=0)
@@ -170,7 +232,22 @@ class AsyncClient:
     ) -> InferResult:
         rid = next(self._ids)
         frames = encode_infer(rid, model, inputs, slo_ms=slo_ms, app=app, hint=hint)
-        return (await self._roundtrip(rid, frames, timeout_s, f"infer({model!r})"))[1]
+        try:
+            return (await self._roundtrip(rid, frames, timeout_s, f"infer({model!r})"))[1]
+        except (asyncio.CancelledError, TimeoutError):
+            self._cancel_soon(rid)  # nobody waits for the answer: the server need not run it
+            raise
+
+    def _cancel_soon(self, rid: int) -> None:
+        """Sends a cancel of `rid` without waiting for anything (its reply is ignored)."""
+        cid = next(self._ids)
+        try:
+            fut = self._sock.send_multipart([b"", *_encode_cancel(cid, rid)],
+                                            flags=self._zmq.NOBLOCK)  # fmt: skip
+        except Exception:  # noqa: BLE001 - best effort: the socket may be closing
+            return
+        if isinstance(fut, asyncio.Future):
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def health(self) -> dict:
         return await self._op("health")

@@ -7,6 +7,8 @@ client wire protocol (docs/protocol.md) is not here: it lives in `wire.py`.
     who -> whom                  tag  message        carries
     ---------------------------  ---  -------------  -----------------------------------------
     frontend   -> scheduler      S    Submit         request descriptors (slot, deadline, ...)
+    frontend   -> scheduler      K    Cancel         requests their clients cancelled
+    scheduler  -> frontend       Q    Cancelled      where each cancelled request was
     scheduler  -> frontend       D    Discard        requests answered without running
     scheduler  -> frontend       T    SchedulerStats learned distributions, queues (for `stats`)
     scheduler  -> worker         B    RunBatch       one batch: request tokens and ring slots
@@ -76,7 +78,24 @@ class Submit(NamedTuple):
     requests: list  # of RequestDescriptor field tuples
 
 
+class Cancel(NamedTuple):
+    """Requests whose clients cancelled them (`op: "cancel"`, docs/protocol.md)."""
+
+    TAG = b"K"
+    tokens: list
+
+
 # ------------------------------------------------------------------ scheduler -> frontend
+class Cancelled(NamedTuple):
+    """The scheduler's answer to a `Cancel`: where each request was. "queued": it left
+    its queue and never runs (its ring slot is free); "running": a worker runs it (its
+    result is to be discarded; a step member is ended at its next boundary); "unknown":
+    the scheduler holds it no more (its answer is on its way)."""
+
+    TAG = b"Q"
+    results: list  # [token, "queued" | "running" | "unknown"] pairs
+
+
 class Discard(NamedTuple):
     """Requests the scheduler answers without running them."""
 
@@ -286,10 +305,10 @@ _BY_TAG: dict[int, Any] = {
     for cls in (
         Submit, Discard, SchedulerStats, RunBatch, WorkerReady, BatchDone, Results,
         Shutdown, ClusterState, ChildReady, ChildFailed, WorkerLost, WorkerHung, AttachWorker,
-        StepUpdate, StepProgress,
+        StepUpdate, StepProgress, Cancel, Cancelled,
     )
 }  # fmt: skip
-assert len(_BY_TAG) == 16, "two messages share a tag"
+assert len(_BY_TAG) == 18, "two messages share a tag"
 
 
 def encode(msg) -> bytes:

@@ -21,12 +21,18 @@ from orloj_rt.models.spec import DTYPES, ModelSpec
 
 PROTOCOL_VERSION = 1
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"  # where `orloj-rt start` listens by default
-OPS = ("infer", "health", "models", "stats")
+OPS = ("infer", "health", "models", "stats", "cancel")
 STATUS_OK = "ok"
 STATUS_DROPPED = "dropped"
 STATUS_REJECTED = "rejected"
 STATUS_ERROR = "error"
-STATUSES = (STATUS_OK, STATUS_DROPPED, STATUS_REJECTED, STATUS_ERROR)
+STATUS_CANCELLED = "cancelled"
+STATUSES = (STATUS_OK, STATUS_DROPPED, STATUS_REJECTED, STATUS_ERROR, STATUS_CANCELLED)
+#: what a `cancel` reply's `result` says of its target (docs/protocol.md)
+CANCEL_QUEUED = "queued"  # it was waiting: it never runs
+CANCEL_RUNNING = "running"  # it was running: its result is discarded
+CANCEL_ANSWERED = "answered"  # its answer had gone out, or was on its way: nothing to do
+CANCEL_UNKNOWN = "unknown"  # no request of this client had that id
 DEFAULT_APP = "default"
 
 MAX_HEADER_BYTES = 64 * 1024  # a header is a few hundred bytes; this bounds a hostile one
@@ -151,6 +157,21 @@ def parse_header(buf) -> Header:
     if op not in OPS:
         raise WireError(f"unknown op {op!r}; choose one of {', '.join(OPS)}", req_id)
     return Header(req_id, op, header)
+
+
+def cancel_target(header: Header) -> Any:
+    """The `target` of a `cancel` request: the id of an earlier request of the same
+    client; WireError if it is missing or not an id."""
+    raw = header.raw.get("target")
+    target = _id_of({"id": raw})
+    if target is None:
+        raise WireError(
+            "a cancel request needs \"target\": the \"id\" (an int or a str of at most "
+            f"{MAX_ID_LEN} characters) of an earlier request on this connection, got "
+            f"{type(raw).__name__ if raw is not None else 'none'}",
+            header.req_id,
+        )
+    return target
 
 
 def _number(value: Any) -> float | None:

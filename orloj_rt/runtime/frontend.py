@@ -48,6 +48,11 @@ from orloj_rt.protocol import messages as msgs
 from orloj_rt.protocol import wire
 from orloj_rt.protocol.derived_hint import compile_hint
 from orloj_rt.protocol.wire import (
+    CANCEL_ANSWERED,
+    CANCEL_QUEUED,
+    CANCEL_RUNNING,
+    CANCEL_UNKNOWN,
+    STATUS_CANCELLED,
     STATUS_DROPPED,
     STATUS_ERROR,
     STATUS_OK,
@@ -55,6 +60,7 @@ from orloj_rt.protocol.wire import (
     RequestValidator,
     WireError,
 )
+from orloj_rt.runtime.cancels import CancelBook
 from orloj_rt.runtime.channel import Channel, ChannelClosed
 from orloj_rt.runtime.metrics import FrontendMetrics
 from orloj_rt.runtime.outbox import ReplyOutbox
@@ -91,7 +97,8 @@ class _ModelState:
 
     __slots__ = (
         "index", "spec", "name", "validator", "derive_hint", "ring", "free", "next_generation",
-        "outputs", "received", "ok", "met_slo", "dropped", "rejected", "error", "scheduler",
+        "outputs", "received", "ok", "met_slo", "dropped", "rejected", "error", "cancelled",
+        "scheduler",
     )  # fmt: skip
 
     def __init__(self, index: int, spec, ring: ShmRing):
@@ -106,7 +113,7 @@ class _ModelState:
         self.next_generation = 1
         self.outputs = [(t.name, t.dtype) for t in spec.outputs]
         self.received = self.ok = self.met_slo = 0
-        self.dropped = self.rejected = self.error = 0
+        self.dropped = self.rejected = self.error = self.cancelled = 0
         self.scheduler: dict = {}
 
     def counters(self) -> dict[str, Any]:
@@ -118,6 +125,7 @@ class _ModelState:
             "dropped": self.dropped,
             "rejected": self.rejected,
             "error": self.error,
+            "cancelled": self.cancelled,  # not in the finish rate: their clients gave up
             "finish_rate": self.met_slo / answered if answered else 0.0,
             "in_flight": self.ring.layout.n_slots - len(self.free),
             "ring_slots": self.ring.layout.n_slots,
@@ -129,7 +137,7 @@ class _Pending:
     """An admitted request waiting for its answer."""
 
     __slots__ = ("envelope", "req_id", "model", "slot", "arrival", "slo_s", "metrics",
-                 "desc", "retries")  # fmt: skip
+                 "desc", "retries", "key")  # fmt: skip
 
     def __init__(self, envelope, req_id, model: _ModelState, slot: int, arrival, slo_s,
                  metrics=None):  # fmt: skip
@@ -142,6 +150,7 @@ class _Pending:
         self.metrics = metrics  # its (model, app) AppMetrics: recorded when answered
         self.desc: tuple | None = None  # its Submit descriptor, to re-queue it after a crash
         self.retries = 0
+        self.key = CancelBook.key(envelope, req_id)  # what a cancel of it names
 
 
 class Frontend:
@@ -165,6 +174,8 @@ class Frontend:
         self._pending: dict[int, _Pending] = {}
         self._next_token = 1
         self._submit: list = []
+        self.cancels = CancelBook()  # cancels.py: keys, cancels in flight, zombies
+        self._cancel_out: list[int] = []  # tokens to ask the scheduler about
         self.received = self.ok = self.met_slo = self.dropped = self.rejected = self.error = 0
         self.accepting = True
         self.serving = False  # True once a worker was ready: later, requests wait for restarts
@@ -211,10 +222,12 @@ class Frontend:
             "health": self._on_health,
             "models": self._on_models,
             "stats": self._on_stats,
+            "cancel": self._on_cancel,
         }
         self._backend_handlers = {
             msgs.Results: self._on_results,
             msgs.Discard: self._on_discard,
+            msgs.Cancelled: self._on_cancelled,
             msgs.SchedulerStats: self._on_scheduler_stats,
             msgs.WorkerLost: self._on_worker_lost,
         }
@@ -310,6 +323,9 @@ class Frontend:
                 break
         if self._submit:
             self._flush_submit()
+        if self._cancel_out:  # after the Submit: a request is queued before its cancel
+            tokens, self._cancel_out = self._cancel_out, []
+            self._send(self.scheduler, [msgs.encode(msgs.Cancel(tokens))])
 
     def _dispatch_backend(self, parts: list) -> None:
         # each handler gets the message and its frames (results carry data frames)
@@ -400,6 +416,19 @@ class Frontend:
         p.desc = (token, m.index, req.app, arrival, arrival + req.slo_s, hint, slot,
                   generation)  # fmt: skip
         self._submit.append(p.desc)
+        self.cancels.admitted(p.key, token)
+
+    def _on_cancel(self, envelope: list, header: wire.Header, data: list) -> None:
+        """`op: "cancel"`: the scheduler is asked where the target is (`_on_cancelled`
+        answers); a target not pending is answered at once."""
+        self._no_data(header, data)
+        key = CancelBook.key(envelope, wire.cancel_target(header))
+        token, first = self.cancels.ask(key, envelope, header.req_id)
+        if token is None:
+            result = CANCEL_ANSWERED if self.cancels.was_answered(key) else CANCEL_UNKNOWN
+            self._reply(envelope, wire.encode_reply(header.req_id, STATUS_OK, result=result))
+        elif first:
+            self._cancel_out.append(token)
 
     def _flush_submit(self) -> None:
         batch, self._submit = self._submit, []
@@ -428,6 +457,7 @@ class Frontend:
             "dropped": self.dropped,
             "rejected": self.rejected,
             "error": self.error,
+            "cancelled": self.cancels.cancelled,  # not in the finish rate
             "finish_rate": self.met_slo / answered if answered else 0.0,
             "in_flight": len(self._pending),
             "uptime_s": time.monotonic() - self.started_at,
@@ -475,8 +505,10 @@ class Frontend:
             member = data[k : k + nout]
             k += nout
             p = pending.pop(token, None)
-            if p is None:  # answered already (e.g. at shutdown): nothing to send
+            if p is None:  # answered already (cancelled, or at shutdown): nothing to send
+                self._settle(token)
                 continue
+            self.cancels.done(p.key, token)
             total = now - p.arrival
             met = total <= p.slo_s
             timing = {
@@ -512,6 +544,36 @@ class Frontend:
             self._answer_token(token, STATUS_REJECTED, msg.reason or "rejected by the scheduler")
         for token, text in msg.errors:
             self._answer_token(token, STATUS_ERROR, text)
+
+    def _on_cancelled(self, msg: msgs.Cancelled, frames: list) -> None:
+        """Where each cancelled request was (cancels.py says what follows)."""
+        for token, where in msg.results:
+            waiters = self.cancels.take_waiting(token)
+            p = self._pending.get(token)
+            if p is None:
+                result = CANCEL_ANSWERED  # answered meanwhile
+            elif where == CANCEL_QUEUED:
+                self._answer_token(token, STATUS_CANCELLED,
+                                   "cancelled by its client before it ran")  # fmt: skip
+                result = CANCEL_QUEUED
+            elif where == CANCEL_RUNNING:
+                del self._pending[token]  # answered now; its slot is held until the worker
+                self.cancels.zombies[token] = p  # is done with it (`_settle`)
+                self._count_answer(p, token, STATUS_CANCELLED)
+                self._reply(p.envelope, wire.encode_reply(
+                    p.req_id, STATUS_CANCELLED, "cancelled by its client while it ran; its "
+                    "result is discarded"))  # fmt: skip
+                result = CANCEL_RUNNING
+            else:
+                result = CANCEL_ANSWERED  # its answer is on its way
+            for envelope, cancel_id in waiters:
+                self._reply(envelope, wire.encode_reply(cancel_id, STATUS_OK, result=result))
+
+    def _settle(self, token: int) -> None:
+        """A zombie's worker is done with it: its ring slot is free again."""
+        p = self.cancels.zombies.pop(token, None)
+        if p is not None:
+            self._release(p)
 
     def _on_scheduler_stats(self, msg: msgs.SchedulerStats, frames: list) -> None:
         for name, info in msg.models.items():
@@ -549,7 +611,8 @@ class Frontend:
         for token in msg.tokens:
             p = self._pending.get(token)
             if p is None:
-                continue  # answered already
+                self._settle(token)  # answered already (a zombie: its slot is free now)
+                continue
             if p.retries < MAX_CRASH_RETRIES and p.desc is not None and now < p.desc[4]:
                 p.retries += 1
                 again.append(p.desc)
@@ -606,8 +669,14 @@ class Frontend:
     def _answer_token(self, token: int, status: str, text: str) -> None:
         p = self._pending.pop(token, None)
         if p is None:
+            self._settle(token)  # a zombie's late answer: discarded, its slot freed
             return
         self._release(p)
+        self._count_answer(p, token, status)
+        self._reply(p.envelope, wire.encode_reply(p.req_id, status, text))
+
+    def _count_answer(self, p: _Pending, token: int, status: str) -> None:
+        """Counts an answer other than ok, and forgets the request's cancel key."""
         m = p.model
         if status == STATUS_DROPPED:
             m.dropped += 1
@@ -615,12 +684,15 @@ class Frontend:
         elif status == STATUS_REJECTED:
             m.rejected += 1
             self.rejected += 1
+        elif status == STATUS_CANCELLED:
+            m.cancelled += 1
+            self.cancels.cancelled += 1
         else:
             m.error += 1
             self.error += 1
         if p.metrics is not None:
             p.metrics.count(status)
-        self._reply(p.envelope, wire.encode_reply(p.req_id, status, text))
+        self.cancels.done(p.key, token)
 
     def _release(self, p: _Pending) -> None:
         p.model.free.append(p.slot)

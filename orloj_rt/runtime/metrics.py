@@ -42,16 +42,17 @@ from orloj_rt.protocol.wire import MAX_APP_LEN
 OTHER_APP = "_other"  # the label of every app beyond MAX_APPS_PER_MODEL
 UNATTRIBUTED = ""  # model and app label of requests too malformed to name a model
 
-STATUSES = ("ok", "dropped", "rejected", "error")
+STATUSES = ("ok", "dropped", "rejected", "error", "cancelled")
 
 
 class AppMetrics:
     """One (model, app): answered requests by status, and the ok ones' times."""
 
-    __slots__ = ("ok", "dropped", "rejected", "error", "met", "late", "queue", "exec", "latency")
+    __slots__ = ("ok", "dropped", "rejected", "error", "cancelled", "met", "late", "queue",
+                 "exec", "latency")  # fmt: skip
 
     def __init__(self) -> None:
-        self.ok = self.dropped = self.rejected = self.error = 0
+        self.ok = self.dropped = self.rejected = self.error = self.cancelled = 0
         self.met = self.late = 0
         self.queue = Histogram(LATENCY_BUCKETS_S)
         self.exec = Histogram(LATENCY_BUCKETS_S)
@@ -68,18 +69,21 @@ class AppMetrics:
         self.latency.observe(total_s)
 
     def count(self, status: str) -> None:
-        """A request answered without running (dropped, rejected) or failed (error)."""
+        """A request answered without running (dropped, rejected), cancelled by its client
+        (cancelled), or failed (error)."""
         if status == "dropped":
             self.dropped += 1
         elif status == "rejected":
             self.rejected += 1
+        elif status == "cancelled":
+            self.cancelled += 1
         else:
             self.error += 1
 
     def snapshot(self) -> dict:
         return {
             "requests": {"ok": self.ok, "dropped": self.dropped, "rejected": self.rejected,
-                         "error": self.error},  # fmt: skip
+                         "error": self.error, "cancelled": self.cancelled},  # fmt: skip
             "met_slo": self.met,
             "late": self.late,
             "queue_s": self.queue.snapshot(),

@@ -103,7 +103,7 @@ class Scheduler:
         self._quiet: dict[int, _WorkerState] = {}  # fd -> a stepping worker, read per tick
 
         # type -> handler, per peer; an unknown type has its own explicit branch
-        self._frontend_handlers = {msgs.Submit: self._on_submit}
+        self._frontend_handlers = {msgs.Submit: self._on_submit, msgs.Cancel: self._on_cancel}
         self._worker_handlers = {
             msgs.WorkerReady: self._on_worker_ready,
             msgs.BatchDone: self._on_batch_done,
@@ -231,6 +231,10 @@ class Scheduler:
     # ------------------------------------------------------------------ handlers
     def _on_submit(self, msg: msgs.Submit) -> None:
         self.core.submit(msg.requests)
+
+    def _on_cancel(self, msg: msgs.Cancel) -> None:
+        results = self.core.cancel(msg.tokens)
+        self._send(self.frontend, [msgs.encode(msgs.Cancelled(results))])
 
     def _on_worker_ready(self, msg: msgs.WorkerReady) -> None:
         w = self.workers[msg.worker]

@@ -26,6 +26,7 @@ Calls, and when:
 - `batch_done(w, model, ok, exec_s, work)`: a worker finished its batch: learn;
 - `step_progress(msg)`: a worker reported a step boundary;
 - `worker_lost(w)` / `worker_attached(w)`: a worker died / its restart was attached;
+- `cancel(tokens)`: clients cancelled these requests: where each was;
 - `expire(now)`: while no worker is ready, drop what can no longer finish;
 - `take_discards()`: the requests dropped, rejected or failed since the last call.
 """
@@ -103,6 +104,35 @@ class ServingCore:
             self._errors.append([token, f"the scheduler could not queue the request: {exc}"])
             return
         mq.slots[token] = (slot, gen, app, deadline, hint, classes)
+
+    def cancel(self, tokens) -> list[list]:
+        """Clients cancelled these requests: [token, where] for each. "queued": it left
+        its queue (or the wait for its model's policy) and never runs; "running": a
+        worker runs it (a whole batch runs on, its result to be discarded; a step member
+        is ended at its worker's next boundary); "unknown": the core holds it no more."""
+        out = []
+        for token in tokens:
+            where = "unknown"
+            for mq in self.models:
+                entry = mq.slots.get(token)
+                if entry is None:
+                    if any(d[0] == token for d in mq.waiting):
+                        mq.waiting = [d for d in mq.waiting if d[0] != token]
+                        where = "queued"
+                        break
+                    continue
+                try:
+                    mq.policy.remove(token)
+                except KeyError:
+                    where = "running"
+                    if mq.steps is not None:
+                        mq.steps.cancel(token)
+                else:
+                    del mq.slots[token]
+                    where = "queued"
+                break
+            out.append([token, where])
+        return out
 
     # ------------------------------------------------------------------ workers
     def worker_ready(self, worker: int, profiles) -> None:

@@ -116,6 +116,7 @@ class StepCoordinator:
         self.inflation = inflation
         self.work_fit = work_fit  # (a, k): stats report solo times as the whole batches do
         self.runs = [_Run() for _ in range(workers)]
+        self.cancelled: set[int] = set()  # members to end at their next boundary
         self.apps: dict[str, _AppSteps] = {}
         self.arrived = False  # requests arrived since the last pass: busy workers too
         # stats: steps, members per step; over the timed steps, the model's time and the
@@ -171,7 +172,9 @@ class StepCoordinator:
         run.at = msg.at
         run.dirty = True
         slots = self.slots
+        cancelled = self.cancelled
         for token, steps in msg.finished:
+            cancelled.discard(token)
             entry = slots.pop(token, None)
             if entry is not None:  # else: ended by the policy while it finished
                 self.finished += 1
@@ -179,6 +182,7 @@ class StepCoordinator:
                 if entry[5] is not None:  # its hint's classes keep (hint, solo work)
                     entry[5].pairs.append((entry[4], int(steps) * self.step_s))
         for token in msg.failed:
+            cancelled.discard(token)
             slots.pop(token, None)
         self.reports += 1
         self.times.add(msg)
@@ -228,6 +232,19 @@ class StepCoordinator:
         else:
             self.policy.set_distribution(app, prior)
 
+    def cancel(self, token: int) -> bool:
+        """A client cancelled member `token`: it is ended at its worker's next boundary
+        (`decide`). False if no worker runs it or has it on the way."""
+        for run in self.runs:
+            joined, ended = run.pending()
+            if token in ended:
+                return True  # being ended already
+            if token in run.running or token in joined:
+                self.cancelled.add(token)
+                run.dirty = True
+                return True
+        return False
+
     # ------------------------------------------------------------------ decisions
     def wants_decision(self, worker: int) -> bool:
         """A report arrived; or requests wait and the worker runs nothing of this model;
@@ -263,24 +280,32 @@ class StepCoordinator:
             ahead = int((now - run.at) / st) + 1 if st > 0 and now > run.at else 1
             at = run.at + ahead * st
         members = []
-        for token, steps in run.running.items():
+        cut = []  # members their clients cancelled: ended, whatever the policy says
+        for token, steps in [*((t, s + ahead) for t, s in run.running.items()),
+                             *((t, 0) for t in joined_pending)]:  # fmt: skip
             entry = slots.get(token)
-            if entry is not None and token not in ended_pending:
-                members.append(RunningMember(token, entry[2], entry[3], steps + ahead,
-                                             unseen=ahead))  # fmt: skip
-        for token in joined_pending:
-            entry = slots.get(token)
-            if entry is not None and token not in ended_pending:
+            if entry is None or token in ended_pending:
+                continue
+            if token in self.cancelled:
+                cut.append(token)
+            elif steps:
+                members.append(RunningMember(token, entry[2], entry[3], steps, unseen=ahead))
+            else:
                 members.append(RunningMember(token, entry[2], entry[3], 0))
-        if not members and not len(self.policy):
+        for token in cut:
+            self.cancelled.discard(token)
+        if not members and not len(self.policy) and not cut:
             return None, []
         self.decisions += 1
         joined, dropped, ended = self.policy.step_boundary(at, members)
+        if cut:
+            ended = [*ended, *cut]
         answered = []
         for token in dropped:
             slots.pop(token, None)
             answered.append(token)
         steps_of = {m.id: m.steps for m in members}
+        steps_of.update((t, run.running.get(t, 0)) for t in cut)
         for token in ended:
             entry = slots.pop(token, None)
             if entry is None:
@@ -308,6 +333,7 @@ class StepCoordinator:
         tokens = [t for t in [*run.running, *joined] if t in self.slots]
         for t in tokens:
             del self.slots[t]
+            self.cancelled.discard(t)
         self.runs[worker] = _Run()
         return tokens
 

@@ -38,6 +38,7 @@ def test_the_c_example_talks_to_a_live_server(c_client, server):
     assert "reply to id 2: status ok" in r.stdout
     assert "output exit_layer: int64 [] = 3" in r.stdout
     assert "output logits: float32 [10] =" in r.stdout
+    assert "reply to id 3: status ok" in r.stdout and "result: answered" in r.stdout
 
 
 def test_the_c_example_reports_a_missing_server(c_client):

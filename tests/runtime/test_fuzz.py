@@ -70,7 +70,7 @@ class Fuzzer:
     """Makes one message at a time: (frames after the delimiter, delimiter?, kind, x)."""
 
     KINDS = ("random_frames", "truncated", "wrong_type", "shape", "frame_count",
-             "version", "size", "control", "nesting", "oversized")  # fmt: skip
+             "version", "size", "control", "nesting", "oversized", "cancel")  # fmt: skip
 
     def __init__(self, seed: int):
         self.r = random.Random(seed)
@@ -92,6 +92,10 @@ class Fuzzer:
         if self.r.random() < 0.1:
             op = self.r.choice(["health", "models", "stats"])
             return [_pack({"v": 1, "id": rid, "op": op})], True, "valid_" + op, None
+        if self.r.random() < 0.1:  # a cancel: of a recent request, an unknown id, a str
+            target = self.r.choice([rid - self.r.randint(1, 40), 10**9 + rid, f"s{rid}"])
+            h = {"v": 1, "id": rid, "op": "cancel", "target": target}
+            return [_pack(h)], True, "valid_cancel", target
         x = np.array([self.r.uniform(-1e6, 1e6) for _ in range(4)], np.float32)
         h = self.valid_header(rid)
         if self.r.random() < 0.5:  # a flood of distinct apps: any client can name one
@@ -177,6 +181,17 @@ class Fuzzer:
             return [_pack(h), b"\0" * 16], True
         return [_pack(h), b"\0" * self.r.randint(100_000, MAX_FRAME)], True
 
+    def cancel(self):
+        """A cancel without a usable target, or with data frames: `error`."""
+        h = {"v": 1, "id": self.rid(), "op": "cancel"}
+        bad = self.r.choice(["missing", 1.5, [1], {"a": 1}, None, True, "x" * 300, "data"])
+        if bad == "data":
+            h["target"] = 1
+            return [_pack(h), self.rbytes(1, 8)], True
+        if bad != "missing":
+            h["target"] = bad
+        return [_pack(h)], True
+
     def nesting(self):
         depth = self.r.choice([600, 2000, 20000])
         return [b"\x91" * depth + b"\x00"], True  # arrays in arrays: a msgpack bomb
@@ -206,6 +221,7 @@ def test_fuzzed_messages_get_exactly_one_reply_and_the_server_serves_on(tmp_path
             replies = _exchange(sock, messages)
         finally:
             sock.close(linger=0)
+        foreign = _foreign_cancels(server.endpoint, messages)
         rogue_ok = _rogue_rounds(server.endpoint, fz)
         with Client(server.endpoint, timeout_s=10) as c:
             after = c.health()
@@ -216,6 +232,7 @@ def test_fuzzed_messages_get_exactly_one_reply_and_the_server_serves_on(tmp_path
     assert after["pids"]["scheduler"] == before["scheduler"]
     assert ok.ok and ok.outputs["y"].tolist() == [0, 1, 2, 3]
 
+    assert foreign and all(r == "unknown" for r in foreign), foreign[:5]
     # every message got exactly one reply: by id where it had a readable one
     by_id: dict = {}
     anonymous = []
@@ -226,6 +243,8 @@ def test_fuzzed_messages_get_exactly_one_reply_and_the_server_serves_on(tmp_path
             by_id.setdefault(h["id"], []).append((h, data))
     want_anonymous = 0
     kinds: dict = {}
+    targets = {x for _f, _d, kind, x in messages if kind == "valid_cancel"}
+    cancelled = 0
     for frames, delimiter, kind, x in messages:
         kinds[kind] = kinds.get(kind, 0) + 1
         rid = expected_id(frames, delimiter)
@@ -235,7 +254,12 @@ def test_fuzzed_messages_get_exactly_one_reply_and_the_server_serves_on(tmp_path
         got = by_id.pop(rid, [])
         assert len(got) == 1, f"{kind} id {rid}: {len(got)} replies ({got[:2]})"
         h, data = got[0]
-        if kind.startswith("valid"):
+        if kind == "valid" and rid in targets and h["status"] == "cancelled":
+            cancelled += 1  # a cancel of it came before its answer
+        elif kind == "valid_cancel":
+            assert h["status"] == "ok" and h["result"] in ("queued", "running", "answered",
+                                                           "unknown"), h  # fmt: skip
+        elif kind.startswith("valid"):
             assert h["status"] == "ok", (kind, h)
             if x is not None:
                 assert np.frombuffer(data[0], np.float32).tolist() == x.tolist()
@@ -247,8 +271,17 @@ def test_fuzzed_messages_get_exactly_one_reply_and_the_server_serves_on(tmp_path
     assert rogue_ok == ROGUE_ROUNDS * ROGUE_VALID
     print(f"fuzz: {len(messages)} messages ({n_bad} malformed, "
           f"{len(messages) - n_bad} valid), {len(replies)} replies, "
-          f"{want_anonymous} without an id; by kind: {dict(sorted(kinds.items()))}; "
+          f"{want_anonymous} without an id; {cancelled} cancelled before their answer; "
+          f"by kind: {dict(sorted(kinds.items()))}; {len(foreign)} foreign cancels; "
           f"{ROGUE_ROUNDS} dropped connections, {rogue_ok} replies kept across them")
+
+
+def _foreign_cancels(endpoint: str, messages: list) -> list:
+    """Another connection cancels 200 of the fuzz's valid requests by their ids: never
+    its own, so each cancel finds nothing ("unknown")."""
+    ids = [msgpack.unpackb(f[0])["id"] for f, _d, kind, _x in messages if kind == "valid"][:200]
+    with Client(endpoint, timeout_s=10) as other:
+        return [other.cancel(rid) for rid in ids]
 
 
 def _rogue_rounds(endpoint: str, fz: Fuzzer) -> int:

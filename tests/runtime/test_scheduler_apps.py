@@ -31,7 +31,7 @@ def arrive(mq: ModelCore, token: int, app: str, now: float) -> str:
     """What ServingCore._enqueue does with an arriving request; returns its live app."""
     name = mq.live_app(app, now)
     mq.policy.enqueue(token, name, now, now + 1.0)
-    mq.slots[token] = (0, 0, name, now + 1.0)
+    mq.slots[token] = (0, 0, name, now + 1.0, None, None)
     return name
 
 

@@ -321,9 +321,9 @@ def test_orloj_step_runs_members_beyond_what_it_learned_to_their_end():
                                          0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))  # fmt: skip
 
     for t in range(32):  # finished members: the app's distribution is learned from them
-        slots[100 + t] = (0, 1, "chat", now + 60.0)
+        slots[100 + t] = (0, 1, "chat", now + 60.0, None, None)
     report(0, [], [], [[100 + t, 1 + t] for t in range(32)])
-    slots[1] = (0, 1, "chat", now + 60.0)
+    slots[1] = (0, 1, "chat", now + 60.0, None, None)
     policy.enqueue(1, "chat", now, now + 60.0)
     update, dropped = co.decide(0, now)
     assert update is not None and [t for t, _, _ in update.joined] == [1] and not dropped
