@@ -46,10 +46,11 @@ from orloj_rt.client.codec import (
     InferResult,
     ServerError,
     decode_reply,
+    encode_cancel,
     encode_infer,
     encode_op,
 )
-from orloj_rt.protocol.wire import DEFAULT_ENDPOINT, PROTOCOL_VERSION, STATUS_OK, new_routing_id
+from orloj_rt.protocol.wire import DEFAULT_ENDPOINT, STATUS_OK, new_routing_id
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -61,13 +62,6 @@ def _timeout_error(endpoint: str, timeout_s: float, what: str) -> TimeoutError:
         f"no reply to {what} from {endpoint} within timeout_s={timeout_s:g} s: is the server "
         "running there (orloj-rt start)? Raise timeout_s for slow requests."
     )
-
-
-def _encode_cancel(req_id: Any, target: Any) -> list:
-    import msgpack
-
-    return [msgpack.packb({"v": PROTOCOL_VERSION, "id": req_id, "op": "cancel",
-                           "target": target}, use_bin_type=True)]  # fmt: skip
 
 
 def _control_result(header: dict, result: InferResult, op: str) -> Any:
@@ -144,7 +138,7 @@ class Client:
         result is discarded), "answered" (too late: its answer went out) or "unknown". The
         request's own reply (`result`) is then `cancelled`, unless it was answered."""
         cid = next(self._ids)
-        header, result = self._roundtrip(cid, _encode_cancel(cid, rid), timeout_s,
+        header, result = self._roundtrip(cid, encode_cancel(cid, rid), timeout_s,
                                          f"cancel({rid!r})")  # fmt: skip
         return _control_result(header, result, "cancel")
 
@@ -242,7 +236,7 @@ class AsyncClient:
         """Sends a cancel of `rid` without waiting for anything (its reply is ignored)."""
         cid = next(self._ids)
         try:
-            fut = self._sock.send_multipart([b"", *_encode_cancel(cid, rid)],
+            fut = self._sock.send_multipart([b"", *encode_cancel(cid, rid)],
                                             flags=self._zmq.NOBLOCK)  # fmt: skip
         except Exception:  # noqa: BLE001 - best effort: the socket may be closing
             return

@@ -99,6 +99,11 @@ def encode_op(req_id: Any, op: str) -> list:
     return [_packb({"v": PROTOCOL_VERSION, "id": req_id, "op": op})]
 
 
+def encode_cancel(req_id: Any, target: Any) -> list:
+    """A cancel of the client's earlier request `target` (docs/protocol.md)."""
+    return [_packb({"v": PROTOCOL_VERSION, "id": req_id, "op": "cancel", "target": target})]
+
+
 def decode_header(frame) -> dict:
     return msgpack.unpackb(frame, raw=False, strict_map_key=False)
 

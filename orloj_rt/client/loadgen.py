@@ -22,7 +22,7 @@ from datetime import datetime
 
 import numpy as np
 
-from orloj_rt.client.codec import decode_header, encode_infer
+from orloj_rt.client.codec import decode_header, encode_cancel, encode_infer
 from orloj_rt.protocol.wire import new_routing_id
 
 TIME_COLUMN = "TIMESTAMP"
@@ -45,6 +45,7 @@ class LoadReport:
     outcomes: list[Outcome] = field(default_factory=list)
     duration_s: float = 0.0
     extra_replies: int = 0  # replies to ids already answered, or unknown ids (must be 0)
+    cancels: dict = field(default_factory=dict)  # request index -> its cancel's result
 
     @property
     def counts(self) -> Counter:
@@ -74,12 +75,15 @@ def run_open_loop(
     drain_timeout_s: float = 10.0,
     max_duration_s: float | None = None,
     progress: Callable[[int, int, int], None] | None = None,
+    cancel_after: dict[int, float] | None = None,
 ) -> LoadReport:
     """Sends `requests[i]` (keyword arguments of `encode_infer` without `req_id`) at
     `send_times[i]` seconds after the start, on one DEALER socket.
 
     `max_duration_s` bounds the sending: requests due later are not sent (`unsent`).
-    `progress(sent, answered, total)` is called about every 0.1 s and at the end."""
+    `progress(sent, answered, total)` is called about every 0.1 s and at the end.
+    `cancel_after` {i: seconds}: cancel request i that long after it was due (`op:
+    "cancel"`, id n + i); `LoadReport.cancels[i]` is the cancel's result."""
     import zmq
 
     if len(requests) != len(send_times):
@@ -97,6 +101,11 @@ def run_open_loop(
     sent_at = [0.0] * n
     answered = 0
     extra = 0
+    cancels: dict[int, str] = {}
+    # (due, 0: send / 1: cancel, index), in time order
+    events = [(float(t), 0, i) for i, t in enumerate(send_times)]
+    events += [(float(send_times[i]) + float(d), 1, i) for i, d in (cancel_after or {}).items()]
+    events.sort()
 
     def receive(timeout_ms: float) -> None:
         nonlocal answered, extra
@@ -110,6 +119,9 @@ def run_open_loop(
             now = time.perf_counter()
             header = decode_header(reply[1])
             rid = header.get("id")
+            if isinstance(rid, int) and n <= rid < 2 * n and rid - n not in cancels:
+                cancels[rid - n] = header.get("result") or header.get("status", "error")
+                continue
             if not isinstance(rid, int) or not 0 <= rid < n or outcomes[rid].status != "lost":
                 extra += 1
                 continue
@@ -122,6 +134,7 @@ def run_open_loop(
             answered += 1
 
     sent = 0
+    cancels_sent = 0
     next_report = 0.0
 
     def report(force: bool = False) -> None:
@@ -134,11 +147,9 @@ def run_open_loop(
     try:
         start = time.perf_counter()
         stop_at = start + max_duration_s if max_duration_s is not None else math.inf
-        for i in range(n):
-            due = start + send_times[i]
+        for at, kind, i in events:
+            due = start + at
             if due > stop_at:
-                for o in outcomes[i:]:
-                    o.status = "unsent"
                 break
             while True:
                 left = due - time.perf_counter()
@@ -146,13 +157,20 @@ def run_open_loop(
                     break
                 receive(min(left, PROGRESS_INTERVAL_S) * 1000.0)
                 report()
-            sent_at[i] = time.perf_counter()
-            sock.send_multipart(frames[i], copy=False)
-            sent += 1
+            if kind == 0:
+                sent_at[i] = time.perf_counter()
+                sock.send_multipart(frames[i], copy=False)
+                sent += 1
+            else:
+                sock.send_multipart([b"", *encode_cancel(n + i, i)], copy=False)
+                cancels_sent += 1
             receive(0)
             report()
+        for o, t in zip(outcomes, sent_at, strict=True):
+            if t == 0.0:
+                o.status = "unsent"
         deadline = time.perf_counter() + drain_timeout_s
-        while answered < sent:
+        while answered < sent or len(cancels) < cancels_sent:
             left = deadline - time.perf_counter()
             if left <= 0:
                 break
@@ -164,7 +182,7 @@ def run_open_loop(
         report(force=True)
     finally:
         sock.close(linger=0)
-    return LoadReport(outcomes, duration, extra)
+    return LoadReport(outcomes, duration, extra, cancels)
 
 
 # ---------------------------------------------------------------------- arrivals
