@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench-engine clean
+.PHONY: install demo test lint bench-engine proto clean
 
 install: $(STAMP)
 
@@ -31,6 +31,18 @@ test: install lint
 
 bench-engine: install
 	$(BIN)/python bench/sched_overhead.py
+
+# The gRPC gateway's generated modules (orloj_rt/runtime/grpc_proto/*_pb2*.py*) are
+# committed, so that an install needs no protoc; after a change to the .proto, regenerate
+# them with the pinned generator (grpcio-tools bundles protoc; its version decides the
+# grpcio / protobuf floors in pyproject.toml) and commit them.
+PROTO_TOOLS := grpcio-tools==1.81.1
+PROTO := orloj_rt/runtime/grpc_proto/grpc_predict_v2.proto
+
+proto:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet '$(PROTO_TOOLS)'
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
 
 clean:
 	rm -rf build $(VENV) orloj_rt/engine/_native*.so csrc/engine/*.cpp csrc/engine/*.html

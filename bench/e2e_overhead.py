@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/e2e_overhead.py            # table
     .venv/bin/python bench/e2e_overhead.py --json     # one JSON object
+    .venv/bin/python bench/e2e_overhead.py --grpc     # only the gRPC path against ZeroMQ
 
 1. Added latency, one request at a time, tiny model (`tiny_mlp`: 16 -> 32 -> 4 floats):
    the client-observed latency through a real server (Python client -> ZeroMQ -> frontend
@@ -24,6 +25,13 @@
    measures beside it do not depend on the CPU share the server gets: the server's
    processes' CPU per reply, without and with scraping, in the same pairs; and the CPU
    one scrape costs the instance (idle, 200 scrapes) times the scrape rate.
+6. The gRPC path (`--grpc`: only this part; KServe v2 over gRPC on the gateway process,
+   `--grpc-port`): the same sequential tiny_mlp requests on one gRPC channel (the
+   generated stub of tritonclient[grpc], raw tensor contents both ways), against the
+   ZeroMQ path in the same run (before and after it). Target: gRPC p50 - ZeroMQ p50
+   <= 600 us. Beside it, p99 of both, NVIDIA's tritonclient.grpc with its own objects,
+   the server side's total, and the floor of a gRPC hop with these libraries here: a
+   grpc.aio server in another process echoing bytes (no protobuf, no gateway work).
 5. The derived cost hint (a model's `hint` declaration, orloj_rt/protocol/derived_hint.py):
    what the frontend adds to each request of a model that declares one, timed call by
    call on the frontend's own inputs (the frames as bytes, the shapes as lists) for
@@ -66,6 +74,7 @@ TARGETS = {
     "added_latency_p99_us": ("<=", 1000.0),
     "noop_throughput_rps": (">=", 10_000.0),
     "http_added_p50_us": ("<=", 1000.0),
+    "grpc_added_p50_us": ("<=", 600.0),
     "scrape_throughput_loss_pct": ("<", 5.0),
     "derived_hint_p50_us": ("<=", 5.0),
 }
@@ -177,6 +186,173 @@ def tritonclient_latency(http_url: str, n: int) -> list[float] | None:
     finally:
         client.close()
     return lat
+
+
+def grpc_latency(target: str, n: int) -> tuple[list[float], list[int]]:
+    """tiny_mlp over KServe v2 gRPC: one channel, raw tensor contents both ways, the
+    request message built per call (as the ZeroMQ client packs its header), with
+    tritonclient's generated stub: the call's cost without tritonclient's own objects.
+    Also the server side's total_us of each answer."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
+    raw = x.tobytes()
+    channel = grpc.insecure_channel(target)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    lat, totals = [], []
+    try:
+        for i in range(n + n // 10):
+            t0 = time.perf_counter()
+            req = service_pb2.ModelInferRequest(model_name="tiny_mlp")
+            req.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+            req.raw_input_contents.append(raw)
+            resp = stub.ModelInfer(req, timeout=10)
+            y = np.frombuffer(resp.raw_output_contents[0], np.float32)
+            t1 = time.perf_counter()
+            assert y.shape == (4,), y.shape
+            if i >= n // 10:
+                lat.append(t1 - t0)
+                totals.append(resp.parameters["total_us"].int64_param)
+    finally:
+        channel.close()
+    return lat, totals
+
+
+def _grpc_echo_server(port_q) -> None:
+    import asyncio
+
+    import grpc
+
+    async def serve() -> None:
+        async def echo(request, context):
+            return request
+
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "floor.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))  # fmt: skip
+        port_q.put(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+def grpc_echo_floor(n: int, size: int = 120) -> list[float]:
+    """The floor of a gRPC hop with these libraries on this machine: a grpc.aio server in
+    another process that echoes `size` bytes (no protobuf, no work), called one at a time
+    from a sync channel as grpc_latency does: what the gRPC path pays before any
+    gateway work."""
+    import multiprocessing
+
+    import grpc
+
+    ctx = multiprocessing.get_context("spawn")
+    port_q = ctx.Queue()
+    proc = ctx.Process(target=_grpc_echo_server, args=(port_q,), daemon=True)
+    proc.start()
+    lat = []
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port_q.get(timeout=30)}")
+        call = channel.unary_unary("/floor.Echo/Echo")
+        payload = b"x" * size
+        for i in range(n + n // 10):
+            t0 = time.perf_counter()
+            call(payload, timeout=10)
+            if i >= n // 10:
+                lat.append(time.perf_counter() - t0)
+        channel.close()
+    finally:
+        proc.terminate()
+        proc.join(5)
+    return lat
+
+
+def tritonclient_grpc_latency(target: str, n: int) -> list[float]:
+    """The same with NVIDIA's tritonclient.grpc (its InferInput / InferResult included)."""
+    import tritonclient.grpc as grpcclient
+
+    x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
+    client = grpcclient.InferenceServerClient(target)
+    lat = []
+    try:
+        for i in range(n + n // 10):
+            t0 = time.perf_counter()
+            inp = grpcclient.InferInput("x", [1, 16], "FP32")
+            inp.set_data_from_numpy(x)
+            y = client.infer("tiny_mlp", [inp]).as_numpy("y")
+            t1 = time.perf_counter()
+            assert y.shape == (1, 4)
+            if i >= n // 10:
+                lat.append(t1 - t0)
+    finally:
+        client.close()
+    return lat
+
+
+def grpc_main(args) -> int:
+    """`--grpc`: the gRPC path against ZeroMQ, in one run of one server (part 6)."""
+    try:
+        import tritonclient.grpc  # noqa: F401
+    except ImportError:
+        print("--grpc needs tritonclient[grpc] (the test extra: pip install -e '.[test]')",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    with tempfile.TemporaryDirectory() as repo:
+        (Path(repo) / "tiny_mlp.toml").write_text('builtin = "tiny_mlp"\n')
+        server_args = ["--cpu-workers", "1", "--worker-threads", "1", "--models", repo,
+                       "--log-level", "WARNING", "--grpc-port", "0"]  # fmt: skip
+        with open(os.devnull, "w") as quiet, ServerProcess(server_args, stderr=quiet) as srv:
+            target = re.search(r"; grpc (\S+?)[;)]", srv.ready_line).group(1)
+            load = os.getloadavg()[0]
+            served, _ = server_latency(srv.endpoint, args.requests)
+            over_grpc, totals = grpc_latency(target, args.requests)
+            served_again, _ = server_latency(srv.endpoint, args.requests // 2)
+            triton = tritonclient_grpc_latency(target, args.requests // 2)
+            health = health_latency(srv.endpoint, args.requests // 2)
+        floor = grpc_echo_floor(args.requests)
+        if srv.returncode != 0:
+            print(f"the server exited with code {srv.returncode}", file=sys.stderr)
+            return 1
+    zmq_all = served + served_again
+    z50, z99 = quantile(zmq_all, 0.5) * 1e6, quantile(zmq_all, 0.99) * 1e6
+    g50, g99 = quantile(over_grpc, 0.5) * 1e6, quantile(over_grpc, 0.99) * 1e6
+    result = {
+        "grpc_added_p50_us": g50 - z50,
+        "grpc_added_p99_us": g99 - z99,
+        "grpc_p50_us": g50,
+        "grpc_p99_us": g99,
+        "zmq_p50_us": z50,
+        "zmq_p99_us": z99,
+        "grpc_server_side_total_p50_us": quantile(totals, 0.5),
+        "tritonclient_grpc_p50_us": quantile(triton, 0.5) * 1e6,
+        "grpc_echo_floor_p50_us": quantile(floor, 0.5) * 1e6,
+        "grpc_echo_floor_p99_us": quantile(floor, 0.99) * 1e6,
+        "health_roundtrip_p50_us": quantile(health, 0.5) * 1e6,
+        "requests": args.requests,
+        "load_average_1m": load,
+        "cpus": os.cpu_count(),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"orloj-rt gRPC overhead ({os.cpu_count()} CPUs; {args.requests} sequential "
+          f"tiny_mlp requests per path; load average {load:.1f} at the start)")
+    print(f"{'measure':<50} {'value':>12}  {'target':>12}")
+    row("tiny_mlp through ZeroMQ (both runs), p50", z50, "us")
+    row("tiny_mlp through ZeroMQ (both runs), p99", z99, "us")
+    row("tiny_mlp over gRPC (KServe v2, raw), p50", g50, "us")
+    row("tiny_mlp over gRPC (KServe v2, raw), p99", g99, "us")
+    row("  gRPC added over ZeroMQ, p50", result["grpc_added_p50_us"], "us", "grpc_added_p50_us")
+    row("  gRPC added over ZeroMQ, p99", result["grpc_added_p99_us"], "us")
+    row("  server side: total (in -> out), p50, gRPC", result["grpc_server_side_total_p50_us"],
+        "us")
+    row("tiny_mlp with tritonclient[grpc], p50", result["tritonclient_grpc_p50_us"], "us")
+    row("floor: grpc.aio echo in another process, p50", result["grpc_echo_floor_p50_us"], "us")
+    row("floor: grpc.aio echo in another process, p99", result["grpc_echo_floor_p99_us"], "us")
+    row("health round trip on ZeroMQ (one hop pair), p50", result["health_roundtrip_p50_us"],
+        "us")
+    return 0
 
 
 def health_latency(endpoint: str, n: int) -> list[float]:
@@ -530,11 +706,15 @@ def main() -> int:
                     "is 60, common settings 15 (default: %(default)s)")
     ap.add_argument("--scrape-pairs", type=int, default=10,
                     help="pairs of runs without / with scraping (default: %(default)s)")
+    ap.add_argument("--grpc", action="store_true",
+                    help="measure only the gRPC path against ZeroMQ (part 6; --grpc-port)")
     ap.add_argument("--derived-hint-only", action="store_true",
                     help="measure only the derived hint's cost (part 5; no server)")
     ap.add_argument("--hint-calls", type=int, default=20_000,
                     help="timed calls of each derived hint (default: %(default)s)")
     args = ap.parse_args()
+    if args.grpc:
+        return grpc_main(args)
 
     hint = derived_hint_cost(args.hint_calls)
     hint_keys = ("derived_hint_p50_us", "derived_hint_p99_us", "derived_hint_nonzero_p50_us",

@@ -3,7 +3,8 @@
 - the engine (orloj_rt.engine) imports neither zmq nor torch;
 - the serving core (orloj_rt.serving) and the protocol (orloj_rt.protocol) import neither
   zmq nor torch, nor any runtime module;
-- the frontend and the scheduler process never import torch;
+- the frontend and the scheduler process never import torch, nor does the gateway process
+  (whose gRPC module imports its generated messages only when it builds its server);
 - the client (orloj_rt.client) imports no runtime module, whatever it is used for (a
   `Client` with CURVE keys included);
 - the worker imports nothing scheduler-side (orloj_rt.serving, runtime.scheduler);
@@ -42,6 +43,11 @@ def runtime_modules(mods: set[str]) -> list[str]:
                  "orloj_rt.protocol.keys, orloj_rt.protocol.derived_hint", {"zmq", "torch"}),
     ("frontend", "import orloj_rt.runtime.frontend", {"torch"}),
     ("scheduler", "import orloj_rt.runtime.scheduler", {"torch"}),
+    # the gateway process's modules; grpc_gateway imports its generated messages only when
+    # it builds its server (they clash with tritonclient's in one process: docs/grpc.md)
+    ("gateway", "import orloj_rt.runtime.gateway_common, orloj_rt.runtime.http_gateway, "
+                "orloj_rt.runtime.grpc_gateway",
+     {"torch", "orloj_rt.runtime.grpc_proto.grpc_predict_v2_pb2"}),
 ])  # fmt: skip
 def test_forbidden_imports(what, code, forbidden):
     mods = imported_after(code)

@@ -119,14 +119,22 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
         "the client's other replies wait for it to reconnect (docs/protocol.md). At least "
         "the largest model input (default: 64M)",
     )
-    # the gateway process (runtime/http_gateway.py; docs/http.md, docs/metrics.md): off
-    # unless a port is given
+    # the gateway process (runtime/gateway_common.py; docs/http.md, docs/grpc.md,
+    # docs/metrics.md): off unless a port is given
     p.add_argument(
         "--http-port",
         type=_port,
         metavar="P",
         help="also serve the KServe v2 / Open Inference Protocol over HTTP on port P "
         "(0 picks a free port; default: off)",
+    )
+    p.add_argument(
+        "--grpc-port",
+        type=_port,
+        metavar="P",
+        help="also serve the KServe v2 / Open Inference Protocol over gRPC on port P "
+        "(inference.GRPCInferenceService, as Triton's gRPC port: tritonclient[grpc] works "
+        "as is; docs/grpc.md; 0 picks a free port, which the ready line names; default: off)",
     )
     p.add_argument(
         "--metrics-port",
@@ -167,8 +175,9 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
         "--allow-remote",
         action="store_true",
         help="let --bind name an address other machines can reach (e.g. tcp://*:5555), and "
-        "the HTTP ports (--http-port, --metrics-port) listen on every interface; without it "
-        "everything listens on this machine only (127.0.0.1, ::1, ipc://)",
+        "the gateway's ports (--http-port, --grpc-port, --metrics-port) listen on every "
+        "interface; without it everything listens on this machine only (127.0.0.1, ::1, "
+        "ipc://)",
     )
     p.add_argument(
         "--curve-keys",
@@ -320,6 +329,7 @@ def options_from_args(args):
             worker_threads=threads,
             http_port=args.http_port,
             metrics_port=args.metrics_port,
+            grpc_port=args.grpc_port,
             http_limits=http_limits(args),
             allow_remote=args.allow_remote,
             curve_keys=args.curve_keys or "",

@@ -15,7 +15,10 @@ def register(sub) -> None:
             "Start an orloj-rt server in the foreground. It prints one line, "
             "'orloj-rt: serving on ENDPOINT ...', on stdout once every worker is ready; "
             "logs go to stderr. SIGTERM or SIGINT (orloj-rt stop, Ctrl-C) shuts it down "
-            "cleanly: in-flight requests are answered, shared memory is removed."
+            "cleanly: in-flight requests are answered, shared memory is removed. "
+            "--http-port and --grpc-port add the KServe v2 / Open Inference Protocol over "
+            "HTTP and gRPC (tritonclient works as is), --metrics-port Prometheus metrics; "
+            "the ready line names their addresses."
         ),
     )
     add_server_arguments(p)
@@ -36,7 +39,8 @@ def run(args) -> int:
         workers = (f"{len(devices)} cpu worker(s)" if devices[0] == "cpu"
                    else f"gpu(s) {','.join(d.split(':')[1] for d in devices)}")  # fmt: skip
         names = ", ".join(e.spec.name for e in options.models)
-        # the gateway's URLs (--http-port, --metrics-port), e.g. "; http http://127.0.0.1:8000"
+        # the gateway's addresses (--http-port, --grpc-port, --metrics-port), e.g.
+        # "; grpc 127.0.0.1:8001; http http://127.0.0.1:8000"
         urls = "".join(f"; {k} {v}" for k, v in sorted(supervisor.urls.items()))
         print(f"orloj-rt: serving on {endpoint} (models: {names}; {workers}; "
               f"policy: {options.policy}; pid {os.getpid()}{urls})", flush=True)  # fmt: skip

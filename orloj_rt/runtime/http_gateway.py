@@ -1,4 +1,6 @@
-"""The gateway process: KServe v2 (Open Inference Protocol) over HTTP, and Prometheus /metrics.
+"""The gateway's HTTP front end: KServe v2 (Open Inference Protocol) over HTTP, and
+Prometheus /metrics. The process that runs it, the frontend link and the KServe v2 pieces
+it shares with the gRPC front end (grpc_gateway.py) are in gateway_common.py.
 
     HTTP clients (tritonclient, curl, KServe / MLServer clients)     Prometheus
         | POST /v2/models/{name}/infer ... (--http-port)                 | GET /metrics
@@ -18,9 +20,9 @@ docs/http.md): the frontend is the instance's busiest single-threaded loop, and 
 stack in a thread of it would take the GIL from that loop on every request and stall it
 for a slow or hostile HTTP client; a separate process costs one more ZeroMQ hop pair
 (a `health` round trip: 120 to 240 us here), and the HTTP path stays within the 1 ms
-budget (median 558 us added over ZeroMQ, p50, over 16 runs). When neither --http-port
-nor --metrics-port is given, no gateway process exists and the frontend binds no
-internal endpoint.
+budget (median 558 us added over ZeroMQ, p50, over 16 runs). When no gateway port
+(--http-port, --metrics-port, --grpc-port) is given, no gateway process exists and the
+frontend binds no internal endpoint.
 
 Outcome -> HTTP status (docs/http.md): ok 200; error 400 (with the frontend's text);
 dropped 503; rejected 429 when the server is overloaded (a full ring, the policy's
@@ -48,212 +50,54 @@ import logging
 import math
 import os
 import reprlib
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any
 
-import msgpack
 import numpy as np
 
-from orloj_rt.models.spec import DTYPES, ModelSpec
-from orloj_rt.protocol import messages as msgs
-from orloj_rt.protocol.wire import (
-    PROTOCOL_VERSION,
-    STATUS_DROPPED,
-    STATUS_ERROR,
-    STATUS_OK,
-    new_routing_id,
+from orloj_rt.models.spec import ModelSpec
+from orloj_rt.runtime.gateway_common import (  # noqa: F401 - re-exported: the HTTP names
+    ALL_INTERFACES,
+    FRONTEND_TIMEOUT_S,
+    HEALTH_TIMEOUT_S,
+    KSERVE_DATATYPES,
+    LOAD_REJECTIONS,
+    LOOPBACK,
+    MIN_BODY_LIMIT,
+    MODEL_VERSION,
+    WIRE_DTYPES,
+    FrontendLink,
+    GatewayError,
+    GatewayOptions,
+    HttpLimits,
+    Input,
+    check_replies,
+    default_body_limit,
+    internal_endpoint,
+    itemsize,
+    listen_host,
+    members,
+    np_dtype,
+    reply_params,
+    serving,
+    stack_output,
+    status_code,
 )
-from orloj_rt.runtime.proc import InstanceConfig, StartupProblem, child_main, send_to_parent
+from orloj_rt.runtime.gateway_common import infer as infer_members
+from orloj_rt.runtime.proc import InstanceConfig, StartupProblem
 
 log = logging.getLogger("orloj_rt.gateway")
 
-LOOPBACK = "127.0.0.1"
-ALL_INTERFACES = "0.0.0.0"
-MODEL_VERSION = "1"  # orloj-rt serves one version of each model
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary tensor data extension
-FRONTEND_TIMEOUT_S = 60.0  # safety net: the frontend answers every request, at once or later
-HEALTH_TIMEOUT_S = 2.0  # a health probe that takes longer says "not live"
 SHUTDOWN_TIMEOUT_S = 2.0  # for open HTTP connections when the instance stops
-MIN_BODY_LIMIT = 8 << 20  # the default body limit, unless a model's full batch needs more
 
-# wire dtype <-> KServe v2 datatype
-KSERVE_DATATYPES = {
-    "float32": "FP32", "float16": "FP16", "bfloat16": "BF16", "int64": "INT64",
-    "int32": "INT32", "int8": "INT8", "uint8": "UINT8", "bool": "BOOL",
-}  # fmt: skip
-WIRE_DTYPES = {v: k for k, v in KSERVE_DATATYPES.items()}
-_packb = msgpack.Packer(use_bin_type=True).pack
-LOAD_REJECTIONS = ("overloaded", "rejected by the scheduler", "rejected by the scheduling policy")
-
-
-def internal_endpoint(instance: str) -> str:
-    """The frontend's extra ROUTER endpoint for the gateway: a Linux abstract socket name
-    (no file to clean up, reachable only from this machine's network namespace)."""
-    return f"ipc://@orloj_rt.{instance}.gateway"
-
-
-def listen_host(allow_remote: bool) -> str:
-    """Where the HTTP ports listen: loopback only, unless --allow-remote."""
-    return ALL_INTERFACES if allow_remote else LOOPBACK
-
-
-@dataclass(frozen=True)
-class HttpLimits:
-    """What a slow, idle or oversized HTTP client may cost (docs/http.md, "Limits"); the
-    `orloj-rt start` flags --http-header-timeout, --http-body-timeout,
-    --http-keepalive-timeout and --http-max-body-bytes set them."""
-
-    # a request's headers must be complete this long after its first byte (the first
-    # request on a connection: after the connect); else the connection is closed
-    header_timeout_s: float = 10.0
-    # an inference request's body must be complete this long after its headers; else 408
-    body_timeout_s: float = 60.0
-    # a connection with no request in progress is closed after this long
-    keepalive_timeout_s: float = 75.0
-    # the largest request body (413 above it); None: KServeApp.body_limit(the models)
-    max_body_bytes: int | None = None
-
-
-@dataclass(frozen=True)
-class GatewayOptions:
-    http_port: int | None = None  # KServe v2; None: off
-    metrics_port: int | None = None  # Prometheus; None: off
-    host: str = LOOPBACK
-    limits: HttpLimits = HttpLimits()
-
-
-class HttpError(Exception):
-    """Answered as `{"error": text}` with `code` (and Retry-After for 429 / 503); `status`:
-    the wire status (dropped, rejected, error) when the frontend gave one."""
-
-    def __init__(self, code: int, text: str, status: str | None = None):
-        super().__init__(text)
-        self.code = code
-        self.text = text
-        self.status = status
-
-
-def status_code(status: str, error: str) -> int:
-    """The HTTP status for a wire outcome other than ok (see the module docstring)."""
-    if status == STATUS_ERROR:
-        return 400
-    if status == STATUS_DROPPED:
-        return 503
-    # rejected: too much load (retry later) or no service at all; the frontend's texts
-    # for load start with these (frontend.py: a full ring; the scheduler's Discard)
-    if (error or "").startswith(LOAD_REJECTIONS):
-        return 429
-    return 503
-
-
-# ---------------------------------------------------------------------- the frontend link
-class FrontendLink:
-    """A DEALER on the frontend's ROUTER: any number of requests in flight, answers
-    matched by id (every request gets exactly one answer: docs/protocol.md).
-
-    A plain pyzmq socket driven by the event loop (`add_reader` on its FD), not
-    zmq.asyncio: a round trip costs 139 us instead of 177 us p50 on the development VM
-    (bench/gateway_parts.py, docs/http.md). The FD is edge-triggered: whoever may have
-    consumed the edge (a send, a receive) drains what is readable, until ZMQ_EVENTS says
-    there is nothing left."""
-
-    def __init__(self, endpoint: str, curve=None):
-        import zmq
-
-        self._zmq = zmq
-        self.endpoint = endpoint
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        # kept across a reconnect: replies in flight then wait for it (outbox.py)
-        self._sock.setsockopt(zmq.ROUTING_ID, new_routing_id())
-        self._sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block: the frontend answers
-        self._sock.setsockopt(zmq.RCVHWM, 0)
-        if curve is not None:  # --curve-keys: the ROUTER's CURVE covers this endpoint too
-            curve.apply(self._sock)
-        self._sock.connect(endpoint)
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.closed = False
-
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._sock.FD, self._drain)
-
-    async def request(self, header: dict, frames: list, timeout_s: float) -> tuple[dict, list]:
-        """Sends one wire request (`v` and `id` are set here); (reply header, data frames)."""
-        if self.closed:
-            raise HttpError(503, "the server is shutting down: not accepting new requests")
-        zmq = self._zmq
-        rid = next(self._ids)
-        header["v"] = PROTOCOL_VERSION
-        header["id"] = rid
-        try:
-            packed = _packb(header)
-        except (ValueError, TypeError, OverflowError) as exc:  # e.g. an int beyond 64 bits
-            raise HttpError(400, f"the request's parameters cannot be encoded for the "
-                            f"frontend ({exc})") from None  # fmt: skip
-        fut = self._loop.create_future()
-        self._waiting[rid] = fut
-        # a timer, not asyncio.wait_for: that wraps every request in one more task
-        timer = self._loop.call_later(timeout_s, _expire, fut, timeout_s)
-        try:
-            # SNDHWM 0: a DEALER queues without limit, so a non-blocking send never fails
-            self._sock.send_multipart([b"", packed, *frames], zmq.NOBLOCK, copy=False)
-            self._drain()  # the send may have taken the FD's edge for a pending reply
-            return await fut
-        finally:
-            timer.cancel()
-            self._waiting.pop(rid, None)
-
-    async def op(self, op: str, timeout_s: float, **fields: Any) -> Any:
-        """A control op (health, models, stats): its `result`."""
-        header, _ = await self.request({"op": op, **fields}, [], timeout_s)
-        if header.get("status") != STATUS_OK:
-            raise HttpError(503, f"{op}: {header.get('error')}")
-        return header.get("result")
-
-    def _drain(self) -> None:
-        zmq = self._zmq
-        sock = self._sock
-        if self.closed:
-            return
-        while sock.get(zmq.EVENTS) & zmq.POLLIN:
-            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            try:
-                header = msgpack.unpackb(frames[1].buffer, raw=False, strict_map_key=False)
-            except Exception:  # noqa: BLE001 - the frontend speaks the protocol; never fatal
-                log.error("ignored an unreadable reply from the frontend")
-                continue
-            fut = self._waiting.get(header.get("id")) if isinstance(header, dict) else None
-            if fut is not None and not fut.done():
-                fut.set_result((header, [f.buffer for f in frames[2:]]))
-
-    async def close(self) -> None:
-        self.closed = True
-        for fut in self._waiting.values():
-            if not fut.done():
-                fut.set_exception(HttpError(503, "the server is shutting down"))
-        if self._loop is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(self._sock.FD)
-        self._sock.close(linger=0)
-        self._ctx.term()
-
-
-def _expire(fut: asyncio.Future, timeout_s: float) -> None:
-    if not fut.done():
-        fut.set_exception(HttpError(504, f"no answer from the orloj-rt frontend within "
-                                         f"{timeout_s:g} s"))  # fmt: skip
+# the HTTP side's names for the shared pieces (gateway_common.py)
+HttpError = GatewayError  # answered as {"error": text} with its code
+_Input = Input
+_members = members
+_np_dtype = np_dtype
 
 
 # ---------------------------------------------------------------------- KServe v2
-def _np_dtype(wire_dtype: str) -> np.dtype:
-    return np.dtype(DTYPES[wire_dtype][0])
-
-
 def _json_values(buf, wire_dtype: str) -> list:
     """Raw little-endian bytes -> a flat JSON list (bfloat16 as the floats it encodes).
 
@@ -371,21 +215,12 @@ def _tensor_meta(t, batched: bool) -> dict:
             "shape": [-1, *shape] if batched else shape}  # fmt: skip
 
 
-class _Input:
-    __slots__ = ("name", "dtype", "shape", "data")
-
-    def __init__(self, name: str, dtype: str, shape: list, data):
-        self.name = name
-        self.dtype = dtype  # wire dtype
-        self.shape = shape
-        self.data = data  # bytes-like, prod(shape) x itemsize
-
-
 class KServeApp:
     """The /v2 routes (docs/http.md)."""
 
     def __init__(self, specs: list[ModelSpec], link: FrontendLink,
-                 limits: HttpLimits = HttpLimits()):  # fmt: skip
+                 limits: HttpLimits | None = None):  # fmt: skip
+        limits = limits if limits is not None else HttpLimits()
         self.specs = {s.name: s for s in specs}
         self.link = link
         self.limits = limits
@@ -411,11 +246,7 @@ class KServeApp:
         """The default body limit (--http-max-body-bytes overrides it): a full batch of the
         largest inputs as JSON numbers (up to ~20 characters per value) and 1 MiB, at least
         MIN_BODY_LIMIT (8 MiB)."""
-        most = 0
-        for s in specs:
-            per = sum(math.prod(t.max_shape) * 24 for t in s.inputs)
-            most = max(most, per * s.max_batch_size)
-        return max(MIN_BODY_LIMIT, most + (1 << 20))
+        return default_body_limit(specs)
 
     # ------------------------------------------------------------------ health, metadata
     async def server_metadata(self, request):
@@ -436,9 +267,7 @@ class KServeApp:
 
     @staticmethod
     def _serving(h: dict | None) -> bool:
-        if h is None or h.get("status") == "shutting_down":
-            return False
-        return h.get("workers_ready", 0) > 0
+        return serving(h)
 
     async def ready(self, request):
         ok = self._serving(await self._health())
@@ -522,24 +351,8 @@ class KServeApp:
         if not isinstance(params, dict):  # [] and "" too: not an object
             raise HttpError(400, "\"parameters\" must be a JSON object")
         selected, binary_out = _requested_outputs(doc, params, spec)
-        n, members = _members(spec, inputs)
-        base: dict[str, Any] = {"op": "infer", "model": spec.name}
-        for key in ("slo_ms", "app", "hint"):  # checked by the frontend, as for any client
-            if key in params:
-                base[key] = params[key]
-        timeout = FRONTEND_TIMEOUT_S
-        slo = params.get("slo_ms")
-        if isinstance(slo, (int, float)) and not isinstance(slo, bool) and slo > 0:
-            # min() before float(): an int beyond float's range must not raise here
-            timeout += float(min(slo, 86_400_000)) / 1000.0
-        if len(members) == 1:  # the common case: no task per member
-            meta, frames = members[0]
-            replies = [await self.link.request({**base, "inputs": meta}, frames, timeout)]
-        else:
-            replies = await asyncio.gather(*(
-                self.link.request({**base, "inputs": meta}, frames, timeout)
-                for meta, frames in members
-            ))  # fmt: skip
+        n, parts = members(spec, inputs)
+        replies = await infer_members(self.link, spec, parts, params)
         return _infer_response(spec, req_id, n, replies, selected, binary_out)
 
 
@@ -600,7 +413,7 @@ def _parse_inputs(doc: dict, binary: memoryview) -> list[_Input]:
             raise HttpError(400, f"input {name!r}: \"shape\" must be a list of non-negative "
                             f"ints, got {_brief(shape)}")  # fmt: skip
         count = math.prod(shape)
-        nbytes = count * DTYPES[dtype][1]
+        nbytes = count * itemsize(dtype)
         tparams = t.get("parameters") or {}
         size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
         if size is not None:
@@ -654,73 +467,15 @@ def _requested_outputs(doc: dict, params: dict, spec: ModelSpec) -> tuple[list[i
     return selected, binary
 
 
-def _members(spec: ModelSpec, inputs: list[_Input]) -> tuple[int, list]:
-    """(N, one (inputs meta, frames) per wire request). N = 0: no batch dimension.
-
-    A leading batch dimension is recognised by rank: one more dim than the model's input.
-    Inputs that match neither rank (or unknown names) go to the frontend as they are, so
-    that its validation answers them, with the same text a ZeroMQ client gets."""
-    by_name = {t.name: t for t in spec.inputs}
-    ranks = set()
-    for x in inputs:
-        t = by_name.get(x.name)
-        if t is None or len(x.shape) not in (len(t.shape), len(t.shape) + 1):
-            ranks = {"as is"}
-            break
-        ranks.add("batched" if len(x.shape) == len(t.shape) + 1 else "single")
-    if ranks != {"batched"}:
-        if len(ranks) > 1:
-            raise HttpError(400, "either every input has the leading batch dimension or none "
-                            "does")  # fmt: skip
-        meta = [{"name": x.name, "dtype": x.dtype, "shape": x.shape} for x in inputs]
-        return 0, [(meta, [x.data for x in inputs])]
-    sizes = {x.shape[0] for x in inputs}
-    if len(sizes) != 1:
-        raise HttpError(400, f"the inputs disagree on the batch size (dim 0): {sorted(sizes)}")
-    n = sizes.pop()
-    if not 1 <= n <= spec.max_batch_size:
-        raise HttpError(400, f"batch dimension {n} is outside [1, {spec.max_batch_size}] "
-                        f"(model {spec.name!r}'s max_batch_size); each member is a request "
-                        "of its own, batched by the server")  # fmt: skip
-    members = []
-    for k in range(n):
-        meta, frames = [], []
-        for x in inputs:
-            per = len(x.data) // n
-            meta.append({"name": x.name, "dtype": x.dtype, "shape": x.shape[1:]})
-            frames.append(memoryview(x.data)[k * per : (k + 1) * per])
-        members.append((meta, frames))
-    return n, members
-
-
-_SEVERITY = {STATUS_ERROR: 0, "rejected": 1, STATUS_DROPPED: 2}
-
-
 def _infer_response(spec: ModelSpec, req_id: Any, n: int, replies: list, selected: list,
                     binary_out: list):  # fmt: skip
     from aiohttp import web
 
-    bad = [(k, h) for k, (h, _) in enumerate(replies) if h.get("status") != STATUS_OK]
-    if bad:
-        k, h = min(bad, key=lambda kh: _SEVERITY.get(kh[1].get("status"), 0))
-        status = h.get("status", STATUS_ERROR)
-        text = h.get("error") or status
-        if n > 1:
-            text = f"{len(bad)} of {n} batch members were not ok; member {k}: {text}"
-        raise HttpError(status_code(status, h.get("error", "")), text, status)
+    check_replies(n, replies)
     outputs, blobs = [], []
     for j, as_binary in zip(selected, binary_out, strict=True):
         t = spec.outputs[j]
-        shapes = [h["outputs"][j]["shape"] for h, _ in replies]
-        parts = [frames[j] for _, frames in replies]
-        if n:
-            if any(s != shapes[0] for s in shapes):
-                raise HttpError(500, f"output {t.name!r} differs in shape across the batch "
-                                f"members ({shapes}); send them one request each")  # fmt: skip
-            shape = [n, *shapes[0]]
-            data = b"".join(parts) if n > 1 else parts[0]
-        else:
-            shape, data = shapes[0], parts[0]
+        shape, data = stack_output(spec, j, n, replies)
         out: dict[str, Any] = {"name": t.name, "datatype": KSERVE_DATATYPES[t.dtype],
                                "shape": shape}  # fmt: skip
         if as_binary:
@@ -729,12 +484,8 @@ def _infer_response(spec: ModelSpec, req_id: Any, n: int, replies: list, selecte
         else:
             out["data"] = _json_values(data, t.dtype)
         outputs.append(out)
-    timings = [h.get("timing") or {} for h, _ in replies]
-    params: dict[str, Any] = {"met_slo": all(h.get("met_slo") for h, _ in replies)}
-    for key in ("queue_us", "exec_us", "total_us", "batch_size"):
-        params[key] = max(t.get(key, 0) for t in timings)
     resp: dict[str, Any] = {"model_name": spec.name, "model_version": MODEL_VERSION,
-                            "outputs": outputs, "parameters": params}  # fmt: skip
+                            "outputs": outputs, "parameters": reply_params(replies)}  # fmt: skip
     if req_id is not None:
         resp["id"] = req_id
     head = json.dumps(resp, separators=(",", ":"), allow_nan=False).encode()
@@ -880,7 +631,8 @@ class _Guard:
 
 # ---------------------------------------------------------------------- the process
 class Gateway:
-    """The gateway's servers, on one event loop (see the module docstring)."""
+    """The HTTP front end's servers (KServe v2, /metrics), on the gateway process's event
+    loop (gateway_common.run_gateway_process)."""
 
     def __init__(self, config: InstanceConfig, options: GatewayOptions):
         from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
@@ -1018,41 +770,3 @@ async def _answer(request, handler):
         log.exception("%s %s: unexpected error", request.method, request.path)
         return _json({"error": f"internal server error ({type(exc).__name__}); the server's "
                       "log has the traceback"}, 500)  # fmt: skip
-
-
-def run_gateway_process(config: InstanceConfig, conn: Connection, options: GatewayOptions) -> None:
-    """Entry point of the gateway process (spawned by the supervisor when --http-port or
-    --metrics-port is given)."""
-
-    def body() -> None:
-        asyncio.run(_serve(config, conn, options))
-
-    child_main("gateway", 0, config, conn, body)
-
-
-async def _serve(config: InstanceConfig, conn: Connection, options: GatewayOptions) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_parent() -> None:
-        try:
-            while conn.poll():
-                msg = msgs.decode(conn.recv_bytes())
-                if isinstance(msg, msgs.Shutdown):
-                    stop.set()
-                else:
-                    log.debug("ignored %s from the supervisor", type(msg).__name__)
-        except (EOFError, OSError):  # the supervisor is gone
-            stop.set()
-
-    gateway = Gateway(config, options)
-    try:
-        await gateway.start()
-        loop.add_reader(conn.fileno(), on_parent)
-        send_to_parent(conn, msgs.ChildReady("gateway", 0, os.getpid(), dict(gateway.urls)))
-        await stop.wait()
-    finally:
-        with contextlib.suppress(Exception):
-            loop.remove_reader(conn.fileno())
-        await gateway.stop()
-        log.info("stopped")

@@ -45,11 +45,11 @@ class InstanceConfig:
     supervisor_pid: int = 0
     curve_keys: str = ""  # a key directory (security.ServerKeys): CURVE on the client socket
     max_frame_bytes: int = 0  # the client socket's ZMQ_MAXMSGSIZE (0: unlimited)
-    # (public, secret) CURVE keys made at start for the HTTP gateway's connection, when
-    # both CURVE and the gateway are on: security.internal_client_keys(config)
+    # (public, secret) CURVE keys made at start for the gateway's connections (HTTP,
+    # gRPC), when both CURVE and the gateway are on: security.internal_client_keys(config)
     internal_curve: tuple = ()
-    # where the HTTP gateway reaches the frontend's ROUTER (an abstract ipc name), or ""
-    # when no gateway runs (--http-port / --metrics-port not given): see http_gateway.py
+    # where the gateway reaches the frontend's ROUTER (an abstract ipc name), or "" when
+    # no gateway runs (no --http-port, --metrics-port, --grpc-port): see gateway_common.py
     internal_endpoint: str = ""
     # a worker that has work and says nothing for this long is killed and restarted (the
     # scheduler watches, the supervisor kills: docs/reliability.md); 0 turns it off

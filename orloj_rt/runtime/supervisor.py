@@ -55,7 +55,7 @@ from orloj_rt.models.spec import ModelEntry
 from orloj_rt.protocol import messages as msgs
 from orloj_rt.protocol.wire import DEFAULT_ENDPOINT
 from orloj_rt.runtime.channel import Channel
-from orloj_rt.runtime.http_gateway import (
+from orloj_rt.runtime.gateway_common import (
     GatewayOptions,
     HttpLimits,
     internal_endpoint,
@@ -126,11 +126,13 @@ class ServerOptions:
     drain_timeout_s: float = 5.0
     hang_timeout_s: float = 60.0  # see InstanceConfig; 0: never treat a worker as hung
     worker_threads: int = 1
-    # the gateway process (http_gateway.py): KServe v2 HTTP and Prometheus /metrics; it
-    # runs only when a port is given; it listens on loopback unless allow_remote
+    # the gateway process (gateway_common.py): KServe v2 over HTTP (http_gateway.py) and
+    # gRPC (grpc_gateway.py), Prometheus /metrics; it runs only when a port is given; it
+    # listens on loopback unless allow_remote
     http_port: int | None = None
     metrics_port: int | None = None
     allow_remote: bool = False
+    grpc_port: int | None = None
     # the HTTP ports' timeouts and body limit (--http-header-timeout ...)
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     # a key directory (`orloj-rt keys DIR`): clients must speak CURVE with an admitted key
@@ -168,7 +170,7 @@ class Supervisor:
         self.options = options
         self.on_ready = on_ready
         self.endpoint = ""
-        self.urls: dict[str, str] = {}  # the gateway's: {"http": ..., "metrics": ...}
+        self.urls: dict[str, str] = {}  # the gateway's: {"http", "metrics", "grpc"}
         self.children: list[_Child] = []
         self.rings: list[ShmRing] = []
         self.instance = ""
@@ -231,7 +233,9 @@ class Supervisor:
         self.instance = instance_id()
         layouts = tuple(RingLayout.from_spec(e.spec) for e in opts.models)
         names = tuple(segment_name(self.instance, i) for i in range(len(opts.models)))
-        gateway = opts.http_port is not None or opts.metrics_port is not None
+        gw = GatewayOptions(opts.http_port, opts.metrics_port, listen_host(opts.allow_remote),
+                            opts.http_limits, opts.grpc_port)  # fmt: skip
+        gateway = gw.any_port
         for name, layout in zip(names, layouts, strict=True):
             self.rings.append(ShmRing.create(name, layout))
         config = InstanceConfig(
@@ -253,7 +257,7 @@ class Supervisor:
             hang_timeout_s=opts.hang_timeout_s,
         )
         from orloj_rt.runtime.frontend import run_frontend_process
-        from orloj_rt.runtime.http_gateway import run_gateway_process
+        from orloj_rt.runtime.gateway_common import run_gateway_process
         from orloj_rt.runtime.scheduler import run_scheduler_process
         from orloj_rt.runtime.worker import run_worker_process
 
@@ -277,8 +281,6 @@ class Supervisor:
             self._spawn(ctx, "frontend", 0, run_frontend_process,
                         (config, fe_sched[0], [p[1] for p in worker_fe]))  # fmt: skip
             if gateway:  # it only talks to the frontend, over config.internal_endpoint
-                gw = GatewayOptions(opts.http_port, opts.metrics_port,
-                                    listen_host(opts.allow_remote), opts.http_limits)  # fmt: skip
                 self._spawn(ctx, "gateway", 0, run_gateway_process, (config, gw))
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -566,16 +568,20 @@ class Supervisor:
         workers = sorted((c for c in self.children if c.role == "worker"), key=lambda c: c.index)
         ready = sum(c.ready for c in workers)
         sched = self._find("scheduler", 0)
+        pids = {
+            "supervisor": os.getpid(),
+            "frontend": 0,  # the frontend fills in its own
+            "scheduler": sched.pid if sched else 0,
+            "workers": [0 if c.exited else c.pid for c in workers],
+        }
+        gateway = self._find("gateway", 0)
+        if gateway is not None:  # --http-port, --metrics-port, --grpc-port
+            pids["gateway"] = 0 if gateway.exited else gateway.pid
         state = msgs.ClusterState(
             "ok" if ready == len(workers) else "degraded",
             len(workers),
             ready,
-            {
-                "supervisor": os.getpid(),
-                "frontend": 0,  # the frontend fills in its own
-                "scheduler": sched.pid if sched else 0,
-                "workers": [0 if c.exited else c.pid for c in workers],
-            },
+            pids,
             dict(self._restarts),
         )
         self._send(self._find("frontend", 0), state)
