@@ -225,6 +225,22 @@ class FrontendLink:
             timer.cancel()
             self._waiting.pop(rid, None)
 
+    def cancel_soon(self, sent: list[dict]) -> None:
+        """Cancels the wire requests whose headers `sent` went out (their "id"), without
+        waiting: each cancel's own answer is dropped by `_drain` (nobody waits for it), and
+        each request's, `cancelled` or whatever came first, too (docs/protocol.md)."""
+        if self.closed:
+            return
+        zmq = self._zmq
+        for h in sent:
+            target = h.get("id")
+            if target is None:
+                continue  # never sent
+            packed = _packb({"v": PROTOCOL_VERSION, "id": next(self._ids), "op": "cancel",
+                             "target": target})  # fmt: skip
+            self._sock.send_multipart([b"", packed], zmq.NOBLOCK, copy=False)
+        self._drain()
+
     async def op(self, op: str, timeout_s: float, **fields: Any) -> Any:
         """A control op (health, models, stats): its `result`."""
         header, _ = await self.request({"op": op, **fields}, [], timeout_s)

@@ -95,17 +95,11 @@ def grpc_code(exc: GatewayError) -> grpc.StatusCode:
 
 
 def on_call_cancelled(link: FrontendLink, sent: list[dict]) -> None:
-    """HOOK: request cancellation. Called when a gRPC call (a ModelInfer, or one request
-    of a ModelStreamInfer) is cancelled while its wire requests are in flight: the client
-    cancelled it, its deadline passed, or its connection went away.
-
-    `sent` holds the wire request headers sent for the call; each one's "id" is the
-    request's id on `link`'s connection. Once the frontend takes `op: "cancel"`
-    (docs/protocol.md), this should send `{"op": "cancel", "target": id}` on `link` for
-    each (without awaiting the answers), so that the server spends nothing more on them.
-    For now it does nothing: the requests run, and their answers, which nobody awaits
-    any more, are dropped by FrontendLink."""
-    return None
+    """A gRPC call (a ModelInfer, or one request of a ModelStreamInfer) was cancelled while
+    its wire requests were in flight: the client cancelled it, its deadline passed, or its
+    connection went away. Each of its requests is cancelled (`op: "cancel"`,
+    docs/protocol.md), so that the server spends nothing more on them."""
+    link.cancel_soon(sent)
 
 
 def _param(p) -> Any:

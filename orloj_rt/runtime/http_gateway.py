@@ -352,7 +352,12 @@ class KServeApp:
             raise HttpError(400, "\"parameters\" must be a JSON object")
         selected, binary_out = _requested_outputs(doc, params, spec)
         n, parts = members(spec, inputs)
-        replies = await infer_members(self.link, spec, parts, params)
+        sent: list[dict] = []
+        try:
+            replies = await infer_members(self.link, spec, parts, params, sent)
+        except asyncio.CancelledError:  # the client disconnected (handler_cancellation)
+            self.link.cancel_soon(sent)
+            raise
         return _infer_response(spec, req_id, n, replies, selected, binary_out)
 
 
@@ -680,7 +685,10 @@ class Gateway:
         from aiohttp import web
 
         limits = guard.limits
+        # handler_cancellation: a client that disconnects cancels its handler, and so its
+        # requests (`infer`: op "cancel")
         runner = web.AppRunner(app, access_log=log, access_log_class=guard.hook_class,
+                               handler_cancellation=True,
                                # aiohttp's own idle timer: a backstop, never the first
                                keepalive_timeout=max(limits.keepalive_timeout_s,
                                                      limits.header_timeout_s) + 1.0,
