@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.once  # engine-independent (tests/conftest.py)
+
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "e2e_finish_rate.py"
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 EXAMPLE = Path(__file__).parents[2] / "docs" / "examples" / "orloj_client.c"
+pytestmark = pytest.mark.once  # engine-independent (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

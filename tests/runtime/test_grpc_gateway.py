@@ -29,6 +29,8 @@ grpc = pytest.importorskip("grpc")
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: E402
 
+pytestmark = pytest.mark.once  # engine-independent (tests/conftest.py)
+
 TEST_MODELS = ("noop.toml", "sleep.toml", "typed.toml", "typed.py", "flaky.toml", "flaky.py")
 BUILTINS = sorted(BUILTIN_MODELS)  # minilm_early_exit where its weights are installed
 TIMEOUT_S = 30.0

@@ -46,10 +46,11 @@ from orloj_rt.protocol.stats import LATENCY_BUCKETS_S
 from .helpers import running_server
 
 PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None,
-    reason="no `prometheus` binary (apt-get install prometheus; .ci/run installs it as root)",
-)
+pytestmark = [
+    pytest.mark.skipif(PROMETHEUS is None, reason="no `prometheus` binary (apt-get install "
+                       "prometheus; .ci/run installs it as root)"),
+    pytest.mark.once,  # engine-independent (tests/conftest.py)
+]  # fmt: skip
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "orloj-rt.json"
 APP = "prom-e2e"
