@@ -30,6 +30,7 @@ none: the systems they stand for ignore them. `hint_classes=0` (a scheduler opti
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections import OrderedDict, deque
 
 #: classes per app unless configured (`--policy-param hint_classes=K`)
@@ -168,7 +169,10 @@ class HintBook:
             self.apps.move_to_end(app)
         return hc
 
-    def stats(self) -> dict:
+    def stats(self, limit: int) -> dict:
+        """Per app, at most `limit` apps (those with the most hints seen): hints seen,
+        fits, and each class's hint range."""
+        shown = heapq.nlargest(limit, self.apps.items(), key=lambda kv: kv[1].seen)
         return {
             app: {
                 "hints_seen": hc.seen,
@@ -178,5 +182,5 @@ class HintBook:
                     for k, (lo, hi) in enumerate(hc.ranges())
                 ] if hc.edges is not None else [],
             }
-            for app, hc in self.apps.items()
+            for app, hc in shown
         }

@@ -335,11 +335,12 @@ class ModelCore:
         }
 
     def _hint_section(self) -> dict:
-        """Per hinted app: hints seen, fits, and its classes' hint ranges (each class's
-        learning is in `apps`, as app `APP#h<k>`)."""
+        """Per hinted app (at most STATS_MAX_APPS, the most hints seen first): hints seen,
+        fits, and its classes' hint ranges (each class's learning is in `apps`, as app
+        `APP#h<k>`)."""
         if self.hints is None:
             return {}
-        return {"hint_classes": self.hints.stats()}
+        return {"hint_classes": self.hints.stats(STATS_MAX_APPS)}
 
     def stats(self) -> dict:
         if self.steps is not None:

@@ -131,3 +131,14 @@ def test_baselines_ignore_hints_and_zero_classes_turn_them_off():
         assert "hint_classes" not in core.models[0].stats()
     with pytest.raises(ValueError, match="hint_classes must be an integer >= 0"):
         _core("orloj", classes=-1)
+
+
+def test_the_stats_list_at_most_64_hinted_apps_the_busiest_first():
+    core = _core(classes=2)
+    token = 0
+    for a in range(70):
+        for _ in range(1 + (a == 69) * 5):  # app 69 is the busiest
+            core.submit([(token, 0, f"app{a}", 0.0, 1.0, float(a), 0, 0)])
+            token += 1
+    section = core.models[0].stats()["hint_classes"]
+    assert len(section) == 64 and section["app69"]["hints_seen"] == 6
