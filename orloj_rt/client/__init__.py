@@ -119,7 +119,7 @@ class Client:
         """Sends a request without waiting; returns its id, for `result` and `cancel`."""
         rid = next(self._ids)
         frames = encode_infer(rid, model, inputs, slo_ms=slo_ms, app=app, hint=hint)
-        self._sock.send_multipart([b"", *frames], copy=False)
+        self._send(frames, None, f"submit({model!r})")
         self._submitted.add(rid)
         return rid
 
@@ -157,8 +157,21 @@ class Client:
         return _control_result(header, result, op)
 
     def _roundtrip(self, rid: int, frames: list, timeout_s: float | None, what: str):
-        self._sock.send_multipart([b"", *frames], copy=False)
+        self._send(frames, timeout_s, what)
         return self._wait(rid, timeout_s, what)
+
+    def _send(self, frames: list, timeout_s: float | None, what: str) -> None:
+        """Sends without ever blocking past the timeout: a DEALER with no connected peer
+        (the server is down, or refused this client's handshake) cannot take a message,
+        and a plain send would wait for one forever."""
+        zmq = self._zmq
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            if not self._sock.poll(timeout * 1000, zmq.POLLOUT):
+                raise zmq.Again()
+            self._sock.send_multipart([b"", *frames], zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            raise _timeout_error(self.endpoint, timeout, what) from None
 
     def _wait(self, rid: int, timeout_s: float | None, what: str):
         """The reply to `rid`; replies to submitted requests that come first are kept for
@@ -263,9 +276,14 @@ class AsyncClient:
         fut = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        try:
+
+        async def send_and_wait():
+            # the send too: a DEALER with no connected peer would wait for one forever
             await self._sock.send_multipart([b"", *frames], copy=False)
-            return await asyncio.wait_for(fut, timeout)
+            return await fut
+
+        try:
+            return await asyncio.wait_for(send_and_wait(), timeout)
         except asyncio.TimeoutError:
             raise _timeout_error(self.endpoint, timeout, what) from None
         finally:

@@ -708,6 +708,10 @@ class Frontend:
         reason = self.shutdown_reason or "the server is shutting down"
         for token in list(self._pending):
             self._answer_token(token, STATUS_REJECTED, f"{reason}: the request did not run")
+        for token in list(self.cancels.waiting):  # cancels the scheduler did not answer
+            for envelope, cancel_id in self.cancels.take_waiting(token):
+                self._reply(envelope, wire.encode_reply(cancel_id, STATUS_OK,
+                                                        result=CANCEL_ANSWERED))  # fmt: skip
         for ch in [self.scheduler, *self.workers]:
             ch.close()
         self.outbox.retry()
