@@ -30,7 +30,7 @@ from status cimport (
     Status,
 )
 
-from orloj_rt.engine.apps import DEFAULT_APP_IDLE_S, DEFAULT_MAX_APPS, OVERFLOW_APP, AppTable
+from orloj_rt.engine.apps import DEFAULT_APP_IDLE_S, DEFAULT_MAX_APPS, AppTable
 from orloj_rt.engine.interface import Decision
 from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH
 from orloj_rt.engine.pure.batch_model import Inflation as _PureInflation
@@ -645,13 +645,10 @@ cdef class OrlojPolicy:
         t = self._apps
         for _, a in t.sweep(self._busy_fn):
             self.e.reset_app(a)
-        if not t.has_room(app):
-            a = t.get(OVERFLOW_APP)
-            if a is not None:
-                t.touch(OVERFLOW_APP)
-                return a
-            app = OVERFLOW_APP
-        cdef int idx = t.add(app)
+        _, a, added = t.admit(app)
+        if not added:
+            return a
+        cdef int idx = a
         if idx == self.e.num_apps():
             self.e.add_app()
         if self._default is not None:

@@ -126,6 +126,19 @@ class AppTable:
         reserved = 0 if OVERFLOW_APP in self.index else 1
         return len(self.index) + 1 + reserved <= self.max_apps
 
+    def admit(self, name: str) -> tuple[str, int, bool]:
+        """A name that is not live, once the caller forgot the idle apps it would: (the
+        name its requests' state is filed under, that name's index, whether it was added
+        just now). `name` itself while there is room; beyond, the overflow app (added if it
+        is not live yet, else seen now)."""
+        if not self.has_room(name):
+            i = self.index.get(OVERFLOW_APP)
+            if i is not None:
+                self.touch(OVERFLOW_APP)
+                return OVERFLOW_APP, i, False
+            name = OVERFLOW_APP
+        return name, self.add(name), True
+
     def add(self, name: str) -> int:
         """Admits `name` (not live) and returns its index: a freed one if any."""
         if self._free:

@@ -78,7 +78,6 @@ from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, check_probability
 from orloj_rt.engine.apps import (
     DEFAULT_APP_IDLE_S,
     DEFAULT_MAX_APPS,
-    OVERFLOW_APP,
     AppTable,
 )
 from orloj_rt.policies.step_base import DEFAULT_STEP, QueuedStepPolicy
@@ -266,13 +265,7 @@ class OrlojStepPolicy(QueuedStepPolicy):
             return app
         for name, _ in t.sweep(self._busy):
             self._free(name)
-        if not t.has_room(app):
-            app = OVERFLOW_APP
-            if app in t.index:
-                t.touch(app)
-                return app
-        t.add(app)
-        return app
+        return t.admit(app)[0]
 
     def _app_of(self, app, arrival: float) -> str:
         self._apps.tick(arrival)

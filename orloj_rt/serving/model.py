@@ -187,13 +187,7 @@ class ModelCore:
             return app
         if not t.has_room(app):
             self.evict_idle(now)
-            if not t.has_room(app):
-                app = OVERFLOW_APP
-                if app in t.index:
-                    t.touch(app)
-                    return app
-        t.add(app)
-        return app
+        return t.admit(app)[0]
 
     def file(self, app, hint, now: float) -> tuple[str, HintClasses | None]:
         """(the live app a request of `app` with cost `hint` arriving at `now` is filed

@@ -52,7 +52,6 @@ from collections.abc import Sequence
 from orloj_rt.engine.apps import (
     DEFAULT_APP_IDLE_S,
     DEFAULT_MAX_APPS,
-    OVERFLOW_APP,
     AppTable,
 )
 from orloj_rt.engine.interface import Decision, Policy
@@ -327,13 +326,9 @@ class OrlojPolicy(Policy):
         t = self._apps
         for _, a in t.sweep(self._busy):
             self._free(a)
-        if not t.has_room(app):
-            a = t.get(OVERFLOW_APP)
-            if a is not None:
-                t.touch(OVERFLOW_APP)
-                return a
-            app = OVERFLOW_APP
-        a = t.add(app)
+        _, a, added = t.admit(app)
+        if not added:
+            return a
         dist = self._default.copy() if self._default is not None else None
         if a == len(self._dists):
             self._dists.append(dist)
