@@ -122,7 +122,7 @@ def workload_spec(name: str, slo: float, load: float, args):
 def run_cell(job) -> dict:
     """One cell: every policy on the same requests, and the non-clairvoyant bound."""
     name, slo, load, args = job
-    from orloj_rt.engine import IMPL, Distribution
+    from orloj_rt.engine import IMPL
     from orloj_rt.engine.pure.batch_model import Inflation
     from orloj_rt.sim.bounds import finish_rate_bound
     from orloj_rt.sim.experiment import SimConfig, run_policy
@@ -140,9 +140,8 @@ def run_cell(job) -> dict:
                                       "orloj-step": args.step_params},
                        batching=args.batching, step=args.step)
     requests = generate(spec)
-    prior = Distribution.from_samples(requests.prior.tolist())
     t0 = time.perf_counter()
-    policies = {p: run_policy(config, p, requests, prior) for p in config.policies}
+    policies = {p: run_policy(config, p, requests) for p in config.policies}
     table = Inflation(args.max_batch, args.batch_alpha).table
     span = float(requests.arrival[-1]) + slo  # no work after the last deadline counts
     bound = finish_rate_bound(requests.prior, slo, span / len(requests), table, args.workers)

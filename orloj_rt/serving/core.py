@@ -195,17 +195,18 @@ class ServingCore:
             return False
         mq = self.models[model]
         apps = []
-        hinted = []
+        hinted = [] if mq.hints is not None else None  # (hint, classes) per member
         for t in tokens:
             entry = mq.slots.pop(t, None)
             if entry is not None:
                 apps.append(entry[2])
-                hinted.append(None if entry[5] is None else (entry[4], entry[5]))
+                if hinted is not None:
+                    hinted.append(None if entry[5] is None else (entry[4], entry[5]))
         if ok:
             mq.batches += 1
             mq.batched_requests += len(tokens)
             if len(apps) == len(tokens):  # else members were taken out: their apps unknown
-                mq.learn(apps, exec_s, work, hinted if mq.hints is not None else None)
+                mq.learn(apps, exec_s, work, hinted)
         return True
 
     def step_progress(self, msg: msgs.StepProgress) -> str | None:

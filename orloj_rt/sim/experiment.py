@@ -101,10 +101,9 @@ def uses_hints(name: str) -> bool:
     return name.endswith(HINT_SUFFIX) or name == "sjf-hint"
 
 
-def run_policy(config: SimConfig, name: str, requests=None, prior=None) -> dict:
-    """Simulates one policy on the cell's requests, through the serving core; returns its
-    metrics. `prior` is unused (the core builds its prior from the warm-up sample, as the
-    runtime does); it stays for callers that pass one."""
+def run_policy(config: SimConfig, name: str, requests=None) -> dict:
+    """Simulates one policy on the cell's requests, through the serving core (which builds
+    its prior from the warm-up sample, as the runtime does); returns its metrics."""
     from orloj_rt.policies import POLICIES, STEP_POLICIES, is_step_policy
 
     if requests is None:

@@ -38,6 +38,29 @@ def _recorded(policy: str, seed: int, hinted: bool = False) -> tuple[list, int]:
     return trace, spec.max_batch_size
 
 
+def _scheduler(model: str, policy: str):
+    """A scheduler process's object for one built-in model, wired to socket pairs whose
+    other ends play the frontend and the workers: (scheduler, frontend end, worker ends,
+    the supervisor's pipe end, kept open)."""
+    import select
+
+    from orloj_rt.runtime.scheduler import Scheduler
+
+    config = InstanceConfig(instance="replay", models=(BUILTIN_MODELS[model],),
+                            ring_names=("unused",), ring_layouts=(None,), client_endpoint="",
+                            devices=("cpu",) * WORKERS, policy=policy)  # fmt: skip
+    parent, child = multiprocessing.Pipe(duplex=True)
+    fe_a, fe_b = Channel.pair()
+    pairs = [Channel.pair() for _ in range(WORKERS)]
+    sched = Scheduler(config, child, fe_b, [a for a, _ in pairs])
+    sched.poller = select.poll()  # run() makes it; here the handlers are called directly
+    for ch, _h in sched._channels.values():
+        sched.poller.register(ch.fileno(), select.POLLIN)
+    frontend = Channel(fe_a, "frontend")
+    workers = [Channel(b, f"worker {i}") for i, (_a, b) in enumerate(pairs)]
+    return sched, frontend, workers, parent
+
+
 def _drain(ch: Channel) -> list:
     out = []
     while True:
@@ -50,26 +73,12 @@ def _drain(ch: Channel) -> list:
 @pytest.mark.parametrize("policy", ["orloj", "fifo", "nexus", "clockwork", "orloj+hint",
                                     "sjf-hint+hint"])  # fmt: skip
 def test_the_simulator_and_the_scheduler_process_decide_the_same(policy, monkeypatch):
-    import select
 
     import orloj_rt.runtime.scheduler as scheduler_mod
-    from orloj_rt.runtime.scheduler import Scheduler
 
     policy, hinted = policy.removesuffix("+hint"), policy.endswith("+hint")
     trace, _ = _recorded(policy, seed=7, hinted=hinted)
-    entry = BUILTIN_MODELS["noop"]
-    config = InstanceConfig(instance="replay", models=(entry,), ring_names=("unused",),
-                            ring_layouts=(None,), client_endpoint="",
-                            devices=("cpu",) * WORKERS, policy=policy)  # fmt: skip
-    parent, child = multiprocessing.Pipe(duplex=True)
-    fe_a, fe_b = Channel.pair()
-    pairs = [Channel.pair() for _ in range(WORKERS)]
-    sched = Scheduler(config, child, fe_b, [a for a, _ in pairs])
-    sched.poller = select.poll()  # run() makes it; here the handlers are called directly
-    for ch, _h in sched._channels.values():
-        sched.poller.register(ch.fileno(), select.POLLIN)
-    frontend = Channel(fe_a, "frontend")
-    workers = [Channel(b, f"worker {i}") for i, (_a, b) in enumerate(pairs)]
+    sched, frontend, workers, _parent = _scheduler("noop", policy)
     clock = [0.0]
     monkeypatch.setattr(scheduler_mod.time, "monotonic", lambda: clock[0])
     batch_ids: dict[int, int] = {}
@@ -153,26 +162,12 @@ def test_the_step_simulator_and_the_scheduler_process_decide_the_same(policy, mo
     """simulate_serving_steps' calls (warm-up profiles, arrivals, every StepProgress, every
     pass) replayed through the scheduler process's handlers: the same StepUpdates (seq,
     joined and ended tokens) on the same worker channels, and the same drops, each time."""
-    import select
 
     import orloj_rt.runtime.scheduler as scheduler_mod
-    from orloj_rt.runtime.scheduler import Scheduler
 
     trace = _recorded_steps(policy, seed=3)
-    entry = BUILTIN_MODELS["generate"]
-    config = InstanceConfig(instance="replay", models=(entry,), ring_names=("unused",),
-                            ring_layouts=(None,), client_endpoint="",
-                            devices=("cpu",) * WORKERS, policy=policy)  # fmt: skip
-    parent, child = multiprocessing.Pipe(duplex=True)
-    fe_a, fe_b = Channel.pair()
-    pairs = [Channel.pair() for _ in range(WORKERS)]
-    sched = Scheduler(config, child, fe_b, [a for a, _ in pairs])
+    sched, frontend, workers, _parent = _scheduler("generate", policy)
     assert sched.models[0].step_level
-    sched.poller = select.poll()
-    for ch, _h in sched._channels.values():
-        sched.poller.register(ch.fileno(), select.POLLIN)
-    frontend = Channel(fe_a, "frontend")
-    workers = [Channel(b, f"worker {i}") for i, (_a, b) in enumerate(pairs)]
     clock = [0.0]
     monkeypatch.setattr(scheduler_mod.time, "monotonic", lambda: clock[0])
     compared = updates = joined = ended = drops = 0
