@@ -34,7 +34,7 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--gpus",
         metavar="IDS",
-        help="serve on these CUDA devices, one worker each, e.g. 0,1 "
+        help="serve on these CUDA devices, one worker each, e.g. 0,1, or all "
         "(default: every visible GPU, or one CPU worker where there is none)",
     )
     where.add_argument(
@@ -259,11 +259,14 @@ def resolve_devices(args) -> tuple[list[str] | None, str]:
                 "torch.cuda.is_available() is False). Serve on the CPU instead with "
                 "--cpu-workers N, e.g. --cpu-workers 1"
             )
+        count = torch.cuda.device_count()
+        if args.gpus.strip() == "all":
+            return [f"cuda:{i}" for i in range(count)], ""
         try:
             ids = [int(x) for x in args.gpus.split(",") if x.strip()]
         except ValueError:
-            return None, f"--gpus {args.gpus!r}: give comma-separated device ids, e.g. 0,1"
-        count = torch.cuda.device_count()
+            return None, (f"--gpus {args.gpus!r}: give comma-separated device ids, e.g. 0,1, "
+                          "or all")  # fmt: skip
         bad = [i for i in ids if not 0 <= i < count]
         if not ids or bad or len(set(ids)) != len(ids):
             return None, (f"--gpus {args.gpus}: ids must be distinct, in 0..{count - 1} "
