@@ -1,0 +1,316 @@
+"""Routing between nodes: which node serves a new request. Pure decision code: no IO, no
+clock, no sockets; every time is an argument.
+
+    from orloj_rt.cluster.routing import make_router, node_state, NodeState
+    router = make_router("orloj", seed=0)          # or random, round-robin, p2c
+    router.update("node-a", state, received=now)   # each node's state as it arrives
+    node = router.choose("resnet", "app", slo=0.050, now=now)   # a node id
+    router.remove("node-a")                        # a node left
+
+A node's state (`NodeState`, routing_state.py) is built by `node_state(core, node, now)`
+from its serving core (routing_node.py) and travels as `to_wire()` / `from_wire()`.
+
+The routers (`ROUTERS`; docs/cluster-routing.md has the design and the measurements):
+
+- `random`: a node uniformly at random.
+- `round-robin`: the nodes in turn (sorted by id).
+- `p2c`: power of two choices by queue length (Mitzenmacher; Ray Serve's default
+  router): two distinct nodes at random, the one with fewer requests queued or running,
+  counting the requests this router sent it since its state's stamp; ties at random.
+- `orloj`: scores each candidate node (all of them, or `choices` = d at random: power of
+  d) by the estimated chance that the request finishes there within its SLO
+  (`finish_chance`: the node's running batches and queued backlog aged by the state's
+  age, then the worker seconds of the requests this router sent it since the stamp,
+  then the request itself in a batch, by the app's solo-time distribution measured on
+  that node), and picks the best; chances within `tie` of the best are broken by the
+  shortest estimated wait, then at random.
+
+Staleness (orloj and p2c alike): a state older than `stale_after` seconds (default 1 s)
+is stale. A stale node is still a candidate, but its published load is ignored: its
+queue counts as empty and only the requests this router sent it within the last
+`stale_after` seconds count (a request sent longer ago than that is taken as done). Its
+workers, maximum batch and distributions, which change slowly, are still used. So when
+every state is stale, orloj routes by its own recent sends, each weighted by its expected
+work and the node's speed as measured (least estimated wait, with the chance first), and
+p2c by its own recent send counts: each becomes what a router without any state can do.
+A node that never sent a state is not known: `update` makes a node known, `remove`
+forgets it. `choose` raises `NoNodeError` when no node is known.
+
+Models: the candidates are the nodes whose state lists the model (a node lists a model
+once its first worker is ready). If no node lists it, every known node is a candidate
+(the node answers an unknown model itself); random and round-robin use the same rule.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from orloj_rt.cluster.routing_node import node_state
+from orloj_rt.cluster.routing_state import (
+    QUANTILE_PROBS,
+    AppState,
+    ModelState,
+    NodeState,
+    Summary,
+    finish_chance,
+    send_cost,
+)
+
+DEFAULT_STALE_AFTER = 1.0  # seconds
+
+
+class NoNodeError(RuntimeError):
+    """No node is known to the router: none has sent its state yet, or all were removed."""
+
+
+class Router(Protocol):
+    name: str
+
+    def update(self, node: str, state: NodeState, received: float) -> None: ...
+
+    def remove(self, node: str) -> None: ...
+
+    def choose(self, model: str, app: str, slo: float, now: float) -> str: ...
+
+
+class _Node:
+    """What a router keeps of one node: its last state and what it sent it since."""
+
+    __slots__ = ("state", "received", "sent")
+
+    def __init__(self, state: NodeState, received: float) -> None:
+        self.state = state
+        self.received = received
+        # (sent at, model, app, worker seconds) since the state's stamp, oldest first
+        self.sent: deque = deque()
+
+
+def _check_slo(slo: float) -> float:
+    slo = float(slo)
+    if not (slo > 0 and math.isfinite(slo)):
+        raise ValueError(f"a request's slo must be > 0 seconds, got {slo!r}")
+    return slo
+
+
+class _Base:
+    name = ""
+
+    def __init__(self, seed: int = 0, stale_after: float = DEFAULT_STALE_AFTER) -> None:
+        stale_after = float(stale_after)
+        if not stale_after > 0:
+            raise ValueError(f"stale_after must be > 0 seconds, got {stale_after!r}")
+        self.rng = random.Random(seed)
+        self.stale_after = stale_after
+        self.nodes: dict[str, _Node] = {}
+        self._ids: list[str] = []  # sorted node ids
+        self.fallbacks = 0  # choices made with every candidate's state stale
+
+    # --------------------------------------------------------------- the protocol
+    def update(self, node: str, state: NodeState, received: float) -> None:
+        """The node's state arrived at `received`. An older stamp than the one held is
+        ignored (states can cross on the way); the router's sends before the new stamp
+        are in it and are forgotten."""
+        if not isinstance(state, NodeState):
+            raise TypeError(f"update needs a NodeState, got {type(state).__name__}")
+        n = self.nodes.get(node)
+        if n is None:
+            self.nodes[node] = _Node(state, received)
+            self._ids = sorted(self.nodes)
+            return
+        if state.stamp < n.state.stamp:
+            return
+        n.state, n.received = state, received
+        sent = n.sent
+        while sent and sent[0][0] <= state.stamp:
+            sent.popleft()
+
+    def remove(self, node: str) -> None:
+        """Forgets the node (it left or died); unknown ids are ignored."""
+        if self.nodes.pop(node, None) is not None:
+            self._ids = sorted(self.nodes)
+
+    def choose(self, model: str, app: str, slo: float, now: float) -> str:
+        slo = _check_slo(slo)
+        ids = self._candidates(model)
+        node = self._pick(ids, model, app, slo, float(now))
+        self._sent(node, model, app, slo, float(now))
+        return node
+
+    # --------------------------------------------------------------- helpers
+    def _candidates(self, model: str) -> list[str]:
+        if not self._ids:
+            raise NoNodeError("no node is known to the router: no node has published its "
+                              "state yet (start the nodes, or wait for their first state)")
+        ids = [i for i in self._ids if model in self.nodes[i].state.models]
+        return ids or list(self._ids)
+
+    def stale(self, node: str, now: float) -> bool:
+        return now - self.nodes[node].state.stamp > self.stale_after
+
+    def _recent(self, n: _Node, now: float, stale: bool) -> deque:
+        """The sends that still count: since the stamp; for a stale state, within the
+        last stale_after seconds."""
+        sent = n.sent
+        if stale:
+            cut = now - self.stale_after
+            while sent and sent[0][0] < cut:
+                sent.popleft()
+        return sent
+
+    def _sent(self, node: str, model: str, app: str, slo: float, now: float) -> None:
+        self.nodes[node].sent.append((now, model, app, 0.0))
+
+    def _pick(self, ids: list[str], model: str, app: str, slo: float, now: float) -> str:
+        raise NotImplementedError
+
+
+class RandomRouter(_Base):
+    name = "random"
+
+    def _pick(self, ids, model, app, slo, now):
+        return ids[self.rng.randrange(len(ids))]
+
+    def _sent(self, node, model, app, slo, now):
+        pass  # it never looks at them
+
+
+class RoundRobinRouter(_Base):
+    name = "round-robin"
+
+    def __init__(self, seed: int = 0, stale_after: float = DEFAULT_STALE_AFTER) -> None:
+        super().__init__(seed, stale_after)
+        self._next = 0
+
+    def _pick(self, ids, model, app, slo, now):
+        node = ids[self._next % len(ids)]
+        self._next = (self._next + 1) % len(ids)
+        return node
+
+    def _sent(self, node, model, app, slo, now):
+        pass
+
+
+class P2CRouter(_Base):
+    """Power of two choices by queue length (queued + running + own sends since the
+    stamp); see the module docstring for stale states."""
+
+    name = "p2c"
+
+    def load(self, node: str, now: float) -> int:
+        n = self.nodes[node]
+        stale = self.stale(node, now)
+        own = len(self._recent(n, now, stale))
+        return own if stale else n.state.queue_length() + own
+
+    def _pick(self, ids, model, app, slo, now):
+        if len(ids) == 1:
+            return ids[0]
+        a, b = self.rng.sample(ids, 2)
+        la, lb = self.load(a, now), self.load(b, now)
+        if all(self.stale(i, now) for i in (a, b)):
+            self.fallbacks += 1
+        if la == lb:
+            return a if self.rng.random() < 0.5 else b
+        return a if la < lb else b
+
+
+class OrlojRouter(_Base):
+    """By the estimated chance of finishing within the SLO (module docstring).
+
+    `choices`: candidates scored per request, 0 for all (default); `tie`: chances within
+    this of the best are ties, broken by the shortest estimated wait (default 0.01)."""
+
+    name = "orloj"
+
+    def __init__(self, seed: int = 0, stale_after: float = DEFAULT_STALE_AFTER,
+                 choices: int = 0, tie: float = 0.01) -> None:  # fmt: skip
+        super().__init__(seed, stale_after)
+        choices = int(choices)
+        if choices < 0 or choices == 1:
+            raise ValueError(f"choices must be 0 (every node) or >= 2, got {choices!r}")
+        tie = float(tie)
+        if not 0 <= tie < 1:
+            raise ValueError(f"tie must be in [0, 1), got {tie!r}")
+        self.choices = choices
+        self.tie = tie
+        self.last_scores: dict[str, tuple[float, float]] = {}  # the last choice's
+
+    def score(self, node: str, model: str, app: str, slo: float,
+              now: float) -> tuple[float, float]:  # fmt: skip
+        """(estimated chance of finishing within slo, estimated wait) at `node`."""
+        n = self.nodes[node]
+        st = n.state
+        if model not in st.models:
+            return 0.0, math.inf
+        stale = self.stale(node, now)
+        sent = self._recent(n, now, stale)
+        work = 0.0
+        for item in sent:
+            work += item[3]
+        return finish_chance(st, model, app, slo, max(0.0, now - st.stamp), work,
+                             len(sent), use_state=not stale)  # fmt: skip
+
+    def _pick(self, ids, model, app, slo, now):
+        if self.choices and self.choices < len(ids):
+            ids = self.rng.sample(ids, self.choices)
+        scores = {i: self.score(i, model, app, slo, now) for i in ids}
+        self.last_scores = scores
+        if all(self.stale(i, now) for i in ids):
+            self.fallbacks += 1
+        best = max(p for p, _ in scores.values())
+        near = [i for i in ids if scores[i][0] >= best - self.tie]
+        shortest = min(scores[i][1] for i in near)
+        pick = [i for i in near if scores[i][1] <= shortest + 1e-12]
+        return pick[0] if len(pick) == 1 else pick[self.rng.randrange(len(pick))]
+
+    def _sent(self, node, model, app, slo, now):
+        n = self.nodes[node]
+        st = n.state
+        queued = len(n.sent)
+        if not self.stale(node, now) and model in st.models:
+            queued += st.models[model].queued
+        n.sent.append((now, model, app, send_cost(st, model, app, queued, slo)))
+
+
+ROUTERS: dict[str, Callable[..., _Base]] = {
+    "random": RandomRouter,
+    "round-robin": RoundRobinRouter,
+    "p2c": P2CRouter,
+    "orloj": OrlojRouter,
+}
+
+
+def make_router(name: str, seed: int = 0, **params) -> _Base:
+    """A router by name (`ROUTERS`): random, round-robin, p2c, orloj. `params`:
+    stale_after (every router; seconds), and for orloj choices and tie."""
+    cls = ROUTERS.get(name)
+    if cls is None:
+        raise ValueError(f"unknown router {name!r}; choose one of {', '.join(ROUTERS)}")
+    try:
+        return cls(seed=seed, **params)
+    except TypeError as exc:
+        raise ValueError(f"router {name!r}: {exc}; its parameters: stale_after"
+                         + (", choices, tie" if name == "orloj" else "")) from None
+
+
+__all__ = [
+    "DEFAULT_STALE_AFTER",
+    "QUANTILE_PROBS",
+    "ROUTERS",
+    "AppState",
+    "ModelState",
+    "NoNodeError",
+    "NodeState",
+    "OrlojRouter",
+    "P2CRouter",
+    "RandomRouter",
+    "RoundRobinRouter",
+    "Router",
+    "Summary",
+    "make_router",
+    "node_state",
+]

@@ -1,0 +1,155 @@
+"""Known answers of the routers (orloj_rt/cluster/routing.py), with node states read off
+real serving cores where the state matters."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import msgpack
+import numpy as np
+import pytest
+
+from orloj_rt.cluster.routing import (
+    ROUTERS,
+    ModelState,
+    NodeState,
+    NoNodeError,
+    Summary,
+    make_router,
+    node_state,
+)
+from orloj_rt.serving import ServingCore
+from orloj_rt.sim.simulator import SimModel, warmup_profile
+
+C = [1 + 0.15 * i for i in range(8)]
+
+
+def core_with(queued: int, solo_mean: float = 1.0, seed: int = 0) -> ServingCore:
+    """A one-worker core whose warm-up measured solo times of mean `solo_mean` (a slower
+    node measures longer ones), with `queued` requests submitted at 0 (deadline 100) and
+    dispatched: a batch of up to 8 runs, the rest wait."""
+    rng = np.random.default_rng(seed)
+    core = ServingCore([SimModel("m", len(C))], "orloj", None, 1, timer=lambda: 0.0)
+    core.worker_ready(0, [warmup_profile(list(solo_mean * rng.lognormal(-0.125, 0.5, 2000)),
+                                         C)])  # fmt: skip
+    core.submit([(i, 0, "a", 0.0, 100.0, None, 0, 0) for i in range(queued)])
+    core.dispatch(0.0)
+    return core
+
+
+def two_nodes(router: str, now: float = 0.1, busy_mean: float = 3.0, **params):
+    """'busy': 8 running, 40 queued, of long requests (mean `busy_mean`); 'idle':
+    nothing, requests of mean 1."""
+    r = make_router(router, seed=1, **params)
+    busy = node_state(core_with(48, busy_mean), "busy", 0.0, busy_since={0: 0.0})
+    r.update("busy", busy, now)
+    r.update("idle", node_state(core_with(0, 1.0), "idle", 0.0), now)
+    return r
+
+
+def test_tight_slo_goes_to_the_idle_node():
+    r = two_nodes("orloj")
+    assert r.choose("m", "a", 2.0, 0.1) == "idle"
+    p_busy, wait_busy = r.last_scores["busy"]
+    p_idle, wait_idle = r.last_scores["idle"]
+    assert p_busy == 0.0 and wait_busy > 10  # 40 queued of mean 3, batched, on one worker
+    assert p_idle > 0.6 and wait_idle == 0.0
+    # power of two picks both candidates when there are two: the same answer
+    assert two_nodes("orloj", choices=2).choose("m", "a", 2.0, 0.1) == "idle"
+
+
+def test_a_slow_idle_node_loses_a_tight_request_to_a_fast_idle_one():
+    r = make_router("orloj")
+    r.update("slow", node_state(core_with(0, 2.0), "slow", 0.0), 0.0)
+    r.update("fast", node_state(core_with(0, 1.0), "fast", 0.0), 0.0)
+    assert Counter(r.choose("m", "a", 1.5, 0.0) for _ in range(1)) == {"fast": 1}
+    assert r.last_scores["fast"][0] > r.last_scores["slow"][0] + 0.2
+
+
+def test_its_own_sends_count_until_the_next_state():
+    """Between states the router adds what it sent: 20 requests with fresh states, two
+    equal idle nodes: they are shared, not all sent to the first."""
+    r = make_router("orloj")
+    for n in ("x", "y"):
+        r.update(n, node_state(core_with(0), n, 0.0), 0.0)
+    got = Counter(r.choose("m", "a", 3.0, 0.01) for _ in range(20))
+    assert abs(got["x"] - got["y"]) <= 2
+    # a new state stamped after the sends replaces them: idle again, fresh start
+    r.update("x", node_state(core_with(0), "x", 0.02), 0.02)
+    assert len(r.nodes["x"].sent) == 0 and len(r.nodes["y"].sent) > 0
+
+
+def test_stale_state_falls_back_to_own_sends():
+    """States older than stale_after: the busy node's published queue is ignored; with
+    nothing but the router's own sends to go by, the requests are shared evenly (the
+    nodes' distributions, still used, are the same here)."""
+    fresh = two_nodes("orloj", busy_mean=1.0, stale_after=1.0)
+    assert Counter(fresh.choose("m", "a", 2.0, 0.5) for _ in range(10)) == {"idle": 10}
+    assert fresh.fallbacks == 0
+    stale = two_nodes("orloj", busy_mean=1.0, stale_after=1.0)
+    got = Counter(stale.choose("m", "a", 2.0, 1.5) for _ in range(10))
+    assert got == {"idle": 5, "busy": 5}
+    assert stale.fallbacks == 10
+    # p2c alike: by its own recent sends only
+    p2c = two_nodes("p2c", busy_mean=1.0, stale_after=1.0)
+    got = Counter(p2c.choose("m", "a", 2.0, 1.5) for _ in range(10))
+    assert got == {"idle": 5, "busy": 5}
+
+
+def test_aged_state_counts_the_work_done_since():
+    """The busy node's queue drains while its state ages: at an age past its backlog it
+    scores as idle (only the router's own sends remain)."""
+    r = two_nodes("orloj", stale_after=1000.0)
+    r.choose("m", "a", 2.0, 500.0)
+    assert r.last_scores["busy"][1] == 0.0
+
+
+def test_p2c_prefers_the_shorter_queue():
+    r = two_nodes("p2c")
+    assert Counter(r.choose("m", "a", 2.0, 0.1) for _ in range(5)) == {"idle": 5}
+
+
+def test_no_node():
+    for name in ROUTERS:
+        r = make_router(name)
+        with pytest.raises(NoNodeError, match="no node is known"):
+            r.choose("m", "a", 1.0, 0.0)
+    r = two_nodes("orloj")
+    r.remove("busy")
+    r.remove("idle")
+    r.remove("never-there")
+    with pytest.raises(NoNodeError):
+        r.choose("m", "a", 1.0, 0.0)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown router 'p3c'"):
+        make_router("p3c")
+    with pytest.raises(ValueError, match="choices"):
+        make_router("orloj", choices=1)
+    with pytest.raises(ValueError, match="its parameters"):
+        make_router("p2c", choices=2)
+    r = two_nodes("orloj")
+    with pytest.raises(ValueError, match="slo"):
+        r.choose("m", "a", 0.0, 0.0)
+
+
+def test_wire_round_trip_through_msgpack():
+    st = node_state(core_with(20, 2.0), "n1", 3.0, busy_since={0: 1.0}, speed=0.5)
+    wire = st.to_wire()
+    back = NodeState.from_wire(msgpack.unpackb(msgpack.packb(wire)))
+    assert back.to_wire() == wire
+    assert back.queue_length() == 20 and back.speed == 0.5 and len(back.busy_left) == 1
+    with pytest.raises(ValueError, match="wire version"):
+        NodeState.from_wire(dict(wire, v=99))
+
+
+def test_summary_cdf_and_expected_max():
+    s = Summary.lognormal(1.0, 0.5)
+    assert s.cdf(0.0) == 0.0 and s.cdf(1e9) == 1.0
+    assert 0.45 < s.cdf(s.q[5]) < 0.6
+    assert s.expected_max(1) == 1.0 < s.expected_max(2) < s.expected_max(8)
+    two = s.scaled(2.0)
+    assert two.cdf(2.0) == pytest.approx(s.cdf(1.0))
+    m = ModelState(inflation=C, default=s)
+    assert m.dist("unknown") is s
