@@ -43,6 +43,7 @@ import time
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle
 
+from orloj_rt.cluster.publish import state_publisher
 from orloj_rt.protocol import messages as msgs
 from orloj_rt.runtime.channel import Channel, ChannelClosed
 from orloj_rt.runtime.proc import (
@@ -101,6 +102,8 @@ class Scheduler:
         self._next_stats = 0.0
         self._next_sweep = 0.0
         self._quiet: dict[int, _WorkerState] = {}  # fd -> a stepping worker, read per tick
+        # on a cluster node only (orloj-rt cluster start): the state the router routes by
+        self._publisher = state_publisher(config)
 
         # type -> handler, per peer; an unknown type has its own explicit branch
         self._frontend_handlers = {msgs.Submit: self._on_submit, msgs.Cancel: self._on_cancel}
@@ -148,6 +151,8 @@ class Scheduler:
             self._schedule()
             self._update_quiet()
             now = time.monotonic()
+            if self._publisher is not None:
+                self._publisher.tick(self.core, now)
             if now >= self._next_stats:
                 self._next_stats = now + STATS_INTERVAL_S
                 self.core.evict_idle(now)
@@ -164,6 +169,8 @@ class Scheduler:
         w = self.core.next_wakeup(now)
         if w is not None and w < wake:
             wake = w
+        if self._publisher is not None and self._publisher.next_at < wake:
+            wake = self._publisher.next_at
         if self._quiet and now + STEP_TICK_S < wake:
             wake = now + STEP_TICK_S
         return max(MIN_WAKEUP_MS, (wake - now) * 1000.0)
@@ -391,6 +398,8 @@ class Scheduler:
         self._send(self.frontend, [msgs.encode(stats)])
 
     def _close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()
         self.frontend.close()
         for w in self.workers:
             w.channel.close()
