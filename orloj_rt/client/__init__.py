@@ -3,15 +3,18 @@
     from orloj_rt.client import Client
 
     with Client("tcp://127.0.0.1:5555") as c:
-        r = c.infer("early_exit", {"tokens": tokens}, slo_ms=20, app="search")
+        r = c.infer("early_exit", {"tokens": tokens}, slo_ms=20, app="search", priority=2)
         if r.ok:
             print(r.outputs["logits"], r.timing)     # {"queue_us", "exec_us", "total_us", ...}
+            print(r.variant)                          # the model variant that served it
         else:
             print(r.status, r.error)                  # dropped / rejected / error
         c.health(); c.models(); c.stats()
 
-`infer` returns an `InferResult` for every status (`raise_for_status()` turns a non-ok one
-into `ServerError`); it raises `TimeoutError` only when no reply came within `timeout_s`.
+`priority` is the request's tier: an integer in 0..7, higher = more important (default 0;
+docs/protocol.md). `infer` returns an `InferResult` for every status (`raise_for_status()`
+turns a non-ok one into `ServerError`); it raises `TimeoutError` only when no reply came
+within `timeout_s`.
 
 Cancellation (docs/protocol.md): `Client.submit` sends a request without waiting and
 returns its id, `Client.result(id)` waits for its reply, and `Client.cancel(id)` cancels
@@ -102,10 +105,13 @@ class Client:
         app: str | None = None,
         hint: float | None = None,
         timeout_s: float | None = None,
+        priority: int | None = None,
     ) -> InferResult:
-        """Runs one request; the result carries the status, outputs and timing."""
+        """Runs one request; the result carries the status, outputs, timing and the
+        variant that served it."""
         rid = next(self._ids)
-        frames = encode_infer(rid, model, inputs, slo_ms=slo_ms, app=app, hint=hint)
+        frames = encode_infer(rid, model, inputs, slo_ms=slo_ms, app=app, hint=hint,
+                              priority=priority)  # fmt: skip
         return self._roundtrip(rid, frames, timeout_s, f"infer({model!r})")[1]
 
     def submit(
@@ -115,10 +121,12 @@ class Client:
         slo_ms: float | None = None,
         app: str | None = None,
         hint: float | None = None,
+        priority: int | None = None,
     ) -> int:
         """Sends a request without waiting; returns its id, for `result` and `cancel`."""
         rid = next(self._ids)
-        frames = encode_infer(rid, model, inputs, slo_ms=slo_ms, app=app, hint=hint)
+        frames = encode_infer(rid, model, inputs, slo_ms=slo_ms, app=app, hint=hint,
+                              priority=priority)  # fmt: skip
         self._send(frames, None, f"submit({model!r})")
         self._submitted.add(rid)
         return rid
@@ -236,9 +244,11 @@ class AsyncClient:
         app: str | None = None,
         hint: float | None = None,
         timeout_s: float | None = None,
+        priority: int | None = None,
     ) -> InferResult:
         rid = next(self._ids)
-        frames = encode_infer(rid, model, inputs, slo_ms=slo_ms, app=app, hint=hint)
+        frames = encode_infer(rid, model, inputs, slo_ms=slo_ms, app=app, hint=hint,
+                              priority=priority)  # fmt: skip
         try:
             return (await self._roundtrip(rid, frames, timeout_s, f"infer({model!r})"))[1]
         except (asyncio.CancelledError, TimeoutError):

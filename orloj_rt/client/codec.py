@@ -39,6 +39,8 @@ class InferResult:
     error: str | None = None
     met_slo: bool | None = None
     timing: dict[str, int] = field(default_factory=dict)
+    #: on ok: the model variant that served it (docs/models.md); None for a model without
+    variant: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -68,6 +70,7 @@ def encode_infer(
     app: str | None = None,
     hint: float | None = None,
     dtypes: dict[str, str] | None = None,
+    priority: int | None = None,
 ) -> list:
     """The frames after the empty delimiter: [header, data_0, ...]. Arrays are sent
     zero-copy where they are already little-endian and C-contiguous."""
@@ -92,6 +95,8 @@ def encode_infer(
         header["app"] = app
     if hint is not None:
         header["hint"] = hint
+    if priority is not None:
+        header["priority"] = priority
     return [_packb(header), *data]
 
 
@@ -124,5 +129,6 @@ def decode_reply(frames: list) -> tuple[dict, InferResult]:
         error=header.get("error"),
         met_slo=header.get("met_slo"),
         timing=header.get("timing", {}),
+        variant=header.get("variant"),
     )
     return header, result

@@ -38,6 +38,7 @@ class Outcome:
     met_slo: bool = False
     error: str | None = None
     batch_size: int = 0
+    variant: str | None = None  # the model variant that served it (ok replies)
 
 
 @dataclass
@@ -131,6 +132,7 @@ def run_open_loop(
             o.met_slo = bool(header.get("met_slo"))
             o.error = header.get("error")
             o.batch_size = header.get("timing", {}).get("batch_size", 0)
+            o.variant = header.get("variant")
             answered += 1
 
     sent = 0

@@ -13,6 +13,10 @@ batch costs about c(b) times its deepest member, the behaviour Orloj's batch mod
 assumes. The model reports `exit_layer` (layers run) per request, which the scheduler uses
 to learn per-request solo times without batches of one.
 
+Variants (accuracy scaling, `ModelSpec.variants`): `half` and `quarter` force a maximum
+depth of 6 and 3 layers (`max_depth`). Their accuracies (0.93 and 0.85) are declared, not
+measured: with random weights there is nothing to measure them on.
+
 It is a `layer` step model (`spec.step_kind`, orloj_rt/models/steps.py): `init_state`,
 `step` (one layer), `finished`, `progress`, `outputs`, `select` and `merge`, for
 step-level batching; `forward` is the loop over them.
@@ -47,6 +51,12 @@ SPEC = ModelSpec(
     step_kind="layer",
     cuda_graphs=False,  # the per-layer "anyone left?" check is data-dependent control flow
     description="transformer encoder with input-driven early exit (random weights)",
+    # declared accuracies (random weights: nothing to measure them on)
+    variants=(
+        {"name": "full", "accuracy": 1.0},
+        {"name": "half", "accuracy": 0.93, "max_depth": NUM_LAYERS // 2},
+        {"name": "quarter", "accuracy": 0.85, "max_depth": NUM_LAYERS // 4},
+    ),
 )
 
 
@@ -107,7 +117,10 @@ def build(
             self.head = nn.Linear(d_model, num_classes)
 
         def exit_depth(self, tokens):
-            return 1 + torch.remainder(tokens[:, 0] - 1, self.num_layers)
+            depth = 1 + torch.remainder(tokens[:, 0] - 1, self.num_layers)
+            if self.max_depth is not None:  # a variant's forced maximum depth
+                depth = torch.clamp(depth, max=self.max_depth)
+            return depth
 
         def init_state(self, tokens):
             depth = self.exit_depth(tokens)

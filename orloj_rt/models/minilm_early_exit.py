@@ -29,6 +29,12 @@ sample sentences), so an early-exited embedding is a cheaper, different embeddin
 it gives the runtime is what matters here: a real model whose depth, and so its time,
 depends on its input (sample sentences exit after layer 3 or run all 6).
 
+Variants (accuracy scaling): `d4` and `d2` force a maximum depth of 4 and 2 layers. Their
+accuracies are measured, not declared: the mean cosine between a variant's embedding and
+the real model's (all 6 layers, no early exit) over the sample sentences and the prose of
+the package's README (`.venv/bin/python bench/minilm_variant_accuracy.py`; docs/models.md).
+The served model itself scores 0.49 on that measure: its exit rule is a stand-in.
+
 It is a `layer` step model (orloj_rt/models/steps.py), like `early_exit`.
 """
 
@@ -74,6 +80,12 @@ SPEC = ModelSpec(
     ring_slots=512,
     cuda_graphs=False,  # the per-layer exit test is data-dependent control flow
     description="all-MiniLM-L6-v2 (real weights) exiting when its embedding converges",
+    # measured: .venv/bin/python bench/minilm_variant_accuracy.py (the `cosine` column)
+    variants=(
+        {"name": "full", "accuracy": 0.49},
+        {"name": "d4", "accuracy": 0.33, "max_depth": 4},
+        {"name": "d2", "accuracy": 0.28, "max_depth": 2},
+    ),
 )
 
 
@@ -248,6 +260,7 @@ def build(threshold: float = DEFAULT_THRESHOLD, min_exit_layer: int = MIN_EXIT_L
             super().__init__()
             self.threshold = float(threshold)
             self.min_exit_layer = int(min_exit_layer)
+            self.num_layers = NUM_LAYERS
             self.word = nn.Embedding.from_pretrained(w["embeddings.word_embeddings.weight"])
             self.position = nn.Embedding.from_pretrained(w["embeddings.position_embeddings.weight"])
             self.register_buffer("token_type", w["embeddings.token_type_embeddings.weight"][0])
@@ -282,7 +295,9 @@ def build(threshold: float = DEFAULT_THRESHOLD, min_exit_layer: int = MIN_EXIT_L
             new_pooled = self._pool(h, keep)
             new_layer = layer + 1
             converged = F.cosine_similarity(new_pooled, pooled, dim=-1) >= self.threshold
-            done = (new_layer >= NUM_LAYERS) | ((new_layer >= self.min_exit_layer) & converged)
+            # a variant's forced maximum depth (models/steps.py), else the last layer
+            last = NUM_LAYERS if self.max_depth is None else min(NUM_LAYERS, self.max_depth)
+            done = (new_layer >= last) | ((new_layer >= self.min_exit_layer) & converged)
             return h, new_pooled, new_layer, done
 
         def step(self, state):

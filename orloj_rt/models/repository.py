@@ -16,6 +16,16 @@ Each `*.toml` file holds one model, from one of three sources:
     hint = "length(x)"                  # a request's cost hint, derived from its inputs:
                                         #   length(NAME[, AXIS]) or nonzero(NAME) (optional)
 
+    [app_weights]                       # per-app weights (optional; an app not listed: 1)
+    premium = 4.0
+
+    [[variants]]                        # cheaper ways to serve it, with their accuracy
+    name = "half"                       #   (optional; the full model comes first, as
+    accuracy = 0.93                     #   `full` with accuracy 1.0 unless declared)
+    max_depth = 6                       # an early-exit model stops after 6 layers, or:
+    # factory_args = { width = 32 }     # ... a module of its own, built with these args
+    # cost_scale = 0.5                  # its time over the full model's (optional)
+
     [[inputs]]                          # one table per input, in the order forward() takes them
     name = "x"
     dtype = "float32"                   # float32 float16 bfloat16 int64 int32 int8 uint8 bool
@@ -54,6 +64,7 @@ from orloj_rt.models.spec import (
     ModelEntry,
     ModelSpec,
     TensorSpec,
+    VariantDeclarationError,
 )
 
 #: the factory that loads a `program = "...pt2"` model inside workers
@@ -77,6 +88,10 @@ SPEC_FIELDS: dict[str, tuple[Any, str]] = {
                   'hint = "length(tokens)" or hint = "nonzero(tokens)"'),
     "inputs": (list, "[[inputs]] tables"),
     "outputs": (list, "[[outputs]] tables"),
+    "variants": (list, '[[variants]] tables, each with name, accuracy and max_depth or '
+                       'factory_args, e.g. [[variants]] name = "half" accuracy = 0.93 '
+                       "max_depth = 6"),
+    "app_weights": (dict, "a table of app = weight, e.g. [app_weights] premium = 4.0"),
 }
 DTYPE_ALIASES = {
     "float": "float32", "float64": "float32", "double": "float32", "f32": "float32",
@@ -288,6 +303,8 @@ def _spec(path: Path, cfg: dict[str, Any], base: ModelSpec | None) -> ModelSpec:
             return base.replace(**fields)
         except HintDeclarationError as exc:
             raise ConfigError(path, "hint", exc.problem, exc.fix) from None
+        except VariantDeclarationError as exc:
+            raise ConfigError(path, exc.field, exc.problem, exc.fix) from None
         except ValueError as exc:
             raise ConfigError(path, _field_of(exc), str(exc), "see docs/models.md") from None
     for key in ("name", "inputs", "outputs"):
@@ -304,6 +321,8 @@ def _spec(path: Path, cfg: dict[str, Any], base: ModelSpec | None) -> ModelSpec:
         return ModelSpec(inputs=inputs, outputs=outputs, **fields)
     except HintDeclarationError as exc:
         raise ConfigError(path, "hint", exc.problem, exc.fix) from None
+    except VariantDeclarationError as exc:
+        raise ConfigError(path, exc.field, exc.problem, exc.fix) from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(path, _field_of(exc), str(exc), "see docs/models.md") from None
 
@@ -383,6 +402,11 @@ def load_entry(path: Path) -> ModelEntry:
         raise ConfigError(path, "factory_args", "an exported program takes no factory arguments",
                           "remove factory_args")  # fmt: skip
     spec = _spec(path, cfg, None)
+    for v in spec.variants:
+        if v.factory_args:
+            raise ConfigError(path, f"variants ({v.name!r}).factory_args",
+                              "an exported program takes no factory arguments",
+                              "export the variant as a model of its own, or drop it")
     return ModelEntry(spec=spec, factory=EXPORTED_PROGRAM_FACTORY,
                       factory_args={"path": str(p.resolve())}, examples=examples,
                       config=str(path))  # fmt: skip

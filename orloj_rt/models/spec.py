@@ -19,6 +19,13 @@ Conventions the worker relies on (see docs/runtime.md):
   (`length(NAME)`, `length(NAME, AXIS)`, `nonzero(NAME)`; `parse_hint`): the frontend
   computes it for every request that sends no hint of its own
   (orloj_rt/protocol/derived_hint.py).
+- `variants`, if declared, are cheaper configurations of the model with their accuracy
+  (`Variant`; the first is the full model): under overload the scheduler may serve a
+  batch with one (its `RunBatch.variant`). A `max_depth` variant forces an early-exit
+  (`layer` step) model to stop after that many layers (the module's `max_depth`
+  attribute, models/steps.py); a `factory_args` variant is built as its own module.
+- `app_weights` maps an app to its weight (> 0; 1 for an app not listed): a request that
+  finishes in time earns its app's weight (priorities across apps, issue 17).
 
 Specs are plain frozen dataclasses: they pickle across processes and convert to and from
 dicts (`to_dict` / `from_dict`), which the `models` answer and the model repository's TOML
@@ -59,6 +66,13 @@ _HINT_SYNTAX = re.compile(r"\s*([A-Za-z_]\w*)\s*\(\s*([^,()]*?)\s*(?:,\s*([^,()]
 
 MAX_BATCH_LIMIT = 4096
 MAX_NAME_LEN = 128
+#: a variant's name: letters, digits, `_`, `-`, `.` (no `:` or `,`: `orloj-rt sim
+#: --variants` lists them as name:cost:accuracy, comma-separated)
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+VARIANT_KEYS = ("name", "accuracy", "cost_scale", "max_depth", "factory_args")
+#: the name of the full model's variant when the declared variants leave it out
+FULL_VARIANT = "full"
+MAX_VARIANTS = 16
 DEFAULT_RING_SLOTS = 1024
 
 
@@ -321,6 +335,198 @@ def parse_hint(
     return HintRule("length", name, index, t.dtype, axis)
 
 
+class VariantDeclarationError(ValueError):
+    """A wrong `[[variants]]` declaration or `app_weights` table: the field (e.g.
+    `variants[1].accuracy`), what is wrong and how to fix it."""
+
+    def __init__(self, field: str, problem: str, fix: str, model: str | None = None):
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        where = f"model {model!r}: " if model is not None else ""
+        super().__init__(f"{where}field `{field}`: {problem}. Fix: {fix}")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to serve a model, with its accuracy (`ModelSpec.variants`).
+
+    name:         what the scheduler names in `RunBatch.variant` and a reply's `variant`.
+    accuracy:     in [0, 1]: the share of the full model's value an answer of this variant
+                  is worth (utility = app weight x accuracy for a request in time).
+    cost_scale:   optional: its execution time over the full model's (e.g. 0.5); None
+                  where the scheduler learns it from the batches it runs.
+    max_depth:    an early-exit (`layer` step) model stops every request after at most
+                  this many layers; None: not a forced depth.
+    factory_args: keyword arguments merged over the model's own: the variant is built as
+                  a separate module; None: the model's module.
+
+    A variant with neither `max_depth` nor `factory_args` is the full model."""
+
+    name: str
+    accuracy: float
+    cost_scale: float | None = None
+    max_depth: int | None = None
+    factory_args: Mapping[str, Any] | None = field(default=None, hash=False)
+
+    @property
+    def is_full(self) -> bool:
+        return self.max_depth is None and not self.factory_args
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "accuracy": self.accuracy}
+        for key in ("cost_scale", "max_depth", "factory_args"):
+            value = getattr(self, key)
+            if value is not None:
+                d[key] = dict(value) if key == "factory_args" else value
+        return d
+
+
+def parse_variants(
+    declared: Any, step_kind: str | None = None, model: str | None = None,
+    factory_args_ok: bool = True,
+) -> tuple[Variant, ...]:
+    """Checks `[[variants]]` tables (dicts, or Variants) and returns them with the full
+    model first: the declared one (no `max_depth`, no `factory_args`), else `full` with
+    accuracy 1.0 and cost_scale 1.0. Empty in, empty out (no variants). Raises
+    `VariantDeclarationError` naming the field and the fix."""
+    if declared is None or (isinstance(declared, (list, tuple)) and not declared):
+        return ()
+    example = ('[[variants]]\nname = "half"\naccuracy = 0.93\nmax_depth = 6'
+               if step_kind == "layer" else
+               '[[variants]]\nname = "small"\naccuracy = 0.9\nfactory_args = { width = 32 }')
+    if not isinstance(declared, (list, tuple)):
+        raise VariantDeclarationError("variants", f"{declared!r:.60} is not a list of tables",
+                                      f"write one table per variant:\n{example}", model)
+    if len(declared) > MAX_VARIANTS:
+        raise VariantDeclarationError("variants", f"{len(declared)} variants declared; the "
+                                      f"limit is {MAX_VARIANTS}", "declare fewer", model)
+    out: list[Variant] = []
+    for i, v in enumerate(declared):
+        where = f"variants[{i}]"
+        if isinstance(v, Variant):
+            v = v.to_dict()
+        if not isinstance(v, Mapping):
+            raise VariantDeclarationError(where, "not a table",
+                                          f"write one [[variants]] table per variant:\n"
+                                          f"{example}", model)  # fmt: skip
+        for key in v:
+            if key not in VARIANT_KEYS:
+                raise VariantDeclarationError(
+                    f"{where}.{key}", "unknown key" + _suggest(str(key), VARIANT_KEYS),
+                    f"remove it; a variant takes {', '.join(VARIANT_KEYS)}", model)
+        name = v.get("name")
+        if name is None:
+            raise VariantDeclarationError(f"{where}.name", "missing required field",
+                                          f'add name = "half" to {where}', model)
+        if not isinstance(name, str) or not _VARIANT_NAME.fullmatch(name):
+            raise VariantDeclarationError(
+                f"{where}.name", f"{name!r:.60} is not a variant name",
+                'use 1-64 letters, digits, "_", "-" or ".", e.g. name = "half"', model)
+        where = f"variants[{i}] ({name!r})"
+        if "accuracy" not in v:
+            raise VariantDeclarationError(
+                f"{where}.accuracy", "missing required field",
+                "add accuracy = 0.93: the share of the full model's value an answer of this "
+                "variant is worth, in [0, 1] (measured, or declared)", model)
+        acc = v["accuracy"]
+        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not (
+            math.isfinite(acc) and 0.0 <= acc <= 1.0
+        ):
+            raise VariantDeclarationError(f"{where}.accuracy", f"{acc!r:.40} is not in [0, 1]",
+                                          "write a number from 0 to 1, e.g. accuracy = 0.93",
+                                          model)  # fmt: skip
+        cost = v.get("cost_scale")
+        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, (int, float))
+                                 or not (math.isfinite(cost) and cost > 0)):  # fmt: skip
+            raise VariantDeclarationError(
+                f"{where}.cost_scale", f"{cost!r:.40} is not a positive number",
+                "write its execution time over the full model's, e.g. cost_scale = 0.5, or "
+                "leave it out for the scheduler to learn", model)
+        depth = v.get("max_depth")
+        if depth is not None:
+            if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+                raise VariantDeclarationError(f"{where}.max_depth",
+                                              f"{depth!r:.40} is not an integer >= 1",
+                                              "write the layers to stop after, e.g. "
+                                              "max_depth = 6", model)  # fmt: skip
+            if step_kind != "layer":
+                raise VariantDeclarationError(
+                    f"{where}.max_depth", "a forced maximum depth needs an early-exit model "
+                    f"(step_kind = \"layer\"), and this one's step_kind is {step_kind!r}",
+                    "declare the variant with factory_args (built as its own module), or "
+                    'serve a `layer` step model (models/steps.py)', model)
+        fargs = v.get("factory_args")
+        if fargs is not None:
+            if not isinstance(fargs, Mapping) or not fargs:
+                raise VariantDeclarationError(f"{where}.factory_args",
+                                              f"{fargs!r:.60} is not a non-empty table",
+                                              "write factory_args = { width = 32 }: keyword "
+                                              "arguments merged over the model's", model)
+            if not factory_args_ok:
+                raise VariantDeclarationError(
+                    f"{where}.factory_args", "an exported program takes no factory arguments",
+                    "serve the variant as its own model, or drop the variant", model)
+            if depth is not None:
+                raise VariantDeclarationError(
+                    f"{where}", "both max_depth and factory_args",
+                    "give one: max_depth (the model's own module, stopped early) or "
+                    "factory_args (a module of its own)", model)
+        out.append(Variant(name, float(acc), None if cost is None else float(cost), depth,
+                           None if fargs is None else dict(fargs)))  # fmt: skip
+    names = [v.name for v in out]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise VariantDeclarationError(f"variants[{i}].name",
+                                          f"the name {n!r} is declared twice",
+                                          "give each variant its own name", model)
+    full = [i for i, v in enumerate(out) if v.is_full]
+    if len(full) > 1:
+        a, b = (out[i].name for i in full[:2])
+        raise VariantDeclarationError(
+            f"variants[{full[1]}]", f"{a!r} and {b!r} both declare the full model (neither "
+            "max_depth nor factory_args)",
+            "keep one of them, or give the other a max_depth or factory_args", model)
+    if full:
+        first = out.pop(full[0])
+        if first.cost_scale is None:
+            first = Variant(first.name, first.accuracy, 1.0)
+    else:
+        if FULL_VARIANT in names:
+            i = names.index(FULL_VARIANT)
+            raise VariantDeclarationError(
+                f"variants[{i}].name", f"{FULL_VARIANT!r} names the full model, which is "
+                "synthesised when no variant leaves out max_depth and factory_args",
+                "rename this variant, or declare the full model itself (a variant with "
+                f'neither): name = "{FULL_VARIANT}", accuracy = 1.0', model)
+        first = Variant(FULL_VARIANT, 1.0, 1.0)
+    return (first, *out)
+
+
+def parse_app_weights(declared: Any, model: str | None = None) -> dict[str, float]:
+    """Checks an `[app_weights]` table: app name -> weight > 0 (finite)."""
+    if declared is None:
+        return {}
+    if not isinstance(declared, Mapping):
+        raise VariantDeclarationError("app_weights", f"{declared!r:.60} is not a table",
+                                      'write [app_weights] with one line per app, e.g. '
+                                      "premium = 4.0", model)  # fmt: skip
+    out = {}
+    for app, w in declared.items():
+        if not isinstance(app, str) or not app or len(app) > MAX_NAME_LEN:
+            raise VariantDeclarationError("app_weights", f"{app!r:.60} is not an app name",
+                                          f"use a non-empty name of at most {MAX_NAME_LEN} "
+                                          "characters", model)  # fmt: skip
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (
+            math.isfinite(w) and w > 0
+        ):
+            raise VariantDeclarationError(f"app_weights.{app}", f"{w!r:.40} is not a "
+                                          "positive number", f"write e.g. {app} = 2.0 (an "
+                                          "app not listed weighs 1)", model)  # fmt: skip
+        out[app] = float(w)
+    return out
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A served model's interface and serving limits.
@@ -339,6 +545,8 @@ class ModelSpec:
     hint:            how the server derives a request's cost hint from its inputs
                      (`parse_hint`: "length(NAME)", "length(NAME, AXIS)", "nonzero(NAME)"),
                      or None; a hint the client sends overrides it.
+    variants:        `Variant`s, the full model first (`parse_variants`); () for none.
+    app_weights:     app -> weight (> 0); an app not listed weighs 1.
     """
 
     name: str
@@ -353,6 +561,8 @@ class ModelSpec:
     cuda_graphs: bool = True
     description: str = ""
     hint: str | None = None
+    variants: tuple[Variant, ...] = ()
+    app_weights: Mapping[str, float] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or len(self.name) > MAX_NAME_LEN:
@@ -406,6 +616,17 @@ class ModelSpec:
             )
         if self.hint is not None:
             parse_hint(self.hint, self.inputs, self.name)
+        object.__setattr__(self, "variants",
+                           parse_variants(self.variants, self.step_kind, self.name))
+        object.__setattr__(self, "app_weights", parse_app_weights(self.app_weights, self.name))
+
+    def variant(self, name: str) -> Variant:
+        """The declared variant `name`; KeyError naming the declared ones."""
+        for v in self.variants:
+            if v.name == name:
+                return v
+        declared = ", ".join(v.name for v in self.variants) or "none"
+        raise KeyError(f"model {self.name!r} has no variant {name!r} (declared: {declared})")
 
     @property
     def hint_rule(self) -> HintRule | None:
@@ -436,6 +657,10 @@ class ModelSpec:
         }
         if self.hint is not None:
             d["hint"] = self.hint
+        if self.variants:
+            d["variants"] = [{"name": v.name, "accuracy": v.accuracy} for v in self.variants]
+        if self.app_weights:
+            d["app_weights"] = dict(self.app_weights)
         return d
 
     @classmethod
@@ -444,6 +669,7 @@ class ModelSpec:
         known = {
             "name", "inputs", "outputs", "max_batch_size", "batch_buckets", "default_slo_ms",
             "work_output", "step_kind", "ring_slots", "cuda_graphs", "description", "hint",
+            "variants", "app_weights",
         }  # fmt: skip
         extra = set(d) - known
         if extra:
@@ -453,6 +679,8 @@ class ModelSpec:
         kw["outputs"] = tuple(TensorSpec.from_dict(t) for t in d.get("outputs", ()))
         if kw.get("batch_buckets") is not None:
             kw["batch_buckets"] = tuple(kw["batch_buckets"])
+        if kw.get("variants") is not None:
+            kw["variants"] = tuple(kw["variants"])
         return cls(**kw)
 
     def replace(self, **changes: Any) -> ModelSpec:

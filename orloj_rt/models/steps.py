@@ -28,6 +28,11 @@ spec's `work_output` reports the same number when the member is done.
 `merge` pads every dim after the batch dim to the longest state, with the model's
 `STATE_PAD[key]` (default 0), so that states of different sequence lengths combine.
 
+Forced depth (accuracy-scaling variants, `Variant.max_depth` in models/spec.py): a
+`layer` model honours its `max_depth` attribute (None: its own exit rule): a member is
+finished after at most that many layers, and its work output reports the layers it ran.
+The worker sets it before each batch of a `max_depth` variant (runtime/batch_runner.py).
+
 This module does not import torch at import time (the frontend and scheduler import the
 models package); `StepModelMixin` imports it inside its methods.
 """
@@ -69,6 +74,8 @@ class StepModelMixin:
 
     #: per state key, the value that pads a dim in `merge` (default 0)
     STATE_PAD: Mapping[str, float | bool] = {}
+    #: a forced maximum depth (layers) for a `layer` model, or None: its own exit rule
+    max_depth: int | None = None
 
     def forward(self, *inputs):
         return run_steps(self, *inputs)

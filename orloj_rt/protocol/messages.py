@@ -6,12 +6,12 @@ client wire protocol (docs/protocol.md) is not here: it lives in `wire.py`.
 
     who -> whom                  tag  message        carries
     ---------------------------  ---  -------------  -----------------------------------------
-    frontend   -> scheduler      S    Submit         request descriptors (slot, deadline, ...)
+    frontend   -> scheduler      S    Submit         request descriptors (slot, deadline, tier)
     frontend   -> scheduler      K    Cancel         requests their clients cancelled
     scheduler  -> frontend       Q    Cancelled      where each cancelled request was
     scheduler  -> frontend       D    Discard        requests answered without running
     scheduler  -> frontend       T    SchedulerStats learned distributions, queues (for `stats`)
-    scheduler  -> worker         B    RunBatch       one batch: request tokens and ring slots
+    scheduler  -> worker         B    RunBatch       one batch: tokens, ring slots, variant
     worker     -> scheduler      R    WorkerReady    warm-up profile: solo times, c(b), work fit
     worker     -> scheduler      F    BatchDone      measured batch time, per-request work
     worker     -> frontend       O    Results        + one data frame per output per member
@@ -71,6 +71,9 @@ class RequestDescriptor(NamedTuple):
     hint: float | None
     slot: int
     generation: int
+    # the request's priority tier (wire `priority`, 0..MAX_PRIORITY in protocol/wire.py;
+    # higher = more important); appended last, so an 8-field tuple still reads as tier 0
+    priority: int = 0
 
 
 class Submit(NamedTuple):
@@ -121,6 +124,9 @@ class RunBatch(NamedTuple):
     tokens: list
     slots: list
     generations: list
+    # the model variant to run the batch with (its name in the model's `variants`, the
+    # serving core's `Dispatch.variant`); None: the model as built (no variants declared)
+    variant: str | None = None
 
 
 class ModelProfile(NamedTuple):
@@ -172,6 +178,7 @@ class Results(NamedTuple):
     shapes: list  # per member: one shape per output (None for a failed member)
     errors: list | None = None
     batch_size: int = 0  # the batch the members ran in when it is not len(tokens) (steps)
+    variant: str | None = None  # the variant that served them (RunBatch.variant)
 
 
 # ------------------------------------------------------------------ supervisor <-> children

@@ -39,6 +39,9 @@ MAX_HEADER_BYTES = 64 * 1024  # a header is a few hundred bytes; this bounds a h
 MAX_APP_LEN = 128
 MAX_ID_LEN = 256
 MAX_SLO_MS = 86_400_000.0  # one day: beyond that an SLO means nothing
+#: a request's `priority`: an integer tier, higher = more important (docs/protocol.md)
+DEFAULT_PRIORITY = 0
+MAX_PRIORITY = 7
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -75,6 +78,7 @@ class InferRequest(NamedTuple):
     hint: float | None
     frames: list
     shapes: list
+    priority: int = DEFAULT_PRIORITY
 
 
 def split_envelope(frames: Sequence) -> tuple[int, str | None]:
@@ -180,6 +184,23 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def check_priority(value: Any, req_id: Any = None) -> int:
+    """A request's `priority` (None: the default tier); WireError naming the field if it
+    is not an integer in 0..MAX_PRIORITY (bools and floats are not)."""
+    if value is None:
+        return DEFAULT_PRIORITY
+    if isinstance(value, bool) or not isinstance(value, int) or not (
+        0 <= value <= MAX_PRIORITY
+    ):
+        raise WireError(
+            f"\"priority\" must be an integer tier in 0..{MAX_PRIORITY} (higher = more "
+            f"important), got {value!r:.40}; omit it for the default tier "
+            f"{DEFAULT_PRIORITY}",
+            req_id,
+        )
+    return value
+
+
 class _InputCheck(NamedTuple):
     index: int  # position in the model's input order
     dtype: str
@@ -234,6 +255,7 @@ class RequestValidator:
             hint = _number(hint)
             if hint is None or not math.isfinite(hint):
                 raise WireError("\"hint\" must be a finite number when given", req_id)
+        priority = check_priority(header.get("priority"), req_id)
         meta = header.get("inputs")
         if not isinstance(meta, list):
             raise WireError(
@@ -293,7 +315,7 @@ class RequestValidator:
                 )
             frames[chk.index] = frame
             shapes[chk.index] = shape
-        return InferRequest(app, slo_s, hint, frames, shapes)
+        return InferRequest(app, slo_s, hint, frames, shapes, priority)
 
     def _missing_or_extra(self, meta: list, req_id: Any) -> None:
         given = {m.get("name") for m in meta if isinstance(m, dict)}

@@ -14,10 +14,19 @@ warm-up into one shared memory pool, largest first. Each graph owns persistent i
 buffers; a batch is padded up to its buckets (batch padding repeats member 0, so that the
 padding rows compute something valid; variable dims use the spec's `pad_value`), copied
 into the buffers, replayed, and its outputs sliced back to the real members.
+
+Variants (accuracy scaling, `ModelSpec.variants`; `variant_runners`): one runner per
+declared variant. The full model's is the model's own runner; a `max_depth` variant's
+shares its module and sets the module's forced depth (`max_depth`, models/steps.py)
+around each of its batches (and around its graph capture, where graphs are used), putting
+it back after; a `factory_args` variant's runs a module of its own, built with those
+arguments merged over the model's (and captures its own graphs).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -97,6 +106,16 @@ class BatchRunner:
             (i for i, t in enumerate(self.spec.outputs) if t.name == self.spec.work_output), None
         )
         self._on_cuda = self.device.type == "cuda"
+        # a variant's forced maximum depth, set on the module around each batch (None: off)
+        self.max_depth: int | None = None
+        self.variant: str | None = None  # the variant this runner serves (None: the model)
+
+    def forced_depth(self):
+        """A context in which the module stops after `max_depth` layers (a no-op without
+        one); the module's previous setting comes back after."""
+        if self.max_depth is None:
+            return contextlib.nullcontext()
+        return _forced_depth(self.module, self.max_depth)
 
     # ------------------------------------------------------------------ one batch
     def run(self, members: Sequence[Sequence[np.ndarray]]):
@@ -108,7 +127,7 @@ class BatchRunner:
             raise BatchError("empty batch")
         if b > self.spec.max_batch_size:
             raise BatchError(f"batch of {b} exceeds max_batch_size {self.spec.max_batch_size}")
-        with self.torch.inference_mode():
+        with self.torch.inference_mode(), self.forced_depth():
             outputs = self._forward(members)
         return self.extract_outputs(outputs, b)
 
@@ -308,7 +327,12 @@ class CudaGraphRunner(BatchRunner):
         return tuple(shape)
 
     def capture(self) -> None:
-        """Captures every graph, largest batch first, into one shared memory pool."""
+        """Captures every graph, largest batch first, into one shared memory pool (a
+        variant's under its forced depth)."""
+        with self.forced_depth():
+            self._capture()
+
+    def _capture(self) -> None:
         torch = self.torch
         for bb in sorted(self.spec.batch_buckets, reverse=True):
             for combo in self.shape_combos:
@@ -366,13 +390,79 @@ class CudaGraphRunner(BatchRunner):
         return static_out
 
 
-def make_runner(entry: ModelEntry, module, device: str) -> BatchRunner:
-    """Eager on CPU and for uncapturable models; CUDA graphs otherwise."""
+def make_runner(entry: ModelEntry, module, device: str,
+                max_depth: int | None = None) -> BatchRunner:  # fmt: skip
+    """Eager on CPU and for uncapturable models; CUDA graphs otherwise. `max_depth`: a
+    variant's forced depth, set around its batches (and its capture)."""
     if device.startswith("cuda") and entry.spec.cuda_graphs:
         runner = CudaGraphRunner(entry, module, device)
+        runner.max_depth = max_depth
         runner.capture()
         return runner
-    return BatchRunner(entry, module, device)
+    runner = BatchRunner(entry, module, device)
+    runner.max_depth = max_depth
+    return runner
+
+
+@contextlib.contextmanager
+def _forced_depth(module, depth: int):
+    before = module.max_depth
+    module.max_depth = depth
+    try:
+        yield
+    finally:
+        module.max_depth = before
+
+
+def check_forced_depth(entry: ModelEntry, module) -> None:
+    """ValueError, naming the fix, when a `max_depth` variant is declared for a module
+    that cannot honour it (no `max_depth` attribute: models/steps.py), or deeper than its
+    layers (`num_layers`, where the module says)."""
+    spec = entry.spec
+    for v in spec.variants:
+        if v.max_depth is None:
+            continue
+        if not hasattr(module, "max_depth"):
+            raise ValueError(
+                f"model {spec.name!r}: variant {v.name!r} declares max_depth = {v.max_depth}, "
+                f"but its module ({type(module).__name__}) has no `max_depth` attribute: a "
+                "forced depth needs a `layer` step model that honours it (derive it from "
+                "orloj_rt.models.steps.StepModelMixin and stop a member after max_depth "
+                "layers), or declare the variant with factory_args"
+            )
+        layers = getattr(module, "num_layers", None)
+        if isinstance(layers, int) and v.max_depth > layers:
+            raise ValueError(
+                f"model {spec.name!r}: variant {v.name!r} declares max_depth = {v.max_depth}, "
+                f"but the model has {layers} layers: declare max_depth in 1..{layers}"
+            )
+
+
+def variant_runners(entry: ModelEntry, module, runner: BatchRunner, device: str,
+                    build=None) -> dict[str, BatchRunner]:  # fmt: skip
+    """A runner per declared variant (module docstring), by name; {} for a model without
+    variants. `runner` is the full model's (`module`'s); `build(entry)` builds a
+    `factory_args` variant's module (default: models.loading.build_module)."""
+    spec = entry.spec
+    if not spec.variants:
+        return {}
+    check_forced_depth(entry, module)
+    out: dict[str, BatchRunner] = {}
+    for v in spec.variants:
+        if v.is_full:
+            r = runner
+        elif v.max_depth is not None:
+            r = make_runner(entry, module, device, v.max_depth)
+        else:
+            if build is None:
+                from orloj_rt.models.loading import build_module as build
+            own = dataclasses.replace(entry, factory_args={**entry.factory_args,
+                                                           **(v.factory_args or {})})
+            r = make_runner(own, build(own), device)
+        if r is not runner:
+            r.variant = v.name
+        out[v.name] = r
+    return out
 
 
 def examples_for(entry: ModelEntry, n: int, seed: int = 0) -> list[dict]:

@@ -63,7 +63,7 @@ _packb = msgpack.Packer(use_bin_type=True).pack
 # scheduler's Discard); any other rejection means the server cannot serve at all
 LOAD_REJECTIONS = ("overloaded", "rejected by the scheduler", "rejected by the scheduling policy")
 # request parameters that travel to the frontend as they are (checked there)
-REQUEST_PARAMS = ("slo_ms", "app", "hint")
+REQUEST_PARAMS = ("slo_ms", "app", "hint", "priority")
 
 
 def internal_endpoint(instance: str) -> str:
@@ -397,6 +397,13 @@ def reply_params(replies: list) -> dict[str, Any]:
     params: dict[str, Any] = {"met_slo": all(h.get("met_slo") for h, _ in replies)}
     for key in ("queue_us", "exec_us", "total_us", "batch_size"):
         params[key] = max(t.get(key, 0) for t in timings)
+    # the model variant that served them (a model with variants): with a batch dimension
+    # whose members were served by different variants, their names in member order, joined
+    # by commas
+    variants = [h.get("variant") for h, _ in replies]
+    if any(v is not None for v in variants):
+        names = [v or "" for v in variants]
+        params["variant"] = names[0] if len(set(names)) == 1 else ",".join(names)
     return params
 
 

@@ -13,7 +13,8 @@ internal endpoint, exactly as an HTTP request does (gateway_common: `members`, `
 so it takes the path of ZeroMQ clients' requests: the same validation, rings, scheduler,
 SLOs, statuses and counters. Tensors arrive as `raw_input_contents` (what tritonclient
 sends) or as typed `contents`; outputs always go back as `raw_output_contents`.
-`slo_ms`, `app` and `hint` are request parameters, as over HTTP.
+`slo_ms`, `app`, `hint` and `priority` are request parameters, as over HTTP; a reply from
+a model with variants carries the `variant` that served it as a string parameter.
 
 Outcome -> gRPC status (docs/grpc.md): ok OK; dropped DEADLINE_EXCEEDED; rejected
 RESOURCE_EXHAUSTED under load (a full ring, the policy's admission control) and
@@ -108,7 +109,7 @@ def _param(p) -> Any:
 
 
 def request_params(request) -> dict[str, Any]:
-    """The request parameters that travel to the frontend (slo_ms, app, hint), as their
+    """The request parameters that travel to the frontend (slo_ms, app, hint, priority), as their
     values; a parameter with no value set is None (the frontend judges it, as over HTTP)."""
     given = request.parameters
     return {k: _param(given[k]) for k in REQUEST_PARAMS if k in given}
@@ -309,6 +310,9 @@ class InferenceService:
         timing = reply_params(replies)
         out = resp.parameters
         out["met_slo"].bool_param = bool(timing.pop("met_slo"))
+        variant = timing.pop("variant", None)
+        if variant is not None:
+            out["variant"].string_param = variant
         for key, value in timing.items():
             out[key].int64_param = int(value)
         return resp

@@ -21,6 +21,12 @@ A restarted worker (the previous one died; docs/reliability.md) is started with
 `profile=False`: it runs each model once at batch size 1 and at the largest batch (lazy
 initialisation, allocator growth) and reports ready without profiles, because the
 scheduler keeps what the first warm-up measured. That keeps its recovery short.
+
+Variants (accuracy scaling, docs/models.md): for a model that declares variants and is
+served in whole batches, the worker holds a runner per variant (batch_runner.py,
+`variant_runners`) and runs each batch with the one its `RunBatch.variant` names; the
+`Results` say which variant served the members. A name the model does not declare fails
+the batch's members with `error`.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from orloj_rt.runtime.batch_runner import (
     BatchError,
     examples_for,
     make_runner,
+    variant_runners,
 )
 from orloj_rt.runtime.channel import Channel, ChannelClosed
 from orloj_rt.runtime.proc import (
@@ -96,6 +103,7 @@ class Worker:
         from orloj_rt.runtime.step_runner import make_step_batch
 
         self.runners = []
+        self.variants: dict[int, dict] = {}  # model index -> {variant name: its runner}
         self.steps: dict = {}  # model index -> StepBatch, for the models served step by step
         for i, entry in enumerate(config.models):
             t0 = time.monotonic()
@@ -107,6 +115,8 @@ class Worker:
                     runner, lambda *a, m=i: self._emit_step(m, *a), examples)
             else:
                 runner = make_runner(entry, module, self.device)
+                self.variants[i] = variant_runners(entry, module, runner, self.device,
+                                                   build_module)  # fmt: skip
             self.runners.append(runner)
             log.info("model %s built on %s in %.2f s%s", entry.spec.name, self.device,
                      time.monotonic() - t0,
@@ -125,11 +135,16 @@ class Worker:
         }
         self._parent_handlers = {msgs.Shutdown: self._on_shutdown}
 
-    def quick_warm_up(self) -> None:
+    def _own_variant_runners(self) -> list:
+        """The variants' runners with a module of their own (`factory_args`)."""
+        return [r for i, by_name in self.variants.items() for r in by_name.values()
+                if r.module is not self.runners[i].module]  # fmt: skip
+
+    def quick_warm_up(self, runners=None) -> None:
         """What a restarted worker does instead of profiling: one batch of 1 and one of
         the largest size per model, so that the first real batch does not pay the lazy
         initialisation."""
-        for runner in self.runners:
+        for runner in self.runners if runners is None else runners:
             t0 = time.monotonic()
             ex = examples_for(runner.entry, 1)[0]
             req = [ex[t.name] for t in runner.spec.inputs]
@@ -163,8 +178,9 @@ class Worker:
     def run(self, profile: bool = True) -> None:
         if profile:
             profiles = self.warm_up()
+            self.quick_warm_up(self._own_variant_runners())
         else:
-            self.quick_warm_up()
+            self.quick_warm_up([*self.runners, *self._own_variant_runners()])
             profiles = []
         settle_memory()
         ready = msgs.WorkerReady(self.index, os.getpid(), self.device, profiles)
@@ -240,6 +256,9 @@ class Worker:
         started = time.monotonic()
         t0 = time.perf_counter()
         runner = self.runners[msg.model]
+        variant = msg.variant
+        if variant is not None:
+            runner = self.variants.get(msg.model, {}).get(variant)
         ring = self.rings[msg.model]
         tokens = msg.tokens
         b = len(tokens)
@@ -253,6 +272,12 @@ class Worker:
             if stale:
                 raise BatchError(f"internal error: ring slots {stale} were reused before the "
                                  "batch ran")  # fmt: skip
+            if runner is None:
+                spec = self.runners[msg.model].spec
+                declared = ", ".join(v.name for v in spec.variants) or "none"
+                raise BatchError(f"internal error: model {spec.name!r} has no variant "
+                                 f"{variant!r} served in whole batches (declared: "
+                                 f"{declared})")  # fmt: skip
             members = [ring.views(s) for s in msg.slots]
             arrays, work = runner.run(members)
             del members
@@ -266,17 +291,19 @@ class Worker:
                     data.append(flat[j * row : (j + 1) * row])
             ok = True
         except Exception as exc:  # noqa: BLE001 - every member gets the error as its answer
+            name = self.runners[msg.model].spec.name
             text = str(exc) if isinstance(exc, BatchError) else (
-                f"model {runner.spec.name!r} failed: {type(exc).__name__}: {exc}"
+                f"model {name!r} failed: {type(exc).__name__}: {exc}"
             )
-            log.warning("batch %d of %s failed: %s", msg.batch_id, runner.spec.name, text)
+            log.warning("batch %d of %s failed: %s", msg.batch_id, name, text)
             errors = [text] * b
             shapes = [None] * b
             data = []
             work = None
             ok = False
         exec_s = time.perf_counter() - t0
-        results = msgs.Results(msg.model, tokens, started, int(exec_s * 1e6), shapes, errors)
+        results = msgs.Results(msg.model, tokens, started, int(exec_s * 1e6), shapes, errors,
+                               0, variant)  # fmt: skip
         # the output arrays are not copied in user space: sendmsg gathers the memoryviews,
         # and any part the kernel does not take now stays referenced in the outbox
         self.frontend.send([msgs.encode(results), *data])
