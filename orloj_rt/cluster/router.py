@@ -1,0 +1,656 @@
+"""The cluster's entry point: the router process (`python -m orloj_rt.cluster.router`).
+
+    clients --DEALER/REQ--> ROUTER (--bind; the wire protocol of docs/protocol.md)
+                              |  routing.Router.choose(model, app, slo, now) per request
+                              v
+                            DEALER per node --> node i's frontend (its orloj-rt instance)
+    node i's scheduler --PUB (publish.py, every 5 ms)--> SUB (--state-bind)
+
+It speaks to clients exactly as a frontend does, so that `orloj_rt.client.Client`, the C
+client and the HTTP/gRPC gateway (`--http-port`, `--grpc-port`: the gateway process of
+gateway_common.py, connected here instead of to a frontend) work against it unchanged.
+For each `infer` it reads the header (model, app, slo_ms), asks the router which node
+serves it, gives it an id of its own (the nodes see one connection, ours, so the
+clients' ids could collide) and forwards the header with the data frames as they came:
+ZeroMQ frames received with copy=False and sent on as they are, so that no tensor byte
+passes through a Python object. A reply goes back to its client with the client's id.
+
+Nodes are found by their state: the first state of a node (or of a new incarnation of it:
+another endpoint or supervisor pid) opens a DEALER to its endpoint. A node is routable
+once that connection is up and its state says a worker is ready.
+
+Exactly one reply per request (docs/cluster.md, "Failure"): every forwarded request is
+in flight on one node until its reply comes back. A node is dead when its connection
+drops (a socket monitor sees the disconnect: its frontend died) or when its state has
+not come for `dead_after_s`. Then what it held is re-routed once to a survivor, with the
+SLO that is left (nothing left: answered `dropped`), or answered `error` when no node is
+left or it was re-routed already. A reply that comes for a request no longer in flight
+(from a node declared dead that was only slow) is dropped: duplicates never reach a
+client. A node heard from again is connected again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import msgpack
+
+from orloj_rt.cluster.publish import STATE_VERSION
+from orloj_rt.protocol.wire import DEFAULT_ENDPOINT, PROTOCOL_VERSION, new_routing_id
+
+log = logging.getLogger("orloj_rt.cluster.router")
+
+DEAD_AFTER_S = 2.0  # no state for this long: the node is dead
+CHECK_INTERVAL_S = 0.05  # how often state ages are checked (the poll's longest sleep)
+DRAIN_TIMEOUT_S = 5.0  # on SIGTERM: in-flight requests may finish for this long
+MAX_PER_WAKE = 256  # messages read from one socket per wake-up (fairness between sockets)
+GATEWAY_READY_TIMEOUT_S = 60.0
+READY_PREFIX = "orloj-rt: cluster router on "
+
+def _unpackb(buf):
+    return msgpack.unpackb(buf, raw=False, strict_map_key=False)
+
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def _reply(cid, status: str, error: str = "", result=None) -> bytes:
+    h = {"v": PROTOCOL_VERSION, "id": cid, "status": status}
+    if error:
+        h["error"] = error
+    if result is not None:
+        h["result"] = result
+    return _packb(h)
+
+
+@dataclass
+class RouterOptions:
+    models: list  # ModelEntry: the default SLOs, and the gateway's model metadata
+    bind: str = DEFAULT_ENDPOINT
+    state_bind: str = "tcp://127.0.0.1:*"
+    router: str = "orloj"
+    router_params: dict = field(default_factory=dict)
+    dead_after_s: float = DEAD_AFTER_S
+    drain_timeout_s: float = DRAIN_TIMEOUT_S
+    http_port: int | None = None
+    grpc_port: int | None = None
+    allow_remote: bool = False
+    max_frame_bytes: int = 64 << 20
+    log_level: str = "INFO"
+
+
+class _Node:
+    __slots__ = ("id", "endpoint", "pid", "sock", "monitor", "connected", "workers",
+                 "workers_ready", "offset", "heard", "pending", "sent", "since")  # fmt: skip
+
+    def __init__(self, node_id: str, endpoint: str, pid: int, sock, monitor, now: float):
+        self.id = node_id
+        self.endpoint = endpoint
+        self.pid = pid
+        self.sock = sock
+        self.monitor = monitor
+        self.connected = False
+        self.workers = 0
+        self.workers_ready = 0
+        self.offset = math.inf  # min(received - stamp): the node's clock in ours
+        self.heard = now  # when its last state came (our clock)
+        self.pending: set[int] = set()  # our ids in flight there
+        self.sent = 0  # requests forwarded to it
+        self.since = now
+
+    @property
+    def routable(self) -> bool:
+        return self.connected and self.workers_ready > 0
+
+
+class _Pending:
+    __slots__ = ("ident", "cid", "node", "header", "data", "rerouted", "t0", "op", "slo_s")
+
+    def __init__(self, ident, cid, node, header, data, op, t0, slo_s):
+        self.ident = ident  # the client's routing id (bytes)
+        self.cid = cid  # the client's request id
+        self.node = node  # the node id it was sent to
+        self.header = header  # as forwarded (our id in it); kept to re-route it
+        self.data = data  # its data frames (zmq.Frame: no copy)
+        self.rerouted = False
+        self.t0 = t0
+        self.op = op
+        self.slo_s = slo_s
+
+
+class ClusterRouter:
+    """The router process's state and loop; see the module docstring."""
+
+    def __init__(self, options: RouterOptions):
+        import zmq
+
+        from orloj_rt.cluster.routing import make_router
+
+        self._zmq = zmq
+        self.options = options
+        self.router = make_router(options.router, **options.router_params)
+        self.default_slo_s = {e.spec.name: e.spec.default_slo_ms / 1000.0 for e in options.models}
+        self.ctx = zmq.Context()
+        self.client = self.ctx.socket(zmq.ROUTER)
+        self.client.setsockopt(zmq.LINGER, 0)
+        self.client.setsockopt(zmq.SNDHWM, 0)
+        self.client.setsockopt(zmq.RCVHWM, 0)
+        self.client.setsockopt(zmq.MAXMSGSIZE, options.max_frame_bytes)
+        self.state = self.ctx.socket(zmq.SUB)
+        self.state.setsockopt(zmq.LINGER, 0)
+        self.state.setsockopt(zmq.RCVHWM, 10_000)
+        self.state.setsockopt(zmq.SUBSCRIBE, b"")
+        self.endpoint = ""
+        self.state_endpoint = ""
+        self.nodes: dict[str, _Node] = {}
+        self.inflight: dict[int, _Pending] = {}
+        self.by_client: dict[tuple, int] = {}  # (client routing id, client id) -> our id
+        self._ids = itertools.count(1)
+        self._rr = 0
+        self.poller = zmq.Poller()
+        self._socks: dict = {}  # socket -> (kind, node id)
+        self.stopping = False
+        self.started = time.monotonic()
+        self.counts = {"received": 0, "ok": 0, "dropped": 0, "rejected": 0, "error": 0,
+                       "cancelled": 0, "rerouted": 0, "lost": 0, "duplicates": 0,
+                       "nodes_lost": 0}  # fmt: skip
+        self.gateway = None  # (process, conn) when --http-port / --grpc-port
+        self.urls: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ setup
+    def bind(self) -> None:
+        zmq = self._zmq
+        for sock, ep, flag in ((self.client, self.options.bind, "--bind"),
+                               (self.state, self.options.state_bind, "--state-bind")):  # fmt: skip
+            try:
+                sock.bind(ep)
+            except zmq.ZMQError as exc:
+                raise SystemExit(f"orloj-rt cluster router: cannot listen on {ep} ({flag}): "
+                                 f"{exc}; pick another address or port") from None  # fmt: skip
+        self.endpoint = self.client.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.state_endpoint = self.state.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.poller.register(self.client, zmq.POLLIN)
+        self.poller.register(self.state, zmq.POLLIN)
+        self._socks[self.client] = ("client", "")
+        self._socks[self.state] = ("state", "")
+
+    def start_gateway(self) -> None:
+        """The HTTP/gRPC gateway process of a single instance, as a client of this router."""
+        o = self.options
+        if o.http_port is None and o.grpc_port is None:
+            return
+        import multiprocessing
+
+        from orloj_rt.protocol import messages as msgs
+        from orloj_rt.runtime.gateway_common import GatewayOptions, listen_host, run_gateway_process
+        from orloj_rt.runtime.proc import InstanceConfig
+
+        config = InstanceConfig(
+            instance=f"router-{os.getpid()}", models=tuple(o.models), ring_names=(),
+            ring_layouts=(), client_endpoint=self.endpoint, devices=(),
+            log_level=o.log_level, supervisor_pid=os.getpid(),
+            internal_endpoint=self.endpoint,
+        )  # fmt: skip
+        gw = GatewayOptions(http_port=o.http_port, grpc_port=o.grpc_port,
+                            host=listen_host(o.allow_remote))  # fmt: skip
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=run_gateway_process, args=(config, child, gw),
+                           name="gateway", daemon=True)  # fmt: skip
+        proc.start()
+        child.close()
+        self.gateway = (proc, parent)
+        deadline = time.monotonic() + GATEWAY_READY_TIMEOUT_S
+        # the gateway's health probes come here: serve while waiting for its ready message
+        while time.monotonic() < deadline:
+            if parent.poll(0):
+                msg = msgs.decode(parent.recv_bytes())
+                if isinstance(msg, msgs.ChildReady):
+                    self.urls = dict(msg.info)
+                    return
+                raise SystemExit(f"orloj-rt cluster router: the gateway failed: "
+                                 f"{getattr(msg, 'error', msg)}")  # fmt: skip
+            if not proc.is_alive():
+                raise SystemExit("orloj-rt cluster router: the gateway exited at start "
+                                 f"(code {proc.exitcode}); see its log above")  # fmt: skip
+            self.serve_once(0.02)
+        raise SystemExit("orloj-rt cluster router: the gateway was not ready within "
+                         f"{GATEWAY_READY_TIMEOUT_S:g} s")  # fmt: skip
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        """Serves until SIGTERM/SIGINT (`stopping`), then drains (bounded) and closes."""
+        while not self.stopping:
+            self.serve_once(CHECK_INTERVAL_S)
+        self.drain()
+        self.close()
+
+    def serve_once(self, timeout_s: float) -> None:
+        events = self.poller.poll(timeout_s * 1000.0)
+        for sock, _ in events:
+            kind, node_id = self._socks.get(sock, (None, ""))
+            if kind == "client":
+                self._read(sock, self._on_client)
+            elif kind == "node":
+                node = self.nodes.get(node_id)
+                if node is not None and node.sock is sock:
+                    self._read(sock, lambda f, n=node: self._on_reply(n, f))
+            elif kind == "monitor":
+                self._on_monitor(node_id, sock)
+            elif kind == "state":
+                self._on_states()
+        self._check(time.monotonic())
+
+    def _read(self, sock, handle) -> None:
+        zmq = self._zmq
+        for _ in range(MAX_PER_WAKE):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            handle(frames)
+
+    # ------------------------------------------------------------------ clients
+    def _send_client(self, ident: bytes, parts: list) -> None:
+        try:
+            self.client.send_multipart([ident, b"", *parts], self._zmq.NOBLOCK, copy=False)
+        except self._zmq.ZMQError as exc:  # a ROUTER drops for a gone peer; never fatal
+            log.debug("reply to a gone client dropped: %s", exc)
+
+    def _on_client(self, frames: list) -> None:
+        ident = frames[0].bytes
+        if len(frames) < 3 or len(frames[1]) != 0:
+            log.debug("ignored a message without the empty delimiter frame")
+            return
+        try:
+            header = _unpackb(frames[2].buffer)
+        except Exception:  # noqa: BLE001 - any garbage
+            header = None
+        if not isinstance(header, dict):
+            self._send_client(ident, [_reply(None, "error", "the header frame is not a "
+                                             "msgpack map (docs/protocol.md)")])  # fmt: skip
+            return
+        cid = header.get("id")
+        op = header.get("op", "infer")
+        if op == "health":
+            self._send_client(ident, [_reply(cid, "ok", result=self.health())])
+            return
+        if op == "stats":
+            self._send_client(ident, [_reply(cid, "ok", result=self.stats())])
+            return
+        if self.stopping:
+            self._send_client(ident, [_reply(cid, "rejected", "the cluster router is shutting "
+                                             "down: not accepting new requests")])  # fmt: skip
+            return
+        if op == "cancel":
+            self._on_cancel(ident, cid, header)
+            return
+        now = time.monotonic()
+        slo_s = None
+        if op == "infer":
+            self.counts["received"] += 1
+            slo_s = self._slo_s(header)
+        node = self._choose(header, slo_s, now) if op == "infer" else self._any_node()
+        if node is None:
+            if op == "infer":
+                self.counts["rejected"] += 1
+            self._send_client(ident, [_reply(cid, "rejected", "no node of the cluster is "
+                                             "serving right now (orloj-rt cluster status "
+                                             "shows the nodes); retry later")])  # fmt: skip
+            return
+        rid = next(self._ids)
+        header["id"] = rid
+        p = _Pending(ident, cid, node.id, header, frames[3:], op, now, slo_s)
+        self.inflight[rid] = p
+        if op == "infer":
+            self.by_client[(ident, cid)] = rid
+        self._forward(node, rid, p)
+
+    def _forward(self, node: _Node, rid: int, p: _Pending) -> None:
+        p.node = node.id
+        node.pending.add(rid)
+        node.sent += 1
+        # SNDHWM 0 on a connected DEALER: queued without limit, never blocks
+        node.sock.send_multipart([b"", _packb(p.header), *p.data], self._zmq.NOBLOCK,
+                                 copy=False)  # fmt: skip
+
+    def _slo_s(self, header: dict):
+        slo = header.get("slo_ms")
+        if slo is None:
+            return self.default_slo_s.get(header.get("model"))
+        if isinstance(slo, bool) or not isinstance(slo, (int, float)):
+            return None
+        return slo / 1000.0
+
+    def _choose(self, header: dict, slo_s, now: float) -> _Node | None:
+        from orloj_rt.cluster.routing import NoNodeError
+
+        model, app = header.get("model"), header.get("app", "default")
+        if isinstance(model, str) and isinstance(app, str) and slo_s is not None:
+            try:
+                node = self.nodes.get(self.router.choose(model, app, slo_s, now))
+            except NoNodeError:
+                return None
+            except ValueError:  # a bad slo: the node answers it `error`
+                node = None
+            if node is not None and node.routable:
+                return node
+        return self._any_node()  # a malformed request: any node answers it `error`
+
+    def _any_node(self) -> _Node | None:
+        ready = [n for n in self.nodes.values() if n.routable]
+        if not ready:
+            return None
+        self._rr += 1
+        return ready[self._rr % len(ready)]
+
+    def _on_cancel(self, ident: bytes, cid, header: dict) -> None:
+        rid = self.by_client.get((ident, header.get("target")))
+        p = self.inflight.get(rid) if rid is not None else None
+        node = self.nodes.get(p.node) if p is not None else None
+        if node is None or not node.routable:
+            self._send_client(ident, [_reply(cid, "ok", result="unknown")])
+            return
+        crid = next(self._ids)
+        ch = {"v": PROTOCOL_VERSION, "id": crid, "op": "cancel", "target": rid}
+        cp = _Pending(ident, cid, node.id, ch, [], "cancel", time.monotonic(), None)
+        cp.rerouted = True  # a cancel is never re-routed: its target's node is gone
+        self.inflight[crid] = cp
+        self._forward(node, crid, cp)
+
+    # ------------------------------------------------------------------ nodes
+    def _on_reply(self, node: _Node, frames: list) -> None:
+        if len(frames) < 2:
+            return
+        try:
+            header = _unpackb(frames[1].buffer)
+            rid = header.get("id")
+        except Exception:  # noqa: BLE001 - a node speaks the protocol; never fatal
+            log.error("ignored an unreadable reply from node %s", node.id)
+            return
+        p = self.inflight.get(rid)
+        if p is None or p.node != node.id:
+            self.counts["duplicates"] += 1  # answered already (its node was declared dead)
+            return
+        del self.inflight[rid]
+        node.pending.discard(rid)
+        if p.op == "infer":
+            self.by_client.pop((p.ident, p.cid), None)
+            status = header.get("status")
+            if status in self.counts:
+                self.counts[status] += 1
+        header["id"] = p.cid
+        self._send_client(p.ident, [_packb(header), *frames[2:]])
+
+    def _on_states(self) -> None:
+        zmq = self._zmq
+        newest: dict = {}
+        for _ in range(4 * MAX_PER_WAKE):
+            try:
+                raw = self.state.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                msg = _unpackb(raw)
+                newest[str(msg["node"])] = msg
+            except Exception:  # noqa: BLE001
+                log.warning("ignored an unreadable node state")
+        now = time.monotonic()
+        for node_id, msg in newest.items():
+            self._on_state(node_id, msg, now)
+
+    def _on_state(self, node_id: str, msg: dict, now: float) -> None:
+        from orloj_rt.cluster.routing import NodeState
+
+        if msg.get("v") != STATE_VERSION:
+            log.error("node %s publishes state version %r, this router reads %d: run the "
+                      "same orloj-rt on every node", node_id, msg.get("v"), STATE_VERSION)
+            return
+        endpoint, pid = str(msg.get("endpoint", "")), int(msg.get("pid", 0))
+        node = self.nodes.get(node_id)
+        if node is not None and (node.endpoint, node.pid) != (endpoint, pid):
+            self._lose(node, "restarted (a new instance publishes under its id)")
+            node = None
+        if node is None:
+            node = self._connect(node_id, endpoint, pid, now)
+        node.heard = now
+        node.workers = int(msg.get("workers", 0))
+        node.workers_ready = int(msg.get("workers_ready", 0))
+        wire = msg["state"]
+        stamp = float(wire["stamp"])
+        node.offset = min(node.offset, now - stamp)
+        wire["stamp"] = stamp + node.offset  # the state's time on this process's clock
+        if node.routable:
+            self.router.update(node_id, NodeState.from_wire(wire), now)
+        else:
+            self.router.remove(node_id)
+
+    def _connect(self, node_id: str, endpoint: str, pid: int, now: float) -> _Node:
+        zmq = self._zmq
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.ROUTING_ID, new_routing_id())  # kept across reconnects
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        sock.connect(endpoint)
+        node = _Node(node_id, endpoint, pid, sock, monitor, now)
+        self.nodes[node_id] = node
+        for s, kind in ((sock, "node"), (monitor, "monitor")):
+            self.poller.register(s, zmq.POLLIN)
+            self._socks[s] = (kind, node_id)
+        log.info("node %s: connecting to %s (supervisor pid %d)", node_id, endpoint, pid)
+        return node
+
+    def _on_monitor(self, node_id: str, monitor) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        zmq = self._zmq
+        node = self.nodes.get(node_id)
+        for _ in range(MAX_PER_WAKE):
+            try:
+                ev = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if node is None or node.monitor is not monitor:
+                continue
+            if ev["event"] == zmq.EVENT_CONNECTED:
+                node.connected = True
+                log.info("node %s: connected", node_id)
+            elif ev["event"] == zmq.EVENT_DISCONNECTED:
+                self._lose(node, "its connection dropped")
+                return
+
+    def _check(self, now: float) -> None:
+        dead_after = self.options.dead_after_s
+        for node in list(self.nodes.values()):
+            if now - node.heard > dead_after:
+                self._lose(node, f"no state for {now - node.heard:.1f} s")
+
+    def _lose(self, node: _Node, why: str) -> None:
+        """The node is gone: forget it, and answer or re-route what it held."""
+        log.warning("node %s (%s) lost: %s; %d request(s) in flight there", node.id,
+                    node.endpoint, why, len(node.pending))  # fmt: skip
+        self.counts["nodes_lost"] += 1
+        self.router.remove(node.id)
+        self.nodes.pop(node.id, None)
+        for s in (node.sock, node.monitor):
+            self.poller.unregister(s)
+            self._socks.pop(s, None)
+        node.sock.disable_monitor()
+        node.monitor.close(linger=0)
+        node.sock.close(linger=0)
+        now = time.monotonic()
+        for rid in sorted(node.pending):
+            p = self.inflight.pop(rid, None)
+            if p is not None:
+                self._orphan(p, node, now)
+        node.pending.clear()
+
+    def _orphan(self, p: _Pending, node: _Node, now: float) -> None:
+        """A request whose node died: re-routed once if a node is left and SLO time too."""
+        left = None if p.slo_s is None else p.slo_s - (now - p.t0)
+        if p.op == "infer" and not p.rerouted and not self.stopping:
+            target = None
+            if left is not None and left > 0:
+                target = self._choose(p.header, left, now)
+            if target is not None:
+                rid = next(self._ids)
+                p.rerouted = True
+                p.header["id"] = rid
+                p.header["slo_ms"] = left * 1000.0
+                self.inflight[rid] = p
+                self.by_client[(p.ident, p.cid)] = rid
+                self.counts["rerouted"] += 1
+                self._forward(target, rid, p)
+                return
+            if left is not None and left <= 0:
+                self._answer(p, "dropped", f"node {node.id} died while it held this request, "
+                             "and no SLO time was left to run it elsewhere")  # fmt: skip
+                return
+        self._answer(p, "error", f"node {node.id} ({node.endpoint}) died while it held this "
+                     "request; it may or may not have run; retry it")  # fmt: skip
+
+    def _answer(self, p: _Pending, status: str, error: str) -> None:
+        if p.op == "infer":
+            self.by_client.pop((p.ident, p.cid), None)
+            self.counts[status] += 1
+            self.counts["lost"] += status == "error"
+        self._send_client(p.ident, [_reply(p.cid, status, error)])
+
+    # ------------------------------------------------------------------ answers
+    def health(self) -> dict:
+        nodes = list(self.nodes.values())
+        ready = sum(n.routable for n in nodes)
+        status = ("shutting_down" if self.stopping
+                  else "ok" if nodes and ready == len(nodes) else "degraded")  # fmt: skip
+        pids = {"supervisor": os.getpid(), "frontend": os.getpid(), "scheduler": 0,
+                "workers": []}  # fmt: skip
+        if self.gateway is not None:
+            pids["gateway"] = self.gateway[0].pid or 0
+        return {
+            "status": status,
+            "workers": sum(n.workers for n in nodes if n.routable),
+            "workers_ready": sum(n.workers_ready for n in nodes if n.routable),
+            "nodes_ready": ready,
+            "pids": pids,
+            "nodes": self.node_table(),
+        }
+
+    def node_table(self) -> dict:
+        now = time.monotonic()
+        return {n.id: {"endpoint": n.endpoint, "supervisor_pid": n.pid,
+                       "connected": n.connected, "workers": n.workers,
+                       "workers_ready": n.workers_ready, "in_flight": len(n.pending),
+                       "sent": n.sent, "state_age_ms": round((now - n.heard) * 1000.0, 1)}
+                for n in self.nodes.values()}  # fmt: skip
+
+    def stats(self) -> dict:
+        answered = sum(self.counts[k] for k in ("ok", "dropped", "rejected", "error"))
+        return {
+            **self.counts,
+            "in_flight": sum(p.op == "infer" for p in self.inflight.values()),
+            "answered": answered,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "router": self.options.router,
+            "choices_with_stale_state": getattr(self.router, "fallbacks", 0),
+            "nodes": self.node_table(),
+        }
+
+    # ------------------------------------------------------------------ shutdown
+    def drain(self) -> None:
+        """Lets what is in flight finish for up to drain_timeout_s, then answers the rest."""
+        deadline = time.monotonic() + self.options.drain_timeout_s
+        while self.inflight and time.monotonic() < deadline:
+            self.serve_once(0.02)
+        for rid in list(self.inflight):
+            p = self.inflight.pop(rid)
+            self._answer(p, "rejected", "the cluster router shut down before the node answered")
+
+    def close(self) -> None:
+        if self.gateway is not None:
+            from orloj_rt.protocol import messages as msgs
+
+            proc, conn = self.gateway
+            with contextlib.suppress(OSError):
+                conn.send_bytes(msgs.encode(msgs.Shutdown()))
+            proc.join(5.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(2.0)
+        for node in list(self.nodes.values()):
+            node.sock.disable_monitor()
+            node.monitor.close(linger=0)
+            node.sock.close(linger=0)
+        self.client.close(linger=0)
+        self.state.close(linger=0)
+        self.ctx.term()
+
+
+# ---------------------------------------------------------------------- the process
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m orloj_rt.cluster.router",
+                                description="The orloj-rt cluster's entry point (started by "
+                                "`orloj-rt cluster start`; docs/cluster.md).")  # fmt: skip
+    p.add_argument("--bind", default=DEFAULT_ENDPOINT)
+    p.add_argument("--state-bind", default="tcp://127.0.0.1:*")
+    p.add_argument("--router", default="orloj")
+    p.add_argument("--models", default="")
+    p.add_argument("--http-port", type=int)
+    p.add_argument("--grpc-port", type=int)
+    p.add_argument("--allow-remote", action="store_true")
+    p.add_argument("--dead-after", type=float, default=DEAD_AFTER_S)
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from orloj_rt.runtime.proc import configure_logging, set_process_title
+    from orloj_rt.runtime.security import check_bind
+
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, "cluster-router")
+    set_process_title("orloj-rt: cluster router")
+    problem = check_bind(args.bind, args.allow_remote)
+    if problem:
+        print(f"orloj-rt cluster router: {problem}", file=sys.stderr)
+        return 2
+    if args.models:
+        from orloj_rt.models.repository import load_repository
+
+        models = load_repository(args.models)
+    else:
+        from orloj_rt.models.builtin import default_entries
+
+        models = default_entries()
+    opts = RouterOptions(models=models, bind=args.bind, state_bind=args.state_bind,
+                         router=args.router, dead_after_s=args.dead_after,
+                         http_port=args.http_port, grpc_port=args.grpc_port,
+                         allow_remote=args.allow_remote, log_level=args.log_level)  # fmt: skip
+    r = ClusterRouter(opts)
+
+    def on_signal(signum, frame) -> None:
+        r.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    r.bind()
+    r.start_gateway()
+    urls = "".join(f"; {k} {v}" for k, v in sorted(r.urls.items()))
+    print(f"{READY_PREFIX}{r.endpoint} (state {r.state_endpoint}; router {opts.router}; "
+          f"pid {os.getpid()}{urls})", flush=True)  # fmt: skip
+    r.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""The cluster router process (orloj_rt/cluster/router.py) against fake nodes: a real
+router subprocess, real ZeroMQ sockets; each fake node is a ROUTER socket that answers
+like a frontend and a PUB that publishes a real NodeState like a node's scheduler.
+
+Relaying (ids of two clients that collide, data frames intact, health), a cancel reaching
+the node that holds its target, and exactly one reply per request when a node dies with
+requests in flight (re-routed once) and when it then answers late (never relayed: its
+connection was closed when it was declared dead)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from orloj_rt.client import Client
+from orloj_rt.cluster.publish import STATE_VERSION
+from orloj_rt.cluster.routing import NodeState
+
+READY = re.compile(r"cluster router on (\S+) \(state (\S+);")
+TIMEOUT_S = 20.0
+
+
+class FakeNode:
+    """A node: answers `infer` ok with its inputs echoed and `"node"` in the reply, or holds
+    its requests while `hold` is set; answers a cancel `queued` and its target `cancelled`."""
+
+    def __init__(self, name: str, state_endpoint: str):
+        self.name = name
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.connect(state_endpoint)
+        self.hold = False
+        self.publish = True
+        self.held: list = []
+        self.seen: list = []  # ids received (the router's)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _state(self) -> bytes:
+        st = NodeState(node=self.name, stamp=time.monotonic(), workers=1)
+        return msgpack.packb({"v": STATE_VERSION, "node": self.name, "endpoint": self.endpoint,
+                              "pid": os.getpid(), "seq": 0, "workers": 1, "workers_ready": 1,
+                              "state": st.to_wire()})  # fmt: skip
+
+    def answer(self, frames: list) -> None:
+        ident, _, raw, *data = frames
+        h = msgpack.unpackb(raw)
+        out = {"v": 1, "id": h["id"], "status": "ok", "node": self.name}
+        if h.get("op") == "cancel":
+            out["result"] = "queued"
+            tgt = [f for f in self.held if msgpack.unpackb(f[2])["id"] == h["target"]]
+            for f in tgt:
+                self.held.remove(f)
+                self.sock.send_multipart([f[0], b"", msgpack.packb(
+                    {"v": 1, "id": h["target"], "status": "cancelled"})])  # fmt: skip
+        elif h.get("op", "infer") == "infer":
+            out["outputs"] = h.get("inputs", [])
+        self.sock.send_multipart([ident, b"", msgpack.packb(out), *data])
+
+    def _loop(self) -> None:
+        next_state = 0.0
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if self.publish and now >= next_state:
+                self.pub.send(self._state())
+                next_state = now + 0.005
+            if self.sock.poll(2):
+                frames = self.sock.recv_multipart()
+                h = msgpack.unpackb(frames[2])
+                self.seen.append(h["id"])
+                if self.hold and h.get("op", "infer") == "infer":
+                    self.held.append(frames)
+                else:
+                    self.answer(frames)
+        self.sock.close(linger=0)
+        self.pub.close(linger=0)
+        self.ctx.term()
+
+    def release(self) -> None:
+        """Answers what it held (late, from the router's point of view)."""
+        self.hold = False
+        for f in self.held:
+            self.answer(f)
+        self.held.clear()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def router():
+    cmd = [sys.executable, "-m", "orloj_rt.cluster.router", "--bind", "tcp://127.0.0.1:*",
+           "--state-bind", "tcp://127.0.0.1:*", "--router", "round-robin",
+           "--dead-after", "0.5", "--log-level", "WARNING"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        m = READY.search(line)
+        assert m, f"no ready line from the router: {line!r}"
+        yield proc, m.group(1), m.group(2)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def wait_for(pred, what: str, timeout_s: float = TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def nodes_ready(client: Client, n: int) -> bool:
+    return client.health()["nodes_ready"] == n
+
+
+@contextlib.contextmanager
+def fake_nodes(state_ep: str, n: int):
+    nodes = [FakeNode(f"n{i}", state_ep) for i in range(n)]
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            node.close()
+
+
+def dealer(endpoint: str):
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    return s
+
+
+def send(sock, rid: int, data: bytes, **extra) -> None:
+    h = {"v": 1, "id": rid, "model": "early_exit", "slo_ms": 5000.0,
+         "inputs": [{"name": "tokens", "dtype": "int64", "shape": [len(data) // 8]}], **extra}
+    sock.send_multipart([b"", msgpack.packb(h), data])
+
+
+def recv_all(sock, n: int, timeout_s: float = TIMEOUT_S, extra_s: float = 0.0) -> list:
+    """n replies, then whatever else comes within extra_s (there must be nothing)."""
+    out = []
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < deadline:
+        if sock.poll(50):
+            out.append(sock.recv_multipart())
+    end = time.monotonic() + extra_s
+    while time.monotonic() < end:
+        if sock.poll(50):
+            out.append(sock.recv_multipart())
+    return [(msgpack.unpackb(f[1]), f[2:]) for f in out]
+
+
+def test_relays_to_every_node_with_the_clients_ids(router):
+    _, ep, state_ep = router
+    with fake_nodes(state_ep, 2) as nodes, Client(ep, timeout_s=10) as c:
+        wait_for(lambda: nodes_ready(c, 2), "both nodes ready")
+        h = c.health()
+        assert h["status"] == "ok" and h["workers_ready"] == 2
+        assert set(h["nodes"]) == {"n0", "n1"}
+        a, b = dealer(ep), dealer(ep)
+        for i in range(20):  # the same ids from two clients
+            send(a, i, np.full(3, i, "<i8").tobytes())
+            send(b, i, np.full(3, 100 + i, "<i8").tobytes())
+        served = set()
+        for sock, base in ((a, 0), (b, 100)):
+            got = recv_all(sock, 20, extra_s=0.2)
+            assert sorted(h["id"] for h, _ in got) == list(range(20))
+            for h, data in got:
+                assert h["status"] == "ok"
+                assert np.frombuffer(data[0], "<i8").tolist() == [base + h["id"]] * 3
+            served |= {h["node"] for h, _ in got}
+        assert served == {"n0", "n1"}  # round-robin: both serve
+        stats = c.stats()
+        assert stats["received"] == 40 and stats["ok"] == 40 and stats["in_flight"] == 0
+        a.close()
+        b.close()
+        assert nodes[0].seen and nodes[1].seen
+
+
+def test_cancel_reaches_the_node_that_holds_the_target(router):
+    _, ep, state_ep = router
+    with fake_nodes(state_ep, 2) as nodes, Client(ep, timeout_s=10) as c:
+        wait_for(lambda: nodes_ready(c, 2), "both nodes ready")
+        for n in nodes:
+            n.hold = True
+        s = dealer(ep)
+        send(s, 7, np.zeros(2, "<i8").tobytes())
+        wait_for(lambda: any(n.held for n in nodes), "the request held")
+        s.send_multipart([b"", msgpack.packb({"v": 1, "id": 8, "op": "cancel", "target": 7})])
+        got = {h["id"]: h for h, _ in recv_all(s, 2, extra_s=0.2)}
+        assert set(got) == {7, 8}
+        assert got[7]["status"] == "cancelled"
+        assert got[8]["status"] == "ok" and got[8]["result"] == "queued"
+        s.send_multipart([b"", msgpack.packb({"v": 1, "id": 9, "op": "cancel", "target": 70})])
+        (h, _), = recv_all(s, 1)
+        assert h["id"] == 9 and h["result"] == "unknown"
+        s.close()
+
+
+def test_a_dead_nodes_requests_get_exactly_one_reply(router):
+    _, ep, state_ep = router
+    with fake_nodes(state_ep, 2) as nodes, Client(ep, timeout_s=10) as c:
+        wait_for(lambda: nodes_ready(c, 2), "both nodes ready")
+        slow = nodes[1]
+        slow.hold = True
+        s = dealer(ep)
+        for i in range(10):
+            send(s, i, np.full(2, i, "<i8").tobytes())
+        wait_for(lambda: len(slow.held) == 5, "half the requests held by the slow node")
+        first = recv_all(s, 5)  # the healthy node's
+        assert {h["node"] for h, _ in first} == {"n0"}
+        slow.publish = False  # it stops publishing: declared dead after 0.5 s
+        rerouted = recv_all(s, 5)
+        assert {h["node"] for h, _ in rerouted} == {"n0"}  # re-routed once, to the survivor
+        for h, data in rerouted:
+            assert np.frombuffer(data[0], "<i8").tolist() == [h["id"]] * 2
+        ids = sorted(h["id"] for h, _ in first + rerouted)
+        assert ids == list(range(10))
+        slow.release()  # its late answers must not reach the client
+        assert recv_all(s, 0, extra_s=0.5) == []
+        stats = c.stats()
+        assert stats["rerouted"] == 5 and stats["nodes_lost"] == 1 and stats["ok"] == 10
+        assert c.health()["nodes_ready"] == 1
+        # the node is back (publishes again): connected again and served
+        slow.publish = True
+        wait_for(lambda: nodes_ready(c, 2), "the node back")
+        for i in range(10, 14):
+            send(s, i, np.zeros(1, "<i8").tobytes())
+        got = recv_all(s, 4, extra_s=0.2)
+        assert sorted(h["id"] for h, _ in got) == [10, 11, 12, 13]
+        assert {h["node"] for h, _ in got} == {"n0", "n1"}
+        s.close()
+
+
+def test_no_node_left_answers_every_request(router):
+    _, ep, state_ep = router
+    with fake_nodes(state_ep, 1) as nodes, Client(ep, timeout_s=10) as c:
+        wait_for(lambda: nodes_ready(c, 1), "the node ready")
+        nodes[0].hold = True
+        s = dealer(ep)
+        for i in range(3):
+            send(s, i, np.zeros(1, "<i8").tobytes())
+        wait_for(lambda: len(nodes[0].held) == 3, "the requests held")
+        nodes[0].publish = False
+        got = recv_all(s, 3, extra_s=0.2)
+        assert sorted(h["id"] for h, _ in got) == [0, 1, 2]
+        assert {h["status"] for h, _ in got} == {"error"}
+        assert "died while it held this request" in got[0][0]["error"]
+        send(s, 5, np.zeros(1, "<i8").tobytes())  # nothing to route to
+        (h, _), = recv_all(s, 1)
+        assert h["id"] == 5 and h["status"] == "rejected"
+        s.close()
