@@ -107,6 +107,9 @@ def register(sub) -> None:
                    "comma-separated list, or else text. The same keys as `orloj-rt start "
                    "--policy-param`")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from orloj_rt.cluster import sim_cli
+
+    sim_cli.add_args(p, positive)
     p.set_defaults(func=run)
 
 
@@ -235,10 +238,14 @@ def format_app_table(result: dict) -> list[str]:
 
 
 def run(args) -> int:
+    from orloj_rt.cluster import sim_cli
     from orloj_rt.sim.experiment import run as run_cell
 
     try:
         config = config_from_args(args)
+        if args.nodes is not None:  # across nodes: orloj_rt/sim/cluster.py
+            return sim_cli.run(args, config.workload)
+        sim_cli.check_without_nodes(args)
         result = run_cell(config)
     except (ValueError, OSError) as exc:
         print(f"orloj-rt sim: {exc}", file=sys.stderr)
