@@ -5,6 +5,7 @@
     .venv/bin/python bench/e2e_finish_rate.py --json             # one JSON object
     .venv/bin/python bench/e2e_finish_rate.py --out docs/results/e2e_finish_rate   # + PNG
     .venv/bin/python bench/e2e_finish_rate.py --hints --out docs/results/e2e_hints  # issue 15
+    .venv/bin/python bench/e2e_finish_rate.py --variants                 # issue 17
 
 For each model (one at a time) it starts one server per policy (`orloj-rt start --models
 REPO --cpu-workers 1 --policy P`: frontend, scheduler, one CPU worker), one after another,
@@ -42,6 +43,17 @@ models:
   tokens it generates) x an independent LogNormal noise factor of mean 1 and CoV 0.6,
   drawn from a seeded stream of its own, so every policy sees the same hints.
 - `early_exit` as above, without hints (the control: orloj against orloj-nohint).
+
+`--variants` (issue 17): accuracy scaling end to end. early_exit (bimodal depths, as
+above) on two orloj servers: `orloj` serves it without variants (its repository says
+`variants = []`), `orloj+variants` with its built-in variants (`full`, `half`: at most 6
+layers, `quarter`: at most 3; declared accuracies 1.0, 0.93, 0.85). Its capacity is
+measured first on the `orloj` server: the ok replies per second under a saturating load
+(4x the rate of one mean solo time) with an SLO no request misses. Each cell sends 2x that
+capacity. Answered within SLO: ok and within its SLO / requests sent; `mean_accuracy`: the
+declared accuracy of the variant that served each request answered within its SLO
+(1.0 without variants); `utility`: their sum / requests sent. Target (issue 17):
+orloj+variants answers >= 1.5x as many requests within their SLO as orloj.
 
 After every cell, the orloj and sjf-hint servers' `stats` give the hint classes fitted and
 each class's mean solo time learned so far (`hint_stats` in the JSON). Targets (issue 15):
@@ -100,6 +112,17 @@ HINT_TARGET_VS_NEXUS_CLOCKWORK = 1.5
 HINT_TARGET_VS_SJF = 1.1
 CONTROL_MIN_TOLERANCE = 0.03  # early_exit: orloj >= orloj-nohint - max(this, 2 SE)
 DEFAULT_MODELS = ("early_exit", "generate")
+
+# `--variants` (issue 17): early_exit with and without its variants, at 2x its capacity
+VARIANT_LABELS = ("orloj", "orloj+variants")
+VARIANT_MODEL = "early_exit"
+VARIANT_OVERLOAD = 2.0  # the cells' rate, in units of the measured capacity
+VARIANT_SLO_MULTS = (5.0, 10.0, 20.0)
+VARIANT_QUICK_SLO_MULTS = (10.0,)
+VARIANT_REQUESTS, VARIANT_QUICK_REQUESTS = 1500, 600
+CAPACITY_LOAD = 4.0  # the capacity probe's rate, in units of one mean solo time
+CAPACITY_REQUESTS = 1200
+TARGET_VARIANTS = 1.5
 
 
 @dataclass(frozen=True)
@@ -312,15 +335,17 @@ def chunks_of(requests, times, slo_ms: float, chunk_s: float):
     return out
 
 
-def start_servers(model: str, policies, repo: Path, log) -> dict[str, ServerProcess]:
+def start_servers(model: str, policies, repo: Path, log,
+                  policy: str | None = None) -> dict[str, ServerProcess]:  # fmt: skip
     """One server per policy, started one after another (each measures its model's c(b)
     and prior at warm-up: two warming up at once would disturb each other). A label of
-    POLICY_ARGS (orloj-nohint) starts its policy with its parameters."""
+    POLICY_ARGS (orloj-nohint) starts its policy with its parameters; `policy`, when
+    given, is every label's policy (the labels name repositories: --variants)."""
     servers: dict[str, ServerProcess] = {}
     try:
         for p in policies:
-            server_args = ["--models", str(repo), "--cpu-workers", "1",
-                           *POLICY_ARGS.get(p, ("--policy", p)),
+            chosen = ("--policy", policy) if policy else POLICY_ARGS.get(p, ("--policy", p))
+            server_args = ["--models", str(repo), "--cpu-workers", "1", *chosen,
                            "--log-level", "WARNING"]  # fmt: skip
             servers[p] = ServerProcess(server_args, stderr=log, start_timeout_s=180).start()
     except BaseException:
@@ -531,6 +556,138 @@ def run_model(model: str, policies, args, repo: Path, trace, log,
     policy_order = {p: i for i, p in enumerate(policies)}
     rows.sort(key=lambda r: (r["rate"], r["slo_ms"], policy_order[r["policy"]]))
     return rows
+
+
+def variant_repos(directory: Path) -> dict[str, Path]:
+    """Per label, a repository serving early_exit without variants or with its own."""
+    out = {}
+    for label, extra in (("orloj", "variants = []\n"), ("orloj+variants", "")):
+        repo = directory / ("repo_" + label.replace("+", "_"))
+        repo.mkdir(parents=True, exist_ok=True)
+        (repo / f"{VARIANT_MODEL}.toml").write_text(f'builtin = "{VARIANT_MODEL}"\n{extra}')
+        out[label] = repo
+    return out
+
+
+def measure_capacity(server: ServerProcess, mean_s: float, seed: int) -> float:
+    """The ok replies per second of `server` under a saturating load (CAPACITY_LOAD x the
+    rate of one mean solo time) with an SLO (60 s) that no request misses."""
+    rate = CAPACITY_LOAD / mean_s
+    reqs, times, _ = workload(VARIANT_MODEL, CAPACITY_REQUESTS, rate, 60_000.0, seed + 2000,
+                              None)  # fmt: skip
+    report = run_open_loop(server.endpoint, reqs, times, drain_timeout_s=60.0)
+    ok = sum(o.status == "ok" for o in report.outcomes)
+    if not ok or report.duration_s <= 0:
+        raise RuntimeError("the capacity probe got no ok reply")
+    return ok / report.duration_s
+
+
+def variant_row(chunks, accuracy: dict[str, float]) -> dict:
+    """`aggregate` plus what accuracy scaling adds: per variant the requests it answered
+    (ok) and of them in time; answered within SLO; the mean declared accuracy of the
+    answers in time and the utility (their accuracies summed / requests sent)."""
+    r = aggregate(chunks)
+    outcomes = [o for c in chunks for o in c[0]]
+    in_time = [o for o in outcomes if o.status == "ok" and o.met_slo]
+    accs = [accuracy.get(o.variant, 1.0) if o.variant else 1.0 for o in in_time]
+    mix: dict[str, dict] = {}
+    for o in outcomes:
+        if o.status == "ok":
+            m = mix.setdefault(o.variant or "-", {"ok": 0, "in_slo": 0})
+            m["ok"] += 1
+            m["in_slo"] += bool(o.met_slo)
+    r.update(answered_in_slo=r["finish_rate"], variants=mix,
+             mean_accuracy=float(np.mean(accs)) if accs else None,
+             utility=float(sum(accs)) / len(outcomes))  # fmt: skip
+    return r
+
+
+def run_variants(args, tmp_path: Path, log) -> tuple[list[dict], dict]:
+    """`--variants`: the capacity, then every cell on both servers, chunk by chunk in
+    turns (as run_model does)."""
+    repos = variant_repos(tmp_path)
+    accuracy = {v.name: v.accuracy for v in BUILTIN_MODELS[VARIANT_MODEL].spec.variants}
+    sweep = SWEEPS[VARIANT_MODEL]
+    servers: dict[str, ServerProcess] = {}
+    rows: list[dict] = []
+    t0 = time.monotonic()
+    try:
+        for label in VARIANT_LABELS:
+            servers.update(start_servers(VARIANT_MODEL, [label], repos[label], log,
+                                         policy="orloj"))  # fmt: skip
+        if not args.json:
+            print(f"  {VARIANT_MODEL}: {len(servers)} servers ready in "
+                  f"{time.monotonic() - t0:.1f} s", flush=True)  # fmt: skip
+        pids = {p: scheduler_pid(s.endpoint) for p, s in servers.items()}
+        reqs, times, _ = workload(VARIANT_MODEL, args.warmup, sweep.warmup_rate,
+                                  sweep.warmup_slo_ms, args.seed + 1000, None)  # fmt: skip
+        for s in servers.values():
+            run_open_loop(s.endpoint, reqs, times, drain_timeout_s=30.0)
+        mean_s = learned_mean_solo_s({"orloj": servers["orloj"]}, VARIANT_MODEL)
+        capacity = measure_capacity(servers["orloj"], mean_s, args.seed)
+        rate = round(VARIANT_OVERLOAD * capacity, 1)
+        if not args.json:
+            print(f"  {VARIANT_MODEL}: mean solo time {mean_s * 1e3:.2f} ms; capacity "
+                  f"{capacity:.0f} ok/s (orloj, no variants); cells at {rate:g} req/s",
+                  flush=True)  # fmt: skip
+        mults = VARIANT_QUICK_SLO_MULTS if args.quick else VARIANT_SLO_MULTS
+        n = args.requests or (VARIANT_QUICK_REQUESTS if args.quick else VARIANT_REQUESTS)
+        turn = 0
+        for mult in mults:
+            slo_ms = round(mult * mean_s * 1e3, 1)
+            reqs, times, _ = workload(VARIANT_MODEL, n, rate, slo_ms, args.seed, None)
+            done: dict[str, list] = {p: [] for p in VARIANT_LABELS}
+            for creqs, ctimes in chunks_of(reqs, times, slo_ms, args.chunk_s):
+                for i in range(len(VARIANT_LABELS)):
+                    p = VARIANT_LABELS[(turn + i) % len(VARIANT_LABELS)]
+                    done[p].append(run_chunk(servers[p].endpoint, pids[p], creqs, ctimes,
+                                             slo_ms))  # fmt: skip
+                turn += 1
+            for p in VARIANT_LABELS:
+                r = variant_row(done[p], accuracy if p == "orloj+variants" else {})
+                r.update(model=VARIANT_MODEL, slo_ms=slo_ms, rate=rate, policy=p,
+                         slo_mult=mult, load=VARIANT_OVERLOAD, load_unit="capacity",
+                         mean_solo_ms=mean_s * 1e3, capacity=capacity)  # fmt: skip
+                rows.append(r)
+                if not args.json:
+                    mix = " ".join(f"{k}:{v['ok']}" for k, v in sorted(r["variants"].items()))
+                    print(f"  {p:<15} SLO {slo_ms:>6g} ms ({mult:g}x)  rate {rate:>6g}/s  "
+                          f"in SLO {r['answered_in_slo']:6.1%}  accuracy "
+                          f"{r['mean_accuracy'] or 0:.3f}  batch {r['mean_batch']:5.2f}  "
+                          f"{r['counts']}  variants {mix}", flush=True)  # fmt: skip
+    finally:
+        bad = stop_servers(servers)
+    if bad:
+        raise RuntimeError("; ".join(bad))
+    return rows, {"capacity": capacity, "mean_solo_ms": mean_s * 1e3, "rate": rate}
+
+
+def variant_table(rows: list[dict]) -> tuple[list[str], list[dict]]:
+    """`--variants`: markdown lines and one verdict per cell (target: orloj+variants
+    answers >= 1.5x orloj's requests within their SLO)."""
+    by = {(r["slo_ms"], r["policy"]): r for r in rows}
+    head = ("| load (capacity) | rate /s | SLO / mean solo | SLO ms | orloj in SLO | "
+            "orloj+variants in SLO | ratio | mean accuracy | utility (orloj, +variants) | "
+            "variants served (ok) | target |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    verdicts = []
+    for s in sorted({r["slo_ms"] for r in rows}):
+        o, v = by.get((s, "orloj")), by.get((s, "orloj+variants"))
+        if o is None or v is None:
+            continue
+        a, b = o["answered_in_slo"], v["answered_in_slo"]
+        ratio = b / a if a else float("inf") if b else None
+        met = ratio is not None and ratio >= TARGET_VARIANTS
+        verdicts.append({"slo_ms": s, "slo_mult": v["slo_mult"], "rate": v["rate"],
+                         "orloj": a, "orloj+variants": b, "ratio": ratio,
+                         "mean_accuracy": v["mean_accuracy"], "met": met})  # fmt: skip
+        mix = ", ".join(f"{k} {x['ok']}" for k, x in sorted(v["variants"].items()))
+        acc = "-" if v["mean_accuracy"] is None else f"{v['mean_accuracy']:.3f}"
+        lines.append(f"| {v['load']:g} | {v['rate']:g} | {v['slo_mult']:g} | {s:g} | "
+                     f"{a:.3f} | {b:.3f} | {'-' if ratio is None else f'{ratio:.2f}'} | "
+                     f"{acc} | {o['utility']:.3f}, {v['utility']:.3f} | {mix} | "
+                     f"{'**met**' if met else '**missed**'} |")  # fmt: skip
+    return lines, verdicts
 
 
 # ---------------------------------------------------------------------- reports
@@ -831,6 +988,9 @@ def main() -> int:
                          "hints, generate with noisy client hints, early_exit without; "
                          "orloj, orloj-nohint (orloj with hint_classes=0), sjf-hint and the "
                          "baselines; the hint classes learned after every cell")
+    ap.add_argument("--variants", action="store_true",
+                    help="accuracy scaling end to end (issue 17): early_exit on orloj "
+                         "without and with its variants, at 2x its measured capacity")
     ap.add_argument("--slos", help="comma-separated SLOs in ms instead of the sweep's "
                                    "multiples of the mean solo time (one model only)")
     ap.add_argument("--rates", help="comma-separated rates in req/s instead of the sweep's "
@@ -854,8 +1014,10 @@ def main() -> int:
     ap.add_argument("--plot-from", type=Path, metavar="RESULTS_JSON",
                     help="only redraw the PNG (beside the file) from a run's results.json")
     args = ap.parse_args()
-    if args.hints and args.step:
-        ap.error("--hints and --step are separate sweeps: give one")
+    if sum(map(bool, (args.hints, args.step, args.variants))) > 1:
+        ap.error("--hints, --step and --variants are separate sweeps: give one")
+    if args.variants:
+        return main_variants(args)
     if args.models is None:
         args.models = ",".join(HINT_SWEEPS if args.hints else DEFAULT_MODELS)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -964,6 +1126,55 @@ def main() -> int:
               f"{c['max_scheduler_cpu']:.1%} of one core (target < 25%: "
               f"{'met' if c['met'] else 'missed'})")  # fmt: skip
     print(f"elapsed {elapsed:.0f} s")
+    return 0
+
+
+def main_variants(args) -> int:
+    """`--variants`: run, then the table (or one JSON object) and the verdict."""
+    args.warmup = args.warmup or (100 if args.quick else 200)
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="orloj_e2e_") as tmp:
+        tmp_path = Path(tmp)
+        log_path = tmp_path / "servers.log"
+        with open(log_path, "w") as log:
+            try:
+                rows, probe = run_variants(args, tmp_path, log)
+            except Exception:
+                log.flush()
+                print(log_path.read_text()[-4000:], file=sys.stderr)
+                raise
+    elapsed = time.monotonic() - started
+    lines, verdicts = variant_table(rows)
+    command = "python bench/e2e_finish_rate.py " + " ".join(sys.argv[1:])
+    result = {
+        "mode": "variants",
+        "rows": [{k: r[k] for k in ("model", "slo_ms", "rate", "policy", "answered_in_slo",
+                                    "mean_accuracy", "utility")} for r in rows],  # fmt: skip
+        "details": rows,
+        "cells": verdicts,
+        "capacity": probe,
+        "elapsed_s": elapsed,
+        "command": command,
+        "loadavg": {"before": load_before, "after": os.getloadavg()},
+    }
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(result, indent=1))
+        (args.out / "results.md").write_text(f"`{command}` ({elapsed:.0f} s)\n\n"
+                                             + "\n".join(lines) + "\n")  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print()
+    print("\n".join(lines))
+    print()
+    met = sum(bool(v["met"]) for v in verdicts)
+    print(f"early_exit at {VARIANT_OVERLOAD:g}x its capacity ({probe['capacity']:.0f} ok/s): "
+          f"orloj+variants answers >= {TARGET_VARIANTS:g}x orloj's requests within their "
+          f"SLO in {met} of {len(verdicts)} cells")  # fmt: skip
+    print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; "
+          f"elapsed {elapsed:.0f} s")
     return 0
 
 
