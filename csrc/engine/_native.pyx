@@ -668,7 +668,7 @@ cdef class OrlojPolicy:
         a = self._apps.get(app)
         return 0 if a is None else self.e.queued(a)
 
-    def enqueue(self, req_id, app, arrival, deadline, hint=None):
+    def enqueue(self, req_id, app, arrival, deadline, hint=None, priority=0):
         cdef double arr = arrival
         cdef double dl = deadline
         if not isfinite(arr):
@@ -758,4 +758,44 @@ cdef class OrlojPolicy:
             self._apps.clock = t
         with nogil:
             self.e.decide(t, &batch, &dropped)
-        return _new_tuple(Decision, (batch, dropped, []))
+        return _new_tuple(Decision, (batch, dropped, [], None))
+
+    cdef double _now(self, now) except? -1.0:
+        cdef double t = now
+        if not isfinite(t):
+            raise ValueError(f"now must be finite, got {now!r}")
+        if t > self._apps.clock:
+            self._apps.clock = t
+        return t
+
+    def drop_hopeless(self, now):
+        """Step 1 of a decision alone: removes and returns the requests that cannot
+        finish even alone and now (the pure twin's drop_hopeless)."""
+        cdef double t = self._now(now)
+        cdef vector[int64_t] dropped
+        with nogil:
+            self.e.drop_hopeless(t, &dropped)
+        return dropped
+
+    def evaluate(self, now):
+        """(score, ids) of the batch decide(now) would dispatch after its drops, changing
+        no queue; (-1.0, []) if nothing would run (the pure twin's evaluate)."""
+        cdef double t = self._now(now)
+        cdef vector[int64_t] batch
+        cdef double score
+        with nogil:
+            score = self.e.evaluate(t, &batch)
+        return score, batch
+
+    def set_app_weight(self, app, weight):
+        """`app`'s weight in the score (the pure twin's set_app_weight)."""
+        cdef double w = weight
+        if not (w > 0.0 and isfinite(w)):
+            raise ValueError(f"an app's weight must be a finite number > 0, got {weight!r}")
+        cdef int a = self._app(app, True, False)
+        self.e.set_weight(a, w)
+
+    def app_weight(self, app):
+        """`app`'s weight (1.0 for an app never weighted or unknown)."""
+        a = self._apps.get(app)
+        return 1.0 if a is None else self.e.weight(a)

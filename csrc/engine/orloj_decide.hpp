@@ -69,6 +69,10 @@ class OrlojEngine {
     app.has_dist = true;
   }
 
+  // App a's weight in the score: each of its requests counts `w` finishes (default 1).
+  void set_weight(int a, double w) { apps_[a]->weight = w; }
+  double weight(int a) const { return apps_[a]->weight; }
+
   Status enqueue(int64_t id, int a, double deadline) {
     if (!where_.insert(id, Loc{a, deadline})) return ERR_DUPLICATE_ID;
     apps_[a]->queue.insert(QEntry{deadline, id});
@@ -88,6 +92,43 @@ class OrlojEngine {
 
   // Runs one decision at time `now`; appends the batch (most urgent first) and the drops.
   void decide(double now, std::vector<int64_t>* batch, std::vector<int64_t>* dropped) {
+    drop_pass(now, dropped);
+    if (present_.empty()) return;
+    select(now);
+    for (const Member& m : best_) where_.prefetch(m.id);
+    for (const Member& m : best_) {
+      App& app = *apps_[m.app];
+      app.queue.erase(QEntry{m.deadline, m.id});
+      if (app.queue.empty()) deactivate(m.app);
+      batch->push_back(m.id);
+    }
+    for (const Member& m : best_) forget(m.id);
+  }
+
+  // Step 1 alone: removes and appends the requests that cannot finish even alone.
+  void drop_hopeless(double now, std::vector<int64_t>* dropped) { drop_pass(now, dropped); }
+
+  // The batch decide(now) would dispatch after its drops, and its score, changing no
+  // queue (the pure twin's evaluate): the hopeless stay queued; an app whose every
+  // request is hopeless is left out. Score -1 and no batch if nothing would run.
+  double evaluate(double now, std::vector<int64_t>* batch) {
+    const double c1 = c_[0];
+    order_apps_.assign(active_.begin(), active_.end());
+    std::sort(order_apps_.begin(), order_apps_.end());
+    present_.clear();
+    for (int a : order_apps_) {
+      App& app = *apps_[a];
+      refresh(app);
+      if (app.dist.cdf((app.queue.last().key - now) / c1) >= epsilon_) present_.push_back(a);
+    }
+    if (present_.empty()) return -1.0;
+    double score = select(now);
+    for (const Member& m : best_) batch->push_back(m.id);
+    return score;
+  }
+
+  // Step 1: drops the hopeless; present_ = the apps with requests left, in app order.
+  void drop_pass(double now, std::vector<int64_t>* dropped) {
     const double c1 = c_[0];
     // the apps with queued requests, in app order (the pure twin's order)
     order_apps_.assign(active_.begin(), active_.end());
@@ -109,11 +150,33 @@ class OrlojEngine {
       if (!app.queue.empty()) present_.push_back(a);
       else deactivate(a);
     }
-    if (present_.empty()) return;
+  }
+
+  // Steps 2-3 over present_: best_ = the members to run, and its score (-1: none). With
+  // apps of several weights, each weight level's apps (at or above it) form candidates
+  // too, after the whole set's, lowest level first (the pure twin's _select).
+  double select(double now) {
+    flat_.clear();
+    cands_.clear();
+    levels_.clear();
+    for (int a : present_) levels_.push_back(apps_[a]->weight);
+    std::sort(levels_.begin(), levels_.end());
+    levels_.erase(std::unique(levels_.begin(), levels_.end()), levels_.end());
+    if (levels_.size() <= 1) {
+      form_candidates(now);
+    } else {
+      all_present_ = present_;
+      for (size_t l = 0; l < levels_.size(); ++l) {
+        present_.clear();
+        for (int a : all_present_)
+          if (apps_[a]->weight >= levels_[l]) present_.push_back(a);
+        form_candidates(now);
+      }
+      present_ = all_present_;
+    }
 
     // Pass 1: every size's candidate, its expected time, and bounds on its score from its
     // least and most likely members (P is monotone in the slack).
-    form_candidates(now);
     double floor_score = -1.0;  // the best lower bound: no candidate below it can win
     for (const Candidate& cand : cands_)
       if (cand.lower > floor_score) floor_score = cand.lower;
@@ -151,16 +214,9 @@ class OrlojEngine {
     if (best) {
       best_.assign(flat_.begin() + best->start, flat_.begin() + best->start + best->b);
     } else if (fallback_) {
-      most_likely_alone(now);
+      best_score = most_likely_alone(now);
     }
-    for (const Member& m : best_) where_.prefetch(m.id);
-    for (const Member& m : best_) {
-      App& app = *apps_[m.app];
-      app.queue.erase(QEntry{m.deadline, m.id});
-      if (app.queue.empty()) deactivate(m.app);
-      batch->push_back(m.id);
-    }
-    for (const Member& m : best_) forget(m.id);
+    return best_score;
   }
 
   // P(T <= t) and E[T] for a batch with counts[a] members of app a (apps must have dists).
@@ -196,6 +252,7 @@ class OrlojEngine {
   struct App {
     Histogram dist;
     bool has_dist = false;
+    double weight = 1.0;  // each request counts this many finishes in the score
     SortedBlocks queue;
     uint64_t cache_version = 0;
     std::vector<double> qth;   // qth[b] = F^-1(theta^(1/b))
@@ -270,8 +327,6 @@ class OrlojEngine {
     order_.resize(np);
     if (pools_.size() < np) pools_.resize(np);
     for (PoolBuf& pb : pools_) pb.valid = false;
-    flat_.clear();
-    cands_.clear();
     for (int b = 1; b <= B_; ++b) {
       const double cb = c_[b - 1];
       if (b == 1) {
@@ -420,6 +475,15 @@ class OrlojEngine {
     count_apps(cand);
     double p_first = member_probability(flat_[start], cand, now);
     double p_last = member_probability(flat_[start + b - 1], cand, now);
+    // weights: the sum of w P lies between b w_min P_first and b w_max P_last
+    double w_min = apps_[flat_[start].app]->weight, w_max = w_min;
+    for (size_t i = start + 1; i < start + b; ++i) {
+      const double w = apps_[flat_[i].app]->weight;
+      if (w < w_min) w_min = w;
+      if (w > w_max) w_max = w;
+    }
+    p_first *= w_min;
+    p_last *= w_max;
     // margins cover the rounding of a sum of b terms (b <= 4096)
     if (in_.size() == 1) {
       double e_t = cb * apps_[in_[0]]->emax[b];
@@ -475,11 +539,12 @@ class OrlojEngine {
     }
     double e_fin = 0.0;
     for (size_t i = cand.start; i < cand.start + cand.b; ++i)
-      e_fin += member_probability(flat_[i], cand, now);
+      e_fin += apps_[flat_[i].app]->weight * member_probability(flat_[i], cand, now);
     return e_fin / cand.e_t;
   }
 
-  void most_likely_alone(double now) {
+  // best_ = the request with the best chance alone; returns its score as a batch of one
+  double most_likely_alone(double now) {
     const double c1 = c_[0];
     double best_p = -1.0;
     for (int a : present_) {
@@ -491,6 +556,11 @@ class OrlojEngine {
         best_.assign(1, Member{e.key, e.id, a});
       }
     }
+    if (best_.empty()) return -1.0;
+    const App& app = *apps_[best_[0].app];
+    double e_t = c1 * app.emax[1];
+    if (!(e_t > 0.0)) e_t = 1e-300;
+    return app.weight * best_p / e_t;
   }
 
   // ------------------------------------------------------------- mixed batches
@@ -704,7 +774,8 @@ class OrlojEngine {
   IdMap<Loc> where_;
 
   // scratch space reused by every decision
-  std::vector<int> present_, order_apps_;
+  std::vector<int> present_, order_apps_, all_present_;
+  std::vector<double> levels_;  // select(): the present apps' distinct weights
   std::vector<SortedBlocks::Pos> pos_, seek_;
   std::vector<double> key_;
   std::vector<size_t> order_;

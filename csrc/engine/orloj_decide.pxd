@@ -26,4 +26,8 @@ cdef extern from "orloj_decide.hpp" namespace "orloj" nogil:
         Status enqueue(int64_t id, int a, double deadline)
         Status remove(int64_t id)
         void decide(double now, vector[int64_t]* batch, vector[int64_t]* dropped)
+        void drop_hopeless(double now, vector[int64_t]* dropped)
+        double evaluate(double now, vector[int64_t]* batch)
+        void set_weight(int a, double w)
+        double weight(int a)
         void groups_of(const vector[int]& counts, vector[Group]* groups)

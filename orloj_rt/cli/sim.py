@@ -6,6 +6,9 @@
     orloj-rt sim --workload lognormal --slo-mult 3 --load 6 --batching step --step 0.1
     orloj-rt sim --apps short:bimodal:slo=2:share=0.7,long:lognormal:slo=10 --load 4
     orloj-rt sim --workload lognormal --slo-mult 5 --load 2 --policy-param orloj:theta=0.7
+    orloj-rt sim --workload bimodal --slo-mult 5 --load 3 --policies orloj,orloj+variants,\
+                 loki-threshold --variants full:1.0:1.0,half:0.5:0.93,quarter:0.25:0.85
+    orloj-rt sim --workload bimodal --slo-mult 5 --load 3 --priorities 1:0.2:10 --json
 
 Prints a table, or with --json one object: {"config": {...}, "policies": {name: {...}}};
 in a multi-app cell (--apps) each policy's object has "apps": {name: {...}} too.
@@ -106,6 +109,19 @@ def register(sub) -> None:
                    "KEY. VALUE reads as true/false, none, an integer, a number, a "
                    "comma-separated list, or else text. The same keys as `orloj-rt start "
                    "--policy-param`")
+    p.add_argument("--variants", metavar="SPEC",
+                   help="the model's variants, NAME:COST:ACCURACY comma-separated, the full "
+                   "model first (e.g. full:1.0:1.0,half:0.5:0.93,quarter:0.25:0.85): a "
+                   "variant runs a batch in COST times the full model's time; policies "
+                   "orloj+variants and loki-threshold serve with them (docs/simulation.md)")
+    p.add_argument("--priorities", metavar="SPEC",
+                   help="priority tiers, TIER:SHARE[:WEIGHT] comma-separated (e.g. 1:0.2:10): "
+                   "SHARE of the requests get tier TIER (1..7; tier 0 takes the rest, "
+                   "weight 1), worth WEIGHT (default 10^TIER) each in orloj's utility")
+    p.add_argument("--fairness", type=float, default=0.0, metavar="F",
+                   help="orloj's fairness gain across apps (0 = off, the default): under "
+                   "overload the apps' weights adapt so that their finish rates stay "
+                   "within a band (docs/simulation.md)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     from orloj_rt.cluster import sim_cli
 
@@ -113,10 +129,93 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def parse_variants_flag(text: str) -> tuple:
+    """--variants NAME:COST:ACCURACY,... -> ((name, cost, accuracy), ...); ValueError
+    naming the flag and the field."""
+    out = []
+    for i, item in enumerate(t for t in text.split(",") if t.strip()):
+        parts = [p.strip() for p in item.split(":")]
+        if len(parts) != 3:
+            missing = "accuracy" if len(parts) == 2 else "cost scale and accuracy"
+            raise ValueError(f"--variants: variant {i} {item.strip()!r} is not "
+                             f"NAME:COST:ACCURACY ({missing} missing), e.g. half:0.5:0.93")
+        name, cost, acc = parts
+        if not name or not all(ch.isalnum() or ch in "_.-" for ch in name):
+            raise ValueError(f"--variants: variant {i} has the name {name!r}: use letters, "
+                             "digits, '_', '-' or '.'")
+        try:
+            cost_f = float(cost)
+        except ValueError:
+            raise ValueError(f"--variants: variant {name!r}: cost scale {cost!r} is not a "
+                             "number") from None
+        try:
+            acc_f = float(acc)
+        except ValueError:
+            raise ValueError(f"--variants: variant {name!r}: accuracy {acc!r} is not a "
+                             "number") from None
+        if not cost_f > 0 or cost_f == float("inf"):
+            raise ValueError(f"--variants: variant {name!r}: cost scale {cost_f!r} must be "
+                             "a number > 0")
+        if not 0.0 <= acc_f <= 1.0:
+            raise ValueError(f"--variants: variant {name!r}: accuracy {acc_f!r} must be in "
+                             "[0, 1]")
+        if name in [v[0] for v in out]:
+            raise ValueError(f"--variants: the variant name {name!r} is given twice")
+        out.append((name, cost_f, acc_f))
+    if len(out) < 2:
+        raise ValueError("--variants: give the full model and at least one cheaper variant, "
+                         "e.g. full:1.0:1.0,half:0.5:0.93")
+    return tuple(out)
+
+
+def parse_priorities_flag(text: str) -> tuple:
+    """--priorities TIER:SHARE[:WEIGHT],... -> ((tier, share, weight), ...); ValueError
+    naming the flag and the field."""
+    from orloj_rt.policies.utility import DEFAULT_TIER_BASE, MAX_TIER
+
+    out = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        parts = item.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError(f"--priorities: {item!r} is not TIER:SHARE[:WEIGHT], e.g. 1:0.2:10")
+        try:
+            tier = int(parts[0])
+        except ValueError:
+            raise ValueError(f"--priorities: {item!r}: the priority {parts[0]!r} is not an "
+                             f"integer tier in 1..{MAX_TIER}") from None
+        if not 1 <= tier <= MAX_TIER:
+            raise ValueError(f"--priorities: {item!r}: priority {tier} is out of range: a "
+                             f"tier is 1..{MAX_TIER} (tier 0 takes the rest)")
+        try:
+            share = float(parts[1])
+            weight = float(parts[2]) if len(parts) == 3 else DEFAULT_TIER_BASE**tier
+        except ValueError:
+            raise ValueError(f"--priorities: {item!r}: SHARE and WEIGHT must be numbers") \
+                from None
+        if not 0 < share <= 1:
+            raise ValueError(f"--priorities: {item!r}: the share {share!r} must be in (0, 1]")
+        if not (weight > 0 and weight != float("inf")):
+            raise ValueError(f"--priorities: {item!r}: the weight {weight!r} must be > 0")
+        if tier in [t for t, _, _ in out]:
+            raise ValueError(f"--priorities: tier {tier} is given twice")
+        out.append((tier, share, weight))
+    if not out:
+        raise ValueError("--priorities names no tier; e.g. --priorities 1:0.2:10")
+    if sum(s for _, s, _ in out) > 1 + 1e-9:
+        raise ValueError("--priorities: the tiers' shares add up to more than 1")
+    return tuple(out)
+
+
 def config_from_args(args):
     from orloj_rt.engine.pure.batch_model import Inflation
     from orloj_rt.policies import POLICIES, STEP_POLICIES
-    from orloj_rt.sim.experiment import ALL_POLICIES, HINT_SUFFIX, STEP_CELL_POLICIES, SimConfig
+    from orloj_rt.sim.experiment import (
+        ALL_POLICIES,
+        HINT_SUFFIX,
+        STEP_CELL_POLICIES,
+        SimConfig,
+        policy_base,
+    )
     from orloj_rt.sim.mix import parse_apps
     from orloj_rt.sim.policy_params import parse_for_cell
     from orloj_rt.sim.workloads import DEFAULT_TRACE, MIX, WorkloadSpec
@@ -143,14 +242,14 @@ def config_from_args(args):
     if not names:
         raise ValueError("--policies names no policy")
     for name in names:
-        base = name.removesuffix(HINT_SUFFIX)
+        base = policy_base(name)
         if base not in POLICIES and base not in STEP_POLICIES:
             raise ValueError(
                 f"unknown policy {name!r}; choose from {', '.join(POLICIES)} "
                 f"(or NAME{HINT_SUFFIX}), or with --batching step from "
                 f"{', '.join(STEP_POLICIES)}"
             )
-        if name.endswith(HINT_SUFFIX) and args.hint_cv is None:
+        if name.removesuffix("+variants").endswith(HINT_SUFFIX) and args.hint_cv is None:
             raise ValueError(f"policy {name!r} uses cost hints: give --hint-cv")
     trace = args.trace
     uses_trace = args.workload == "trace" or any(a.workload == "trace" for a in apps)
@@ -179,7 +278,14 @@ def config_from_args(args):
     params = parse_for_cell(args.policy_param, names, max_batch=args.max_batch,
                             inflation=Inflation(args.max_batch, args.batch_alpha).table,
                             step=step)
+    variants = parse_variants_flag(args.variants) if args.variants is not None else ()
+    priorities = parse_priorities_flag(args.priorities) if args.priorities is not None else ()
+    if not (args.fairness >= 0 and args.fairness != float("inf")):
+        raise ValueError(f"--fairness must be a number >= 0 (0 = off), got {args.fairness!r}")
     return SimConfig(
+        variants=variants,
+        priorities=priorities,
+        fairness=args.fairness,
         workload=spec,
         workers=args.workers,
         max_batch=args.max_batch,
@@ -212,6 +318,17 @@ def format_table(result: dict) -> str:
             f"{m['dropped']:7d} {m['ended']:6d} {m['rejected']:8d} {num(m['p50_latency']):>7} "
             f"{num(m['p99_latency']):>7} {m['mean_batch']:6.2f}"
         )
+    if cfg.get("variants") or cfg.get("priorities") or cfg.get("fairness"):
+        lines += ["", f"{'policy':16} {'in slo':>7} {'accuracy':>8} {'utility':>8}"
+                  + ("  tiers (finish rate)" if cfg.get("priorities") else "")
+                  + ("  jain" if "jain" in next(iter(result["policies"].values())) else "")]
+        for name, m in result["policies"].items():
+            acc = "-" if m["mean_accuracy"] is None else f"{m['mean_accuracy']:.3f}"
+            tiers = "  " + " ".join(f"{t}:{r['finish_rate']:.3f}"
+                                    for t, r in m.get("tiers", {}).items())  # fmt: skip
+            j = f"  {m['jain']:.3f}" if "jain" in m else ""
+            lines.append(f"{name:16} {m['answered_in_slo']:7.3f} {acc:>8} {m['utility']:8.3f}"
+                         + (tiers if cfg.get("priorities") else "") + j)
     if cfg.get("app_mix"):
         lines += ["", *format_app_table(result)]
     return "\n".join(lines)

@@ -32,6 +32,9 @@ class Decision(NamedTuple):
     batch: list[int]
     dropped: list[int]
     rejected: list[int]
+    #: the index of the model variant the batch runs (orloj_rt/policies/utility.py); None
+    #: for a policy that does not choose variants (the model's full variant runs)
+    variant: int | None = None
 
 
 class Policy(abc.ABC):
@@ -48,11 +51,16 @@ class Policy(abc.ABC):
         arrival: float,
         deadline: float,
         hint: float | None = None,
+        priority: int = 0,
     ) -> None:
         """Called once when request `req_id` arrives at time `arrival`.
 
         `app` selects the execution-time distribution; `hint` is an optional per-request
         cost hint known at arrival (the clairvoyant oracle reads its true solo time here).
+        `priority` is the request's tier (0, the default, is the lowest; higher is more
+        important): orloj with tier weights maximises weighted finishes
+        (orloj_rt/policies/utility.py), fifo serves a higher tier first (Triton's priority
+        levels), the other baselines have no priorities and ignore it.
         Raises ValueError for a duplicate id or a deadline before the arrival.
         """
 

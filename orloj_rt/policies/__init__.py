@@ -19,6 +19,16 @@ active engine's `RequestQueue`:
     sjf-hint   shortest predicted first: each request's prediction is the mean of its
                (hint-class) app's distribution; drops what cannot finish alone by it, then
                a greedy batch that meets every member's deadline by the prediction
+    loki-threshold  Loki-style accuracy scaling: the whole model at the most accurate
+               variant that keeps up with the arrivals and drains the queue within the SLO
+               (orloj's batching within it); the full model where there are no variants
+
+Priorities, app weights, fairness and variants (issue 17, orloj_rt/policies/utility.py):
+`orloj` given `variants` (two or more), `app_weights`, `tier_weights`, `priorities=True` or
+`fairness` > 0 is a `UtilityPolicy`: expected utility (weight x accuracy) per unit of time.
+fifo honours a request's priority as Triton's priority levels do (a higher tier always
+first); edf, nexus, clockwork, the oracle and sjf-hint have no priorities (their systems
+have none) and ignore it.
 
 Cost hints reach the policies in `HINTED` as apps: the serving core files each hinted
 request under a class of its hint, `APP#h<k>`, with its own learned distribution
@@ -57,6 +67,7 @@ from orloj_rt.policies.oracle import ClairvoyantOraclePolicy
 from orloj_rt.policies.orloj_step import ClairvoyantStepOraclePolicy, OrlojStepPolicy
 from orloj_rt.policies.sjf_hint import SjfHintPolicy
 from orloj_rt.policies.step_interface import StepPolicy
+from orloj_rt.policies.utility import LokiThresholdPolicy, UtilityPolicy, wants_utility
 
 PolicyFactory = Callable[..., Policy | StepPolicy]
 
@@ -69,7 +80,13 @@ POLICIES: dict[str, PolicyFactory] = {
     "clockwork": ClockworkPolicy,
     "oracle": ClairvoyantOraclePolicy,
     "sjf-hint": SjfHintPolicy,
+    "loki-threshold": LokiThresholdPolicy,
 }
+
+#: the policies that choose among a model's variants (given `variants` by the serving core)
+VARIANT_POLICIES = ("orloj", "loki-threshold")
+#: the keys orloj takes beyond its engine's, when it maximises utility (utility.py)
+UTILITY_KEYS = ("tier_weights", "fairness", "priorities")
 
 #: The policies a deployment may choose; the oracle needs true times only a simulator has.
 #: sjf-hint, also deployable, is the hint-aware baseline: it is compared where requests
@@ -124,6 +141,12 @@ def make_policy(
     """Builds policy `name` for one model, whole-batch or step-level; ValueError naming
     the choices if unknown."""
     factory = POLICIES.get(name) or STEP_POLICIES.get(name)
+    if name == "orloj":
+        if wants_utility(params):
+            factory = UtilityPolicy
+        else:
+            for key in ("variants", "app_weights", *UTILITY_KEYS):
+                params.pop(key, None)
     if factory is None:
         raise ValueError(
             f"unknown policy {name!r}; choose one of: {', '.join(sorted(POLICIES))} "

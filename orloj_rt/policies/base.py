@@ -18,14 +18,16 @@ from orloj_rt.engine.interface import Decision, Policy
 class Request:
     """What a baseline remembers about a queued request."""
 
-    __slots__ = ("id", "app", "arrival", "deadline", "hint")
+    __slots__ = ("id", "app", "arrival", "deadline", "hint", "priority")
 
-    def __init__(self, req_id: int, app: str, arrival: float, deadline: float, hint):
+    def __init__(self, req_id: int, app: str, arrival: float, deadline: float, hint,
+                 priority: int = 0):  # fmt: skip
         self.id = req_id
         self.app = app
         self.arrival = arrival
         self.deadline = deadline
         self.hint = hint
+        self.priority = priority
 
 
 class QueuedPolicy(Policy):
@@ -50,9 +52,9 @@ class QueuedPolicy(Policy):
         """The queue's order; the deadline unless a policy says otherwise."""
         return req.deadline
 
-    def enqueue(self, req_id, app, arrival, deadline, hint=None) -> None:
+    def enqueue(self, req_id, app, arrival, deadline, hint=None, priority=0) -> None:
         req_id, arrival, deadline = checked_request(req_id, arrival, deadline, self._requests)
-        req = Request(req_id, app, arrival, deadline, hint)
+        req = Request(req_id, app, arrival, deadline, hint, check_tier(priority))
         self._queue.push(req_id, self.queue_key(req))
         self._requests[req_id] = req
         self._on_enqueue(req)
@@ -108,6 +110,21 @@ def checked_request(req_id, arrival, deadline, queued) -> tuple[int, float, floa
     if req_id in queued:
         raise ValueError(f"request id {req_id} is already queued")
     return req_id, arrival, deadline
+
+
+#: the highest priority tier (orloj_rt/protocol/wire.py MAX_PRIORITY)
+MAX_TIER = 7
+
+
+def check_tier(priority) -> int:
+    """A request's priority tier, checked: an integer in 0..MAX_TIER; ValueError naming
+    `priority` otherwise."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not (
+        0 <= priority <= MAX_TIER
+    ):
+        raise ValueError(f"priority {priority!r} is out of range: a tier is an integer in "
+                         f"0..{MAX_TIER}")
+    return priority
 
 
 def expired_before(now: float) -> float:

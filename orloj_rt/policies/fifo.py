@@ -41,6 +41,13 @@ always holds a preferred size and the delay never binds; it matters only at ligh
 
 It knows nothing of execution times, so a request still runs when it can no longer
 finish.
+
+**Priorities** (Triton's `priority_levels`, batcher.md "Priority"): requests of a higher
+tier are always taken before those of a lower one, in arrival order within a tier (here a
+higher `priority` is more important; Triton numbers the other way round). The queue's key
+is the arrival time less `TIER_SPAN` per tier, which orders by tier first as long as the
+queued requests arrived within TIER_SPAN of each other (a million seconds). Timeouts and
+queue delays stay each request's own.
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ from orloj_rt.policies.base import QueuedPolicy, Request
 
 #: The default queue delay as a fraction of each request's SLO (see the module docstring).
 DEFAULT_QUEUE_DELAY_FRACTION = 0.1
+#: seconds of arrival time that one priority tier outweighs in the queue's order
+TIER_SPAN = 1e6
 
 
 def powers_of_two(max_batch: int) -> list[int]:
@@ -125,7 +134,7 @@ class TritonFifoPolicy(QueuedPolicy):
         return min(self._fraction * (deadline - arrival), self._delay_cap)
 
     def queue_key(self, req: Request) -> float:
-        return req.arrival
+        return req.arrival - TIER_SPAN * req.priority if req.priority else req.arrival
 
     def _on_enqueue(self, req: Request) -> None:
         timeout = req.deadline - req.arrival if self._timeout is None else self._timeout

@@ -28,7 +28,7 @@ class ClairvoyantOraclePolicy(QueuedPolicy):
     name = "oracle"
     clairvoyant = True
 
-    def enqueue(self, req_id, app, arrival, deadline, hint=None) -> None:
+    def enqueue(self, req_id, app, arrival, deadline, hint=None, priority=0) -> None:
         if hint is None or not float(hint) >= 0:
             raise ValueError(
                 f"the oracle needs each request's true solo time as its hint, got {hint!r}"

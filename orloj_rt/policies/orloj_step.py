@@ -501,7 +501,7 @@ class ClairvoyantStepOraclePolicy(OrlojStepPolicy):
         self._needs: dict[int, int] = {}
         self._points: dict[int, StepLaw] = {}
 
-    def enqueue(self, req_id, app, arrival, deadline, hint=None) -> None:
+    def enqueue(self, req_id, app, arrival, deadline, hint=None, priority=0) -> None:
         if hint is None or not float(hint) >= 0:
             raise ValueError(
                 f"oracle-step needs each request's true solo time as its hint, got {hint!r}"

@@ -188,7 +188,7 @@ class SjfHintPolicy(Policy):
     def __len__(self) -> int:
         return len(self._requests)
 
-    def enqueue(self, req_id, app, arrival, deadline, hint=None) -> None:
+    def enqueue(self, req_id, app, arrival, deadline, hint=None, priority=0) -> None:
         req_id, arrival, deadline = checked_request(req_id, arrival, deadline, self._requests)
         self.prediction(app)  # ValueError without any distribution for it
         h = math.nan if hint is None else float(hint)

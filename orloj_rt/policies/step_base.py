@@ -57,7 +57,7 @@ class QueuedStepPolicy(StepPolicy):
         """The queue's order; the deadline unless a policy says otherwise."""
         return req.deadline
 
-    def enqueue(self, req_id, app, arrival, deadline, hint=None) -> None:
+    def enqueue(self, req_id, app, arrival, deadline, hint=None, priority=0) -> None:
         req_id, arrival, deadline = checked_request(req_id, arrival, deadline, self._requests)
         req = Request(req_id, self._app_of(app, arrival), arrival, deadline, hint)
         self._queue.push(req_id, self.queue_key(req))

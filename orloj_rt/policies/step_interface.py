@@ -89,9 +89,11 @@ class StepPolicy(abc.ABC):
         arrival: float,
         deadline: float,
         hint: float | None = None,
+        priority: int = 0,
     ) -> None:
-        """Called once when request `req_id` arrives at time `arrival`. ValueError for a
-        duplicate id or a deadline before the arrival."""
+        """Called once when request `req_id` arrives at time `arrival` (`priority`: its
+        tier, see Policy.enqueue; the step policies have no tiers yet and ignore it).
+        ValueError for a duplicate id or a deadline before the arrival."""
 
     @abc.abstractmethod
     def remove(self, req_id: int) -> None:

@@ -45,25 +45,29 @@ log = logging.getLogger("orloj_rt.scheduler")
 
 
 class Dispatch(NamedTuple):
-    """A whole batch for a worker: its members' tokens, ring slots and generations."""
+    """A whole batch for a worker: its members' tokens, ring slots and generations, and
+    the model variant to run it with (its name; None for a model without variants)."""
 
     worker: int
     model: int
     tokens: list[int]
     slots: list[int]
     generations: list[int]
+    variant: str | None = None
 
 
 class WorkerCore:
     """What the core knows of one worker: ready, and the whole batch it runs."""
 
-    __slots__ = ("index", "ready", "busy_batch", "busy_model")
+    __slots__ = ("index", "ready", "busy_batch", "busy_model", "busy_variant", "busy_since")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.ready = False
         self.busy_batch: list[int] | None = None  # tokens of the batch it runs
         self.busy_model = -1
+        self.busy_variant: int | None = None  # the variant index it runs (None: full)
+        self.busy_since = 0.0  # when its batch was dispatched
 
 
 class ServingCore:
@@ -85,7 +89,8 @@ class ServingCore:
     # ------------------------------------------------------------------ arrivals
     def submit(self, descs) -> None:
         """Called with the frontend's descriptors (token, model, app, arrival, deadline,
-        hint, slot, generation): each is queued, or waits for its model's policy."""
+        hint, slot, generation[, priority]): each is queued, or waits for its model's
+        policy. The priority tier (0 if absent) goes to the policy."""
         for d in descs:
             mq = self.models[d[1]]
             if mq.policy is None:
@@ -96,10 +101,14 @@ class ServingCore:
                 mq.steps.arrived = True
 
     def _enqueue(self, mq: ModelCore, d) -> None:
-        token, _m, app, arrival, deadline, hint, slot, gen = d
+        token, _m, app, arrival, deadline, hint, slot, gen = d[:8]
+        priority = d[8] if len(d) > 8 else 0
         try:
             app, classes = mq.file(app, hint, arrival)
-            mq.policy.enqueue(token, app, arrival, deadline, hint)
+            if priority:
+                mq.policy.enqueue(token, app, arrival, deadline, hint, priority)
+            else:
+                mq.policy.enqueue(token, app, arrival, deadline, hint)
         except (ValueError, TypeError, KeyError) as exc:
             self._errors.append([token, f"the scheduler could not queue the request: {exc}"])
             return
@@ -196,18 +205,30 @@ class ServingCore:
         mq = self.models[model]
         apps = []
         hinted = [] if mq.hints is not None else None  # (hint, classes) per member
+        end = w.busy_since + exec_s  # when it finished, as far as the core can tell
         for t in tokens:
             entry = mq.slots.pop(t, None)
             if entry is not None:
                 apps.append(entry[2])
+                mq.outcome(entry[2], ok and end <= entry[3])
                 if hinted is not None:
                     hinted.append(None if entry[5] is None else (entry[4], entry[5]))
         if ok:
             mq.batches += 1
             mq.batched_requests += len(tokens)
+            if w.busy_variant is not None:
+                mq.variant_batches[w.busy_variant] += 1
             if len(apps) == len(tokens):  # else members were taken out: their apps unknown
-                mq.learn(apps, exec_s, work, hinted)
+                mq.learn(apps, exec_s, work, hinted, w.busy_variant)
         return True
+
+    def variant_of(self, worker: int) -> str | None:
+        """The name of the variant worker `worker` runs (or ran last): what served the
+        members of its batch; None for a model without variants."""
+        w = self.workers[worker]
+        if w.busy_model < 0:
+            return None
+        return self.models[w.busy_model].variant_name(w.busy_variant)
 
     def step_progress(self, msg: msgs.StepProgress) -> str | None:
         """A worker's step boundary; an error text if it names no step-served model."""
@@ -239,7 +260,8 @@ class ServingCore:
                 self._take(mq, d.dropped, self._dropped)
                 self._take(mq, d.rejected, self._rejected)
                 if d.batch:
-                    run = self._form(mq, d.batch, self.idle.pop(0))
+                    variant = d[3] if len(d) > 3 else None
+                    run = self._form(mq, d.batch, self.idle.pop(0), now, variant)
                     if run is not None:
                         out.append(run)
                     self._rr = (self._rr + k + 1) % n
@@ -277,10 +299,13 @@ class ServingCore:
     @staticmethod
     def _take(mq: ModelCore, tokens: list, into: list) -> None:
         for t in tokens:
-            mq.slots.pop(t, None)
+            entry = mq.slots.pop(t, None)
+            if entry is not None:
+                mq.outcome(entry[2], False)
             into.append(t)
 
-    def _form(self, mq: ModelCore, batch: list, w: WorkerCore) -> Dispatch | None:
+    def _form(self, mq: ModelCore, batch: list, w: WorkerCore, now: float = 0.0,
+              variant: int | None = None) -> Dispatch | None:  # fmt: skip
         # the batch invariant is checked, not assumed: a bad policy answer fails its
         # members with an error instead of reaching a worker
         entries = [mq.slots.get(t) for t in batch]
@@ -294,8 +319,15 @@ class ServingCore:
             return None
         w.busy_batch = list(batch)
         w.busy_model = mq.index
+        if mq.variants and not (variant is None or 0 <= variant < len(mq.variants)):
+            log.error("policy %s chose variant %r of model %s, which has %d; the full "
+                      "model runs", mq.policy_name, variant, mq.name, len(mq.variants))
+            variant = None
+        w.busy_variant = variant if mq.variants else None
+        w.busy_since = now
         return Dispatch(w.index, mq.index, list(batch), [e[0] for e in entries],
-                        [e[1] for e in entries])  # fmt: skip
+                        [e[1] for e in entries],
+                        mq.variant_name(w.busy_variant))  # fmt: skip
 
     def next_wakeup(self, now: float) -> float | None:
         """The earliest time a policy wants another look while a worker is idle (a

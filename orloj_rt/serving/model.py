@@ -25,6 +25,13 @@ been seen for `app_idle_s` (60 s) is forgotten everywhere: here, and in the poli
 (`forget_app`; the policy's own limits are switched off, so that the two never disagree).
 The `stats` reply lists at most `STATS_MAX_APPS` apps per model, the busiest, and counts
 the others.
+
+Variants and weights (issue 17, orloj_rt/policies/utility.py): a model's `spec.variants`
+(the full model first) and `spec.app_weights` go to the policies that use them
+(VARIANT_POLICIES); each batch's variant is remembered per worker, and what a batch
+teaches goes to that variant (its own per-app distributions: `_AppLearning` records per
+(app, variant)). Policies that adapt fairness get every request's outcome
+(`outcome`): in time or not.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import logging
 import math
 
 from orloj_rt.engine.apps import DEFAULT_MAX_APPS, OVERFLOW_APP, RUNTIME_APP_IDLE_S, AppTable
-from orloj_rt.policies import HINTED, serving_mode
+from orloj_rt.policies import HINTED, VARIANT_POLICIES, serving_mode
 from orloj_rt.protocol import messages as msgs
 from orloj_rt.protocol.stats import DECISION_BUCKETS_S, MAX_APPS_PER_MODEL, Histogram
 from orloj_rt.serving.hints import (
@@ -87,8 +94,18 @@ class ModelCore:
         self.hints = HintBook(classes) if classes and self.policy_name in HINTED else None
         if self.hints is not None and self.policy_name == "orloj":
             params.setdefault("pools", True)  # what lets classes batch short with short
+        # variants (the full model first; () for none) and app weights, for the policies
+        # that choose variants and weigh apps; the others run the full model
+        self.variants = tuple(getattr(spec, "variants", None) or ())
+        self.app_weights = dict(getattr(spec, "app_weights", None) or {})
+        if self.policy_name in VARIANT_POLICIES:
+            if len(self.variants) > 1:
+                params.setdefault("variants", self.variants)
+            if self.app_weights:
+                params.setdefault("app_weights", self.app_weights)
         self.policy_params = params
         self.policy = None  # built when the first worker's profile arrives
+        self._outcome = None  # the policy's observe_outcome, if it adapts fairness
         self.steps: StepCoordinator | None = None  # step-level batching (step_level)
         self.workers = workers
         self.inflation: list[float] = []
@@ -101,8 +118,11 @@ class ModelCore:
         # OVERFLOW_APP); `classes` the HintClasses its hint was classed by, or None
         self.slots: dict[int, tuple] = {}
         self.apps: dict[str, _AppLearning] = {}  # live apps only (app_table)
+        # (app, variant > 0) -> what that variant learned of the app
+        self.variant_apps: dict[tuple[str, int], _AppLearning] = {}
         self.batches = 0
         self.batched_requests = 0
+        self.variant_batches = [0] * max(1, len(self.variants))  # batches run per variant
         # orloj_scheduler_decision_seconds (docs/metrics.md), sent in SchedulerStats
         self.decision_time = Histogram(DECISION_BUCKETS_S)
 
@@ -124,6 +144,8 @@ class ModelCore:
             **self.policy_params,
         )
         self._own_app_limits()
+        if getattr(self.policy, "_fairness", 0):
+            self._outcome = self.policy.observe_outcome
         mean, cov = prior_of(list(profile.solo_times))
         self.prior_mean, self.prior_cov = mean, cov
         self._seed_hints(profile.hints, profile.solo_times)
@@ -251,6 +273,8 @@ class ModelCore:
         forget = getattr(self.policy, "forget_app", None)
         for name, _ in gone:
             self.apps.pop(name, None)
+            for k in range(1, len(self.variants)):
+                self.variant_apps.pop((name, k), None)
             if self.steps is not None:
                 self.steps.apps.pop(name, None)
             if forget is not None:
@@ -274,15 +298,33 @@ class ModelCore:
             return [exec_s / c]
         return None
 
+    def variant_name(self, index: int | None) -> str | None:
+        """The name of variant `index` (a policy's Decision.variant); the full model's for
+        None; None for a model without variants."""
+        if not self.variants:
+            return None
+        return self.variants[index or 0].name
+
+    def outcome(self, app: str, finished: bool) -> None:
+        """A request of live app `app` was answered, `finished` in time or not: for a
+        policy that adapts fairness (per client app: a hint class counts as its app)."""
+        if self._outcome is not None:
+            base, sep, k = app.rpartition("#h")
+            self._outcome(base if sep and k.isdigit() else app, finished)
+
     def learn(self, apps: list[str], exec_s: float, work: list | None,
-              hinted: list | None = None) -> None:  # fmt: skip
+              hinted: list | None = None, variant: int | None = None) -> None:  # fmt: skip
         """Learns from a finished batch: its members' apps, its time, their work reports;
-        `hinted`: each member's (hint, HintClasses) or None, to keep (hint, solo) pairs."""
+        `hinted`: each member's (hint, HintClasses) or None, to keep (hint, solo) pairs;
+        `variant`: the variant it ran (None or 0: the full model)."""
         from orloj_rt.engine import Distribution
 
         policy = self.policy
         t = self.app_table  # an app in flight is live; one that is not is admitted
         apps = [a if a in t.index else self.live_app(a, t.clock) for a in apps]
+        if variant:
+            self._learn_variant(apps, exec_s, work, variant)
+            return
         policy.observe_batch(apps, exec_s)
         solos = self.solo_times(len(apps), exec_s, work)
         if solos is None:
@@ -310,6 +352,34 @@ class ModelCore:
                              st.sum / st.samples * 1e3)  # fmt: skip
             elif len(apps) > 1:  # a batch of one was learned by observe_batch
                 policy.observe_solo(app, t)
+
+    def _learn_variant(self, apps: list[str], exec_s: float, work: list | None,
+                       variant: int) -> None:  # fmt: skip
+        """`learn` for a batch that ran variant `variant` > 0: its own records per app."""
+        from orloj_rt.engine import Distribution
+
+        policy = self.policy
+        policy.observe_batch(apps, exec_s, variant=variant)
+        solos = self.solo_times(len(apps), exec_s, work)
+        if solos is None:
+            return
+        for app, t in zip(apps, solos, strict=True):
+            if not (t > 0 and math.isfinite(t)):
+                continue
+            st = self.variant_apps.get((app, variant))
+            if st is None:
+                st = self.variant_apps[(app, variant)] = _AppLearning(Distribution)
+            st.samples += 1
+            st.sum += t
+            st.last = t
+            if not st.installed:
+                st.learned.add(t)
+                if st.samples >= MIN_APP_SAMPLES:
+                    policy.set_distribution(app, st.learned, variant=variant)
+                    st.installed = True
+                    st.learned = None
+            elif len(apps) > 1:
+                policy.observe_solo(app, t, variant=variant)
 
     def _app_section(self, apps: dict) -> dict:
         """The per-app part of the stats: at most STATS_MAX_APPS apps (the most samples
@@ -360,6 +430,9 @@ class ModelCore:
             "prior_mean_ms": self.prior_mean * 1e3,
             "inflation_max": self.inflation[-1] if self.inflation else None,
             "decision_s": self.decision_time.snapshot(),  # bucket counts..., sum
+            **({"variant_batches": {v.name: n for v, n in
+                                    zip(self.variants, self.variant_batches, strict=True)}}
+               if self.variants else {}),  # fmt: skip
             **self._hint_section(),
             **self._app_section({
                 app: {

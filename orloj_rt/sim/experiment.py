@@ -23,7 +23,22 @@ hint (the oracle gets each request's true solo time instead).
 
 A multi-app cell (`WorkloadSpec.app_mix`, orloj_rt/sim/mix.py) tags each request with its
 app; every policy's metrics then gain "apps": {name: the same metrics over that app's
-requests, with "requests" and "finished" (on time) counts}.
+requests, with "requests" and "finished" (on time) counts}, and "jain", Jain's index of
+the apps' finish rates (each app's finished over what it asked for).
+
+Utility (issue 17, orloj_rt/policies/utility.py). `SimConfig.variants` gives the model
+variants as (name, cost scale, accuracy), the full model first: a policy name with the
+suffix `+variants` (orloj+variants) and `loki-threshold` serve a model with them; every
+other policy a model without. `priorities` gives tiers as (tier, share of the requests,
+weight); each request draws its tier from its own seeded stream (`tiers_of`), and orloj
+gets the weights as `tier_weights` (fifo serves a higher tier first; the other baselines
+have no tiers). `fairness` > 0 is orloj's fairness gain. Every policy's metrics gain
+`answered_in_slo` (the requests answered in time, a share of all: the finish rate),
+`mean_accuracy` (over those answers, of the variant that served each; 1 without
+variants), `utility` (the sum over them of tier weight x accuracy, over the requests: the
+finish rate when there are neither tiers nor variants) and with tiers "tiers": {tier:
+{"requests", "finished", "finish_rate"}}; with variants "variants": {name: requests
+served}.
 """
 
 from __future__ import annotations
@@ -42,6 +57,20 @@ ALL_POLICIES = ("orloj", "fifo", "edf", "nexus", "clockwork", "oracle")
 STEP_CELL_POLICIES = ("orloj", "oracle", "fcfs-step", "edf-step", "orloj-step")
 BATCHING = ("whole", "step")
 HINT_SUFFIX = "+hint"
+VARIANT_SUFFIX = "+variants"
+#: the policies that always serve the model's variants in a cell that has them
+VARIANT_ALWAYS = ("loki-threshold",)
+#: seeds the stream that draws the requests' tiers (apart from the workload's streams)
+TIER_STREAM = 0x7172
+
+
+def policy_base(name: str) -> str:
+    """The registered policy behind a cell's name: without +variants and +hint."""
+    return name.removesuffix(VARIANT_SUFFIX).removesuffix(HINT_SUFFIX)
+
+
+def uses_variants(name: str) -> bool:
+    return name.endswith(VARIANT_SUFFIX) or policy_base(name) in VARIANT_ALWAYS
 
 
 @dataclass(frozen=True)
@@ -58,15 +87,28 @@ class SimConfig:
     # "step": the model can re-form its batch every `step` units of solo work
     batching: str = "whole"
     step: float = DEFAULT_STEP
+    # the model's variants as (name, cost scale, accuracy), the full model first
+    variants: tuple = ()
+    # priority tiers as (tier, share of requests, weight); tier 0 takes the rest
+    priorities: tuple = ()
+    fairness: float = 0.0
 
     def __post_init__(self) -> None:
         from orloj_rt.policies import HINTED, is_step_policy
 
+        for name in self.policies:
+            if name.endswith(VARIANT_SUFFIX) and not self.variants:
+                raise ValueError(f"policy {name!r} serves the model's variants: give "
+                                 "--variants NAME:COST:ACCURACY,...")
+            if name.endswith(VARIANT_SUFFIX) and policy_base(name) != "orloj":
+                raise ValueError(f"policy {name!r}: only orloj takes {VARIANT_SUFFIX} "
+                                 "(loki-threshold always serves the variants)")
         if self.batching not in BATCHING:
             raise ValueError(f"unknown batching {self.batching!r}; choose one of {BATCHING}")
         if not (self.step > 0 and self.step < float("inf")):
             raise ValueError(f"the step's solo work must be > 0, got {self.step!r}")
         for name in self.policies:
+            name = name.removesuffix(VARIANT_SUFFIX)
             if is_step_policy(name.removesuffix(HINT_SUFFIX)) and self.batching != "step":
                 raise ValueError(f"policy {name!r} is step-level: it needs step "
                                  "batching (--batching step)")
@@ -93,7 +135,48 @@ class SimConfig:
             out["step"] = self.step
         if self.policy_params:
             out["policy_params"] = self.policy_params
+        if self.variants:
+            out["variants"] = [{"name": n, "cost_scale": c, "accuracy": a}
+                               for n, c, a in self.variants]  # fmt: skip
+        if self.priorities:
+            out["priorities"] = [{"tier": t, "share": p, "weight": w}
+                                 for t, p, w in self.priorities]  # fmt: skip
+        if self.fairness:
+            out["fairness"] = self.fairness
         return out
+
+    def tier_weights(self) -> list[float] | None:
+        """Each tier's weight, tier 0 first (1 unless given; an unlisted tier between
+        listed ones weighs 10^k, orloj's default), or None without tiers."""
+        if not self.priorities:
+            return None
+        from orloj_rt.policies.utility import DEFAULT_TIER_BASE
+
+        top = max(t for t, _, _ in self.priorities)
+        weights = [DEFAULT_TIER_BASE**k for k in range(top + 1)]
+        weights[0] = 1.0
+        for t, _, w in self.priorities:
+            weights[t] = float(w)
+        return weights
+
+    def variant_specs(self) -> list:
+        from orloj_rt.policies.utility import VariantSpec
+
+        return [VariantSpec(n, a, c) for n, c, a in self.variants]
+
+
+def tiers_of(config: SimConfig, n: int):
+    """Each of the n requests' tier, drawn with the shares of `config.priorities` from
+    a stream of the workload's seed (the same for every policy), or None."""
+    import numpy as np
+
+    if not config.priorities:
+        return None
+    rng = np.random.default_rng([config.workload.seed, TIER_STREAM])
+    tiers = [0] + [t for t, _, _ in config.priorities]
+    shares = [t_share for _, t_share, _ in config.priorities]
+    p = [max(0.0, 1.0 - sum(shares)), *shares]
+    return rng.choice(tiers, size=n, p=p).astype(int)
 
 
 def uses_hints(name: str) -> bool:
@@ -108,7 +191,7 @@ def run_policy(config: SimConfig, name: str, requests=None) -> dict:
 
     if requests is None:
         requests = generate(config.workload)
-    base = name.removesuffix(HINT_SUFFIX)
+    base = policy_base(name)
     if base not in POLICIES and base not in STEP_POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of: "
                          f"{', '.join(sorted(POLICIES))} (step-level: "
@@ -122,6 +205,13 @@ def run_policy(config: SimConfig, name: str, requests=None) -> dict:
     table = Inflation(config.max_batch, config.batch_alpha).table
     params = dict(config.policy_params.get(name, {}))
     clairvoyant = base in ("oracle", "oracle-step")
+    tiers = tiers_of(config, len(requests.arrival))
+    if base == "orloj":
+        if config.priorities:
+            params.setdefault("tier_weights", config.tier_weights())
+        if config.fairness:
+            params.setdefault("fairness", config.fairness)
+    variants = config.variant_specs() if uses_variants(name) and config.variants else None
     if is_step_policy(base):
         outcome: Outcome = simulate_serving_steps(
             base, requests.arrival, requests.deadline, requests.solo, requests.app, table,
@@ -132,16 +222,60 @@ def run_policy(config: SimConfig, name: str, requests=None) -> dict:
         outcome = simulate_serving(
             base, requests.arrival, requests.deadline, requests.solo, requests.app, table,
             requests.prior, workers=config.workers, hints=hints, warmup_hints=warmup_hints,
-            clairvoyant=clairvoyant, policy_params=params,
+            clairvoyant=clairvoyant, policy_params=params, variants=variants,
+            priorities=None if tiers is None else tiers.tolist(),
         )  # fmt: skip
-    return summarise(outcome, requests)
+    return summarise(outcome, requests, config, tiers)
 
 
-def summarise(outcome: Outcome, requests) -> dict:
+def summarise(outcome: Outcome, requests, config: SimConfig | None = None,
+              tiers=None) -> dict:  # fmt: skip
     """The policy's metrics; in a multi-app cell also per app (the module docstring)."""
     out = outcome.summary(requests.arrival, requests.deadline)
     if requests.spec.app_mix:
         out["apps"] = app_summary(outcome, requests)
+        out["jain"] = jain([a["finish_rate"] for a in out["apps"].values()])
+    out.update(utility_summary(outcome, requests, config, tiers))
+    return out
+
+
+def jain(values) -> float:
+    """Jain's fairness index (sum x)^2 / (n sum x^2): 1 when all are equal."""
+    values = [float(v) for v in values]
+    sq = sum(v * v for v in values)
+    if not values or sq == 0:
+        return 1.0
+    return sum(values) ** 2 / (len(values) * sq)
+
+
+def utility_summary(outcome: Outcome, requests, config: SimConfig | None, tiers) -> dict:
+    """answered_in_slo, mean_accuracy, utility, and per tier / per variant counts."""
+    import numpy as np
+
+    n = len(outcome.state)
+    on_time = (outcome.state == COMPLETED) & (outcome.finish <= requests.deadline)
+    acc = np.ones(n)
+    out: dict = {}
+    if outcome.variant is not None and config is not None and config.variants:
+        table = np.array([a for _, _, a in config.variants] + [1.0])
+        acc = table[outcome.variant]  # -1 (not served) reads the last entry, 1.0
+        names = [v for v, _, _ in config.variants]
+        out["variants"] = {names[k]: int((outcome.variant == k).sum())
+                           for k in range(len(names))}  # fmt: skip
+    weight = np.ones(n)
+    if tiers is not None and config is not None:
+        weight = np.asarray(config.tier_weights())[tiers]
+        out["tiers"] = {}
+        for t in sorted(set(tiers.tolist())):
+            mine = tiers == t
+            fin = int((on_time & mine).sum())
+            out["tiers"][str(t)] = {"requests": int(mine.sum()), "finished": fin,
+                                    "finish_rate": fin / max(1, int(mine.sum())),
+                                    "weight": float(config.tier_weights()[t])}  # fmt: skip
+    done = int(on_time.sum())
+    out["answered_in_slo"] = done / n if n else 0.0
+    out["mean_accuracy"] = float(acc[on_time].mean()) if done else None
+    out["utility"] = float((weight * acc)[on_time].sum()) / n if n else 0.0
     return out
 
 

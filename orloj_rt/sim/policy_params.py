@@ -25,7 +25,7 @@ import re
 
 FLAG = "--policy-param"
 #: constructor arguments that the serving set-up (or the simulator's own flags) fix
-RESERVED = ("self", "max_batch", "alpha", "inflation", "step")
+RESERVED = ("self", "max_batch", "alpha", "inflation", "step", "variants", "app_weights")
 HINT_SUFFIX = "+hint"
 #: keys the serving core reads for the policies that use cost hints (HINTED), not the policy
 HINT_KEYS = ("hint_classes",)
@@ -94,7 +94,7 @@ def accepted_keys(name: str) -> tuple[str, ...]:
     hints (HINTED) also `hint_classes`, which the serving core reads."""
     from orloj_rt.policies import HINTED
 
-    base = name.removesuffix(HINT_SUFFIX)
+    base = name.removesuffix("+variants").removesuffix(HINT_SUFFIX)
     factory = _factory(base)
     if factory is None:
         return ()
@@ -112,6 +112,10 @@ def accepted_keys(name: str) -> tuple[str, ...]:
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break  # else (oracle-step's *args, **kwargs) its base class says what it takes
     keys = [k for k in keys if k not in RESERVED]
+    if base == "orloj":  # it maximises utility with these (orloj_rt/policies/utility.py)
+        from orloj_rt.policies import UTILITY_KEYS
+
+        keys += [k for k in UTILITY_KEYS if k not in keys]
     if base in HINTED:
         keys += list(HINT_KEYS)
     return tuple(keys)
@@ -139,7 +143,7 @@ def check_policy(name: str, params: dict, *, max_batch: int = 32, inflation=None
             why = (" (the serving set-up fixes it)" if key in RESERVED else "")
             raise PolicyParamError(f"{_shown(key, given.get(key))}: {where} has no key "
                                    f"{key!r}{why}; accepted keys: {listed}")
-    base = name.removesuffix(HINT_SUFFIX)
+    base = name.removesuffix("+variants").removesuffix(HINT_SUFFIX)
     kw = {k: v for k, v in params.items() if k not in HINT_KEYS}
     extra = {"step": step} if is_step_policy(base) and step is not None else {}
     try:

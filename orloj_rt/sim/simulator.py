@@ -50,6 +50,9 @@ class Outcome:
     batches: int  # batches dispatched; with step-level batching, steps run
     batch_sizes: np.ndarray  # the size of every batch (or step), in order
     end_time: float
+    # per request: the index of the model variant that served it (-1: none ran it, or the
+    # model has no variants); None where the simulation has no variants
+    variant: np.ndarray | None = None
 
     def summary(self, arrival: np.ndarray, deadline: np.ndarray) -> dict:
         """The metrics of `orloj-rt sim --json` (latencies in time units)."""
@@ -219,6 +222,8 @@ class SimModel(NamedTuple):
     name: str
     max_batch_size: int
     step_kind: str | None = None
+    variants: tuple = ()  # VariantSpec-likes (.name, .accuracy, .cost_scale), full first
+    app_weights: dict | None = None
 
 
 def warmup_profile(warmup_solo: Sequence[float], inflation: Sequence[float],
@@ -233,13 +238,17 @@ def warmup_profile(warmup_solo: Sequence[float], inflation: Sequence[float],
 
 
 def submit_arrivals(core, now: float, nxt: int, arr: list, dl: list, apps, hint_of,
-                    record) -> int:  # fmt: skip
+                    record, tiers: list | None = None) -> int:  # fmt: skip
     """Submits to the serving core, as the frontend's descriptors, every request from
-    `nxt` on that has arrived by `now`; returns the next request still to arrive."""
+    `nxt` on that has arrived by `now`; returns the next request still to arrive.
+    `tiers`: each request's priority tier (a ninth descriptor field where it is not 0)."""
     descs = []
     while nxt < len(arr) and arr[nxt] <= now:
         hint = None if hint_of is None else hint_of[nxt]
-        descs.append((nxt, 0, apps[nxt], arr[nxt], dl[nxt], hint, 0, 0))
+        if tiers is not None and tiers[nxt]:
+            descs.append((nxt, 0, apps[nxt], arr[nxt], dl[nxt], hint, 0, 0, tiers[nxt]))
+        else:
+            descs.append((nxt, 0, apps[nxt], arr[nxt], dl[nxt], hint, 0, 0))
         nxt += 1
     if descs:
         record(("submit", (descs,)))
@@ -263,6 +272,9 @@ def simulate_serving(
     policy_params: dict | None = None,
     service: Sequence[tuple[float, float, float]] | None = None,
     trace: list | None = None,
+    variants: Sequence | None = None,
+    priorities: Sequence[int] | None = None,
+    app_weights: dict | None = None,
 ) -> Outcome:
     """Runs every request through the runtime's own serving core (orloj_rt.serving) on
     `workers` identical workers, on a virtual clock.
@@ -281,6 +293,12 @@ def simulate_serving(
     0), frees its worker then, and its members are answered `reply delay` later. None
     (the default): the model alone, every delay and extra 0 (docs/simulation.md).
 
+    `variants`: the model's variants (objects with .name, .accuracy, .cost_scale; the
+    full model first): a batch that the core runs with variant v takes cost_scale_v times
+    as long (each member's work too); the Outcome's `variant` says which served each
+    request. `priorities`: each request's tier (the descriptors' priority field);
+    `app_weights`: the model's app weights. All go to the core as the runtime's would.
+
     `trace`, if a list, receives every call made on the core, in order, as (name, args)
     tuples, and after each `dispatch` what it decided: ("decided", (batches as (worker,
     tokens), dropped, rejected)). tests/serving/test_replay.py replays it through the
@@ -291,7 +309,14 @@ def simulate_serving(
     arrival, deadline, solo = checked_requests(arrival, deadline, solo, apps, workers)
     n = len(arrival)
     c = [float(v) for v in inflation]
-    core = ServingCore([SimModel("sim", len(c))], policy, policy_params, workers,
+    variants = tuple(variants or ())
+    scale_of = {v.name: (1.0 if v.cost_scale is None else float(v.cost_scale)) for v in variants}
+    index_of = {v.name: k for k, v in enumerate(variants)}
+    tiers = None if priorities is None else [int(p) for p in priorities]
+    if tiers is not None and len(tiers) != n:
+        raise ValueError("priorities must have one entry per request")
+    model = SimModel("sim", len(c), None, variants, dict(app_weights or {}))
+    core = ServingCore([model], policy, policy_params, workers,
                        timer=lambda: 0.0)  # fmt: skip
     record = trace.append if trace is not None else (lambda _e: None)
     profile = warmup_profile(warmup_solo, c, warmup_hints)
@@ -304,6 +329,7 @@ def simulate_serving(
     hint_of = x if clairvoyant else (None if hints is None else [float(h) for h in hints])
     state = [PENDING] * n
     finish = [math.nan] * n
+    served = [-1] * n
     sizes: list[int] = []
     # (end, seq, w, start, ids, reply delay)
     running: list[tuple[float, int, int, float, list[int], float]] = []
@@ -331,14 +357,14 @@ def simulate_serving(
         if t_wake <= now:
             wakeup = math.inf
         while running and running[0][0] <= now:  # completions first: they free workers
-            end, _, w, start, members, reply = heapq.heappop(running)
+            end, _, w, start, members, reply, scale = heapq.heappop(running)
             for rid in members:
                 state[rid] = COMPLETED
                 finish[rid] = end + reply
-            report = (w, 0, True, end - start, [x[rid] for rid in members])
+            report = (w, 0, True, end - start, [x[rid] * scale for rid in members])
             record(("batch_done", report))
             core.batch_done(*report)
-        nxt = submit_arrivals(core, now, nxt, arr, dl, apps, hint_of, record)
+        nxt = submit_arrivals(core, now, nxt, arr, dl, apps, hint_of, record, tiers)
         record(("dispatch", (now,)))
         runs = core.dispatch(now)
         dropped, rejected, errors = core.take_discards()
@@ -349,14 +375,19 @@ def simulate_serving(
                     raise SimulationError(f"{policy} dispatched request {rid}, which is "
                                           "not queued")  # fmt: skip
                 state[rid] = -1  # running
-            exec_time = c[len(run.tokens) - 1] * max(x[rid] for rid in run.tokens)
+            scale = 1.0
+            if run.variant is not None:
+                scale = scale_of[run.variant]
+                for rid in run.tokens:
+                    served[rid] = index_of[run.variant]
+            exec_time = c[len(run.tokens) - 1] * max(x[rid] for rid in run.tokens) * scale
             start, reply = now, 0.0
             if service_list:
                 delay, extra, reply = service_list[int(service_rng.integers(len(service_list)))]
                 start, exec_time = now + delay, max(0.0, exec_time + extra)
             seq += 1
             heapq.heappush(running, (start + exec_time, seq, run.worker, start, run.tokens,
-                                     reply))  # fmt: skip
+                                     reply, scale))  # fmt: skip
             sizes.append(len(run.tokens))
         if errors:
             raise SimulationError(f"{policy}: the core failed requests: {errors[:3]}")
@@ -368,5 +399,8 @@ def simulate_serving(
         queued = len(core.models[0].policy) if core.models[0].policy is not None else 0
         if not running and nxt >= n and wakeup == math.inf and queued:
             drop_stranded(core.models[0].policy, state)
-    return outcome_of(state, finish, sizes, last_event)
+    out = outcome_of(state, finish, sizes, last_event)
+    if variants:
+        out.variant = np.asarray(served, dtype=np.int16)
+    return out
 

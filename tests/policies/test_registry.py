@@ -9,7 +9,8 @@ from orloj_rt.policies import BASELINES, POLICIES, STEP_POLICIES, is_step_policy
 
 
 def test_every_policy_is_registered():
-    assert set(POLICIES) == {"orloj", "fifo", "edf", "nexus", "clockwork", "oracle", "sjf-hint"}
+    assert set(POLICIES) == {"orloj", "fifo", "edf", "nexus", "clockwork", "oracle", "sjf-hint",
+                             "loki-threshold"}
     assert set(BASELINES) <= set(POLICIES)
     # step-level policies have a registry of their own: the whole-batch scheduler's
     # choices (POLICIES) stay the policies it can drive

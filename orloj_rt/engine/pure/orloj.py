@@ -193,6 +193,7 @@ class OrlojPolicy(Policy):
         self._dists: list[Distribution | None] = []
         self._queues: list[RequestQueue] = []
         self._caches: list[_AppCache] = []
+        self._weights: list[float] = []  # per app index: its weight in the score (1.0)
         self._active: set[int] = set()  # the apps with queued requests
         self._where: dict[int, int] = {}
         self._default: Distribution | None = None
@@ -301,6 +302,22 @@ class OrlojPolicy(Policy):
             raise KeyError(f"unknown app {app!r}: no distribution has been set or learned for it")
         return self._dists[a].copy()
 
+    def set_app_weight(self, app: str, weight: float) -> None:
+        """`app`'s weight: each of its requests counts `weight` finishes in the score
+        (default 1.0; orloj_rt/policies/utility.py sets app x tier x fairness weights).
+        Apps of several weights also get candidates from the apps at or above each weight
+        (step 2b in the module docstring)."""
+        w = float(weight)
+        if not (w > 0.0 and math.isfinite(w)):
+            raise ValueError(f"an app's weight must be a finite number > 0, got {weight!r}")
+        a = self._app(app, create=True, need_dist=False)
+        self._weights[a] = w
+
+    def app_weight(self, app: str) -> float:
+        """`app`'s weight (1.0 for an app never weighted or unknown)."""
+        a = self._apps.get(app)
+        return 1.0 if a is None else self._weights[a]
+
     def _app(self, app: str, create: bool, need_dist: bool = True) -> int:
         a = self._apps.get(app)
         if a is None:
@@ -334,6 +351,7 @@ class OrlojPolicy(Policy):
             self._dists.append(dist)
             self._queues.append(RequestQueue())
             self._caches.append(_AppCache())
+            self._weights.append(1.0)
         else:
             self._dists[a] = dist
         return a
@@ -346,6 +364,7 @@ class OrlojPolicy(Policy):
         self._dists[a] = None
         self._queues[a] = RequestQueue()
         self._caches[a] = _AppCache()
+        self._weights[a] = 1.0
         self._active.discard(a)
 
     # ---------------------------------------------------------------- the queue
@@ -358,7 +377,7 @@ class OrlojPolicy(Policy):
         a = self._apps.get(app)
         return 0 if a is None else len(self._queues[a])
 
-    def enqueue(self, req_id, app, arrival, deadline, hint=None) -> None:
+    def enqueue(self, req_id, app, arrival, deadline, hint=None, priority=0) -> None:
         arrival = float(arrival)
         deadline = float(deadline)
         if not math.isfinite(arrival):
@@ -425,14 +444,58 @@ class OrlojPolicy(Policy):
         return cache
 
     def decide(self, now: float) -> Decision:
+        now = self._check_now(now)
+        dropped = self._drop(now)
+        present = self._present()
+        if not present:
+            return Decision([], dropped, [])
+        best, _ = self._select(present, now)
+        for _, rid, a in best:
+            q = self._queues[a]
+            q.remove(rid)
+            del self._where[rid]
+            if not len(q):
+                self._active.discard(a)
+        return Decision([rid for _, rid, _ in best], dropped, [])
+
+    def drop_hopeless(self, now: float) -> list[int]:
+        """Step 1 of a decision alone: removes and returns the requests that cannot
+        finish even alone and now (chance below epsilon)."""
+        return self._drop(self._check_now(now))
+
+    def evaluate(self, now: float) -> tuple[float, list[int]]:
+        """The batch `decide(now)` would dispatch after its drops, and its score
+        (expected weighted finishes per unit of expected batch time; the fallback
+        request's own score when no candidate reaches theta), without changing the queue:
+        (score, ids), or (-1.0, []) if nothing would run. It leaves the hopeless queued
+        (they are never admitted while theta > epsilon: a request that reaches theta in a
+        batch reaches epsilon alone)."""
+        now = self._check_now(now)
+        c1 = self._c[0]
+        eps = self._epsilon
+        present = []
+        for a in sorted(self._active):
+            self._refresh(a)
+            key, _ = self._queues[a].last()
+            if self._dists[a]._cdf((key - now) / c1) >= eps:
+                present.append(a)
+        if not present:
+            return -1.0, []
+        best, score = self._select(present, now)
+        return score, [rid for _, rid, _ in best]
+
+    def _check_now(self, now) -> float:
         now = float(now)
         if not math.isfinite(now):
             raise ValueError(f"now must be finite, got {now!r}")
         self._apps.tick(now)
+        return now
+
+    def _drop(self, now: float) -> list[int]:
+        """Step 1: removes every request whose chance even alone and now is below eps."""
         c1 = self._c[0]
         eps = self._epsilon
         dropped: list[int] = []
-        present: list[int] = []
         for a in sorted(self._active):  # app order, as the compiled engine's
             q = self._queues[a]
             self._refresh(a)
@@ -445,31 +508,33 @@ class OrlojPolicy(Policy):
                     dropped.append(rid)
                 else:
                     break
-            if len(q):
-                present.append(a)
-            else:
-                self._active.discard(a)
-        if not present:
-            return Decision([], dropped, [])
-
-        best_score = -1.0
-        best: list[tuple[float, int, int]] = []
-        for b in range(1, self._B + 1):
-            cb = self._c[b - 1]
-            for members in self._candidates(b, cb, present, now):
-                score = self._score(members, b, cb, now)
-                if score > best_score:
-                    best_score = score
-                    best = members
-        if not best and self._fallback:
-            best = self._most_likely_alone(present, now)
-        for _, rid, a in best:
-            q = self._queues[a]
-            q.remove(rid)
-            del self._where[rid]
             if not len(q):
                 self._active.discard(a)
-        return Decision([rid for _, rid, _ in best], dropped, [])
+        return dropped
+
+    def _present(self) -> list[int]:
+        return sorted(self._active)
+
+    def _select(self, present: list[int], now: float):
+        """Steps 2-3 over the apps `present`: (the best members, its score); with apps of
+        several weights, each weight level's apps (at or above it) form candidates too,
+        after the whole set's, lowest level first."""
+        best_score = -1.0
+        best: list[tuple[float, int, int]] = []
+        w = self._weights
+        levels = sorted({w[a] for a in present})
+        for level in levels:
+            apps = present if level == levels[0] else [a for a in present if w[a] >= level]
+            for b in range(1, self._B + 1):
+                cb = self._c[b - 1]
+                for members in self._candidates(b, cb, apps, now):
+                    score = self._score(members, b, cb, now)
+                    if score > best_score:
+                        best_score = score
+                        best = members
+        if not best and self._fallback:
+            best, best_score = self._most_likely_alone(present, now)
+        return best, best_score
 
     def _candidates(self, b: int, cb: float, present: list[int], now: float):
         """The candidate batches of size b, in the order that breaks ties (see step 2)."""
@@ -509,26 +574,28 @@ class OrlojPolicy(Policy):
             counts[a] = counts.get(a, 0) + 1
         apps = sorted(counts)
         e_fin = 0.0
+        w = self._weights
         if len(apps) == 1:
             d = self._dists[apps[0]]
-            for key, _, _ in members:
-                e_fin += ipow(d._cdf((key - now) / cb), b)
+            for key, _, a in members:
+                e_fin += w[a] * ipow(d._cdf((key - now) / cb), b)
             e_max = self._caches[apps[0]].emax[b]
         else:
-            for key, _, _ in members:
+            for key, _, m in members:
                 x = (key - now) / cb
                 p = 1.0
                 for a in apps:
                     p *= ipow(self._dists[a]._cdf(x), counts[a])
-                e_fin += p
+                e_fin += w[m] * p
             e_max = self._mixed_emax(apps, counts)
         e_t = cb * e_max
         if not (e_t > 0.0):
             e_t = 1e-300
         return e_fin / e_t
 
-    def _most_likely_alone(self, present, now) -> list[tuple[float, int, int]]:
-        """Among requests below theta alone, the one with the best chance alone."""
+    def _most_likely_alone(self, present, now) -> tuple[list[tuple[float, int, int]], float]:
+        """Among requests below theta alone, the one with the best chance alone, and its
+        score as a batch of one."""
         c1 = self._c[0]
         best_p = -1.0
         best: list[tuple[float, int, int]] = []
@@ -538,7 +605,13 @@ class OrlojPolicy(Policy):
             if p > best_p:
                 best_p = p
                 best = [(key, rid, a)]
-        return best
+        if not best:
+            return best, -1.0
+        a = best[0][2]
+        e_t = c1 * self._caches[a].emax[1]
+        if not (e_t > 0.0):
+            e_t = 1e-300
+        return best, self._weights[a] * best_p / e_t
 
     # ---------------------------------------------------------------- mixed batches
     # E[max] of a batch that mixes apps: Simpson's rule for the integral of

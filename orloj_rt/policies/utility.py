@@ -1,0 +1,500 @@
+"""Expected utility per unit of time: orloj with priorities, app weights, fairness and
+accuracy-scaling variants (issue 17), and the Loki-style threshold baseline.
+
+A request that finishes in time earns its weight times the accuracy of the variant that
+served it; its weight is
+
+    app weight (the model's `app_weights`, 1 if unlisted)
+    x tier weight (`tier_weights[priority]`; default 10^priority, tiers 0..7)
+    x fairness multiplier (1, or adapted online with `fairness` > 0).
+
+`make_policy("orloj", ...)` builds a `UtilityPolicy` when a model has variants, weights,
+tiers or fairness to honour, and the plain engine policy otherwise (so plain orloj pays
+nothing). The engine (both twins) scores a batch by its expected *weighted* finishes per
+unit of expected batch time, and with apps of several weights also forms candidates from
+the apps at or above each weight, so that a heavy request can be served before an older
+light one when both cannot be (orloj_rt/engine/pure/orloj.py, step 2b).
+
+Tiers. A request of app A and tier k > 0 is filed in the engine under the app `A!p<k>`,
+which shares A's distributions (every distribution given or learned for A is copied to
+it) and has A's weight times the tier's.
+
+Variants. One engine per variant, all holding the same queue; each has its own per-app
+distributions: the serving core teaches variant v from the batches v ran
+(`observe_batch(..., variant=v)`, `set_distribution(app, dist, variant=v)`); until a
+variant has learned an app, it uses the full model's distribution scaled by its
+`cost_scale` (declared, or when unknown the optimistic guess UNKNOWN_COST_SCALE until it
+has learned). A decision:
+
+1. drops what the cheapest variant (by declared or guessed cost) cannot finish even alone
+   (every other variant is at least as slow: nothing else could finish it);
+2. asks every variant's engine for its batch and score without changing its queue
+   (`evaluate`), and runs the variant with the best accuracy x score: the most expected
+   utility per unit of time (ties: the earlier, more accurate variant);
+3. removes the batch from every engine. `Decision.variant` is its index.
+
+Fairness (`fairness` = F > 0). Every FAIR_PERIOD outcomes (`observe_outcome(app, ok)`,
+called by the serving core for each request answered, in time or not), each app's
+relative finish rate r_a = finished / asked (exponentially decayed, half-life FAIR_HALF
+outcomes of the app) is compared with the model's r; an app below r(1 - FAIR_BAND)
+gets its multiplier raised by exp(F (r - r_a) / r), one above r(1 + FAIR_BAND) lowered
+the same way (multipliers kept in [1/FAIR_CAP, FAIR_CAP]). F is the gain: 0 is off; a
+larger F closes the gap faster and further, at the price of total finish rate (a starved
+app is usually the costlier one). docs/simulation.md gives the measured trade.
+
+`loki-threshold` (LokiThresholdPolicy) is the Loki-style baseline: it runs the whole model
+at one variant, the most accurate one whose capacity (max batch over its expected batch
+time at max batch) covers the recent arrival rate and which can drain the queue within
+the requests' typical SLO; within that variant it batches with orloj's engine (so it
+differs from orloj+variants only in how the variant is chosen).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, OrlojPolicy
+from orloj_rt.engine.interface import Decision, Policy
+
+#: the default tier weights: tier k weighs 10^k (tiers 0..MAX_TIER)
+DEFAULT_TIER_BASE = 10.0
+MAX_TIER = 7  # orloj_rt/protocol/wire.py MAX_PRIORITY
+#: the cost scale a variant without a declared one is assumed to have until it learned
+UNKNOWN_COST_SCALE = 0.5
+FAIR_PERIOD = 64
+FAIR_HALF = 2000.0
+FAIR_BAND = 0.05
+FAIR_CAP = 64.0
+TIER_SEP = "!p"
+#: points of a distribution's quantile function used to scale it
+_SCALE_POINTS = 256
+
+
+class VariantSpec:
+    """A variant as the policy needs it: name, accuracy in [0, 1], cost scale or None."""
+
+    __slots__ = ("name", "accuracy", "cost_scale")
+
+    def __init__(self, name, accuracy, cost_scale):
+        self.name = name
+        self.accuracy = accuracy
+        self.cost_scale = cost_scale
+
+
+def checked_variants(variants) -> list[VariantSpec]:
+    """Variants given as objects with .name/.accuracy/.cost_scale, or (name, cost_scale,
+    accuracy) tuples: checked, the full model first; ValueError naming the field."""
+    out = []
+    for i, v in enumerate(variants or ()):
+        if isinstance(v, (tuple, list)):
+            if len(v) != 3:
+                raise ValueError(f"variants[{i}]: expected (name, cost_scale, accuracy), got {v!r}")
+            name, cost, acc = v
+        else:
+            name = getattr(v, "name", None)
+            acc = getattr(v, "accuracy", None)
+            cost = getattr(v, "cost_scale", None)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"variants[{i}].name: a variant needs a name, got {name!r}")
+        if acc is None:
+            raise ValueError(f"variants[{i}] ({name!r}).accuracy: missing; give its accuracy "
+                             "in [0, 1]")
+        acc = float(acc)
+        if not 0.0 <= acc <= 1.0:
+            raise ValueError(f"variants[{i}] ({name!r}).accuracy: {acc!r} is not in [0, 1]")
+        if cost is not None:
+            cost = float(cost)
+            if not (cost > 0 and math.isfinite(cost)):
+                raise ValueError(f"variants[{i}] ({name!r}).cost_scale: {cost!r} is not a "
+                                 "positive number")
+        out.append(VariantSpec(name, acc, cost))
+    names = [v.name for v in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"variants: a name is given twice in {names}")
+    return out
+
+
+def tier_weight_table(tier_weights) -> list[float]:
+    """The weight of each tier: `tier_weights` checked, or the default 10^k."""
+    if tier_weights is None:
+        return [DEFAULT_TIER_BASE**k for k in range(MAX_TIER + 1)]
+    if isinstance(tier_weights, (int, float)):
+        tier_weights = [tier_weights]
+    out = [float(w) for w in tier_weights]
+    if not out or len(out) > MAX_TIER + 1:
+        raise ValueError(f"tier_weights: give 1 to {MAX_TIER + 1} weights (tier 0 first), "
+                         f"got {len(out)}")
+    for k, w in enumerate(out):
+        if not (w > 0 and math.isfinite(w)):
+            raise ValueError(f"tier_weights[{k}]: {w!r} is not a positive number")
+    return out
+
+
+def check_priority(priority, tiers: int) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not (
+        0 <= priority < tiers
+    ):
+        raise ValueError(f"priority {priority!r} is out of range: a tier is an integer in "
+                         f"0..{tiers - 1} (tier_weights gives {tiers} tier(s))")
+    return priority
+
+
+def scaled(dist, scale: float):
+    """A distribution of `scale` times `dist`'s solo times, on the same grid (from its
+    quantile function, in the same engine)."""
+    if scale == 1.0:
+        return dist.copy()
+    qs = [dist.quantile((i + 0.5) / _SCALE_POINTS) * scale for i in range(_SCALE_POINTS)]
+    return type(dist).from_samples(qs, bins=dist.bins, lo=dist.lo, hi=dist.hi,
+                                   window=dist.window)  # fmt: skip
+
+
+def wants_utility(params: dict) -> bool:
+    """Whether orloj's params ask for anything the plain engine policy lacks."""
+    if len(params.get("variants") or ()) > 1:
+        return True
+    if any(w != 1.0 for w in (params.get("app_weights") or {}).values()):
+        return True
+    return bool(params.get("fairness")) or params.get("tier_weights") is not None \
+        or bool(params.get("priorities"))
+
+
+class UtilityPolicy(Policy):
+    """orloj maximising expected utility per unit of time (the module docstring)."""
+
+    name = "orloj"
+
+    def __init__(
+        self,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        alpha: float = DEFAULT_ALPHA,
+        inflation: Sequence[float] | None = None,
+        *,
+        variants=(),
+        app_weights: dict | None = None,
+        tier_weights=None,
+        priorities: bool = True,
+        fairness: float = 0.0,
+        **engine_params,
+    ):
+        self._variants = checked_variants(variants)
+        if not self._variants:
+            self._variants = [VariantSpec(None, 1.0, 1.0)]
+        self._has_variants = self._variants[0].name is not None
+        kw = dict(max_batch=max_batch, alpha=alpha, **engine_params)
+        if inflation is not None:
+            kw["inflation"] = list(inflation)
+        self._engines = [OrlojPolicy(**kw) for _ in self._variants]
+        self._e0 = self._engines[0]
+        self._c1 = float(self._e0.inflation.table[0])
+        self._app_w = {str(a): float(w) for a, w in (app_weights or {}).items()}
+        for a, w in self._app_w.items():
+            if not (w > 0 and math.isfinite(w)):
+                raise ValueError(f"app_weights.{a}: {w!r} is not a positive number")
+        self._tier_w = tier_weight_table(tier_weights)
+        self._priorities = bool(priorities)
+        self._fairness = float(fairness)
+        if not (self._fairness >= 0 and math.isfinite(self._fairness)):
+            raise ValueError(f"fairness must be a number >= 0 (0 = off), got {fairness!r}")
+        # base app -> the tiers it has engine apps for; request id -> its engine app
+        self._tiers: dict[str, set[int]] = {}
+        self._filed: dict[int, str] = {}
+        # per variant: the apps whose distribution it learned itself
+        self._own: list[set[str]] = [set() for _ in self._variants]
+        self._scale_est: list[float] = [
+            v.cost_scale if v.cost_scale is not None else UNKNOWN_COST_SCALE
+            for v in self._variants
+        ]
+        self._cheapest = min(range(len(self._variants)), key=lambda k: (self._scale_est[k], k))
+        # fairness: decayed (asked, finished) per base app, and its multiplier
+        self._fair: dict[str, list[float]] = {}
+        self._mult: dict[str, float] = {}
+        self._outcomes = 0
+        self.last_variant: int | None = None
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def max_batch(self) -> int:
+        return self._e0.max_batch
+
+    @property
+    def variants(self) -> list[VariantSpec]:
+        return list(self._variants)
+
+    @property
+    def tier_weights(self) -> list[float]:
+        return list(self._tier_w)
+
+    @property
+    def apps(self) -> list[str]:
+        return [a for a in self._e0.apps if TIER_SEP not in a]
+
+    def weight_of(self, app: str, priority: int = 0) -> float:
+        """The weight a request of `app` and tier `priority` earns now."""
+        return self._app_w.get(app, 1.0) * self._tier_w[priority] * self._mult.get(app, 1.0)
+
+    def multiplier(self, app: str) -> float:
+        """`app`'s fairness multiplier (1 when fairness is off or it is not adjusted)."""
+        return self._mult.get(app, 1.0)
+
+    def set_app_limits(self, max_apps: int, app_idle_s: float) -> None:
+        for e in self._engines:
+            e.set_app_limits(max_apps, app_idle_s)
+
+    def knows(self, app: str) -> bool:
+        return self._e0.knows(app)
+
+    def forget_app(self, app: str) -> bool:
+        names = [app] + [self._alias(app, k) for k in sorted(self._tiers.get(app, ()))]
+        if any(self._e0.queued(n) for n in names if self._e0.knows(n)):
+            return False
+        for e in self._engines:
+            for n in names:
+                e.forget_app(n)
+        self._tiers.pop(app, None)
+        for own in self._own:
+            own.discard(app)
+        return True
+
+    def set_default_distribution(self, dist) -> None:
+        for k, e in enumerate(self._engines):
+            e.set_default_distribution(scaled(dist, self._scale_est[k]))
+
+    def set_distribution(self, app: str, dist, variant: int | None = None) -> None:
+        """`app`'s distribution: of variant `variant` (learned from the batches it ran),
+        or with None of the full model, which every variant that has not learned `app`
+        follows, scaled by its cost."""
+        if variant is not None and variant > 0:
+            self._own[variant].add(app)
+            self._install(variant, app, dist)
+            return
+        self._install(0, app, dist)
+        for k in range(1, len(self._engines)):
+            if app not in self._own[k]:
+                self._install(k, app, scaled(dist, self._scale_est[k]))
+
+    def _install(self, k: int, app: str, dist) -> None:
+        e = self._engines[k]
+        e.set_distribution(app, dist)
+        for t in self._tiers.get(app, ()):
+            e.set_distribution(self._alias(app, t), dist)
+
+    def distribution(self, app: str, variant: int = 0):
+        return self._engines[variant].distribution(app)
+
+    def observe_solo(self, app: str, solo_time: float, variant: int = 0) -> None:
+        e = self._engines[variant]
+        e.observe_solo(app, solo_time)
+        for t in self._tiers.get(app, ()):
+            e.observe_solo(self._alias(app, t), solo_time)
+
+    def observe_batch(self, apps, exec_time, variant: int = 0) -> None:
+        if len(apps) == 1:
+            self.observe_solo(apps[0], float(exec_time) / self._c1, variant)
+
+    # ------------------------------------------------------------------ the queue
+    @staticmethod
+    def _alias(app: str, tier: int) -> str:
+        return app if tier == 0 else f"{app}{TIER_SEP}{tier}"
+
+    def _file(self, app: str, priority: int) -> str:
+        """The engine app of a request of `app` and tier `priority` (made on first use:
+        `app`'s distributions, the tier's weight)."""
+        if priority == 0 or not self._priorities:
+            name = app
+            if not self._e0.knows(app):
+                w = self.weight_of(app, 0)
+                for e in self._engines:
+                    e.set_app_weight(app, w)  # also admits it, from the default prior
+            return name
+        tiers = self._tiers.setdefault(app, set())
+        name = self._alias(app, priority)
+        if priority not in tiers or not self._e0.knows(name):
+            tiers.add(priority)
+            w = self.weight_of(app, priority)
+            for e in self._engines:
+                e.set_distribution(name, e.distribution(app))
+                e.set_app_weight(name, w)
+        return name
+
+    def enqueue(self, req_id, app, arrival, deadline, hint=None, priority=0) -> None:
+        priority = check_priority(priority, len(self._tier_w))
+        name = self._file(app, priority)
+        self._e0.enqueue(req_id, name, arrival, deadline, hint)
+        for e in self._engines[1:]:
+            e.enqueue(req_id, name, arrival, deadline, hint)
+        self._filed[int(req_id)] = name
+
+    def remove(self, req_id) -> None:
+        self._e0.remove(req_id)
+        for e in self._engines[1:]:
+            e.remove(req_id)
+        self._filed.pop(req_id, None)
+
+    def __len__(self) -> int:
+        return len(self._e0)
+
+    def _take(self, ids, skip: int | None = None) -> None:
+        """Removes `ids` from every engine but `skip` (which already let them go)."""
+        for k, e in enumerate(self._engines):
+            if k == skip:
+                continue
+            for rid in ids:
+                e.remove(rid)
+        filed = self._filed
+        for rid in ids:
+            filed.pop(rid, None)
+
+    # ------------------------------------------------------------------ decisions
+    def decide(self, now: float) -> Decision:
+        if len(self._engines) == 1:
+            d = self._e0.decide(now)
+            for rid in d.batch:
+                self._filed.pop(rid, None)
+            for rid in d.dropped:
+                self._filed.pop(rid, None)
+            v = 0 if self._has_variants else None
+            self.last_variant = v
+            return Decision(d.batch, d.dropped, [], v)
+        auth = self._cheapest
+        dropped = self._engines[auth].drop_hopeless(now)
+        self._take(dropped, skip=auth)
+        best_k, best_u, best_ids = self._choose(now)
+        if not best_ids:
+            self.last_variant = None
+            return Decision([], list(dropped), [], None)
+        self._take(best_ids)
+        self.last_variant = best_k
+        return Decision(list(best_ids), list(dropped), [], best_k)
+
+    def _choose(self, now: float):
+        """(variant, utility rate, ids): the variant whose batch earns the most."""
+        best_k, best_u, best_ids = 0, -math.inf, []
+        for k, e in enumerate(self._engines):
+            score, ids = e.evaluate(now)
+            if not ids:
+                continue
+            u = score * self._variants[k].accuracy
+            if u > best_u:
+                best_k, best_u, best_ids = k, u, ids
+        return best_k, best_u, best_ids
+
+    # ------------------------------------------------------------------ fairness
+    def observe_outcome(self, app: str, finished: bool) -> None:
+        """A request of `app` was answered: `finished` in time or not (dropped, rejected,
+        late). Feeds fairness; a no-op with fairness off."""
+        if not self._fairness:
+            return
+        rec = self._fair.get(app)
+        if rec is None:
+            rec = self._fair[app] = [0.0, 0.0]
+        decay = 0.5 ** (1.0 / FAIR_HALF)
+        rec[0] = rec[0] * decay + 1.0
+        rec[1] = rec[1] * decay + (1.0 if finished else 0.0)
+        self._outcomes += 1
+        if self._outcomes % FAIR_PERIOD == 0:
+            self._adapt()
+
+    def _adapt(self) -> None:
+        asked = sum(r[0] for r in self._fair.values())
+        done = sum(r[1] for r in self._fair.values())
+        if asked <= 0 or len(self._fair) < 2:
+            return
+        mean = done / asked
+        if mean <= 0:
+            return
+        changed = []
+        for app, (a, d) in self._fair.items():
+            if a <= 0:
+                continue
+            r = d / a
+            if abs(r - mean) <= FAIR_BAND * mean:
+                continue
+            m = self._mult.get(app, 1.0) * math.exp(self._fairness * (mean - r) / mean)
+            m = min(FAIR_CAP, max(1.0 / FAIR_CAP, m))
+            self._mult[app] = m
+            changed.append(app)
+        for app in changed:
+            self._reweigh(app)
+
+    def _reweigh(self, app: str) -> None:
+        names = [(app, 0)] + [(self._alias(app, t), t) for t in self._tiers.get(app, ())]
+        for name, t in names:
+            if not self._e0.knows(name):
+                continue
+            w = self.weight_of(app, t)
+            for e in self._engines:
+                e.set_app_weight(name, w)
+
+    def relative_finish_rates(self) -> dict[str, float]:
+        """Each app's decayed finished / asked (fairness on only)."""
+        return {a: (d / n if n > 0 else 0.0) for a, (n, d) in self._fair.items()}
+
+
+class LokiThresholdPolicy(UtilityPolicy):
+    """Loki-style accuracy scaling (the module docstring): the whole model at the most
+    accurate variant that keeps up, chosen from the queue and the arrival rate."""
+
+    name = "loki-threshold"
+
+    def __init__(self, *args, headroom: float = 1.0, **kwargs):
+        kwargs.setdefault("priorities", False)
+        super().__init__(*args, **kwargs)
+        self._headroom = float(headroom)
+        self._rate = 0.0  # arrivals per second, exponentially smoothed
+        self._last_arrival: float | None = None
+        self._slo = 0.0  # typical deadline - arrival, smoothed
+        self._cB = float(self._e0.inflation.table[-1])
+
+    def enqueue(self, req_id, app, arrival, deadline, hint=None, priority=0) -> None:
+        super().enqueue(req_id, app, arrival, deadline, hint, priority)
+        arrival = float(arrival)
+        if self._last_arrival is not None:
+            gap = max(arrival - self._last_arrival, 1e-9)
+            self._rate = 0.98 * self._rate + 0.02 / gap if self._rate else 1.0 / gap
+        self._last_arrival = arrival
+        slo = float(deadline) - arrival
+        self._slo = 0.98 * self._slo + 0.02 * slo if self._slo else slo
+
+    def _mean_solo(self, k: int) -> float:
+        e = self._engines[k]
+        apps = e.apps
+        if not apps:
+            return 0.0
+        return sum(e.distribution(a).mean() for a in apps) / len(apps)
+
+    def pick(self) -> int:
+        """The most accurate variant whose capacity covers the arrival rate and whose
+        queue drains within the typical SLO; the cheapest if none does."""
+        n = len(self)
+        B = self.max_batch
+        for k in sorted(range(len(self._variants)), key=lambda k: -self._variants[k].accuracy):
+            m = self._mean_solo(k)
+            if m <= 0:
+                return k
+            batch_time = self._cB * m
+            capacity = B / batch_time
+            drain = math.ceil(n / B) * batch_time
+            if capacity >= self._headroom * self._rate and drain <= self._slo:
+                return k
+        return self._cheapest
+
+    def decide(self, now: float) -> Decision:
+        if len(self._engines) == 1:
+            return super().decide(now)
+        k = self.pick()
+        d = self._engines[k].decide(now)
+        self._take(d.dropped, skip=k)
+        self._take(d.batch, skip=k)
+        self.last_variant = k if d.batch else None
+        return Decision(list(d.batch), list(d.dropped), [], k if d.batch else None)
+
+
+def orloj_factory(**params):
+    """`orloj`: the engine's policy, or UtilityPolicy when the params ask for more."""
+    if wants_utility(params):
+        return UtilityPolicy(**params)
+    for key in ("variants", "app_weights", "tier_weights", "fairness", "priorities"):
+        params.pop(key, None)
+    return OrlojPolicy(**params)

@@ -1,0 +1,76 @@
+"""App weights, weight levels, evaluate() and drop_hopeless(): the compiled engine against
+its pure twin, and what weights change (issue 17)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+def scenario(mod, seed, weights, pools):
+    rng = random.Random(seed)
+    p = mod.OrlojPolicy(max_batch=8, pools=pools)
+    p.set_default_distribution(mod.Distribution.from_mean_cov(0.01, 0.5))
+    apps = [f"a{i}" for i in range(len(weights))]
+    for i, a in enumerate(apps):
+        d = mod.Distribution()
+        for _ in range(60):
+            d.add(rng.lognormvariate(0, 0.6) * 0.01 * (1 + i))
+        p.set_distribution(a, d)
+        p.set_app_weight(a, weights[i])
+    now = 0.0
+    log = []
+    rid = 0
+    for _ in range(25):
+        for _ in range(rng.randint(0, 12)):
+            p.enqueue(rid, rng.choice(apps), now, now + rng.uniform(0.0, 0.2))
+            rid += 1
+        score, ids = p.evaluate(now)
+        log.append(("evaluate", round(score, 12), list(ids)))
+        if rng.random() < 0.3:
+            log.append(("drop", sorted(p.drop_hopeless(now))))
+        d = p.decide(now)
+        log.append(("decide", list(d.batch), sorted(d.dropped)))
+        now += rng.uniform(0.0, 0.03)
+    return log
+
+
+@given(seed=st.integers(0, 2**20),
+       weights=st.lists(st.sampled_from([1.0, 2.0, 10.0]), min_size=1, max_size=4),
+       pools=st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_weighted_decisions_agree(native, pure_engine, seed, weights, pools):
+    assert scenario(native, seed, weights, pools) == scenario(pure_engine, seed, weights, pools)
+
+
+def test_evaluate_is_what_decide_dispatches(eng):
+    p = eng.OrlojPolicy(max_batch=4)
+    p.set_default_distribution(eng.Distribution.from_mean_cov(0.01, 0.3))
+    for i in range(10):
+        p.enqueue(i, "a", 0.0, 0.02 + 0.01 * i)
+    score, ids = p.evaluate(0.0)
+    assert len(p) == 10 and score > 0
+    assert list(p.decide(0.0).batch) == list(ids)
+
+
+def test_a_heavy_app_is_served_before_an_older_light_one(eng):
+    """Two requests, room for one: the weighted one goes first although it is younger."""
+    def first(weight):
+        p = eng.OrlojPolicy(max_batch=1)
+        p.set_default_distribution(eng.Distribution.from_mean_cov(0.01, 0.05))
+        p.enqueue(1, "light", 0.0, 0.012)
+        p.enqueue(2, "heavy", 0.0, 0.0125)
+        p.set_app_weight("heavy", weight)
+        return list(p.decide(0.0).batch)
+
+    assert first(1.0) == [1]
+    assert first(10.0) == [2]
+
+
+def test_weight_must_be_positive(eng):
+    p = eng.OrlojPolicy()
+    with pytest.raises(ValueError, match="weight"):
+        p.set_app_weight("a", 0.0)
