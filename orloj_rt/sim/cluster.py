@@ -28,7 +28,9 @@ slower device would make it. What differs from one core is only the routing:
   is for the runtime's clock): a 2-unit-old state is used, aged; `router_params` set it.
 - Events at one instant: batch completions, then states arriving at the router, then
   publications, then arrivals (routed and submitted, in order), then each touched
-  node's dispatch.
+  node's dispatch. So one node (`nodes=1`) makes exactly simulate_serving's calls and
+  decisions. (With state age 0, arrivals at the same instant are dispatched one by one,
+  so that each choice sees the one before it; with continuous gaps this never happens.)
 
 `load` (WorkloadSpec.load) is per node: the arrival rate is nodes x load. So one node at
 load L is `orloj-rt sim --load L`. Node speeds: "equal" (all 1), "unequal" (every
@@ -290,9 +292,6 @@ def simulate_cluster(router, arrival, deadline, solo, apps, inflation, warmup_so
             if cluster[i].wakeup <= now:
                 cluster[i].wakeup = math.inf
                 touched.add(i)
-        for i in touched:  # completions free workers before anything is routed
-            serve(i, now)
-        touched.clear()
         while deliveries and deliveries[0][0] <= now:
             t, i, st = deliveries.popleft()
             router.update(cluster[i].name, st, t)

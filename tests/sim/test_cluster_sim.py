@@ -1,0 +1,108 @@
+"""The simulator across nodes (orloj_rt/sim/cluster.py, `orloj-rt sim --nodes`): small
+cells, a few hundred requests each."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orloj_rt.cli import main as cli_main
+from orloj_rt.engine.pure.batch_model import Inflation
+from orloj_rt.sim.cluster import (
+    ClusterConfig,
+    cluster_requests,
+    parse_speeds,
+    run_cluster,
+    run_router,
+)
+from orloj_rt.sim.simulator import simulate_serving
+from orloj_rt.sim.workloads import WorkloadSpec
+
+
+def spec(**kw) -> WorkloadSpec:
+    base = dict(solo="lognormal", slo=2.0, load=0.6, requests=600, seed=3)
+    base.update(kw)
+    return WorkloadSpec(**base)
+
+
+def test_one_node_is_the_single_node_simulator():
+    """nodes=1: the router has one choice, and the core gets exactly simulate_serving's
+    calls: the same outcome, request by request."""
+    cfg = ClusterConfig(spec(load=1.5), nodes=1, routers=("orloj",))
+    rq = cluster_requests(cfg)
+    one = run_router(cfg, "orloj", rq)
+    table = Inflation(cfg.max_batch, cfg.batch_alpha).table
+    ref = simulate_serving("orloj", rq.arrival, rq.deadline, rq.solo, rq.app, table,
+                           rq.prior).summary(rq.arrival, rq.deadline)  # fmt: skip
+    for k, v in ref.items():
+        assert one[k] == v, k
+
+
+def test_orloj_routing_beats_random_on_unequal_speeds():
+    cfg = ClusterConfig(spec(), nodes=8, speeds="unequal", routers=("random", "p2c", "orloj"))
+    res = run_cluster(cfg)["routers"]
+    n = cfg.workload.requests
+    for m in res.values():  # every request ends once
+        assert m["completed"] + m["dropped"] + m["rejected"] == n
+    assert res["orloj"]["finish_rate"] > 1.2 * res["random"]["finish_rate"]
+    assert res["orloj"]["finish_rate"] > res["p2c"]["finish_rate"]
+    # it knows the slow nodes (measured there, 2x slower): most requests go to fast ones
+    assert res["orloj"]["by_speed"]["1"]["share"] > 0.7
+    assert res["random"]["by_speed"]["1"]["share"] == pytest.approx(0.5, abs=0.07)
+
+
+def test_state_age_and_staleness():
+    """State age 0: the router never falls back. A state older than stale_after (10 units
+    in the simulator): every choice after the first stale_after units falls back (the
+    nodes' load is ignored, docs/cluster-routing.md), and routing is then worse."""
+    base = dict(nodes=8, speeds="unequal", routers=("orloj",))
+    rq = cluster_requests(ClusterConfig(spec(), **base))
+    fresh = run_router(ClusterConfig(spec(), **base), "orloj", rq)
+    old = run_router(ClusterConfig(spec(), state_age=50.0, **base), "orloj", rq)
+    assert fresh["fallbacks"] == 0
+    late = int((rq.arrival > 10.0 + 0.1).sum())
+    assert late > 100 and old["fallbacks"] >= late
+    assert old["finish_rate"] < fresh["finish_rate"]
+
+
+def test_parse_speeds():
+    assert parse_speeds("equal", 3) == (1.0, 1.0, 1.0)
+    assert parse_speeds("unequal", 4) == (1.0, 0.5, 1.0, 0.5)
+    assert parse_speeds("1, 0.25", 2) == (1.0, 0.25)
+    for bad, msg in (("fast", "comma-separated numbers"), ("1,2,3", "3 given for 2 nodes"),
+                     ("1,-1", "> 0")):  # fmt: skip
+        with pytest.raises(ValueError, match=msg):
+            parse_speeds(bad, 2)
+
+
+def run_cli(capsys, *argv):
+    rc = cli_main(["sim", "--workload", "lognormal", "--slo-mult", "2", "--load", "0.6",
+                   "--requests", "200", *argv])  # fmt: skip
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_json(capsys):
+    rc, out, _ = run_cli(capsys, "--nodes", "4", "--router", "p2c,orloj", "--node-speeds",
+                         "unequal", "--state-age", "2", "--json")  # fmt: skip
+    assert rc == 0
+    res = json.loads(out)
+    assert set(res["routers"]) == {"p2c", "orloj"}
+    assert res["config"]["nodes"] == 4 and res["config"]["state_age"] == 2.0
+
+
+@pytest.mark.parametrize(("argv", "msg"), [
+    (["--nodes", "4", "--router", "p3c"], "unknown router 'p3c'"),
+    (["--nodes", "4", "--node-speeds", "1,2"], "2 given for 4 nodes"),
+    (["--nodes", "4", "--workers", "2"], "--workers-per-node"),
+    (["--nodes", "4", "--policies", "orloj,fifo"], "the one whole-batch policy"),
+    (["--nodes", "4", "--router-param", "orloj:colour=2"], "its parameters"),
+    (["--nodes", "4", "--router-param", "p2c:x"], "KEY=VALUE"),
+    (["--nodes", "4", "--state-age", "-1"], "--state-age must be >= 0"),
+    (["--router", "p2c"], "give --nodes N too"),
+    (["--state-age", "2"], "give --nodes N too"),
+])  # fmt: skip
+def test_cli_bad_flags(capsys, argv, msg):
+    rc, _, err = run_cli(capsys, *argv)
+    assert rc == 2 and msg in err, err
