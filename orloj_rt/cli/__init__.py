@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "bench": "orloj_rt.cli.bench",
     "sim": "orloj_rt.cli.sim",
     "engine": "orloj_rt.cli.engine_info",
+    "cluster": "orloj_rt.cli.cluster",
 }
 
 
