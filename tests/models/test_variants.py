@@ -149,3 +149,22 @@ def test_a_forced_depth_beyond_the_models_layers_stops_the_worker():
     module = early_exit.build()
     with pytest.raises(ValueError, match="declare max_depth in 1..12"):
         variant_runners(entry, module, make_runner(entry, module, "cpu"), "cpu")
+
+
+def test_a_factory_args_variant_runs_a_module_of_its_own(tmp_path):
+    pytest.importorskip("torch")
+    from orloj_rt.models.loading import build_module
+    from orloj_rt.runtime.batch_runner import make_runner, variant_runners
+
+    p = _write(tmp_path, 'builtin = "tiny_mlp"\n[[variants]]\nname = "other"\naccuracy = 0.5\n'
+               "factory_args = { seed = 1 }\n")
+    entry = load_entry(p)
+    module = build_module(entry)
+    full = make_runner(entry, module, "cpu")
+    runners = variant_runners(entry, module, full, "cpu")
+    assert runners["full"] is full and runners["other"].module is not module
+    assert runners["other"].entry.factory_args == {"seed": 1}
+    x = [[np.linspace(-1, 1, 16, dtype=np.float32)]]
+    (a,), _ = runners["full"].run(x)
+    (b,), _ = runners["other"].run(x)
+    assert not np.allclose(a, b)  # other weights: another model
