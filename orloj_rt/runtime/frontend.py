@@ -413,8 +413,9 @@ class Frontend:
         p = self._pending[token] = _Pending(envelope, header.req_id, m, slot, arrival,
                                             req.slo_s,
                                             self.metrics.models[m.index].app(req.app))  # fmt: skip
+        # a RequestDescriptor's fields (protocol/messages.py), the tier last
         p.desc = (token, m.index, req.app, arrival, arrival + req.slo_s, hint, slot,
-                  generation)  # fmt: skip
+                  generation, req.priority)  # fmt: skip
         self._submit.append(p.desc)
         self.cancels.admitted(p.key, token)
 

@@ -292,7 +292,8 @@ class Scheduler:
         w = self.workers[run.worker]
         batch_id = self._next_batch_id
         self._next_batch_id += 1
-        msg = msgs.RunBatch(batch_id, run.model, run.tokens, run.slots, run.generations)
+        msg = msgs.RunBatch(batch_id, run.model, run.tokens, run.slots, run.generations,
+                            run.variant)  # fmt: skip
         w.last_heard = time.monotonic()
         if not self._send(w.channel, [msgs.encode(msg)]):
             self._lose_worker(w, "its channel is closed")  # the frontend re-queues the batch
