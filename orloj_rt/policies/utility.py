@@ -54,7 +54,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, OrlojPolicy
+from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, OrlojPolicy, batch_mean
 from orloj_rt.engine.interface import Decision, Policy
 
 #: the default tier weights: tier k weighs 10^k (tiers 0..MAX_TIER)
@@ -62,6 +62,9 @@ DEFAULT_TIER_BASE = 10.0
 MAX_TIER = 7  # orloj_rt/protocol/wire.py MAX_PRIORITY
 #: the cost scale a variant without a declared one is assumed to have until it learned
 UNKNOWN_COST_SCALE = 0.5
+#: the price's queue factor stays in [1, LIFT_CAP]; a price never lifts from below this
+LIFT_CAP = 1e4
+LIFT_FLOOR = 0.01
 FAIR_PERIOD = 64
 FAIR_HALF = 2000.0
 FAIR_BAND = 0.05
@@ -157,6 +160,7 @@ def wants_utility(params: dict) -> bool:
     if any(w != 1.0 for w in (params.get("app_weights") or {}).values()):
         return True
     return bool(params.get("fairness")) or params.get("tier_weights") is not None \
+        or params.get("horizon") is not None \
         or bool(params.get("priorities"))
 
 
@@ -176,6 +180,9 @@ class UtilityPolicy(Policy):
         tier_weights=None,
         priorities: bool = True,
         fairness: float = 0.0,
+        horizon: float = 0.5,
+        target: float = 0.5,
+        eta: float = 0.05,
         **engine_params,
     ):
         self._variants = checked_variants(variants)
@@ -199,7 +206,6 @@ class UtilityPolicy(Policy):
             raise ValueError(f"fairness must be a number >= 0 (0 = off), got {fairness!r}")
         # base app -> the tiers it has engine apps for; request id -> its engine app
         self._tiers: dict[str, set[int]] = {}
-        self._filed: dict[int, str] = {}
         # per variant: the apps whose distribution it learned itself
         self._own: list[set[str]] = [set() for _ in self._variants]
         self._scale_est: list[float] = [
@@ -212,6 +218,32 @@ class UtilityPolicy(Policy):
         self._mult: dict[str, float] = {}
         self._outcomes = 0
         self.last_variant: int | None = None
+        # the variant choice: the typical SLO (smoothed) and each variant's full batch time
+        self._horizon = float(horizon)
+        if not self._horizon > 0:
+            raise ValueError(f"horizon must be > 0 (a share of the SLO), got {horizon!r}")
+        self._slo = 0.0
+        self._rate = 0.0  # arrivals per second: 1 / the smoothed mean gap
+        self._gap = 0.0
+        self._last_arrival: float | None = None
+        # per variant: the expected time of a batch of b (index b - 1), from one app's
+        # distribution; and its capacity (requests per second) at the last horizon
+        self._tb: list[list[float]] = [[] for _ in self._variants]
+        self._cap: list[float] = [0.0] * len(self._variants)
+        self._cap_time: list[float] = [0.0] * len(self._variants)  # its batch's time
+        self._cap_at = -1.0  # the horizon the capacities were computed for
+        self._sus = 0  # the sustainable variant at the last price
+        self._lift = 1.0  # the queue's factor on the price
+        self._target = float(target)
+        self._eta = float(eta)
+        self._order = sorted(range(len(self._variants)),
+                             key=lambda k: (-self._variants[k].accuracy, self._scale_est[k], k))
+
+    def __getattr__(self, name):
+        # what the full model's engine says of itself (theta, max_apps, queued, ...)
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._e0, name)
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -259,7 +291,30 @@ class UtilityPolicy(Policy):
 
     def set_default_distribution(self, dist) -> None:
         for k, e in enumerate(self._engines):
-            e.set_default_distribution(scaled(dist, self._scale_est[k]))
+            d = scaled(dist, self._scale_est[k])
+            e.set_default_distribution(d)
+            self._full_batch_time(k, d)
+
+    def _full_batch_time(self, k: int, dist) -> None:
+        """Variant k's expected batch times for every size, from one app's distribution."""
+        infl = self._e0.inflation
+        self._tb[k] = [batch_mean([dist] * b, infl) for b in range(1, self.max_batch + 1)]
+        self._cap_at = -1.0
+
+    def _capacities(self, horizon: float) -> list[float]:
+        """Each variant's throughput, max over b of b / T_b among the batches that take
+        at most `horizon`, recomputed when the horizon moved by more than 2%."""
+        if self._cap_at > 0 and abs(horizon - self._cap_at) <= 0.02 * self._cap_at:
+            return self._cap
+        for k, tb in enumerate(self._tb):
+            best, t_best = 0.0, 0.0
+            for b, t in enumerate(tb, 1):
+                if t <= horizon and t > 0 and b / t > best:
+                    best, t_best = b / t, t
+            self._cap[k] = best
+            self._cap_time[k] = t_best
+        self._cap_at = horizon
+        return self._cap
 
     def set_distribution(self, app: str, dist, variant: int | None = None) -> None:
         """`app`'s distribution: of variant `variant` (learned from the batches it ran),
@@ -268,11 +323,16 @@ class UtilityPolicy(Policy):
         if variant is not None and variant > 0:
             self._own[variant].add(app)
             self._install(variant, app, dist)
+            self._full_batch_time(variant, dist)
             return
         self._install(0, app, dist)
+        if len(self._engines) > 1:
+            self._full_batch_time(0, dist)
         for k in range(1, len(self._engines)):
             if app not in self._own[k]:
-                self._install(k, app, scaled(dist, self._scale_est[k]))
+                d = scaled(dist, self._scale_est[k])
+                self._install(k, app, d)
+                self._full_batch_time(k, d)
 
     def _install(self, k: int, app: str, dist) -> None:
         e = self._engines[k]
@@ -322,15 +382,22 @@ class UtilityPolicy(Policy):
         priority = check_priority(priority, len(self._tier_w))
         name = self._file(app, priority)
         self._e0.enqueue(req_id, name, arrival, deadline, hint)
-        for e in self._engines[1:]:
-            e.enqueue(req_id, name, arrival, deadline, hint)
-        self._filed[int(req_id)] = name
+        if len(self._engines) > 1:
+            for e in self._engines[1:]:
+                e.enqueue(req_id, name, arrival, deadline, hint)
+            arrival = float(arrival)
+            slo = float(deadline) - arrival
+            self._slo = 0.98 * self._slo + 0.02 * slo if self._slo else slo
+            if self._last_arrival is not None:  # the mean gap, smoothed; the rate is 1 / it
+                gap = max(arrival - self._last_arrival, 0.0)
+                self._gap = 0.99 * self._gap + 0.01 * gap if self._gap else gap
+                self._rate = 1.0 / self._gap if self._gap > 0 else 0.0
+            self._last_arrival = arrival
 
     def remove(self, req_id) -> None:
         self._e0.remove(req_id)
         for e in self._engines[1:]:
             e.remove(req_id)
-        self._filed.pop(req_id, None)
 
     def __len__(self) -> int:
         return len(self._e0)
@@ -342,18 +409,11 @@ class UtilityPolicy(Policy):
                 continue
             for rid in ids:
                 e.remove(rid)
-        filed = self._filed
-        for rid in ids:
-            filed.pop(rid, None)
 
     # ------------------------------------------------------------------ decisions
     def decide(self, now: float) -> Decision:
         if len(self._engines) == 1:
             d = self._e0.decide(now)
-            for rid in d.batch:
-                self._filed.pop(rid, None)
-            for rid in d.dropped:
-                self._filed.pop(rid, None)
             v = 0 if self._has_variants else None
             self.last_variant = v
             return Decision(d.batch, d.dropped, [], v)
@@ -368,16 +428,60 @@ class UtilityPolicy(Policy):
         self.last_variant = best_k
         return Decision(list(best_ids), list(dropped), [], best_k)
 
+    def price(self, n: int) -> float | None:
+        """The price of a second of the worker's time, in utility (the module docstring):
+        0 while the most accurate variant keeps up with the arrivals; between the two
+        variants whose capacities straddle the arrival rate, what a second buys when it
+        is spent serving requests with the cheaper one instead of the more accurate:
+        (acc_a - acc_b) / (1/mu_a - 1/mu_b); None under overload (no variant keeps up,
+        or the queue of `n` cannot drain within the horizon at the sustainable pace)."""
+        budget = self._horizon * self._slo
+        cap = self._capacities(budget)
+        rate = self._rate
+        order = self._order
+        for i, k in enumerate(order):
+            if cap[k] >= rate and cap[k] > 0:
+                self._sus = k
+                if n > cap[k] * budget:
+                    return None
+                if i == 0:
+                    return 0.0
+                a = order[i - 1]
+                if cap[a] <= 0:
+                    return 0.0
+                d_acc = self._variants[a].accuracy - self._variants[k].accuracy
+                d_time = 1.0 / cap[a] - 1.0 / cap[k]
+                return d_acc / d_time if d_time > 0 else 0.0
+        return None
+
     def _choose(self, now: float):
-        """(variant, utility rate, ids): the variant whose batch earns the most."""
-        best_k, best_u, best_ids = 0, -math.inf, []
+        """(variant, utility rate, ids): the variant whose batch gains the most,
+        accuracy x expected weighted finishes less the price of its expected time
+        (`price`); under overload, the most utility per unit of time."""
+        n = len(self._e0)
+        lam = self.price(n)
+        if lam is not None:
+            # the price also follows the queue (a dual ascent on the capacity): it
+            # rises while more is queued than the sustainable variant drains in a share
+            # of the horizon, and falls back to the fluid price below it
+            target = self._target * self._cap[self._sus] * self._horizon * self._slo
+            step = self._eta * (n / target - 1.0) if target > 0 else 0.0
+            self._lift = min(LIFT_CAP, max(1.0, self._lift * math.exp(step)))
+            lam = max(lam, LIFT_FLOOR) * self._lift
+        best_k, best_g, best_ids, best_u = 0, -math.inf, [], 0.0
         for k, e in enumerate(self._engines):
             score, ids = e.evaluate(now)
             if not ids:
                 continue
             u = score * self._variants[k].accuracy
-            if u > best_u:
-                best_k, best_u, best_ids = k, u, ids
+            if lam is None:
+                g = u
+            else:
+                tb = self._tb[k]
+                t = tb[min(len(ids), len(tb)) - 1] if tb else 1.0
+                g = t * (u - lam)
+            if g > best_g:
+                best_k, best_g, best_ids, best_u = k, g, ids, u
         return best_k, best_u, best_ids
 
     # ------------------------------------------------------------------ fairness
@@ -434,49 +538,28 @@ class UtilityPolicy(Policy):
 
 class LokiThresholdPolicy(UtilityPolicy):
     """Loki-style accuracy scaling (the module docstring): the whole model at the most
-    accurate variant that keeps up, chosen from the queue and the arrival rate."""
+    accurate variant that keeps up, chosen from the arrival rate and the queue."""
 
     name = "loki-threshold"
 
-    def __init__(self, *args, headroom: float = 1.0, **kwargs):
+    def __init__(self, *args, headroom: float = 1.0, duty: float = 0.5, **kwargs):
         kwargs.setdefault("priorities", False)
         super().__init__(*args, **kwargs)
         self._headroom = float(headroom)
-        self._rate = 0.0  # arrivals per second, exponentially smoothed
-        self._last_arrival: float | None = None
-        self._slo = 0.0  # typical deadline - arrival, smoothed
-        self._cB = float(self._e0.inflation.table[-1])
-
-    def enqueue(self, req_id, app, arrival, deadline, hint=None, priority=0) -> None:
-        super().enqueue(req_id, app, arrival, deadline, hint, priority)
-        arrival = float(arrival)
-        if self._last_arrival is not None:
-            gap = max(arrival - self._last_arrival, 1e-9)
-            self._rate = 0.98 * self._rate + 0.02 / gap if self._rate else 1.0 / gap
-        self._last_arrival = arrival
-        slo = float(deadline) - arrival
-        self._slo = 0.98 * self._slo + 0.02 * slo if self._slo else slo
-
-    def _mean_solo(self, k: int) -> float:
-        e = self._engines[k]
-        apps = e.apps
-        if not apps:
-            return 0.0
-        return sum(e.distribution(a).mean() for a in apps) / len(apps)
+        self._duty = float(duty)
+        if not (self._headroom > 0 and 0 < self._duty <= 1):
+            raise ValueError(f"headroom must be > 0 and duty in (0, 1], got {headroom!r}, "
+                             f"{duty!r}")
 
     def pick(self) -> int:
-        """The most accurate variant whose capacity covers the arrival rate and whose
-        queue drains within the typical SLO; the cheapest if none does."""
+        """The most accurate variant whose profiled capacity (batches within `duty` x
+        the SLO, Nexus's and Loki's duty cycle) covers the arrival rate with `headroom`
+        and whose queue drains within that time; the cheapest if none does."""
         n = len(self)
-        B = self.max_batch
-        for k in sorted(range(len(self._variants)), key=lambda k: -self._variants[k].accuracy):
-            m = self._mean_solo(k)
-            if m <= 0:
-                return k
-            batch_time = self._cB * m
-            capacity = B / batch_time
-            drain = math.ceil(n / B) * batch_time
-            if capacity >= self._headroom * self._rate and drain <= self._slo:
+        horizon = self._duty * self._slo
+        cap = self._capacities(horizon)
+        for k in self._order:
+            if cap[k] >= self._headroom * self._rate and n <= cap[k] * horizon:
                 return k
         return self._cheapest
 

@@ -98,6 +98,9 @@ class ModelCore:
         # that choose variants and weigh apps; the others run the full model
         self.variants = tuple(getattr(spec, "variants", None) or ())
         self.app_weights = dict(getattr(spec, "app_weights", None) or {})
+        if self.policy_name == "orloj":
+            # orloj honours priority tiers (utility.py); priorities=false turns them off
+            params.setdefault("priorities", True)
         if self.policy_name in VARIANT_POLICIES:
             if len(self.variants) > 1:
                 params.setdefault("variants", self.variants)
