@@ -104,3 +104,26 @@ def test_variants_policies_need_variants(capsys):
                "--policies", "orloj+variants"])
     assert rc == 2
     assert "--variants" in capsys.readouterr().err
+
+
+def test_bench_utility_writes_its_rows_and_checks_the_targets(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "u"
+    cmd = [sys.executable, str(root / "bench/utility.py"), "--out", str(out), "--loads", "3",
+           "--requests", "200", "--jobs", "2", "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    res = json.loads(done.stdout)
+    assert {(r["workload"], r["policy"]) for r in res["rows"]} == {
+        (w, p) for w in ("bimodal", "lognormal")
+        for p in ("orloj", "orloj+variants", "loki-threshold")}
+    for r in res["rows"]:
+        assert set(r) >= {"workload", "load", "policy", "answered_in_slo", "mean_accuracy",
+                          "utility"}
+    assert len(res["targets"]) == 7 + 1  # 4 variants, 2 priorities, 1 fairness, the note
+    for name in ("results.csv", "results.md", "results.json", "utility.png"):
+        assert (out / name).stat().st_size > 0, name
