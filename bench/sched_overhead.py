@@ -46,6 +46,17 @@ runtime's engine's distributions) is timed in the same setting. `--apps` is not 
 
 Target (issue 15): native orloj (pools) decision p99 <= 30 us at queue 1,000 with 8 hint
 classes.
+
+Variants (`--variants N`, issue 17): orloj choosing among N model variants
+(orloj_rt/policies/utility.py: one engine per variant over the same queue; cost scales
+1, 1/2, 1/4, ..., accuracies 1, 0.93, 0.86, ...), the apps and deadlines of the grid. With
+every request arriving at clock 0 the queue is always over what any variant drains, so
+each decision takes the overload path: the cheapest variant's drops, then every variant's
+evaluation (the most work a decision does). Rows per engine, queue and app count.
+
+    python bench/sched_overhead.py --variants 3 --queues 1000 [--json]
+
+Target (issue 17): native decision p99 <= 30 us at queue 1,000 with 3 variants.
 """
 
 from __future__ import annotations
@@ -67,6 +78,15 @@ HINT_UNIT = 1e-4  # a class's hint ("length") is its mean in units of 0.1 ms
 HINT_TARGET_QUEUE = 1000
 HINT_TARGET_P99_US = 30.0  # issue 15: native orloj + pools, 8 classes, queue 1,000
 HINT_TARGET_CLASSES = 8
+VARIANT_TARGET_P99_US = 30.0  # issue 17: native, 3 variants, queue 1,000
+VARIANT_TARGET_QUEUE = 1000
+VARIANT_TARGET_N = 3
+
+
+def variant_specs(n: int) -> list[tuple[str, float, float]]:
+    """n variants as (name, cost scale, accuracy): full, then each half the cost."""
+    return [("full" if k == 0 else f"v{k}", 0.5**k, round(1.0 - 0.07 * k, 4))
+            for k in range(n)]
 
 
 def class_means(k: int) -> list[float]:
@@ -98,7 +118,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 def measure(mod, queue: int, apps: int, bins: int, max_batch: int, decisions: int,
             inserts: int, seed: int, pools: bool = False, classes: int = 0,
-            class_cov: float = 0.3, policy_name: str = "orloj") -> dict:
+            class_cov: float = 0.3, policy_name: str = "orloj", variants: int = 0) -> dict:
     """One row. `classes` > 0: the queue's requests are spread over that many hint-class
     apps of HINT_APP (means `class_means`, CoV `class_cov`), each with a hint, instead of
     `apps` apps; `policy_name` "sjf-hint": that policy over `mod`'s distributions."""
@@ -107,6 +127,11 @@ def measure(mod, queue: int, apps: int, bins: int, max_batch: int, decisions: in
         from orloj_rt.policies.sjf_hint import SjfHintPolicy
 
         policy = SjfHintPolicy(max_batch=max_batch)
+    elif variants:
+        from orloj_rt.policies.utility import UtilityPolicy
+
+        policy = UtilityPolicy(max_batch=max_batch, pools=pools, engine_cls=mod.OrlojPolicy,
+                               variants=variant_specs(variants))  # fmt: skip
     else:
         policy = mod.OrlojPolicy(max_batch=max_batch, pools=pools)
     if classes:
@@ -374,6 +399,52 @@ def hint_classes_main(args) -> int:
     return 0
 
 
+def variants_main(args) -> int:
+    """Rows for `--variants N`: orloj over N variants per engine, queue and app count;
+    the issue-17 target checked on the native rows at queue 1,000."""
+    n = args.variants
+    queues = args.queues or [100, 1000, 10000]
+    bins = (args.bins or [64])[0]
+    rows = []
+    grid = [(q, a) for q in queues for a in args.apps]
+    for i, (q, a) in enumerate(grid, 1):
+        for impl, mod in engines(args.impl):
+            reps = args.decisions if impl == "native" else max(30, args.decisions // 10)
+            ins = args.inserts if impl == "native" else max(30, args.inserts // 10)
+            if not args.json:
+                print(f"\r[{i}/{len(grid)}] {impl:6s} queue={q} apps={a} variants={n} ...",
+                      end="", file=sys.stderr, flush=True)  # fmt: skip
+            row = measure(mod, q, a, bins, args.max_batch, reps, ins, args.seed, args.pools,
+                          variants=n)  # fmt: skip
+            rows.append({"impl": impl, "variants": n, "pools": args.pools, **row})
+    if not args.json:
+        print("\r" + " " * 70 + "\r", end="", file=sys.stderr)
+    at = [r for r in rows if r["impl"] == "native" and r["queue"] == VARIANT_TARGET_QUEUE]
+    worst = max((r["decide_p99_us"] for r in at), default=None)
+    target = {"decide_p99_us_max": VARIANT_TARGET_P99_US, "queue": VARIANT_TARGET_QUEUE,
+              "variants": VARIANT_TARGET_N, "impl": "native", "measured_p99_us": worst,
+              "met": None if worst is None else worst <= VARIANT_TARGET_P99_US}  # fmt: skip
+    if args.json:
+        print(json.dumps({"variants": {"specs": variant_specs(n), "rows": rows,
+                                       "target": target}}))  # fmt: skip
+        return 0
+    print(f"orloj over {n} variants " + ", ".join(f"{v}:{c:g}:{x:g}" for v, c, x in
+                                                  variant_specs(n)) + f"; {bins} bins")
+    print(f"{'impl':6} {'queue':>7} {'apps':>4} {'decide p50 us':>13} {'decide p99 us':>13} "
+          f"{'insert p50 us':>13} {'batch':>5}")
+    for r in rows:
+        print(f"{r['impl']:6} {r['queue']:>7} {r['apps']:>4} {r['decide_p50_us']:>13.2f} "
+              f"{r['decide_p99_us']:>13.2f} {r['insert_p50_us']:>13.2f} {r['mean_batch']:>5.1f}")
+    line = (f"target (issue 17): native, {VARIANT_TARGET_N} variants, queue "
+            f"{VARIANT_TARGET_QUEUE:,}: decision p99 <= {VARIANT_TARGET_P99_US:g} us")
+    if worst is None:
+        print(f"{line}: not measured here")
+    else:
+        note = "" if n == VARIANT_TARGET_N else f" (measured with {n} variants)"
+        print(f"{line}: {worst:.2f} us, {'met' if target['met'] else 'NOT met'}{note}")
+    return 0
+
+
 def int_list(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -414,7 +485,14 @@ def main(argv: list[str] | None = None) -> int:
                     "one app, orloj with pools and sjf-hint (see the docstring)")  # fmt: skip
     ap.add_argument("--class-cov", type=float, default=0.3,
                     help="--hint-classes: each class's CoV (default 0.3)")
+    ap.add_argument("--variants", type=int, metavar="N",
+                    help="instead of the grid: orloj choosing among N model variants "
+                    "(see the docstring)")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.variants is not None:
+        if args.variants < 1 or args.hint_classes is not None or args.apps_seen is not None:
+            ap.error("--variants needs N >= 1, without --hint-classes or --apps-seen")
+        return variants_main(args)
     if args.hint_classes is not None:
         if args.hint_classes < 1 or not args.class_cov > 0 or args.apps_seen is not None:
             ap.error("--hint-classes needs K >= 1 and --class-cov > 0, without --apps-seen")

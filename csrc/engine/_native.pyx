@@ -694,6 +694,13 @@ cdef class OrlojPolicy:
             raise KeyError(f"unknown request id {req_id!r}: it is not queued") from None
         raise_status(self.e.remove(rid), req_id)
 
+    def remove_many(self, req_ids):
+        """`remove` for each of `req_ids` (KeyError at the first unknown one)."""
+        cdef int64_t rid
+        for r in req_ids:
+            rid = r
+            raise_status(self.e.remove(rid), r)
+
     # ------------------------------------------------------------- learning
     def observe_solo(self, app, solo_time):
         cdef int a = self._app(app, True, False)

@@ -52,9 +52,10 @@ differs from orloj+variants only in how the variant is chosen).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
-from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, OrlojPolicy, batch_mean
+from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, OrlojPolicy
 from orloj_rt.engine.interface import Decision, Policy
 
 #: the default tier weights: tier k weighs 10^k (tiers 0..MAX_TIER)
@@ -183,8 +184,11 @@ class UtilityPolicy(Policy):
         horizon: float = 0.5,
         target: float = 0.5,
         eta: float = 0.05,
+        engine_cls=None,
         **engine_params,
     ):
+        """`engine_cls`: the engine policy class (default: the active engine's
+        OrlojPolicy; bench/sched_overhead.py times both engines)."""
         self._variants = checked_variants(variants)
         if not self._variants:
             self._variants = [VariantSpec(None, 1.0, 1.0)]
@@ -192,7 +196,9 @@ class UtilityPolicy(Policy):
         kw = dict(max_batch=max_batch, alpha=alpha, **engine_params)
         if inflation is not None:
             kw["inflation"] = list(inflation)
-        self._engines = [OrlojPolicy(**kw) for _ in self._variants]
+        engine_cls = OrlojPolicy if engine_cls is None else engine_cls
+        self._batch_mean = sys.modules[engine_cls.__module__].batch_mean
+        self._engines = [engine_cls(**kw) for _ in self._variants]
         self._e0 = self._engines[0]
         self._c1 = float(self._e0.inflation.table[0])
         self._app_w = {str(a): float(w) for a, w in (app_weights or {}).items()}
@@ -298,13 +304,14 @@ class UtilityPolicy(Policy):
     def _full_batch_time(self, k: int, dist) -> None:
         """Variant k's expected batch times for every size, from one app's distribution."""
         infl = self._e0.inflation
-        self._tb[k] = [batch_mean([dist] * b, infl) for b in range(1, self.max_batch + 1)]
+        mean = self._batch_mean
+        self._tb[k] = [mean([dist] * b, infl) for b in range(1, self.max_batch + 1)]
         self._cap_at = -1.0
 
     def _capacities(self, horizon: float) -> list[float]:
         """Each variant's throughput, max over b of b / T_b among the batches that take
-        at most `horizon`, recomputed when the horizon moved by more than 2%."""
-        if self._cap_at > 0 and abs(horizon - self._cap_at) <= 0.02 * self._cap_at:
+        at most `horizon`, recomputed when the horizon moved by more than 10%."""
+        if self._cap_at > 0 and abs(horizon - self._cap_at) <= 0.1 * self._cap_at:
             return self._cap
         for k, tb in enumerate(self._tb):
             best, t_best = 0.0, 0.0
@@ -404,11 +411,11 @@ class UtilityPolicy(Policy):
 
     def _take(self, ids, skip: int | None = None) -> None:
         """Removes `ids` from every engine but `skip` (which already let them go)."""
+        if not ids:
+            return
         for k, e in enumerate(self._engines):
-            if k == skip:
-                continue
-            for rid in ids:
-                e.remove(rid)
+            if k != skip:
+                e.remove_many(ids)
 
     # ------------------------------------------------------------------ decisions
     def decide(self, now: float) -> Decision:

@@ -406,6 +406,11 @@ class OrlojPolicy(Policy):
         if not len(q):
             self._active.discard(a)
 
+    def remove_many(self, req_ids) -> None:
+        """`remove` for each of `req_ids` (KeyError at the first unknown one)."""
+        for rid in req_ids:
+            self.remove(rid)
+
     # ---------------------------------------------------------------- learning
     def observe_solo(self, app: str, solo_time: float) -> None:
         a = self._app(app, create=True, need_dist=False)
