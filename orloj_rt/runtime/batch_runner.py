@@ -415,27 +415,35 @@ def _forced_depth(module, depth: int):
 
 
 def check_forced_depth(entry: ModelEntry, module) -> None:
-    """ValueError, naming the fix, when a `max_depth` variant is declared for a module
-    that cannot honour it (no `max_depth` attribute: models/steps.py), or deeper than its
+    """A ConfigError naming the model's file and the variant's field (a ValueError for a
+    model served without a file) when a `max_depth` variant is declared for a module that
+    cannot honour it (no `max_depth` attribute: models/steps.py), or deeper than its
     layers (`num_layers`, where the module says)."""
+    from orloj_rt.models.repository import ConfigError
+
     spec = entry.spec
     for v in spec.variants:
         if v.max_depth is None:
             continue
-        if not hasattr(module, "max_depth"):
-            raise ValueError(
-                f"model {spec.name!r}: variant {v.name!r} declares max_depth = {v.max_depth}, "
-                f"but its module ({type(module).__name__}) has no `max_depth` attribute: a "
-                "forced depth needs a `layer` step model that honours it (derive it from "
-                "orloj_rt.models.steps.StepModelMixin and stop a member after max_depth "
-                "layers), or declare the variant with factory_args"
-            )
+        problem = fix = None
         layers = getattr(module, "num_layers", None)
-        if isinstance(layers, int) and v.max_depth > layers:
-            raise ValueError(
-                f"model {spec.name!r}: variant {v.name!r} declares max_depth = {v.max_depth}, "
-                f"but the model has {layers} layers: declare max_depth in 1..{layers}"
-            )
+        if not hasattr(module, "max_depth"):
+            problem = (f"model {spec.name!r}: variant {v.name!r} declares max_depth = "
+                       f"{v.max_depth}, but its module ({type(module).__name__}) has no "
+                       "`max_depth` attribute")  # fmt: skip
+            fix = ("a forced depth needs a `layer` step model that honours it (derive it "
+                   "from orloj_rt.models.steps.StepModelMixin and stop a member after "
+                   "max_depth layers), or declare the variant with factory_args")
+        elif isinstance(layers, int) and v.max_depth > layers:
+            problem = (f"model {spec.name!r}: variant {v.name!r} declares max_depth = "
+                       f"{v.max_depth}, but the model has {layers} layers")
+            fix = f"declare max_depth in 1..{layers}"
+        if problem is None:
+            continue
+        if entry.config is not None:
+            raise ConfigError(entry.config, f"variants ({v.name!r}).max_depth", problem,
+                              fix)  # fmt: skip
+        raise ValueError(f"{problem}. Fix: {fix}")
 
 
 def variant_runners(entry: ModelEntry, module, runner: BatchRunner, device: str,
