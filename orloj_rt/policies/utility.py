@@ -8,9 +8,11 @@ served it; its weight is
     x tier weight (`tier_weights[priority]`; default 10^priority, tiers 0..7)
     x fairness multiplier (1, or adapted online with `fairness` > 0).
 
-`make_policy("orloj", ...)` builds a `UtilityPolicy` when a model has variants, weights,
-tiers or fairness to honour, and the plain engine policy otherwise (so plain orloj pays
-nothing). The engine (both twins) scores a batch by its expected *weighted* finishes per
+`make_policy("orloj", ...)` builds a `UtilityPolicy` when given variants, app weights,
+tier weights, `priorities=True` or fairness, and the plain engine policy otherwise. The
+serving core gives orloj `priorities=True` (so that tiers are honoured; with one engine
+and no tiers its decisions are the engine's own: `--policy-param priorities=false` builds
+the plain policy). The engine (both twins) scores a batch by its expected *weighted* finishes per
 unit of expected batch time, and with apps of several weights also forms candidates from
 the apps at or above each weight, so that a heavy request can be served before an older
 light one when both cannot be (orloj_rt/engine/pure/orloj.py, step 2b).
@@ -24,14 +26,26 @@ distributions: the serving core teaches variant v from the batches v ran
 (`observe_batch(..., variant=v)`, `set_distribution(app, dist, variant=v)`); until a
 variant has learned an app, it uses the full model's distribution scaled by its
 `cost_scale` (declared, or when unknown the optimistic guess UNKNOWN_COST_SCALE until it
-has learned). A decision:
+has learned). Each variant's capacity mu_v is max over b of b / E[T_b] among the batch
+sizes whose expected time E[T_b] fits the horizon (`horizon` x the requests' typical SLO,
+default 0.5: Nexus's and Loki's duty cycle). A decision:
 
-1. drops what the cheapest variant (by declared or guessed cost) cannot finish even alone
-   (every other variant is at least as slow: nothing else could finish it);
-2. asks every variant's engine for its batch and score without changing its queue
-   (`evaluate`), and runs the variant with the best accuracy x score: the most expected
-   utility per unit of time (ties: the earlier, more accurate variant);
+1. drops what the cheapest variant cannot finish even alone (every other variant is at
+   least as slow: nothing else could finish it);
+2. chooses the variant (`choice`):
+   - "capacity" (the default): the most accurate variant whose capacity covers the
+     arrival rate (smoothed) and that drains the queue within the horizon, if its engine
+     has a batch (`evaluate`, which changes no queue);
+   - "price": every variant's batch, and the one with the most accuracy x expected
+     weighted finishes less the price of its expected time, the price being 0 while the
+     full model keeps up, else (acc_a - acc_b) / (1/mu_a - 1/mu_b) for the two variants
+     whose capacities straddle the arrival rate, lifted while the queue exceeds `target`
+     x what the sustainable variant drains in the horizon;
+   - under overload in either (no variant keeps up, or the queue cannot drain within the
+     horizon): every variant's batch, and the one with the most utility per unit of
+     time, accuracy x the engine's score;
 3. removes the batch from every engine. `Decision.variant` is its index.
+docs/simulation.md has the measurements behind the default (bench/utility.py).
 
 Fairness (`fairness` = F > 0). Every FAIR_PERIOD outcomes (`observe_outcome(app, ok)`,
 called by the serving core for each request answered, in time or not), each app's
@@ -42,11 +56,13 @@ the same way (multipliers kept in [1/FAIR_CAP, FAIR_CAP]). F is the gain: 0 is o
 larger F closes the gap faster and further, at the price of total finish rate (a starved
 app is usually the costlier one). docs/simulation.md gives the measured trade.
 
-`loki-threshold` (LokiThresholdPolicy) is the Loki-style baseline: it runs the whole model
-at one variant, the most accurate one whose capacity (max batch over its expected batch
-time at max batch) covers the recent arrival rate and which can drain the queue within
-the requests' typical SLO; within that variant it batches with orloj's engine (so it
-differs from orloj+variants only in how the variant is chosen).
+`loki-threshold` (LokiThresholdPolicy) is the Loki-style baseline, as strong as we could
+make it: it runs the whole model at one variant, the most accurate one whose profiled
+capacity (as above, batches within `duty` x the SLO, default 0.5) covers the arrival rate
+(times `headroom`, default 1) and which drains the queue within that time, else the
+cheapest; within that variant it batches with orloj's engine. So it differs from
+orloj+variants (choice "capacity") only under overload, where orloj compares the
+variants' utility rates and loki-threshold runs the cheapest. It has no tiers.
 """
 
 from __future__ import annotations
@@ -66,6 +82,9 @@ UNKNOWN_COST_SCALE = 0.5
 #: the price's queue factor stays in [1, LIFT_CAP]; a price never lifts from below this
 LIFT_CAP = 1e4
 LIFT_FLOOR = 0.01
+#: how orloj chooses a batch's variant (the module docstring): by the price of time, or
+#: by capacity as loki-threshold does (a comparison, docs/simulation.md)
+CHOICES = ("price", "capacity")
 FAIR_PERIOD = 64
 FAIR_HALF = 2000.0
 FAIR_BAND = 0.05
@@ -184,6 +203,7 @@ class UtilityPolicy(Policy):
         horizon: float = 0.5,
         target: float = 0.5,
         eta: float = 0.05,
+        choice: str = "capacity",
         engine_cls=None,
         **engine_params,
     ):
@@ -242,6 +262,9 @@ class UtilityPolicy(Policy):
         self._lift = 1.0  # the queue's factor on the price
         self._target = float(target)
         self._eta = float(eta)
+        if choice not in CHOICES:
+            raise ValueError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
+        self._choice = choice
         self._order = sorted(range(len(self._variants)),
                              key=lambda k: (-self._variants[k].accuracy, self._scale_est[k], k))
 
@@ -467,6 +490,17 @@ class UtilityPolicy(Policy):
         (`price`); under overload, the most utility per unit of time."""
         n = len(self._e0)
         lam = self.price(n)
+        if lam is not None and self._choice == "capacity":
+            # the most accurate variant that keeps up with the arrivals and drains the
+            # queue within the horizon, as loki-threshold chooses, if it has a batch
+            budget = self._horizon * self._slo
+            for k in self._order:
+                if self._cap[k] >= self._rate and n <= self._cap[k] * budget:
+                    score, ids = self._engines[k].evaluate(now)
+                    if ids:
+                        return k, score * self._variants[k].accuracy, ids
+                    break
+            lam = None
         if lam is not None:
             # the price also follows the queue (a dual ascent on the capacity): it
             # rises while more is queued than the sustainable variant drains in a share
