@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -43,8 +44,10 @@ import time
 from dataclasses import dataclass, field
 
 import msgpack
+import zmq
 
 from orloj_rt.cluster.publish import STATE_VERSION
+from orloj_rt.cluster.routing import NodeState, NoNodeError, make_router
 from orloj_rt.protocol.wire import DEFAULT_ENDPOINT, PROTOCOL_VERSION, new_routing_id
 
 log = logging.getLogger("orloj_rt.cluster.router")
@@ -53,8 +56,29 @@ DEAD_AFTER_S = 2.0  # no state for this long: the node is dead
 CHECK_INTERVAL_S = 0.05  # how often state ages are checked (the poll's longest sleep)
 DRAIN_TIMEOUT_S = 5.0  # on SIGTERM: in-flight requests may finish for this long
 MAX_PER_WAKE = 256  # messages read from one socket per wake-up (fairness between sockets)
+STATE_READ_S = 0.005  # how often the nodes' states are read (they publish every 5 ms)
 GATEWAY_READY_TIMEOUT_S = 60.0
 READY_PREFIX = "orloj-rt: cluster router on "
+
+_UNKNOWN = (None, "")
+_NOBLOCK, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
+
+
+_MORE = _NOBLOCK | int(zmq.SNDMORE)
+
+
+def _send(sock, parts: list) -> None:
+    """send_multipart without its per-part flag arithmetic on enums. A zmq.Frame (a data
+    frame as received, copy=False) is sent by reference, never copied; the small bytes
+    (routing id, delimiter, header) are copied, which costs less than a zero-copy send."""
+    last = len(parts) - 1
+    for i, part in enumerate(parts):
+        sock.send(part, _MORE if i < last else _NOBLOCK)
+
+
+def _zmq_again():
+    return zmq.Again
+
 
 def _unpackb(buf):
     return msgpack.unpackb(buf, raw=False, strict_map_key=False)
@@ -90,7 +114,8 @@ class RouterOptions:
 
 class _Node:
     __slots__ = ("id", "endpoint", "pid", "sock", "monitor", "connected", "workers",
-                 "workers_ready", "offset", "heard", "pending", "sent", "since")  # fmt: skip
+                 "workers_ready", "offset", "heard", "pending", "sent", "since",
+                 "on_reply")  # fmt: skip
 
     def __init__(self, node_id: str, endpoint: str, pid: int, sock, monitor, now: float):
         self.id = node_id
@@ -106,6 +131,7 @@ class _Node:
         self.pending: set[int] = set()  # our ids in flight there
         self.sent = 0  # requests forwarded to it
         self.since = now
+        self.on_reply = None  # its replies' handler (ClusterRouter._on_reply bound to it)
 
     @property
     def routable(self) -> bool:
@@ -131,10 +157,6 @@ class ClusterRouter:
     """The router process's state and loop; see the module docstring."""
 
     def __init__(self, options: RouterOptions):
-        import zmq
-
-        from orloj_rt.cluster.routing import make_router
-
         self._zmq = zmq
         self.options = options
         self.router = make_router(options.router, **options.router_params)
@@ -156,6 +178,7 @@ class ClusterRouter:
         self.by_client: dict[tuple, int] = {}  # (client routing id, client id) -> our id
         self._ids = itertools.count(1)
         self._rr = 0
+        self._next_states = 0.0
         self.poller = zmq.Poller()
         self._socks: dict = {}  # socket -> (kind, node id)
         self.stopping = False
@@ -163,6 +186,8 @@ class ClusterRouter:
         self.counts = {"received": 0, "ok": 0, "dropped": 0, "rejected": 0, "error": 0,
                        "cancelled": 0, "rerouted": 0, "lost": 0, "duplicates": 0,
                        "nodes_lost": 0}  # fmt: skip
+        self.decisions = 0  # routing decisions made, and the seconds they took
+        self.decision_s = 0.0
         self.gateway = None  # (process, conn) when --http-port / --grpc-port
         self.urls: dict[str, str] = {}
 
@@ -179,9 +204,7 @@ class ClusterRouter:
         self.endpoint = self.client.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.state_endpoint = self.state.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.poller.register(self.client, zmq.POLLIN)
-        self.poller.register(self.state, zmq.POLLIN)
         self._socks[self.client] = ("client", "")
-        self._socks[self.state] = ("state", "")
 
     def start_gateway(self) -> None:
         """The HTTP/gRPC gateway process of a single instance, as a client of this router."""
@@ -235,34 +258,44 @@ class ClusterRouter:
         self.close()
 
     def serve_once(self, timeout_s: float) -> None:
-        events = self.poller.poll(timeout_s * 1000.0)
-        for sock, _ in events:
-            kind, node_id = self._socks.get(sock, (None, ""))
+        """One wake-up: requests and replies first, then (every STATE_READ_S) the nodes'
+        states and their ages. The state socket is not polled: read on a timer, the
+        states of every node come in one wake-up instead of one each (the publishers
+        send every 5 ms), which keeps the router's wake-ups for requests."""
+        now = time.monotonic()
+        wait = min(timeout_s, max(0.0, self._next_states - now))
+        # zmq_poll counts whole milliseconds: round up, or a wait under 1 ms would spin
+        for sock, _ in self.poller.poll(math.ceil(wait * 1000.0)):
+            kind, node_id = self._socks.get(sock, _UNKNOWN)
             if kind == "client":
                 self._read(sock, self._on_client)
             elif kind == "node":
                 node = self.nodes.get(node_id)
                 if node is not None and node.sock is sock:
-                    self._read(sock, lambda f, n=node: self._on_reply(n, f))
+                    self._read(sock, node.on_reply)
             elif kind == "monitor":
                 self._on_monitor(node_id, sock)
-            elif kind == "state":
-                self._on_states()
-        self._check(time.monotonic())
+        now = time.monotonic()
+        if now >= self._next_states:
+            self._next_states = now + STATE_READ_S
+            self._on_states(now)
+            self._check(now)
 
-    def _read(self, sock, handle) -> None:
-        zmq = self._zmq
+    @staticmethod
+    def _read(sock, handle) -> None:
         for _ in range(MAX_PER_WAKE):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+                frames = sock.recv_multipart(_NOBLOCK, copy=False)
+            except _zmq_again():
                 return
             handle(frames)
+            if not sock.get(_EVENTS) & _POLLIN:  # cheaper than the exception of an empty read
+                return
 
     # ------------------------------------------------------------------ clients
     def _send_client(self, ident: bytes, parts: list) -> None:
         try:
-            self.client.send_multipart([ident, b"", *parts], self._zmq.NOBLOCK, copy=False)
+            _send(self.client, [ident, b"", *parts])
         except self._zmq.ZMQError as exc:  # a ROUTER drops for a gone peer; never fatal
             log.debug("reply to a gone client dropped: %s", exc)
 
@@ -320,8 +353,7 @@ class ClusterRouter:
         node.pending.add(rid)
         node.sent += 1
         # SNDHWM 0 on a connected DEALER: queued without limit, never blocks
-        node.sock.send_multipart([b"", _packb(p.header), *p.data], self._zmq.NOBLOCK,
-                                 copy=False)  # fmt: skip
+        _send(node.sock, [b"", _packb(p.header), *p.data])
 
     def _slo_s(self, header: dict):
         slo = header.get("slo_ms")
@@ -332,12 +364,13 @@ class ClusterRouter:
         return slo / 1000.0
 
     def _choose(self, header: dict, slo_s, now: float) -> _Node | None:
-        from orloj_rt.cluster.routing import NoNodeError
-
         model, app = header.get("model"), header.get("app", "default")
         if isinstance(model, str) and isinstance(app, str) and slo_s is not None:
+            t0 = time.perf_counter()
             try:
                 node = self.nodes.get(self.router.choose(model, app, slo_s, now))
+                self.decision_s += time.perf_counter() - t0
+                self.decisions += 1
             except NoNodeError:
                 return None
             except ValueError:  # a bad slo: the node answers it `error`
@@ -391,8 +424,7 @@ class ClusterRouter:
         header["id"] = p.cid
         self._send_client(p.ident, [_packb(header), *frames[2:]])
 
-    def _on_states(self) -> None:
-        zmq = self._zmq
+    def _on_states(self, now: float) -> None:
         newest: dict = {}
         for _ in range(4 * MAX_PER_WAKE):
             try:
@@ -404,13 +436,10 @@ class ClusterRouter:
                 newest[str(msg["node"])] = msg
             except Exception:  # noqa: BLE001
                 log.warning("ignored an unreadable node state")
-        now = time.monotonic()
         for node_id, msg in newest.items():
             self._on_state(node_id, msg, now)
 
     def _on_state(self, node_id: str, msg: dict, now: float) -> None:
-        from orloj_rt.cluster.routing import NodeState
-
         if msg.get("v") != STATE_VERSION:
             log.error("node %s publishes state version %r, this router reads %d: run the "
                       "same orloj-rt on every node", node_id, msg.get("v"), STATE_VERSION)
@@ -444,6 +473,7 @@ class ClusterRouter:
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         sock.connect(endpoint)
         node = _Node(node_id, endpoint, pid, sock, monitor, now)
+        node.on_reply = functools.partial(self._on_reply, node)
         self.nodes[node_id] = node
         for s, kind in ((sock, "node"), (monitor, "monitor")):
             self.poller.register(s, zmq.POLLIN)
@@ -563,6 +593,9 @@ class ClusterRouter:
             "uptime_s": round(time.monotonic() - self.started, 3),
             "router": self.options.router,
             "choices_with_stale_state": getattr(self.router, "fallbacks", 0),
+            "decisions": self.decisions,
+            "decision_us_mean": round(self.decision_s / self.decisions * 1e6, 2)
+            if self.decisions else 0.0,
             "nodes": self.node_table(),
         }
 
