@@ -52,9 +52,10 @@ def variants_cell(job) -> list[dict]:
     from orloj_rt.sim.experiment import SimConfig, run_policy
     from orloj_rt.sim.workloads import WorkloadSpec, generate
 
-    workload, load, slo, requests, seed = job
+    workload, load, slo, requests, seed, choice = job
     spec = WorkloadSpec(solo=workload, slo=slo, load=load, requests=requests, seed=seed)
-    config = SimConfig(spec, policies=POLICIES, variants=VARIANTS)
+    config = SimConfig(spec, policies=POLICIES, variants=VARIANTS,
+                       policy_params={"orloj+variants": {"choice": choice}})
     req = generate(spec)
     rows = []
     for name in POLICIES:
@@ -228,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fairness", type=float, default=2.0,
                     help="the fairness gain compared with 0 (default 2)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--choice", choices=("capacity", "price"), default="capacity",
+                    help="how orloj+variants chooses a variant (orloj_rt/policies/utility.py; "
+                    "default capacity)")
     ap.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
     ap.add_argument("--quick", action="store_true",
                     help="1,000 requests a cell, loads 2 and 3: a look, not the targets")
@@ -241,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         loads = [2.0, 3.0] if args.quick else list(LOADS)
     if requests < 1 or not loads or any(not x > 0 for x in loads):
         ap.error("--requests and --loads must be positive")
-    jobs = [("variants", (w, load, args.slo, requests, args.seed))
+    jobs = [("variants", (w, load, args.slo, requests, args.seed, args.choice))
             for w in WORKLOADS for load in loads]  # fmt: skip
     jobs += [("priorities", (w, args.slo, requests, args.seed)) for w in WORKLOADS]
     jobs.append(("fairness", (args.fairness, args.slo, requests, args.seed)))
@@ -259,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"config": {"requests": requests, "loads": loads, "slo": args.slo,
                          "variants": [list(v) for v in VARIANTS], "top_tier": list(TOP_TIER),
                          "fair_apps": FAIR_APPS, "fairness": args.fairness,
+                         "choice": args.choice,
                          "seed": args.seed, "seconds": round(time.time() - t0, 1),
                          "command": command},
               "rows": rows, "priorities": prio, "fairness": fair, "targets": targets}
