@@ -265,6 +265,8 @@ class UtilityPolicy(Policy):
         if choice not in CHOICES:
             raise ValueError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
         self._choice = choice
+        self._by_cost = sorted(range(len(self._variants)),
+                               key=lambda k: (self._scale_est[k], k))
         self._order = sorted(range(len(self._variants)),
                              key=lambda k: (-self._variants[k].accuracy, self._scale_est[k], k))
 
@@ -510,17 +512,32 @@ class UtilityPolicy(Policy):
             self._lift = min(LIFT_CAP, max(1.0, self._lift * math.exp(step)))
             lam = max(lam, LIFT_FLOOR) * self._lift
         best_k, best_g, best_ids, best_u = 0, -math.inf, [], 0.0
+        if lam is None:
+            # overload: the best utility rate. Cheapest first; a variant s times as
+            # costly as one already evaluated (its distributions that one's scaled by s)
+            # finishes each batch's members no more likely in s times the time, so its
+            # rate is at most 1/s of that one's best: skipped when that cannot win.
+            scales = self._scale_est
+            work = 0.0  # the best score x cost scale so far
+            for k in self._by_cost:
+                if best_ids and self._variants[k].accuracy * work <= best_u * scales[k]:
+                    continue
+                score, ids = self._engines[k].evaluate(now)
+                if not ids:
+                    continue
+                work = max(work, score * scales[k])
+                u = score * self._variants[k].accuracy
+                if u > best_u or not best_ids:
+                    best_k, best_u, best_ids = k, u, ids
+            return best_k, best_u, best_ids
         for k, e in enumerate(self._engines):
             score, ids = e.evaluate(now)
             if not ids:
                 continue
             u = score * self._variants[k].accuracy
-            if lam is None:
-                g = u
-            else:
-                tb = self._tb[k]
-                t = tb[min(len(ids), len(tb)) - 1] if tb else 1.0
-                g = t * (u - lam)
+            tb = self._tb[k]
+            t = tb[min(len(ids), len(tb)) - 1] if tb else 1.0
+            g = t * (u - lam)
             if g > best_g:
                 best_k, best_g, best_ids, best_u = k, g, ids, u
         return best_k, best_u, best_ids
