@@ -42,8 +42,11 @@ default 0.5: Nexus's and Loki's duty cycle). A decision:
      whose capacities straddle the arrival rate, lifted while the queue exceeds `target`
      x what the sustainable variant drains in the horizon;
    - under overload in either (no variant keeps up, or the queue cannot drain within the
-     horizon): every variant's batch, and the one with the most utility per unit of
-     time, accuracy x the engine's score;
+     horizon): the variant whose batch earns the most utility per unit of time,
+     accuracy x the engine's score; the variants are evaluated cheapest first, and one s
+     times as costly as one already evaluated is skipped when accuracy x 1/s of that
+     one's score cannot win (with distributions scaled by cost, no batch of it does
+     better);
 3. removes the batch from every engine. `Decision.variant` is its index.
 docs/simulation.md has the measurements behind the default (bench/utility.py).
 
