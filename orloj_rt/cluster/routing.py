@@ -56,7 +56,7 @@ from orloj_rt.cluster.routing_state import (
     ModelState,
     NodeState,
     Summary,
-    finish_chance,
+    marginal_value,
     send_cost,
 )
 
@@ -227,7 +227,8 @@ class OrlojRouter(_Base):
     name = "orloj"
 
     def __init__(self, seed: int = 0, stale_after: float = DEFAULT_STALE_AFTER,
-                 choices: int = 0, tie: float = 0.01) -> None:  # fmt: skip
+                 choices: int = 0, tie: float = 0.01,
+                 rate_window: float = 20.0) -> None:  # fmt: skip
         super().__init__(seed, stale_after)
         choices = int(choices)
         if choices < 0 or choices == 1:
@@ -235,24 +236,42 @@ class OrlojRouter(_Base):
         tie = float(tie)
         if not 0 <= tie < 1:
             raise ValueError(f"tie must be in [0, 1), got {tie!r}")
+        rate_window = float(rate_window)
+        if not rate_window > 0:
+            raise ValueError(f"rate_window must be > 0, got {rate_window!r}")
         self.choices = choices
         self.tie = tie
-        self.last_scores: dict[str, tuple[float, float]] = {}  # the last choice's
+        self.rate_window = rate_window
+        self._times: dict[str, deque] = {}  # per node, when this router sent it requests
+        self.last_scores: dict[str, tuple[float, float, float]] = {}  # the last choice's
+
+    def rate(self, node: str, window: float, now: float) -> float:
+        """Requests this router sent `node` per second over the last `window` seconds."""
+        times = self._times.get(node)
+        if not times:
+            return 0.0
+        cut = now - window
+        while times and times[0] < cut:
+            times.popleft()
+        return len(times) / window
 
     def score(self, node: str, model: str, app: str, slo: float,
-              now: float) -> tuple[float, float]:  # fmt: skip
-        """(estimated chance of finishing within slo, estimated wait) at `node`."""
+              now: float) -> tuple[float, float, float]:  # fmt: skip
+        """(estimated chance of finishing within slo, estimated wait, the expected
+        finishes it adds: `marginal_value`) at `node`."""
         n = self.nodes[node]
         st = n.state
         if model not in st.models:
-            return 0.0, math.inf
+            return 0.0, math.inf, -math.inf
         stale = self.stale(node, now)
         sent = self._recent(n, now, stale)
         work = 0.0
         for item in sent:
             work += item[3]
-        return finish_chance(st, model, app, slo, max(0.0, now - st.stamp), work,
-                             len(sent), use_state=not stale)  # fmt: skip
+        window = self.rate_window * st.models[model].dist(app).mean
+        return marginal_value(st, model, app, slo, max(0.0, now - st.stamp), work,
+                              len(sent), self.rate(node, window, now),
+                              use_state=not stale)  # fmt: skip
 
     def _pick(self, ids, model, app, slo, now):
         if self.choices and self.choices < len(ids):
@@ -261,8 +280,8 @@ class OrlojRouter(_Base):
         self.last_scores = scores
         if all(self.stale(i, now) for i in ids):
             self.fallbacks += 1
-        best = max(p for p, _ in scores.values())
-        near = [i for i in ids if scores[i][0] >= best - self.tie]
+        best = max(v[2] for v in scores.values())
+        near = [i for i in ids if scores[i][2] >= best - self.tie]
         shortest = min(scores[i][1] for i in near)
         pick = [i for i in near if scores[i][1] <= shortest + 1e-12]
         return pick[0] if len(pick) == 1 else pick[self.rng.randrange(len(pick))]
@@ -274,6 +293,11 @@ class OrlojRouter(_Base):
         if not self.stale(node, now) and model in st.models:
             queued += st.models[model].queued
         n.sent.append((now, model, app, send_cost(st, model, app, queued, slo)))
+        self._times.setdefault(node, deque()).append(now)
+
+    def remove(self, node: str) -> None:
+        super().remove(node)
+        self._times.pop(node, None)
 
 
 ROUTERS: dict[str, Callable[..., _Base]] = {
@@ -294,7 +318,7 @@ def make_router(name: str, seed: int = 0, **params) -> _Base:
         return cls(seed=seed, **params)
     except TypeError as exc:
         raise ValueError(f"router {name!r}: {exc}; its parameters: stale_after"
-                         + (", choices, tie" if name == "orloj" else "")) from None
+                         + (", choices, tie, rate_window" if name == "orloj" else "")) from None
 
 
 __all__ = [

@@ -112,6 +112,14 @@ def _residual(dist: Summary, c: float, b: int, elapsed: float | None) -> float:
     return num / den
 
 
+def _served(mq) -> int:
+    """Requests of the model dispatched since the start: whole batches' members, or
+    step-served members finished or ended."""
+    if mq.steps is not None:
+        return int(getattr(mq.steps, "finished", 0) + getattr(mq.steps, "ended", 0))
+    return int(mq.batched_requests)
+
+
 def node_state(core, node: str, now: float, *, speed: float = 1.0,
                busy_since: Mapping[int, float] | None = None,
                max_apps: int = DEFAULT_MAX_APPS) -> NodeState:  # fmt: skip
@@ -165,7 +173,9 @@ def node_state(core, node: str, now: float, *, speed: float = 1.0,
         for a in names:
             apps[a] = AppState(counts.get(a, 0), _app_summary(cache, mq, a))
         ms = ModelState(inflation=list(c), default=default, apps=apps, queued=queued,
-                        running=nrun)  # fmt: skip
+                        running=nrun, alive=slack_n,
+                        slack=slack_sum / slack_n if slack_n else 0.0,
+                        served=_served(mq))  # fmt: skip
         if slack_n and nready:
             b = max(1, math.ceil(slack_n / nready))
             b = min(b, batch_cap(c, default, slack_sum / slack_n))

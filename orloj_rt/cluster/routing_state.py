@@ -151,6 +151,9 @@ class ModelState:
     queued: int = 0  # all its waiting requests (the apps listed and any left out)
     running: int = 0  # its requests on workers now
     backlog: float = 0.0  # worker seconds its queued requests need (batched, see node_state)
+    alive: int = 0  # of the queued, those whose deadline has not passed
+    slack: float = 0.0  # their mean time left to their deadline (seconds)
+    served: int = 0  # requests dispatched to workers since the node started (a counter)
 
     def dist(self, app: str) -> Summary:
         a = self.apps.get(app)
@@ -164,6 +167,9 @@ class ModelState:
             "queued": self.queued,
             "running": self.running,
             "backlog": self.backlog,
+            "alive": self.alive,
+            "slack": self.slack,
+            "served": self.served,
         }
 
     @classmethod
@@ -175,6 +181,9 @@ class ModelState:
             queued=int(d["queued"]),
             running=int(d["running"]),
             backlog=float(d["backlog"]),
+            alive=int(d.get("alive", 0)),
+            slack=float(d.get("slack", 0.0)),
+            served=int(d.get("served", 0)),
         )
 
 
@@ -298,6 +307,34 @@ def finish_chance(state: NodeState, model: str, app: str, slo: float, age: float
     q = extra_count + (m.queued if use_state else 0)
     b = min(max(1, math.ceil(q / max(1, state.workers))), batch_cap(m.inflation, d, left))
     return d.cdf(left / m.inflation[b - 1]), wait
+
+
+def marginal_value(state: NodeState, model: str, app: str, slo: float, age: float,
+                   extra_work: float, extra_count: int, rate: float,
+                   use_state: bool = True) -> tuple[float, float, float]:  # fmt: skip
+    """(chance, wait, value) of sending a request to the node: `finish_chance`'s chance
+    and wait, and the expected finishes it adds there, its chance less what it takes
+    from the others: it holds a worker for its cost S (`send_cost`), S / workers of the
+    node's time, by which it delays the requests behind it, each losing
+    P(left) - P(left - S / workers) (evaluated at its own slack: the others' share its
+    law and SLO), and those are the node's waiting requests still in time, the ones
+    sent there since the state, and the ones expected to arrive while it is ahead of
+    them (`rate` x (wait + S / workers), `rate` the requests sent there per second
+    lately)."""
+    chance, wait = finish_chance(state, model, app, slo, age, extra_work, extra_count,
+                                 use_state)  # fmt: skip
+    m = state.models[model]
+    q = extra_count + (m.queued if use_state else 0)
+    delta = send_cost(state, model, app, q, slo) / max(1, state.workers)
+    left = slo - wait
+    if left <= 0 or delta <= 0:
+        return chance, wait, chance
+    d = m.dist(app)
+    b = min(max(1, math.ceil(q / max(1, state.workers))), batch_cap(m.inflation, d, left))
+    c = m.inflation[b - 1]
+    loss = chance - d.cdf(max(0.0, left - delta) / c)
+    behind = (m.alive if use_state else 0) + extra_count + rate * (wait + delta)
+    return chance, wait, chance - behind * loss
 
 
 def send_cost(state: NodeState, model: str, app: str, queued: int, slo: float) -> float:
