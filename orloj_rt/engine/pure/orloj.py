@@ -23,12 +23,20 @@ When a worker is idle at time `now`:
      rate over one bar in the simulator (docs/results.md). They cost time: up to an app count times
      more candidates (bench/sched_overhead.py: 4 apps at queue 1,000, p50 about 6 us
      instead of 4; at queue 100,000, about 25 us instead of 5), so they are opt-in.
-3. Score each candidate by its expected number of finishes per unit of expected batch
-   time, sum_i P_i / E[T_B], and dispatch the best (ties: the first candidate in order of
-   b, then of pool).
+   2b. Weights (issue 17): each app has a weight (`set_app_weight`, default 1). When the
+   queued apps have several, step 2 runs again for each weight level above the lowest,
+   over the apps at or above it, so that a batch of heavy requests is a candidate even
+   when lighter, more urgent ones would fill every batch of the whole set.
+3. Score each candidate by its expected number of weighted finishes per unit of expected
+   batch time, sum_i w_i P_i / E[T_B], and dispatch the best (ties: the first candidate
+   in order of weight level, then b, then pool).
 
 If no request reaches theta even alone, the one most likely to finish alone runs, so that
 an idle worker is never wasted on waiting (`fallback=False` turns this off).
+
+`drop_hopeless(now)` is step 1 alone; `evaluate(now)` says what `decide(now)` would
+dispatch after its drops, and its score, without changing the queue (the variant choice
+of orloj_rt/policies/utility.py asks one engine per variant).
 
 Apps. Any client names its app, so the apps a policy keeps state for are bounded
 (orloj_rt/engine/apps.py): at most `max_apps` live apps (default 256; beyond, requests
