@@ -52,6 +52,13 @@ tight members share the batch, or when the batch is large (overload). Under over
 admission order makes the batch's places go to the candidates that use them best, the
 freshest for one app. docs/results.md measures it against a per-cell tuned theta.
 
+Priorities (issue 17). A request of tier k weighs `tier_weights[k]` (default 10^k, as
+orloj's, orloj_rt/policies/utility.py): its chance counts that many finishes in V_i, in
+what it takes from the others, and in the admission order (w_j P_j(b + 1) / stay_j), so a
+top-tier request joins before, and is ended after, lower ones. Weighted members are
+remembered by id while they run (at most WEIGHT_MEMORY; beyond, the weights of members no
+longer seen at a boundary are forgotten).
+
 A runtime scheduler drives it through `StepPolicy` (orloj_rt/policies/step_interface.py):
 `step_boundary(now, running)` at each step boundary of a worker, with the members still
 running and the steps each has run. All arithmetic at a boundary is table look-ups: per
@@ -177,6 +184,10 @@ class StepLaw:
         return self._mean_steps()
 
 
+#: weighted members remembered by id (see the module docstring)
+WEIGHT_MEMORY = 4096
+
+
 class OrlojStepPolicy(QueuedStepPolicy):
     name = "orloj-step"
 
@@ -194,8 +205,13 @@ class OrlojStepPolicy(QueuedStepPolicy):
         learn: bool = True,
         max_apps: int = DEFAULT_MAX_APPS,
         app_idle_s: float = DEFAULT_APP_IDLE_S,
+        tier_weights=None,
     ):
+        from orloj_rt.policies.utility import tier_weight_table
+
         super().__init__(max_batch, alpha, inflation, step)
+        self._tier_w = tier_weight_table(tier_weights)
+        self._weights: dict[int, float] = {}  # running weighted members: id -> weight
         self.epsilon = check_probability("epsilon", epsilon)
         self.end_epsilon = check_probability("end_epsilon", end_epsilon)
         self.theta = check_probability("theta", theta)
@@ -347,6 +363,19 @@ class OrlojStepPolicy(QueuedStepPolicy):
         d.add(d.quantile(fw + self._u * (1.0 - fw)))
 
     # ------------------------------------------------------------- the decision
+    def enqueue(self, req_id, app, arrival, deadline, hint=None, priority=0) -> None:
+        if priority and priority >= len(self._tier_w):
+            raise ValueError(f"priority {priority!r} is out of range: a tier is an integer "
+                             f"in 0..{len(self._tier_w) - 1} (tier_weights gives "
+                             f"{len(self._tier_w)} tier(s))")
+        super().enqueue(req_id, app, arrival, deadline, hint, priority)
+
+    def _weight(self, rid: int) -> float:
+        req = self._requests.get(rid)
+        if req is not None:
+            return self._tier_w[req.priority]
+        return self._weights.get(rid, 1.0)
+
     def step_boundary(self, now, running):
         """Called at each step boundary of a worker: end, drop, admit (module docstring)."""
         self._apps.tick(now)
@@ -354,6 +383,9 @@ class OrlojStepPolicy(QueuedStepPolicy):
         # the unseen steps as steps it may finish in (RunningMember.unseen)
         members = [[m.id, self._law_of(m.id, m.app), m.steps - m.unseen, m.deadline - now,
                     m.unseen] for m in running]  # fmt: skip
+        if len(self._weights) > WEIGHT_MEMORY:
+            here = {m.id for m in running}
+            self._weights = {r: w for r, w in self._weights.items() if r in here}
         ended = self._end(members)
         dropped, candidates = self._scan(now, len(members))
         joined = self._admit(members, candidates)
@@ -394,6 +426,8 @@ class OrlojStepPolicy(QueuedStepPolicy):
                 stays.append(law.stay(k, m, u))
             worst = -1
             worst_value = 0.0
+            wts = [self._weights.get(mem[0], 1.0) for mem in members] if self._weights \
+                else None
             for i in range(b):
                 # what the others would gain without i: the steps they share with it run
                 # faster, for at most its stay and at most their own steps left
@@ -403,8 +437,9 @@ class OrlojStepPolicy(QueuedStepPolicy):
                     if j != i:
                         _, law, k, slack, u = members[j]
                         shared = stay_i if stay_i < left[j] else left[j]
-                        taken += law.prob(k, u + self._floor((slack + shared * dc) / cs)) - own[j]
-                value = own[i] - taken
+                        gain = law.prob(k, u + self._floor((slack + shared * dc) / cs)) - own[j]
+                        taken += gain * wts[j] if wts is not None else gain
+                value = (own[i] * wts[i] if wts is not None else own[i]) - taken
                 if value < worst_value:
                     worst_value = value
                     worst = i
@@ -436,7 +471,8 @@ class OrlojStepPolicy(QueuedStepPolicy):
             if self.order == "density":
                 m = self._steps_left(slack, min(b + 1, self._max_batch))
                 stay = law.stay(0, m)
-                score = -law.prob(0, m) / stay if stay > 0.0 else 0.0
+                w = self._tier_w[req.priority] if req.priority else 1.0
+                score = -w * law.prob(0, m) / stay if stay > 0.0 else 0.0
             else:
                 score = key
             candidates.append((score, key, rid, law, slack))
@@ -463,21 +499,25 @@ class OrlojStepPolicy(QueuedStepPolicy):
             p = law.prob(0, m)
             if not p > 0.0 or p < self.theta:
                 continue
+            w_new = self._weight(rid)
             if self.marginal and members:
                 cs = self._cs[b]  # the step time with the newcomer
                 dc = cs - self._cs[b - 1]
                 stay_new = law.stay(0, m)
                 taken = 0.0
                 cb = self._cs[b - 1]
-                for _, mlaw, k, mslack, u in members:
+                for mid, mlaw, k, mslack, u in members:
                     # the member loses dc of slack for each step it shares with the
                     # newcomer: at most the newcomer's stay, at most its own steps left
                     m_k = self._steps_left(mslack, b)
                     shared = stay_new if stay_new < m_k else m_k
                     later = self._floor((mslack - shared * dc) / cb)
-                    taken += mlaw.prob(k, u + m_k) - mlaw.prob(k, u + later)
-                if not p > taken:
+                    loss = mlaw.prob(k, u + m_k) - mlaw.prob(k, u + later)
+                    taken += loss * self._weights.get(mid, 1.0) if self._weights else loss
+                if not p * w_new > taken:
                     continue
+            if w_new != 1.0:
+                self._weights[rid] = w_new
             joined.append(rid)
             members.append([rid, law, 0, slack, 0])
             b += 1

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 
 from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, RequestQueue
-from orloj_rt.policies.base import Request, checked_request, inflation_table
+from orloj_rt.policies.base import Request, check_tier, checked_request, inflation_table
 from orloj_rt.policies.step_interface import StepDecision, StepPolicy
 
 #: The solo work of one step, in units of the mean solo time (the issue's definition).
@@ -59,7 +59,8 @@ class QueuedStepPolicy(StepPolicy):
 
     def enqueue(self, req_id, app, arrival, deadline, hint=None, priority=0) -> None:
         req_id, arrival, deadline = checked_request(req_id, arrival, deadline, self._requests)
-        req = Request(req_id, self._app_of(app, arrival), arrival, deadline, hint)
+        priority = check_tier(priority)
+        req = Request(req_id, self._app_of(app, arrival), arrival, deadline, hint, priority)
         self._queue.push(req_id, self.queue_key(req))
         self._requests[req_id] = req
 

@@ -114,3 +114,18 @@ def test_a_variant_without_an_accuracy_names_the_field():
         checked_variants([("full", 1.0, 1.0), ("half", 0.5, None)])
     with pytest.raises(ValueError, match=r"accuracy: 1\.5 is not in \[0, 1\]"):
         checked_variants([("full", 1.0, 1.5)])
+
+
+def test_orloj_step_admits_a_top_tier_request_first():
+    def joined(priority):
+        p = make_policy("orloj-step", max_batch=1, inflation=[1.0], step=0.1)
+        p.set_default_distribution(Distribution.from_mean_cov(1.0, 0.1))
+        p.enqueue(1, "a", 0.0, 10.0)
+        p.enqueue(2, "a", 0.0, 5.0, None, priority)
+        return p.step_boundary(0.0, []).joined
+
+    assert joined(0) == [1]  # equal chances: the most slack first
+    assert joined(1) == [2]  # the top tier's chance weighs 10
+    p = make_policy("orloj-step", max_batch=1, inflation=[1.0], step=0.1, tier_weights=[1, 2])
+    with pytest.raises(ValueError, match="priority 2 is out of range"):
+        p.enqueue(1, "a", 0.0, 10.0, None, 2)
