@@ -121,10 +121,16 @@ class NodeInstance:
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> dict:
         """Stops the instance (SIGTERM: it drains and removes its shared memory); waits."""
+        from orloj_rt.runtime.shm_ring import remove_stale_segments
+
         self._stop.set()
         self._terminate(timeout_s)
         self._thread.join(timeout_s)
         self.state = "stopped"
+        # an instance killed outright (SIGKILL: Ray kills an actor's children with it when
+        # its node goes) could not unlink its rings; its supervisor is gone, so they are
+        # stale: removed here, as the next `orloj-rt start` on this machine would
+        remove_stale_segments()
         return self.status()
 
     def kill_instance(self) -> int:

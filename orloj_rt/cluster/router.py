@@ -87,6 +87,13 @@ def _unpackb(buf):
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
+def _did_not_run(error) -> bool:
+    """A `rejected` reply of a node that shuts down (frontend.py's texts): the request
+    never ran there, so it may run elsewhere."""
+    return isinstance(error, str) and (error.endswith("not accepting new requests")
+                                       or error.endswith("the request did not run"))
+
+
 def _reply(cid, status: str, error: str = "", result=None) -> bytes:
     h = {"v": PROTOCOL_VERSION, "id": cid, "status": status}
     if error:
@@ -115,7 +122,7 @@ class RouterOptions:
 class _Node:
     __slots__ = ("id", "endpoint", "pid", "sock", "monitor", "connected", "workers",
                  "workers_ready", "offset", "heard", "pending", "sent", "since",
-                 "on_reply")  # fmt: skip
+                 "on_reply", "draining")  # fmt: skip
 
     def __init__(self, node_id: str, endpoint: str, pid: int, sock, monitor, now: float):
         self.id = node_id
@@ -132,10 +139,11 @@ class _Node:
         self.sent = 0  # requests forwarded to it
         self.since = now
         self.on_reply = None  # its replies' handler (ClusterRouter._on_reply bound to it)
+        self.draining = False  # it answered "shutting down": nothing more is sent to it
 
     @property
     def routable(self) -> bool:
-        return self.connected and self.workers_ready > 0
+        return self.connected and self.workers_ready > 0 and not self.draining
 
 
 class _Pending:
@@ -417,8 +425,17 @@ class ClusterRouter:
         del self.inflight[rid]
         node.pending.discard(rid)
         if p.op == "infer":
-            self.by_client.pop((p.ident, p.cid), None)
             status = header.get("status")
+            if status == "rejected" and _did_not_run(header.get("error")):
+                # the node shuts down (SIGTERM, its Ray node leaving): it sends nothing more
+                # there, and the request, which never ran, goes to another node once
+                if not node.draining:
+                    node.draining = True
+                    self.router.remove(node.id)
+                    log.warning("node %s shuts down: routing around it", node.id)
+                if self._reroute(p, time.monotonic()):
+                    return
+            self.by_client.pop((p.ident, p.cid), None)
             if status in self.counts:
                 self.counts[status] += 1
         header["id"] = p.cid
@@ -526,27 +543,33 @@ class ClusterRouter:
                 self._orphan(p, node, now)
         node.pending.clear()
 
+    def _reroute(self, p: _Pending, now: float) -> bool:
+        """Sends an infer to another node once, with the SLO time left; whether it did."""
+        left = None if p.slo_s is None else p.slo_s - (now - p.t0)
+        if p.op != "infer" or p.rerouted or self.stopping or left is None or left <= 0:
+            return False
+        target = self._choose(p.header, left, now)
+        if target is None:
+            return False
+        rid = next(self._ids)
+        p.rerouted = True
+        p.header["id"] = rid
+        p.header["slo_ms"] = left * 1000.0
+        self.inflight[rid] = p
+        self.by_client[(p.ident, p.cid)] = rid
+        self.counts["rerouted"] += 1
+        self._forward(target, rid, p)
+        return True
+
     def _orphan(self, p: _Pending, node: _Node, now: float) -> None:
         """A request whose node died: re-routed once if a node is left and SLO time too."""
+        if self._reroute(p, now):
+            return
         left = None if p.slo_s is None else p.slo_s - (now - p.t0)
-        if p.op == "infer" and not p.rerouted and not self.stopping:
-            target = None
-            if left is not None and left > 0:
-                target = self._choose(p.header, left, now)
-            if target is not None:
-                rid = next(self._ids)
-                p.rerouted = True
-                p.header["id"] = rid
-                p.header["slo_ms"] = left * 1000.0
-                self.inflight[rid] = p
-                self.by_client[(p.ident, p.cid)] = rid
-                self.counts["rerouted"] += 1
-                self._forward(target, rid, p)
-                return
-            if left is not None and left <= 0:
-                self._answer(p, "dropped", f"node {node.id} died while it held this request, "
-                             "and no SLO time was left to run it elsewhere")  # fmt: skip
-                return
+        if p.op == "infer" and not p.rerouted and left is not None and left <= 0:
+            self._answer(p, "dropped", f"node {node.id} died while it held this request, "
+                         "and no SLO time was left to run it elsewhere")  # fmt: skip
+            return
         self._answer(p, "error", f"node {node.id} ({node.endpoint}) died while it held this "
                      "request; it may or may not have run; retry it")  # fmt: skip
 

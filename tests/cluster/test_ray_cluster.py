@@ -3,10 +3,10 @@
 early_exit instance per node with one CPU worker, the router on loopback.
 
 start and status (through the CLI), requests answered by every node and through the
-entry point, a Ray node removed under load (exactly one reply per request), stop (no
-process, no shared-memory segment left). One cluster is shared by the module (Ray starts
-slowly); the tests run in file order. Skipped, with the reason, where Ray is not
-installed or a local cluster cannot start."""
+entry point (ZeroMQ and KServe v2 over HTTP), a Ray node removed under load (exactly one
+reply per request), stop (no process, no shared-memory segment left). One cluster is
+shared by the module (Ray starts slowly); the tests run in file order. Skipped, with the
+reason, where Ray is not installed or a local cluster cannot start."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+import urllib.request
 
 import msgpack
 import numpy as np
@@ -75,7 +76,8 @@ def status(state) -> dict:
 
 def test_start_and_status(cluster, capsys):
     rc = main(["cluster", "start", "--address", cluster["address"], "--models",
-               cluster["models"], "--local", "--bind", "tcp://127.0.0.1:*", "--wait", "120"])
+               cluster["models"], "--local", "--bind", "tcp://127.0.0.1:*", "--wait", "120",
+               "--http-port", "0"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "orloj-rt: cluster entry point tcp://127.0.0.1:" in out
@@ -87,6 +89,8 @@ def test_start_and_status(cluster, capsys):
     endpoints = [n["endpoint"] for n in st["nodes"]]
     assert len(set(endpoints)) == NODES and all(e.startswith("tcp://127.0.0.1:") for e in endpoints)
     cluster["endpoint"] = st["router"]["endpoint"]
+    cluster["http"] = st["router"]["http"]
+    assert cluster["http"].startswith("http://127.0.0.1:")
     status(cluster)
     # a second start is refused, naming what to do
     assert main(["cluster", "start", "--address", cluster["address"], "--local"]) == 2
@@ -109,6 +113,16 @@ def test_requests_answered_on_every_node(cluster):
         stats = c.stats()
     assert stats["ok"] >= 30 and stats["in_flight"] == 0
     assert sum(n["sent"] for n in stats["nodes"].values()) >= 30
+    # KServe v2 over HTTP at the entry point: the gateway process, a client of the router
+    body = json.dumps({"inputs": [{"name": "tokens", "shape": [2, 4], "datatype": "INT64",
+                                   "data": TOKENS.tolist() * 2}]}).encode()  # fmt: skip
+    req = urllib.request.Request(cluster["http"] + "/v2/models/early_exit/infer", data=body,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=30) as r:
+        answer = json.loads(r.read())
+    assert r.status == 200
+    assert {o["name"] for o in answer["outputs"]} >= {"logits"}
+    assert next(o for o in answer["outputs"] if o["name"] == "logits")["shape"][0] == 2
 
 
 def test_a_node_removed_under_load_answers_each_request_once(cluster):

@@ -45,6 +45,7 @@ class FakeNode:
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.connect(state_endpoint)
         self.hold = False
+        self.shutting_down = False  # answers infer `rejected` as a draining frontend does
         self.publish = True
         self.held: list = []
         self.seen: list = []  # ids received (the router's)
@@ -69,6 +70,10 @@ class FakeNode:
                 self.held.remove(f)
                 self.sock.send_multipart([f[0], b"", msgpack.packb(
                     {"v": 1, "id": h["target"], "status": "cancelled"})])  # fmt: skip
+        elif h.get("op", "infer") == "infer" and self.shutting_down:
+            out.update(status="rejected", error="the server is shutting down: not accepting "
+                       "new requests")  # fmt: skip
+            data = []
         elif h.get("op", "infer") == "infer":
             out["outputs"] = h.get("inputs", [])
         self.sock.send_multipart([ident, b"", msgpack.packb(out), *data])
@@ -272,4 +277,21 @@ def test_no_node_left_answers_every_request(router):
         send(s, 5, np.zeros(1, "<i8").tobytes())  # nothing to route to
         (h, _), = recv_all(s, 1)
         assert h["id"] == 5 and h["status"] == "rejected"
+        s.close()
+
+
+def test_a_node_that_shuts_down_is_routed_around(router):
+    _, ep, state_ep = router
+    with fake_nodes(state_ep, 2) as nodes, Client(ep, timeout_s=10) as c:
+        wait_for(lambda: nodes_ready(c, 2), "both nodes ready")
+        nodes[1].shutting_down = True  # still publishing, still connected: draining
+        s = dealer(ep)
+        for i in range(10):
+            send(s, i, np.full(2, i, "<i8").tobytes())
+        got = recv_all(s, 10, extra_s=0.2)
+        assert sorted(h["id"] for h, _ in got) == list(range(10))
+        assert {h["status"] for h, _ in got} == {"ok"}  # its rejections ran elsewhere, once
+        assert {h["node"] for h, _ in got} == {"n0"}
+        assert c.stats()["rerouted"] >= 1
+        assert c.health()["nodes"]["n1"]["in_flight"] == 0
         s.close()
