@@ -206,17 +206,17 @@ def run_policy(config: SimConfig, name: str, requests=None) -> dict:
     params = dict(config.policy_params.get(name, {}))
     clairvoyant = base in ("oracle", "oracle-step")
     tiers = tiers_of(config, len(requests.arrival))
-    if base == "orloj":
-        if config.priorities:
-            params.setdefault("tier_weights", config.tier_weights())
-        if config.fairness:
-            params.setdefault("fairness", config.fairness)
+    if base in ("orloj", "orloj-step") and config.priorities:
+        params.setdefault("tier_weights", config.tier_weights())
+    if base == "orloj" and config.fairness:
+        params.setdefault("fairness", config.fairness)
     variants = config.variant_specs() if uses_variants(name) and config.variants else None
     if is_step_policy(base):
         outcome: Outcome = simulate_serving_steps(
             base, requests.arrival, requests.deadline, requests.solo, requests.app, table,
             requests.prior, step=config.step, workers=config.workers, hints=hints,
             warmup_hints=warmup_hints, clairvoyant=clairvoyant, policy_params=params,
+            priorities=None if tiers is None else tiers.tolist(),
         )  # fmt: skip
     else:
         outcome = simulate_serving(

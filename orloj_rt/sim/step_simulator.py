@@ -227,9 +227,10 @@ def simulate_serving_steps(
     clairvoyant: bool = False,
     policy_params: dict | None = None,
     trace: list | None = None,
+    priorities: Sequence[int] | None = None,
 ) -> Outcome:
     """Runs every request through the runtime's own serving core (orloj_rt.serving) with
-    step policy `policy`, on `workers` identical workers emulated as runtime/worker.py and
+    step policy `policy` (`priorities`: each request's tier, as in `simulate_serving`), on `workers` identical workers emulated as runtime/worker.py and
     runtime/step_runner.py run them, on a virtual clock.
 
     The core serves one model that declares steps (`SimModel(..., step_kind="token")`);
@@ -280,6 +281,9 @@ def simulate_serving_steps(
     # a step of b takes c(b) x step: the same product the core's step-time model forms,
     # so the reports keep its learned scale at exactly 1
     step_time = [step * v for v in c]
+    tiers = None if priorities is None else [int(p) for p in priorities]
+    if tiers is not None and len(tiers) != len(arrival):
+        raise ValueError("priorities must have one entry per request")
     core = ServingCore([SimModel("sim", max_batch, step_kind="token")], policy,
                        policy_params, workers, timer=lambda: 0.0)  # fmt: skip
     record = trace.append if trace is not None else (lambda _e: None)
@@ -426,7 +430,7 @@ def simulate_serving_steps(
             report(w, now, finished, b)
             if apply_and_start(w, now):
                 report(w, now, [], 0)
-        nxt = submit_arrivals(core, now, nxt, arr, dl, apps, hint_of, record)
+        nxt = submit_arrivals(core, now, nxt, arr, dl, apps, hint_of, record, tiers)
         schedule(now)
         if not all(stepping):
             w_at = core.next_wakeup(now)
