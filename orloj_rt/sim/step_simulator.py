@@ -230,8 +230,9 @@ def simulate_serving_steps(
     priorities: Sequence[int] | None = None,
 ) -> Outcome:
     """Runs every request through the runtime's own serving core (orloj_rt.serving) with
-    step policy `policy` (`priorities`: each request's tier, as in `simulate_serving`), on `workers` identical workers emulated as runtime/worker.py and
-    runtime/step_runner.py run them, on a virtual clock.
+    step policy `policy` (`priorities`: each request's tier, as in `simulate_serving`),
+    on `workers` identical workers emulated as runtime/worker.py and runtime/step_runner.py
+    run them, on a virtual clock.
 
     The core serves one model that declares steps (`SimModel(..., step_kind="token")`);
     every worker's warm-up profile carries the step profile of `warmup_solo`
