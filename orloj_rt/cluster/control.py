@@ -29,8 +29,8 @@ def require_ray():
     try:
         import ray
     except ImportError:
-        raise ClusterError(f"orloj-rt cluster needs Ray, which is not installed: {INSTALL_HINT} "
-                           "(Ray 2.x on every node of the cluster)") from None  # fmt: skip
+        raise ClusterError(f"Ray is not installed; install it with {INSTALL_HINT} (on every "
+                           "node of the cluster)") from None  # fmt: skip
     return ray
 
 

@@ -295,3 +295,17 @@ def test_a_node_that_shuts_down_is_routed_around(router):
         assert c.stats()["rerouted"] >= 1
         assert c.health()["nodes"]["n1"]["in_flight"] == 0
         s.close()
+
+
+def test_without_ray_the_command_says_how_to_install_it():
+    """Ray hidden from a fresh interpreter: `orloj-rt cluster` names the install, and the
+    single-node server's modules never import Ray."""
+    code = ("import sys\nsys.modules['ray'] = None\nfrom orloj_rt.cli import main\n"
+            "rc = main(['cluster', 'status', '--address', '127.0.0.1:1'])\n"
+            "import orloj_rt.cli.start, orloj_rt.runtime.supervisor, orloj_rt.runtime.scheduler\n"
+            "import orloj_rt.cluster.router\n"
+            "print('rc', rc, [m for m in sys.modules if m.startswith('ray.')])\n")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert "rc 2 []" in out.stdout, (out.stdout, out.stderr)
+    assert "pip install 'orloj-rt[ray]'" in out.stderr
