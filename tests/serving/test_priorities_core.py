@@ -1,0 +1,34 @@
+"""Priority tiers through the serving core (issue 17): a descriptor's ninth field reaches
+the policy; a tier the policy cannot take is an error reply naming `priority`."""
+
+from __future__ import annotations
+
+from orloj_rt.serving import ServingCore
+from orloj_rt.sim.simulator import SimModel, warmup_profile
+
+C = [1.0 + 0.15 * b for b in range(4)]
+
+
+def core_with(policy="orloj", params=None, max_batch=1):
+    core = ServingCore([SimModel("m", max_batch)], policy, params, 1, timer=lambda: 0.0)
+    core.worker_ready(0, [warmup_profile([1.0] * 50, C[:max_batch])])
+    return core
+
+
+def test_a_top_tier_descriptor_is_served_first():
+    for policy in ("orloj", "fifo"):
+        core = core_with(policy, {"max_queue_delay": 0.0} if policy == "fifo" else None)
+        core.submit([(1, 0, "a", 0.0, 1.2, None, 0, 0),
+                     (2, 0, "a", 0.1, 1.25, None, 1, 0, 1)])  # fmt: skip
+        (run,) = core.dispatch(0.1)
+        assert run.tokens == [2], policy
+        assert run.variant is None  # the model has no variants
+
+
+def test_a_tier_beyond_the_tier_weights_is_an_error_naming_priority():
+    core = core_with("orloj", {"tier_weights": [1, 10]})
+    core.submit([(1, 0, "a", 0.0, 5.0, None, 0, 0, 5)])
+    _, _, errors = core.take_discards()
+    assert len(errors) == 1 and errors[0][0] == 1
+    assert "priority 5 is out of range" in errors[0][1]
+    assert not core.dispatch(0.0)
