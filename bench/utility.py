@@ -68,6 +68,25 @@ def variants_cell(job) -> list[dict]:
     return rows
 
 
+def capacities(slo: float, seed: int) -> dict:
+    """Per workload, each variant's capacity (requests per mean solo time, batches within
+    half the SLO) from the workload's law (its warm-up sample), as orloj+variants and
+    loki-threshold compute it from what they learn."""
+    from orloj_rt.engine import Distribution
+    from orloj_rt.engine.pure.batch_model import Inflation
+    from orloj_rt.policies.utility import variant_capacities
+    from orloj_rt.sim.workloads import WorkloadSpec, generate
+
+    out = {}
+    for w in WORKLOADS:
+        req = generate(WorkloadSpec(solo=w, slo=slo, load=1.0, requests=10, seed=seed))
+        caps = variant_capacities(Distribution.from_samples(req.prior),
+                                  [c for _, c, _ in VARIANTS], Inflation(32, 0.15).table,
+                                  0.5 * slo)  # fmt: skip
+        out[w] = {name: round(c, 3) for (name, _, _), c in zip(VARIANTS, caps, strict=True)}
+    return out
+
+
 def priorities_cell(job) -> dict:
     from orloj_rt.sim.experiment import SimConfig, run_policy
     from orloj_rt.sim.workloads import WorkloadSpec, generate
@@ -156,8 +175,14 @@ def check_targets(rows: list[dict], prio: list[dict], fair: dict) -> list[str]:
     return lines
 
 
-def format_tables(rows, prio, fair) -> str:
-    out = ["## Variants (SLO 5; full:1.0:1.0, half:0.5:0.93, quarter:0.25:0.85)", "",
+def format_tables(rows, prio, fair, caps=None) -> str:
+    out = ["## Variants (SLO 5; full:1.0:1.0, half:0.5:0.93, quarter:0.25:0.85)", ""]
+    if caps:
+        out += ["Capacities (requests per mean solo time, batches within half the SLO, from "
+                "each workload's law): " + "; ".join(
+                    f"{w}: " + ", ".join(f"{v} {c:.2f}" for v, c in cs.items())
+                    for w, cs in caps.items()), ""]
+    out += [
            "| workload | load | policy | answered in SLO | mean accuracy | utility | "
            "batches' variants (requests) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -255,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for kind, res in done if kind == "variants" for r in res]
     prio = [res for kind, res in done if kind == "priorities"]
     fair = next(res for kind, res in done if kind == "fairness")
+    caps = capacities(args.slo, args.seed)
     targets = check_targets(rows, prio, fair)
     if requests < 4000:
         targets.append(f"note: {requests} requests a cell; the targets ask for >= 4,000")
@@ -266,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                          "choice": args.choice,
                          "seed": args.seed, "seconds": round(time.time() - t0, 1),
                          "command": command},
-              "rows": rows, "priorities": prio, "fairness": fair, "targets": targets}
+              "rows": rows, "capacities": caps, "priorities": prio, "fairness": fair,
+              "targets": targets}
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "results.csv", "w", newline="") as f:
         keys = ["workload", "load", "policy", "answered_in_slo", "mean_accuracy", "utility",
@@ -274,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         wr = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         wr.writeheader()
         wr.writerows(rows)
-    tables = format_tables(rows, prio, fair)
+    tables = format_tables(rows, prio, fair, caps)
     (args.out / "results.md").write_text(
         f"{tables}\n\n## Targets\n\n" + "\n".join(f"- {t}" for t in targets) +
         f"\n\n({result['config']['command']}; {result['config']['seconds']} s)\n")

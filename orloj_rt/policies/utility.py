@@ -176,6 +176,34 @@ def scaled(dist, scale: float):
                                    window=dist.window)  # fmt: skip
 
 
+def capacity(batch_times: Sequence[float], horizon: float) -> tuple[float, float]:
+    """(requests per second, that batch's time): max over b of b / T_b among the batch
+    sizes whose expected time T_b (batch_times[b - 1]) is at most `horizon`; (0, 0) if
+    none fits."""
+    best, t_best = 0.0, 0.0
+    for b, t in enumerate(batch_times, 1):
+        if 0 < t <= horizon and b / t > best:
+            best, t_best = b / t, t
+    return best, t_best
+
+
+def variant_capacities(dist, scales: Sequence[float], inflation: Sequence[float],
+                       horizon: float) -> list[float]:  # fmt: skip
+    """Each cost scale's capacity (`capacity`) for solo times `dist` x scale, with batch
+    inflation c(b) = inflation[b - 1]: what the variant choice computes from a learned
+    distribution (bench/utility.py reports it for the workloads' laws)."""
+    from orloj_rt.engine import IMPLEMENTATIONS
+
+    mean = next(m.batch_mean for m in IMPLEMENTATIONS.values()
+                if isinstance(dist, m.Distribution))  # fmt: skip
+    out = []
+    for s in scales:
+        d = scaled(dist, s)
+        out.append(capacity([mean([d] * b, list(inflation))
+                             for b in range(1, len(inflation) + 1)], horizon)[0])
+    return out
+
+
 def wants_utility(params: dict) -> bool:
     """Whether orloj's params ask for anything the plain engine policy lacks."""
     if len(params.get("variants") or ()) > 1:
@@ -342,12 +370,7 @@ class UtilityPolicy(Policy):
         if self._cap_at > 0 and abs(horizon - self._cap_at) <= 0.1 * self._cap_at:
             return self._cap
         for k, tb in enumerate(self._tb):
-            best, t_best = 0.0, 0.0
-            for b, t in enumerate(tb, 1):
-                if t <= horizon and t > 0 and b / t > best:
-                    best, t_best = b / t, t
-            self._cap[k] = best
-            self._cap_time[k] = t_best
+            self._cap[k], self._cap_time[k] = capacity(tb, horizon)
         self._cap_at = horizon
         return self._cap
 
