@@ -37,7 +37,7 @@ have no tiers). `fairness` > 0 is orloj's fairness gain. Every policy's metrics 
 `mean_accuracy` (over those answers, of the variant that served each; 1 without
 variants), `utility` (the sum over them of tier weight x accuracy, over the requests: the
 finish rate when there are neither tiers nor variants) and with tiers "tiers": {tier:
-{"requests", "finished", "finish_rate"}}; with variants "variants": {name: requests
+{"requests", "finished", "finish_rate", "late", "dropped", "weight"}}; with variants "variants": {name: requests
 served}.
 """
 
@@ -269,8 +269,11 @@ def utility_summary(outcome: Outcome, requests, config: SimConfig | None, tiers)
         for t in sorted(set(tiers.tolist())):
             mine = tiers == t
             fin = int((on_time & mine).sum())
+            done_t = (outcome.state == COMPLETED) & mine
             out["tiers"][str(t)] = {"requests": int(mine.sum()), "finished": fin,
                                     "finish_rate": fin / max(1, int(mine.sum())),
+                                    "late": int(done_t.sum()) - fin,
+                                    "dropped": int((mine & (outcome.state != COMPLETED)).sum()),
                                     "weight": float(config.tier_weights()[t])}  # fmt: skip
     done = int(on_time.sum())
     out["answered_in_slo"] = done / n if n else 0.0
