@@ -37,8 +37,8 @@ have no tiers). `fairness` > 0 is orloj's fairness gain. Every policy's metrics 
 `mean_accuracy` (over those answers, of the variant that served each; 1 without
 variants), `utility` (the sum over them of tier weight x accuracy, over the requests: the
 finish rate when there are neither tiers nor variants) and with tiers "tiers": {tier:
-{"requests", "finished", "finish_rate", "late", "dropped", "weight"}}; with variants "variants": {name: requests
-served}.
+{"requests", "finished", "finish_rate", "late", "dropped", "weight"}}; with variants
+"variants": {name: requests served}.
 """
 
 from __future__ import annotations
