@@ -32,3 +32,20 @@ def test_a_tier_beyond_the_tier_weights_is_an_error_naming_priority():
     assert len(errors) == 1 and errors[0][0] == 1
     assert "priority 5 is out of range" in errors[0][1]
     assert not core.dispatch(0.0)
+
+
+def test_the_core_feeds_fairness_the_outcomes():
+    core = core_with("orloj", {"fairness": 1.0}, max_batch=4)
+    policy = core.models[0].policy
+    token = 0
+    for _ in range(40):
+        # app b's requests are late or dropped, app a's finish
+        descs = [(token + i, 0, app, 0.0, dl, None, 0, 0)
+                 for i, (app, dl) in enumerate([("a", 50.0), ("a", 50.0), ("b", 0.5),
+                                                ("b", 0.5)])]  # fmt: skip
+        token += 4
+        core.submit(descs)
+        for run in core.dispatch(0.0):
+            core.batch_done(run.worker, 0, True, 1.0, None)  # ends at 1.0: b is late
+        core.take_discards()
+    assert policy.multiplier("b") > 1.0 > policy.multiplier("a")
