@@ -110,17 +110,29 @@ def check_targets(results: dict, cells: list[tuple]) -> list[dict]:
     return out
 
 
-def format_table(results: dict, cells: list[tuple], routers: list[str]) -> list[str]:
+def alone_bound(slo: float) -> float:
+    """The finish rate of every request run alone at once on a speed-1 node: P(X <= slo)
+    over the trace's costs (c(1) = 1). No router reaches more without knowing X."""
+    from orloj_rt.sim.workloads import DEFAULT_TRACE, WorkloadSpec, trace_costs
+
+    costs = trace_costs(WorkloadSpec(solo="trace", trace=str(DEFAULT_TRACE)))
+    return float((costs <= slo).mean())
+
+
+def format_table(results: dict, cells: list[tuple], routers: list[str],
+                 bound: float | None = None) -> list[str]:  # fmt: skip
     lines = ["| nodes | arrival | speeds | state age | "
-             + " | ".join(routers) + " | orloj / p2c |",
-             "|---:|---|---|---:|" + "---:|" * (len(routers) + 1)]  # fmt: skip
+             + " | ".join(routers) + " | orloj / p2c | alone / p2c |",
+             "|---:|---|---|---:|" + "---:|" * (len(routers) + 2)]  # fmt: skip
     for key in cells:
         fr = [results.get((*key, r)) for r in routers]
         rt = ratio(results, key)
+        p2c = results.get((*key, "p2c"))
+        up = "-" if bound is None or not p2c else f"{bound / p2c:.3f}"
         mark = "" if rt is None or rt >= 1.0 else " (below)"
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]:g} | "
                      + " | ".join("-" if v is None else f"{v:.3f}" for v in fr)
-                     + f" | {'-' if rt is None else f'{rt:.3f}'}{mark} |")  # fmt: skip
+                     + f" | {'-' if rt is None else f'{rt:.3f}'}{mark} | {up} |")  # fmt: skip
     return lines
 
 
@@ -169,6 +181,56 @@ def plot(path: Path, results: dict, nodes, arrivals, speeds, ages, routers) -> N
     plt.close(fig)
 
 
+def state_cost(repeat: int = 2000) -> dict:
+    """What the routing costs on this machine: `node_state` on a real serving core (orloj,
+    4 workers, all busy, q requests queued, one app learned), its wire form's msgpack
+    size, and one `choose` of p2c and orloj over N nodes with such states."""
+    import msgpack
+    import numpy as np
+
+    from orloj_rt.cluster.routing import make_router, node_state
+    from orloj_rt.serving import ServingCore
+    from orloj_rt.sim.simulator import SimModel, warmup_profile
+
+    c = [1 + 0.15 * i for i in range(32)]
+    rng = np.random.default_rng(0)
+    out = {"node_state": [], "choose": []}
+    states = {}
+    for q in (0, 16, 128, 1024):
+        core = ServingCore([SimModel("m", 32)], "orloj", None, 4, timer=lambda: 0.0)
+        prof = warmup_profile(list(rng.lognormal(-0.3, 0.77, 2000)), c)
+        for w in range(4):
+            core.worker_ready(w, [prof])
+        tok = 0
+        for _ in range(40):  # learn app "a": batches of one
+            core.submit([(tok, 0, "a", 0.0, 1e9, None, 0, 0)])
+            (run,) = core.dispatch(0.0)
+            core.batch_done(run.worker, 0, True, float(rng.lognormal(-0.3, 0.77)), [1.0])
+            tok += 1
+        core.submit([(tok + i, 0, "a", 0.0, 1e6, None, 0, 0) for i in range(4 * 32 + q)])
+        core.dispatch(0.0)  # four batches of 32 run, q wait
+        since = {w: 0.0 for w in range(4)}
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            st = node_state(core, "n", 1.0, busy_since=since)
+        us = (time.perf_counter() - t0) / repeat * 1e6
+        states[q] = st
+        out["node_state"].append({"queued": q, "us": us,
+                                  "wire_bytes": len(msgpack.packb(st.to_wire()))})
+    for n in (4, 16, 64, 256):
+        for name in ("p2c", "orloj"):
+            r = make_router(name)
+            for i in range(n):
+                r.update(f"n{i}", states[(0, 16, 128)[i % 3]], 1.0)
+            k = max(200, 20000 // n)
+            t0 = time.perf_counter()
+            for j in range(k):
+                r.choose("m", "a", 5.0, 1.0 + j * 1e-6)
+            out["choose"].append({"nodes": n, "router": name,
+                                  "us": (time.perf_counter() - t0) / k * 1e6})
+    return out
+
+
 def parse_list(text: str, kind=str) -> list:
     return [kind(t.strip()) for t in text.split(",") if t.strip()]
 
@@ -202,7 +264,22 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("out/cluster_routing"),
                     help="path prefix of the .md, .csv, .json and .png written")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--state-cost", action="store_true",
+                    help="only measure what node_state and one choice cost here, and exit")
     args = ap.parse_args(argv)
+    if args.state_cost:
+        cost = state_cost()
+        if args.json:
+            print(json.dumps(cost))
+            return 0
+        print("node_state (orloj core, 4 workers busy, one app learned):")
+        for row in cost["node_state"]:
+            print(f"  {row['queued']:5d} queued: {row['us']:7.1f} us, wire "
+                  f"{row['wire_bytes']} bytes (msgpack)")
+        print("one choice (states of 0, 16 and 128 queued in turn):")
+        for row in cost["choose"]:
+            print(f"  {row['nodes']:4d} nodes, {row['router']:6}: {row['us']:8.1f} us")
+        return 0
 
     nodes = parse_list(args.nodes, int)
     if args.quick and args.nodes == ",".join(map(str, NODES)):
@@ -268,7 +345,9 @@ def main(argv=None) -> int:
               "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     command = "python bench/cluster_routing.py " + " ".join(shlex.quote(a) for a in
                                                               (argv or sys.argv[1:]))
-    table = format_table(results, cells, routers)
+    bound = alone_bound(args.slo)
+    config["alone_bound"] = bound
+    table = format_table(results, cells, routers, bound)
     lines = [f"`{command.strip()}`", "",
              f"azure-conv costs, SLO {args.slo:g} units, "
              + (f"load {args.load:g} per node, " if args.load is not None else
@@ -276,7 +355,11 @@ def main(argv=None) -> int:
                     f"{s} {load_of(2, s):g}" for s in speeds) + "), ")
              + f"{args.workers_per_node} worker(s) per node running orloj, {requests} "
              f"requests a cell, seed {args.seed} ({config['seconds']:.0f} s)", "",
-             *table, "", "Targets (issue 16):", *format_targets(targets)]  # fmt: skip
+             *table, "",
+             f"alone: every request run alone at once on a speed-1 node, P(X <= "
+             f"{args.slo:g}) = {bound:.3f} over the trace's costs: no router reaches more "
+             "without knowing X; alone / p2c is the most any router could gain on p2c.",
+             "", "Targets (issue 16):", *format_targets(targets)]  # fmt: skip
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.md").write_text("\n".join(lines) + "\n")

@@ -80,13 +80,26 @@ class Router(Protocol):
 class _Node:
     """What a router keeps of one node: its last state and what it sent it since."""
 
-    __slots__ = ("state", "received", "sent")
+    __slots__ = ("state", "received", "sent", "work")
 
     def __init__(self, state: NodeState, received: float) -> None:
         self.state = state
         self.received = received
         # (sent at, model, app, worker seconds) since the state's stamp, oldest first
         self.sent: deque = deque()
+        self.work = 0.0  # the sum of their worker seconds
+
+    def forget_until(self, t: float, inclusive: bool) -> None:
+        """Forgets the sends before `t` (at `t` too if `inclusive`)."""
+        sent = self.sent
+        while sent and (sent[0][0] <= t if inclusive else sent[0][0] < t):
+            self.work -= sent.popleft()[3]
+        if not sent:
+            self.work = 0.0  # no drift from the subtractions
+
+    def add(self, item: tuple) -> None:
+        self.sent.append(item)
+        self.work += item[3]
 
 
 def _check_slo(slo: float) -> float:
@@ -124,9 +137,7 @@ class _Base:
         if state.stamp < n.state.stamp:
             return
         n.state, n.received = state, received
-        sent = n.sent
-        while sent and sent[0][0] <= state.stamp:
-            sent.popleft()
+        n.forget_until(state.stamp, inclusive=True)
 
     def remove(self, node: str) -> None:
         """Forgets the node (it left or died); unknown ids are ignored."""
@@ -154,15 +165,12 @@ class _Base:
     def _recent(self, n: _Node, now: float, stale: bool) -> deque:
         """The sends that still count: since the stamp; for a stale state, within the
         last stale_after seconds."""
-        sent = n.sent
         if stale:
-            cut = now - self.stale_after
-            while sent and sent[0][0] < cut:
-                sent.popleft()
-        return sent
+            n.forget_until(now - self.stale_after, inclusive=False)
+        return n.sent
 
     def _sent(self, node: str, model: str, app: str, slo: float, now: float) -> None:
-        self.nodes[node].sent.append((now, model, app, 0.0))
+        self.nodes[node].add((now, model, app, 0.0))
 
     def _pick(self, ids: list[str], model: str, app: str, slo: float, now: float) -> str:
         raise NotImplementedError
@@ -265,9 +273,7 @@ class OrlojRouter(_Base):
             return 0.0, math.inf, -math.inf
         stale = self.stale(node, now)
         sent = self._recent(n, now, stale)
-        work = 0.0
-        for item in sent:
-            work += item[3]
+        work = n.work
         window = self.rate_window * st.models[model].dist(app).mean
         return marginal_value(st, model, app, slo, max(0.0, now - st.stamp), work,
                               len(sent), self.rate(node, window, now),
@@ -292,7 +298,7 @@ class OrlojRouter(_Base):
         queued = len(n.sent)
         if not self.stale(node, now) and model in st.models:
             queued += st.models[model].queued
-        n.sent.append((now, model, app, send_cost(st, model, app, queued, slo)))
+        n.add((now, model, app, send_cost(st, model, app, queued, slo)))
         self._times.setdefault(node, deque()).append(now)
 
     def remove(self, node: str) -> None:

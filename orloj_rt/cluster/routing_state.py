@@ -47,7 +47,7 @@ def lognormal_quantiles(mean: float, cov: float) -> list[float]:
 class Summary:
     """A solo-time distribution as published: its quantiles and mean (seconds)."""
 
-    __slots__ = ("mean", "q", "_emax")
+    __slots__ = ("mean", "q", "_emax", "_bt")
 
     def __init__(self, mean: float, q) -> None:
         q = [float(v) for v in q]
@@ -63,6 +63,7 @@ class Summary:
         self.mean = float(mean)
         self.q = q
         self._emax: list[float] = []  # E[max of b] for b = 1.. as far as asked
+        self._bt: tuple | None = None  # (inflation, [c(b) E[max of b] for each b])
 
     @classmethod
     def lognormal(cls, mean: float, cov: float) -> Summary:
@@ -111,6 +112,14 @@ class Summary:
             em.append(max(acc, self.mean))
         return em[b - 1]
 
+    def batch_times(self, inflation) -> list[float]:
+        """c(b) E[max of b] for b = 1..len(inflation), kept for the last table asked."""
+        bt = self._bt
+        if bt is None or bt[0] is not inflation:
+            bt = self._bt = (inflation, [c * self.expected_max(b)
+                                         for b, c in enumerate(inflation, 1)])  # fmt: skip
+        return bt[1]
+
     def to_wire(self) -> list:
         return [self.mean, list(self.q)]
 
@@ -122,7 +131,7 @@ class Summary:
 def batch_factor(inflation, dist: Summary, b: int) -> float:
     """Worker seconds per request in a batch of b: c(b) E[max of b] / b."""
     b = max(1, min(int(b), len(inflation)))
-    return inflation[b - 1] * dist.expected_max(b) / b
+    return dist.batch_times(inflation)[b - 1] / b
 
 
 @dataclass
@@ -216,6 +225,17 @@ class NodeState:
         """Worker seconds that the node's queues need, all models together."""
         return sum(m.backlog for m in self.models.values())
 
+    def after_backlog(self) -> list[float]:
+        """When each worker is free once the running batches and the queued backlog are
+        done (seconds after the stamp); computed once per state."""
+        cached = self.__dict__.get("_after")
+        if cached is None:
+            w = max(1, self.workers)
+            free = [max(0.0, b) for b in self.busy_left] + [0.0] * max(0, w - len(self.busy_left))
+            level = water_level(free, self.backlog())
+            cached = self.__dict__["_after"] = [max(f, level) for f in free]
+        return cached
+
     def to_wire(self) -> dict:
         return {
             "v": WIRE_VERSION,
@@ -269,25 +289,19 @@ def wait_estimate(state: NodeState, age: float, extra_work: float,
     `use_state` False: the node's load is unknown (a stale state): only `extra_work`."""
     w = max(1, state.workers)
     if use_state:
-        free = [max(0.0, b) for b in state.busy_left] + [0.0] * max(0, w - len(state.busy_left))
-        level = water_level(free, state.backlog())
-        free_now = [max(0.0, max(f, level) - age) for f in free]
+        after = state.after_backlog()
+        free_now = [f - age if f > age else 0.0 for f in after]
     else:
         free_now = [0.0] * w
+    if extra_work <= 0:
+        return min(free_now)
     return water_level(free_now, extra_work)
 
 
 def batch_cap(inflation, dist: Summary, slack: float) -> int:
     """The largest batch size b (1 to the maximum) whose expected time c(b) E[max of b]
     fits in `slack` seconds: the batches an SLO-aware node forms for such requests."""
-    lo, hi = 1, len(inflation)
-    while lo < hi:  # c(b) E[max of b] grows with b
-        mid = (lo + hi + 1) // 2
-        if inflation[mid - 1] * dist.expected_max(mid) <= slack:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    return max(1, bisect_right(dist.batch_times(inflation), slack))
 
 
 def finish_chance(state: NodeState, model: str, app: str, slo: float, age: float,
