@@ -802,6 +802,18 @@ cdef class OrlojPolicy:
         cdef int a = self._app(app, True, False)
         self.e.set_weight(a, w)
 
+    def set_batch_limit(self, limit):
+        """The largest batch a decision forms from now on (None or 0: the maximum batch;
+        the pure twin's set_batch_limit)."""
+        cdef int b = 0 if limit is None else limit
+        if b < 0:
+            raise ValueError(f"a batch limit must be >= 0 (0: none), got {limit!r}")
+        self.e.set_batch_limit(b)
+
+    @property
+    def batch_limit(self):
+        return self.e.batch_limit()
+
     def app_weight(self, app):
         """`app`'s weight (1.0 for an app never weighted or unknown)."""
         a = self._apps.get(app)

@@ -69,6 +69,11 @@ class OrlojEngine {
     app.has_dist = true;
   }
 
+  // The largest batch a decision forms (0: the maximum batch): the pure twin's
+  // set_batch_limit.
+  void set_batch_limit(int b) { blim_ = b; }
+  int batch_limit() const { return blim_; }
+
   // App a's weight in the score: each of its requests counts `w` finishes (default 1).
   void set_weight(int a, double w) { apps_[a]->weight = w; }
   double weight(int a) const { return apps_[a]->weight; }
@@ -327,7 +332,8 @@ class OrlojEngine {
     order_.resize(np);
     if (pools_.size() < np) pools_.resize(np);
     for (PoolBuf& pb : pools_) pb.valid = false;
-    for (int b = 1; b <= B_; ++b) {
+    const int top_b = blim_ > 0 && blim_ < B_ ? blim_ : B_;
+    for (int b = 1; b <= top_b; ++b) {
       const double cb = c_[b - 1];
       if (b == 1) {
         // each app at its own exact threshold; the most urgent admitted request of all
@@ -776,6 +782,7 @@ class OrlojEngine {
   // scratch space reused by every decision
   std::vector<int> present_, order_apps_, all_present_;
   std::vector<double> levels_;  // select(): the present apps' distinct weights
+  int blim_ = 0;  // set_batch_limit: the largest batch a decision forms, 0 for B_
   std::vector<SortedBlocks::Pos> pos_, seek_;
   std::vector<double> key_;
   std::vector<size_t> order_;

@@ -19,7 +19,10 @@ light one when both cannot be (orloj_rt/engine/pure/orloj.py, step 2b).
 
 Tiers. A request of app A and tier k > 0 is filed in the engine under the app `A!p<k>`,
 which shares A's distributions (every distribution given or learned for A is copied to
-it) and has A's weight times the tier's.
+it) and has A's weight times the tier's. Serving is not preemptive, so a higher-tier
+request that arrives while a long lower-tier batch runs waits for it; while higher tiers
+arrive and none is queued, a decision forms batches of at most the size whose expected
+time is `reserve` (0.3) x their SLO (the engine's `set_batch_limit`; 0 turns it off).
 
 Variants. One engine per variant, all holding the same queue; each has its own per-app
 distributions: the serving core teaches variant v from the batches v ran
@@ -88,6 +91,9 @@ LIFT_FLOOR = 0.01
 #: how orloj chooses a batch's variant (the module docstring): by the price of time, or
 #: by capacity as loki-threshold does (a comparison, docs/simulation.md)
 CHOICES = ("price", "capacity")
+#: the reservation for higher tiers holds while their last request arrived within this
+#: many of their SLOs
+RESERVE_WINDOW = 10.0
 FAIR_PERIOD = 64
 FAIR_HALF = 2000.0
 FAIR_BAND = 0.05
@@ -194,12 +200,12 @@ def variant_capacities(dist, scales: Sequence[float], inflation: Sequence[float]
     distribution (bench/utility.py reports it for the workloads' laws)."""
     from orloj_rt.engine import IMPLEMENTATIONS
 
-    mean = next(m.batch_mean for m in IMPLEMENTATIONS.values()
-                if isinstance(dist, m.Distribution))  # fmt: skip
+    mod = next(m for m in IMPLEMENTATIONS.values() if isinstance(dist, m.Distribution))
+    infl = mod.Inflation.from_table([float(c) for c in inflation])
     out = []
     for s in scales:
         d = scaled(dist, s)
-        out.append(capacity([mean([d] * b, list(inflation))
+        out.append(capacity([mod.batch_mean([d] * b, infl)
                              for b in range(1, len(inflation) + 1)], horizon)[0])
     return out
 
@@ -235,6 +241,7 @@ class UtilityPolicy(Policy):
         target: float = 0.5,
         eta: float = 0.05,
         choice: str = "capacity",
+        reserve: float = 0.3,
         engine_cls=None,
         **engine_params,
     ):
@@ -296,6 +303,14 @@ class UtilityPolicy(Policy):
         if choice not in CHOICES:
             raise ValueError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
         self._choice = choice
+        # the reservation for higher tiers (the module docstring)
+        self._reserve = float(reserve)
+        if not (self._reserve >= 0.0 and math.isfinite(self._reserve)):
+            raise ValueError(f"reserve must be a number >= 0 (0 = off), got {reserve!r}")
+        self._tiered: set[int] = set()  # queued requests of a tier > 0
+        self._top_slo = 0.0  # their SLO, smoothed
+        self._top_last = -math.inf  # the last one's arrival
+        self._limit = 0  # the batch limit the engines have now
         self._by_cost = sorted(range(len(self._variants)),
                                key=lambda k: (self._scale_est[k], k))
         self._order = sorted(range(len(self._variants)),
@@ -439,6 +454,11 @@ class UtilityPolicy(Policy):
     def enqueue(self, req_id, app, arrival, deadline, hint=None, priority=0) -> None:
         priority = check_priority(priority, len(self._tier_w))
         name = self._file(app, priority)
+        if priority and self._priorities:
+            slo = float(deadline) - float(arrival)
+            self._top_slo = 0.9 * self._top_slo + 0.1 * slo if self._top_slo else slo
+            self._top_last = float(arrival)
+            self._tiered.add(int(req_id))
         self._e0.enqueue(req_id, name, arrival, deadline, hint)
         if len(self._engines) > 1:
             for e in self._engines[1:]:
@@ -454,6 +474,7 @@ class UtilityPolicy(Policy):
 
     def remove(self, req_id) -> None:
         self._e0.remove(req_id)
+        self._tiered.discard(req_id)
         for e in self._engines[1:]:
             e.remove(req_id)
 
@@ -469,7 +490,37 @@ class UtilityPolicy(Policy):
                 e.remove_many(ids)
 
     # ------------------------------------------------------------------ decisions
+    def _reservation(self, now: float) -> None:
+        """While requests of a tier > 0 arrive (the last within RESERVE_WINDOW of their
+        SLOs) and none is queued, a batch takes at most `reserve` x their SLO (expected,
+        full model): lower tiers' batches stay short enough for a higher-tier request
+        arriving meanwhile to wait for them. Off (no limit) otherwise."""
+        limit = 0
+        if (self._reserve and not self._tiered and self._top_slo > 0
+                and now - self._top_last <= RESERVE_WINDOW * self._top_slo):  # fmt: skip
+            budget = self._reserve * self._top_slo
+            limit = 1
+            for b, t in enumerate(self._tb[0], 1):
+                if t <= budget:
+                    limit = b
+        if limit != self._limit:
+            self._limit = limit
+            for e in self._engines:
+                e.set_batch_limit(limit)
+
     def decide(self, now: float) -> Decision:
+        if self._top_slo:
+            self._reservation(float(now))
+            d = self._decide(now)
+            if self._tiered:
+                for rid in d.batch:
+                    self._tiered.discard(rid)
+                for rid in d.dropped:
+                    self._tiered.discard(rid)
+            return d
+        return self._decide(now)
+
+    def _decide(self, now: float) -> Decision:
         if len(self._engines) == 1:
             d = self._e0.decide(now)
             v = 0 if self._has_variants else None

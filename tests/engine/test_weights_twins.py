@@ -1,5 +1,5 @@
-"""App weights, weight levels, evaluate() and drop_hopeless(): the compiled engine against
-its pure twin, and what weights change (issue 17)."""
+"""App weights, weight levels, batch limits, evaluate() and drop_hopeless(): the compiled
+engine against its pure twin, and what weights change (issue 17)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def scenario(mod, seed, weights, pools):
         for _ in range(rng.randint(0, 12)):
             p.enqueue(rid, rng.choice(apps), now, now + rng.uniform(0.0, 0.2))
             rid += 1
+        if rng.random() < 0.3:
+            p.set_batch_limit(rng.choice([0, 1, 2, 5]))
         score, ids = p.evaluate(now)
         log.append(("evaluate", round(score, 12), list(ids)))
         if rng.random() < 0.3:
@@ -74,3 +76,16 @@ def test_weight_must_be_positive(eng):
     p = eng.OrlojPolicy()
     with pytest.raises(ValueError, match="weight"):
         p.set_app_weight("a", 0.0)
+
+
+def test_a_batch_limit_caps_the_batch(eng):
+    p = eng.OrlojPolicy(max_batch=8)
+    p.set_default_distribution(eng.Distribution.from_mean_cov(0.01, 0.1))
+    for i in range(8):
+        p.enqueue(i, "a", 0.0, 1.0)
+    p.set_batch_limit(2)
+    assert len(p.decide(0.0).batch) == 2
+    p.set_batch_limit(None)
+    assert len(p.decide(0.0).batch) == 6
+    with pytest.raises(ValueError, match="batch limit"):
+        p.set_batch_limit(-1)

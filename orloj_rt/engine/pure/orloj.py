@@ -202,6 +202,7 @@ class OrlojPolicy(Policy):
         self._queues: list[RequestQueue] = []
         self._caches: list[_AppCache] = []
         self._weights: list[float] = []  # per app index: its weight in the score (1.0)
+        self._limit = 0  # set_batch_limit: the largest batch a decision forms (0: B)
         self._active: set[int] = set()  # the apps with queued requests
         self._where: dict[int, int] = {}
         self._default: Distribution | None = None
@@ -320,6 +321,19 @@ class OrlojPolicy(Policy):
             raise ValueError(f"an app's weight must be a finite number > 0, got {weight!r}")
         a = self._app(app, create=True, need_dist=False)
         self._weights[a] = w
+
+    def set_batch_limit(self, limit: int | None) -> None:
+        """The largest batch a decision forms from now on (None or 0: the maximum batch):
+        orloj_rt/policies/utility.py keeps lower tiers' batches short while a higher tier
+        may arrive."""
+        b = 0 if limit is None else int(limit)
+        if b < 0:
+            raise ValueError(f"a batch limit must be >= 0 (0: none), got {limit!r}")
+        self._limit = b
+
+    @property
+    def batch_limit(self) -> int:
+        return self._limit
 
     def app_weight(self, app: str) -> float:
         """`app`'s weight (1.0 for an app never weighted or unknown)."""
@@ -536,9 +550,10 @@ class OrlojPolicy(Policy):
         best: list[tuple[float, int, int]] = []
         w = self._weights
         levels = sorted({w[a] for a in present})
+        top_b = self._limit if 0 < self._limit < self._B else self._B
         for level in levels:
             apps = present if level == levels[0] else [a for a in present if w[a] >= level]
-            for b in range(1, self._B + 1):
+            for b in range(1, top_b + 1):
                 cb = self._c[b - 1]
                 for members in self._candidates(b, cb, apps, now):
                     score = self._score(members, b, cb, now)
