@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fairness", type=float, default=2.0,
                     help="the fairness gain compared with 0 (default 2)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--choice", choices=("capacity", "price"), default="capacity",
+    ap.add_argument("--choice", choices=("capacity", "price", "rate"), default="capacity",
                     help="how orloj+variants chooses a variant (orloj_rt/policies/utility.py; "
                     "default capacity)")
     ap.add_argument("--jobs", type=int, default=2, help="processes (default 2)")

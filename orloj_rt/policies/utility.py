@@ -44,6 +44,7 @@ default 0.5: Nexus's and Loki's duty cycle). A decision:
      full model keeps up, else (acc_a - acc_b) / (1/mu_a - 1/mu_b) for the two variants
      whose capacities straddle the arrival rate, lifted while the queue exceeds `target`
      x what the sustainable variant drains in the horizon;
+   - "rate" (for comparison): always the best utility rate, as under overload;
    - under overload in either (no variant keeps up, or the queue cannot drain within the
      horizon): the variant whose batch earns the most utility per unit of time,
      accuracy x the engine's score; the variants are evaluated cheapest first, and one s
@@ -90,7 +91,7 @@ LIFT_CAP = 1e4
 LIFT_FLOOR = 0.01
 #: how orloj chooses a batch's variant (the module docstring): by the price of time, or
 #: by capacity as loki-threshold does (a comparison, docs/simulation.md)
-CHOICES = ("price", "capacity")
+CHOICES = ("capacity", "price", "rate")
 #: the reservation for higher tiers holds while their last request arrived within this
 #: many of their SLOs
 RESERVE_WINDOW = 10.0
@@ -568,7 +569,7 @@ class UtilityPolicy(Policy):
         accuracy x expected weighted finishes less the price of its expected time
         (`price`); under overload, the most utility per unit of time."""
         n = len(self._e0)
-        lam = self.price(n)
+        lam = None if self._choice == "rate" else self.price(n)
         if lam is not None and self._choice == "capacity":
             # the most accurate variant that keeps up with the arrivals and drains the
             # queue within the horizon, as loki-threshold chooses, if it has a batch
