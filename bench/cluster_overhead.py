@@ -17,7 +17,8 @@ on loopback.
    machine), `--requests`
    of each in all; the overhead is the entry point's p50 minus the direct p50. Target:
    <= 150 us p50. Beside it, the router's own mean decision time (`choose`) from its
-   stats: what routing in the client library would add instead.
+   stats, and the same requests through `orloj_rt.cluster.client.ClusterClient`, which
+   runs the same router in the client and sends to the node it picks (no hop).
 2. A node killed under load: an open loop of `--rate` requests/s for `--load-s` seconds
    through the entry point; after a third of it one node's instance gets SIGKILL (every
    process of it: the crash of a node's server). Every request must get exactly one
@@ -84,20 +85,23 @@ def timed(clients: list, k: int, block: int, out: list) -> int:
     return k
 
 
-def overhead(entry: str, nodes: list[str], n: int, block: int) -> dict:
+def overhead(entry: str, nodes: list[str], n: int, block: int, router: str) -> dict:
     import subprocess
 
     from orloj_rt.client import Client
+    from orloj_rt.cluster.client import ClusterClient
 
-    direct, routed, proxied = [], [], []
+    direct, routed, proxied, client_side = [], [], [], []
     proxy_eps = [free_endpoint() for _ in nodes]
     proxies = [subprocess.Popen([sys.executable, "-c", PROXY, pe, ep])
                for pe, ep in zip(proxy_eps, nodes, strict=True)]  # fmt: skip
     clients = [Client(ep, timeout_s=30) for ep in nodes]
     via_proxy = [Client(ep, timeout_s=30) for ep in proxy_eps]
     entry_c = Client(entry, timeout_s=30)
+    cc = ClusterClient(entry, router=router, timeout_s=30)
     try:
-        for c in [*clients, *via_proxy, entry_c]:  # warm every path
+        assert cc.wait_nodes(len(nodes), 30) == len(nodes), "the client-side router lacks nodes"
+        for c in [*clients, *via_proxy, entry_c, cc]:  # warm every path
             for _ in range(20):
                 c.infer("noop", {"x": NOOP_X}, slo_ms=1000)
         k = kp = 0
@@ -105,14 +109,18 @@ def overhead(entry: str, nodes: list[str], n: int, block: int) -> dict:
             k = timed(clients, k, block, direct)
             timed([entry_c], 0, block, routed)
             kp = timed(via_proxy, kp, block, proxied)
+            timed([cc], 0, block, client_side)
         stats = entry_c.stats()
     finally:
-        for c in [*clients, *via_proxy, entry_c]:
+        for c in [*clients, *via_proxy, entry_c, cc]:
             c.close()
         for p in proxies:
             p.terminate()
             p.wait(10)
     return {
+        "client_side_p50_us": round(pct(client_side, 0.5), 1),
+        "client_side_added_p50_us": round(pct(client_side, 0.5) - pct(direct, 0.5), 1),
+        "client_side_rerouted": cc.rerouted,
         "proxy_p50_us": round(pct(proxied, 0.5), 1),
         "proxy_added_p50_us": round(pct(proxied, 0.5) - pct(direct, 0.5), 1),
         "requests": n,
@@ -245,7 +253,7 @@ def main() -> int:
             deadline = time.monotonic() + 30
             while cl.health()["nodes_ready"] < NODES and time.monotonic() < deadline:
                 time.sleep(0.05)
-        out["overhead"] = overhead(entry, nodes, args.requests, args.block)
+        out["overhead"] = overhead(entry, nodes, args.requests, args.block, args.router)
         out["kill"] = kill_under_load(c.address, entry, args.rate, args.load_s)
     finally:
         with contextlib.suppress(Exception):
@@ -256,6 +264,7 @@ def main() -> int:
     o, k = out["overhead"], out["kill"]
     out["targets"] = {
         "added_p50_us<=150": o["added_p50_us"] <= OVERHEAD_TARGET_US,
+        "client_side_added_p50_us<=150": o["client_side_added_p50_us"] <= OVERHEAD_TARGET_US,
         "no_reply_lost_or_duplicated": k["lost"] == 0 and k["duplicated"] == 0,
         "serving_again_s<=10": k["recovered_s"] is not None
         and k["recovered_s"] <= RECOVERY_TARGET_S,
@@ -270,11 +279,14 @@ def main() -> int:
     print(f"   {'node directly':<22} {o['direct_p50_us']:>9} {o['direct_p99_us']:>9}")
     print(f"   {'entry point (router)':<22} {o['entry_p50_us']:>9} {o['entry_p99_us']:>9}")
     print(f"   {'zmq.proxy hop (C)':<22} {o['proxy_p50_us']:>9} {'':>9}")
+    print(f"   {'ClusterClient':<22} {o['client_side_p50_us']:>9} {'':>9}")
     print(f"   added p50: {o['added_p50_us']} us (target <= {OVERHEAD_TARGET_US:g}); mean "
           f"{o['added_mean_us']} us; router decision {o['decision_us_mean']} us mean; "
           f"{o['requests']} requests each")  # fmt: skip
     print(f"   (floor: an extra hop through libzmq's own C forwarder adds "
           f"{o['proxy_added_p50_us']} us p50 here)")  # fmt: skip
+    print(f"   routing in the client (ClusterClient, router {args.router}) adds "
+          f"{o['client_side_added_p50_us']} us p50 (target <= {OVERHEAD_TARGET_US:g})")
     print(f"\n2. node {k['node']} killed (SIGKILL) under {args.rate:g} req/s")
     print(f"   requests {k['requests']}, answered {k['answered']}, lost {k['lost']}, "
           f"duplicated {k['duplicated']}; statuses {k['statuses']}")  # fmt: skip

@@ -169,6 +169,7 @@ class ClusterRouter:
         self.options = options
         self.router = make_router(options.router, **options.router_params)
         self.default_slo_s = {e.spec.name: e.spec.default_slo_ms / 1000.0 for e in options.models}
+        self.model_list = [e.spec.to_dict() for e in options.models]
         self.ctx = zmq.Context()
         self.client = self.ctx.socket(zmq.ROUTER)
         self.client.setsockopt(zmq.LINGER, 0)
@@ -181,6 +182,12 @@ class ClusterRouter:
         self.state.setsockopt(zmq.SUBSCRIBE, b"")
         self.endpoint = ""
         self.state_endpoint = ""
+        # the newest states, published again for clients that route themselves
+        # (orloj_rt.cluster.client.ClusterClient); its endpoint is in `health`
+        self.state_pub = self.ctx.socket(zmq.PUB)
+        self.state_pub.setsockopt(zmq.LINGER, 0)
+        self.state_pub.setsockopt(zmq.SNDHWM, 1000)
+        self.state_pub_endpoint = ""
         self.nodes: dict[str, _Node] = {}
         self.inflight: dict[int, _Pending] = {}
         self.by_client: dict[tuple, int] = {}  # (client routing id, client id) -> our id
@@ -211,6 +218,9 @@ class ClusterRouter:
                                  f"{exc}; pick another address or port") from None  # fmt: skip
         self.endpoint = self.client.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.state_endpoint = self.state.getsockopt(zmq.LAST_ENDPOINT).decode()
+        host = self.state_endpoint.rsplit(":", 1)[0]  # beside the state socket, any port
+        self.state_pub.bind(f"{host}:*")
+        self.state_pub_endpoint = self.state_pub.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.poller.register(self.client, zmq.POLLIN)
         self._socks[self.client] = ("client", "")
 
@@ -327,6 +337,9 @@ class ClusterRouter:
             return
         if op == "stats":
             self._send_client(ident, [_reply(cid, "ok", result=self.stats())])
+            return
+        if op == "models":  # the repository every node serves (the same --models)
+            self._send_client(ident, [_reply(cid, "ok", result=self.model_list)])
             return
         if self.stopping:
             self._send_client(ident, [_reply(cid, "rejected", "the cluster router is shutting "
@@ -450,10 +463,11 @@ class ClusterRouter:
                 break
             try:
                 msg = _unpackb(raw)
-                newest[str(msg["node"])] = msg
+                newest[str(msg["node"])] = (msg, raw)
             except Exception:  # noqa: BLE001
                 log.warning("ignored an unreadable node state")
-        for node_id, msg in newest.items():
+        for node_id, (msg, raw) in newest.items():
+            self.state_pub.send(raw, _NOBLOCK)  # a PUB drops at its mark; never blocks
             self._on_state(node_id, msg, now)
 
     def _on_state(self, node_id: str, msg: dict, now: float) -> None:
@@ -595,6 +609,7 @@ class ClusterRouter:
             "workers": sum(n.workers for n in nodes if n.routable),
             "workers_ready": sum(n.workers_ready for n in nodes if n.routable),
             "nodes_ready": ready,
+            "state_pub": self.state_pub_endpoint,
             "pids": pids,
             "nodes": self.node_table(),
         }
@@ -649,6 +664,7 @@ class ClusterRouter:
             node.sock.close(linger=0)
         self.client.close(linger=0)
         self.state.close(linger=0)
+        self.state_pub.close(linger=0)
         self.ctx.term()
 
 

@@ -309,3 +309,30 @@ def test_without_ray_the_command_says_how_to_install_it():
                          timeout=60)  # fmt: skip
     assert "rc 2 []" in out.stdout, (out.stdout, out.stderr)
     assert "pip install 'orloj-rt[ray]'" in out.stderr
+
+
+def test_cluster_client_routes_by_itself_and_resends_once(router):
+    from orloj_rt.cluster.client import ClusterClient
+
+    _, ep, state_ep = router
+    with fake_nodes(state_ep, 2) as nodes, ClusterClient(ep, router="round-robin",
+                                                         timeout_s=10, dead_after_s=0.5) as cc:
+        assert cc.wait_nodes(2, 10) == 2
+        for i in range(6):
+            r = cc.infer("early_exit", {"tokens": np.full(3, i, "<i8")}, slo_ms=5000)
+            assert r.status == "ok" and r.id is not None
+        assert len(nodes[0].seen) == 3 and len(nodes[1].seen) == 3  # no router hop: each
+        with Client(ep, timeout_s=10) as c:
+            assert c.stats()["received"] == 0  # ... node was sent to directly
+        # a node that holds the request and goes silent: re-sent once, to the other
+        for n in nodes:
+            n.hold = True
+        nodes[0].hold = False
+        nodes[1].publish = False
+        results = [cc.infer("early_exit", {"tokens": np.zeros(2, "<i8")}, slo_ms=5000)
+                   for _ in range(2)]  # fmt: skip
+        assert [r.status for r in results] == ["ok", "ok"]
+        assert cc.rerouted <= 1
+        nodes[1].release()  # its late answer is never taken for another request's
+        r = cc.infer("early_exit", {"tokens": np.zeros(1, "<i8")}, slo_ms=5000)
+        assert r.status == "ok"
