@@ -26,6 +26,8 @@ from orloj_rt.client import Client
 from orloj_rt.cluster.publish import STATE_VERSION
 from orloj_rt.cluster.routing import NodeState
 
+pytestmark = pytest.mark.once  # sockets and processes only: nothing of the engine
+
 READY = re.compile(r"cluster router on (\S+) \(state (\S+);")
 TIMEOUT_S = 20.0
 
