@@ -41,6 +41,7 @@ def connect(address: str):
     ray = require_ray()
     if ray.is_initialized():
         return ray
+    _check_reachable(address)
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
                  logging_level=logging.WARNING)  # fmt: skip
@@ -49,6 +50,22 @@ def connect(address: str):
                            "first (`ray start --head` on one machine, `ray start --address "
                            "HEAD:6379` on the others) and pass its address") from None  # fmt: skip
     return ray
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Ray retries an unreachable GCS for minutes: a HOST:PORT that refuses is said at once."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", or what Ray itself resolves
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ClusterError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); "
+                           "start it first (`ray start --head` on one machine, `ray start "
+                           "--address HEAD:6379` on the others) and pass its address, e.g. "
+                           "HEAD_IP:6379") from None  # fmt: skip
 
 
 def controller(ray):

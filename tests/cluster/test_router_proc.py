@@ -313,6 +313,15 @@ def test_without_ray_the_command_says_how_to_install_it():
     assert "pip install 'orloj-rt[ray]'" in out.stderr
 
 
+def test_an_address_without_a_ray_cluster_is_said_at_once(capsys):
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'orloj-rt[ray]'")
+    from orloj_rt.cli import main
+
+    # checked before Ray is asked, which would retry for minutes
+    assert main(["cluster", "status", "--address", "127.0.0.1:1"]) == 2
+    assert "no Ray cluster answers at 127.0.0.1:1" in capsys.readouterr().err
+
+
 def test_cluster_client_routes_by_itself_and_resends_once(router):
     from orloj_rt.cluster.client import ClusterClient
 
