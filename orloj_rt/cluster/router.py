@@ -291,11 +291,12 @@ class ClusterRouter:
                 node = self.nodes.get(node_id)
                 if node is not None and node.sock is sock:
                     self._read(sock, node.on_reply)
-            elif kind == "monitor":
-                self._on_monitor(node_id, sock)
         now = time.monotonic()
         if now >= self._next_states:
             self._next_states = now + STATE_READ_S
+            for node in list(self.nodes.values()):  # connection events: read on this timer
+                if node.monitor.get(_EVENTS) & _POLLIN:
+                    self._on_monitor(node.id, node.monitor)
             self._on_states(now)
             self._check(now)
 
@@ -506,9 +507,8 @@ class ClusterRouter:
         node = _Node(node_id, endpoint, pid, sock, monitor, now)
         node.on_reply = functools.partial(self._on_reply, node)
         self.nodes[node_id] = node
-        for s, kind in ((sock, "node"), (monitor, "monitor")):
-            self.poller.register(s, zmq.POLLIN)
-            self._socks[s] = (kind, node_id)
+        self.poller.register(sock, zmq.POLLIN)
+        self._socks[sock] = ("node", node_id)
         log.info("node %s: connecting to %s (supervisor pid %d)", node_id, endpoint, pid)
         return node
 
@@ -544,9 +544,8 @@ class ClusterRouter:
         self.counts["nodes_lost"] += 1
         self.router.remove(node.id)
         self.nodes.pop(node.id, None)
-        for s in (node.sock, node.monitor):
-            self.poller.unregister(s)
-            self._socks.pop(s, None)
+        self.poller.unregister(node.sock)
+        self._socks.pop(node.sock, None)
         node.sock.disable_monitor()
         node.monitor.close(linger=0)
         node.sock.close(linger=0)
