@@ -81,6 +81,17 @@ class Histogram {
     return k;
   }
 
+  // bin_of(x) given k = bin_of(y) for some y <= x: a walk up from k, without the log, for
+  // points in increasing order (a batch's members by deadline); far walks search anew.
+  int bin_after(double x, int k) const {
+    if (x < edges_[k]) return bin_of(x);  // not in order after all
+    for (int step = 0; step < 4; ++step) {
+      if (x < edges_[k + 1]) return k;
+      ++k;
+    }
+    return bin_of(x);
+  }
+
   // x must be finite and >= 0 (the Cython layer checks).
   void add(double x) {
     put(x, g_);

@@ -168,8 +168,14 @@ class OrlojEngine {
     std::sort(levels_.begin(), levels_.end());
     levels_.erase(std::unique(levels_.begin(), levels_.end()), levels_.end());
     if (levels_.size() <= 1) {
+      // one weight: candidates stay in the pools' buffers (no copy), and their members'
+      // weights need no scan
+      by_ref_ = true;
+      uniform_w_ = levels_.empty() ? 1.0 : levels_[0];
       form_candidates(now);
     } else {
+      // each level refills the pools: candidates are copied into flat_
+      by_ref_ = false;
       all_present_ = present_;
       for (size_t l = 0; l < levels_.size(); ++l) {
         present_.clear();
@@ -217,7 +223,8 @@ class OrlojEngine {
     }
     best_.clear();
     if (best) {
-      best_.assign(flat_.begin() + best->start, flat_.begin() + best->start + best->b);
+      const Member* m = members(*best);
+      best_.assign(m, m + best->b);
     } else if (fallback_) {
       best_score = most_likely_alone(now);
     }
@@ -252,6 +259,10 @@ class OrlojEngine {
     int zero_until = -1;      // the last j with F(pts_[j]) == 0, or -1
     int one_from = 0;         // F == 1 at every point from this j on (npts: never)
     double top = 0.0;         // the support's end
+    // mix_terms' one-app terms, by the mix's support end: terms[slot][n] for n members
+    // (NaN: not computed yet). A mix's end is one of its apps' ends, so few slots recur.
+    std::vector<double> term_top;
+    std::vector<std::vector<double>> terms;
   };
 
   struct App {
@@ -288,6 +299,7 @@ class OrlojEngine {
     double deadline;
     int64_t id;
     int app;
+    int slot;  // in a pool's buffer: its app's place in the pool's apps
   };
 
   struct PoolBuf {
@@ -297,6 +309,12 @@ class OrlojEngine {
     std::vector<SortedBlocks::Pos> cur;  // per app: its first request not yet in buf
     double key = 0.0;  // the bar it was last admitted at
     bool valid = false;
+    // emit_pool's window: counts per app (by place in apps) of buf[wlo, whi), valid
+    // while wseg == seg (seg moves on when the pool's apps change)
+    uint64_t seg = 0, wseg = 0;
+    size_t wlo = 0, whi = 0;
+    std::vector<int> cnt;
+    std::vector<size_t> by_app;  // places in apps, in app order
   };
 
   void forget(int64_t id) { where_.erase(id); }
@@ -314,7 +332,8 @@ class OrlojEngine {
   struct Candidate {
     int b;
     double cb;
-    size_t start;      // its members are flat_[start, start + b), most urgent first
+    int pool;          // its members are pools_[pool].buf[start, start + b), or with
+    size_t start;      // pool -1 flat_[start, start + b); most urgent first
     double e_t;        // expected batch time (for a mix of apps: once it is scored)
     double lower, upper;  // bounds on its score
     bool mixed;        // members of several apps: e_t waits for exact_score()
@@ -331,7 +350,11 @@ class OrlojEngine {
     key_.resize(np);
     order_.resize(np);
     if (pools_.size() < np) pools_.resize(np);
-    for (PoolBuf& pb : pools_) pb.valid = false;
+    for (PoolBuf& pb : pools_) {
+      pb.valid = false;
+      pb.buf.clear();
+      pb.head = 0;
+    }
     const int top_b = blim_ > 0 && blim_ < B_ ? blim_ : B_;
     for (int b = 1; b <= top_b; ++b) {
       const double cb = c_[b - 1];
@@ -347,7 +370,7 @@ class OrlojEngine {
         }
         if (pick >= 0) {
           const QEntry& e = apps_[present_[pick]]->queue.at(pos_[pick]);
-          const Member m{e.key, e.id, present_[pick]};
+          const Member m{e.key, e.id, present_[pick], 0};
           emit_candidate(&m, 1, cb, now);
         }
         continue;
@@ -364,7 +387,7 @@ class OrlojEngine {
         for (size_t i = 0; i < np; ++i) position(i, key, b);
         PoolBuf& pb = pools_[np - 1];
         admit(pb, np - 1, key);
-        if (fill(pb, b)) emit_candidate(pb.buf.data() + pb.head, b, cb, now);
+        if (fill(pb, b)) emit_pool(np - 1, b, cb, now);
         continue;
       }
       // apps by (qth[b], app index): present_ is in app order, so a stable insertion sort
@@ -390,14 +413,14 @@ class OrlojEngine {
           // equal score never wins (ties go to the earlier candidate), so skipping it
           // changes no decision; the pure twin scores it, to the same effect.
           const Candidate& prev = cands_[last_cands];
-          const Member& first = flat_[prev.start];
-          const Member& last = flat_[prev.start + b - 1];
+          const Member& first = members(prev)[0];
+          const Member& last = members(prev)[b - 1];
           if (first.deadline >= key && QEntry{last.deadline, last.id} < nq.at(pos_[newest]))
             continue;
         }
         PoolBuf& pb = pools_[j];
         admit(pb, j, key);
-        if (fill(pb, b) && emit_candidate(pb.buf.data() + pb.head, b, cb, now))
+        if (fill(pb, b) && emit_pool(j, b, cb, now))
           last_cands = cands_.size() - 1;
       }
     }
@@ -422,11 +445,13 @@ class OrlojEngine {
     if (same) {
       while (pb.head < pb.buf.size() && pb.buf[pb.head].deadline < key) ++pb.head;
       if (pb.head == pb.buf.size()) {
-        pb.buf.clear();
-        pb.head = 0;
+        if (!by_ref_) {  // by_ref_: the buffer holds candidates; it grows on
+          pb.buf.clear();
+          pb.head = 0;
+        }
         for (size_t k = 0; k <= j; ++k)
           pb.cur[k] = apps_[present_[pb.apps[k]]]->queue.seek(pb.cur[k], key);
-      } else if (pb.head > 64 && 2 * pb.head > pb.buf.size()) {
+      } else if (!by_ref_ && pb.head > 64 && 2 * pb.head > pb.buf.size()) {
         pb.buf.erase(pb.buf.begin(), pb.buf.begin() + pb.head);
         pb.head = 0;
       }
@@ -439,9 +464,18 @@ class OrlojEngine {
         // pos_[i] stands at this app's own bar (<= key) or at an older pool's key
         pb.cur[k] = key >= key_[i] ? q.seek(pos_[i], key) : q.lower_bound(key);
       }
-      pb.buf.clear();
-      pb.head = 0;
+      if (by_ref_) {
+        pb.head = pb.buf.size();  // a new segment; earlier candidates keep theirs
+      } else {
+        pb.buf.clear();
+        pb.head = 0;
+      }
       pb.valid = true;
+      ++pb.seg;
+      pb.by_app.resize(j + 1);
+      for (size_t k = 0; k <= j; ++k) pb.by_app[k] = k;
+      std::sort(pb.by_app.begin(), pb.by_app.end(),
+                [&pb](size_t x, size_t y) { return pb.apps[x] < pb.apps[y]; });
     }
     pb.key = key;
   }
@@ -454,39 +488,98 @@ class OrlojEngine {
     // to step the one it took from
     const size_t na = pb.apps.size();
     heads_.resize(na);
+    hkeys_.resize(na);
     queues_.resize(na);
     for (size_t k = 0; k < na; ++k) {
       queues_[k] = &apps_[present_[pb.apps[k]]]->queue;
       heads_[k] = queues_[k]->at_end(pb.cur[k]) ? kEnd : queues_[k]->at(pb.cur[k]);
+      hkeys_[k] = heads_[k].key;
     }
+    pb.buf.reserve(pb.head + want);
+    const double* hk = hkeys_.data();
     while (pb.buf.size() - pb.head < want) {
+      // the smallest deadline by a branch-free scan of the keys; equal deadlines (rare)
+      // go to the smaller id, as QEntry's order
       size_t pick = 0;
-      for (size_t k = 1; k < na; ++k)
-        if (heads_[k] < heads_[pick]) pick = k;
-      if (heads_[pick].id == kEnd.id && heads_[pick].key == kEnd.key) return false;
-      pb.buf.push_back(Member{heads_[pick].key, heads_[pick].id, present_[pb.apps[pick]]});
+      double best = hk[0];
+      for (size_t k = 1; k < na; ++k) {
+        const bool lt = hk[k] < best;
+        best = lt ? hk[k] : best;
+        pick = lt ? k : pick;
+      }
+      if (best == kEnd.key) return false;  // deadlines are finite: every app is spent
+      for (size_t k = pick + 1; k < na; ++k)
+        if (hk[k] == best && heads_[k].id < heads_[pick].id) pick = k;
+      pb.buf.push_back(Member{best, heads_[pick].id, present_[pb.apps[pick]],
+                              static_cast<int>(pick)});
       const SortedBlocks& q = *queues_[pick];
       q.next(pb.cur[pick]);
       heads_[pick] = q.at_end(pb.cur[pick]) ? kEnd : q.at(pb.cur[pick]);
+      hkeys_[pick] = heads_[pick].key;
     }
     return true;
   }
 
-  // Copies the b members (most urgent first) into flat_ as a candidate, with bounds on
-  // its score.
-  bool emit_candidate(const Member* members, int b, double cb, double now) {
+  // The members of a candidate (valid once the candidates are formed, and during
+  // formation for the latest one).
+  const Member* members(const Candidate& cand) const {
+    return cand.pool < 0 ? flat_.data() + cand.start : pools_[cand.pool].buf.data() + cand.start;
+  }
+
+  // Pool j's first b requests as a candidate: kept in the pool's buffer (which only grows
+  // during a decision) when by_ref_, counted incrementally from the pool's last window.
+  bool emit_pool(size_t j, int b, double cb, double now) {
+    PoolBuf& pb = pools_[j];
+    if (!by_ref_) return emit_candidate(pb.buf.data() + pb.head, b, cb, now);
+    const size_t lo = pb.head, hi = pb.head + static_cast<size_t>(b);
+    const size_t na = pb.apps.size();
+    if (pb.wseg != pb.seg || lo >= pb.whi) {
+      pb.cnt.assign(na, 0);
+      for (size_t i = lo; i < hi; ++i) ++pb.cnt[pb.buf[i].slot];
+    } else {
+      for (size_t i = pb.wlo; i < lo; ++i) --pb.cnt[pb.buf[i].slot];
+      for (size_t i = pb.whi; i < hi; ++i) ++pb.cnt[pb.buf[i].slot];
+    }
+    pb.wseg = pb.seg;
+    pb.wlo = lo;
+    pb.whi = hi;
+    for (int a : in_) counts_[a] = 0;
+    in_.clear();
+    for (size_t k : pb.by_app) {
+      if (pb.cnt[k]) {
+        const int a = present_[pb.apps[k]];
+        counts_[a] = pb.cnt[k];
+        in_.push_back(a);
+      }
+    }
+    Candidate cand{b, cb, static_cast<int>(j), lo, 0.0, 0.0, 0.0, false};
+    return bound_candidate(cand, pb.buf.data() + lo, now);
+  }
+
+  // Copies the b members (most urgent first) into flat_ as a candidate.
+  bool emit_candidate(const Member* src, int b, double cb, double now) {
     const size_t start = flat_.size();
-    flat_.insert(flat_.end(), members, members + b);
-    Candidate cand{b, cb, start, 0.0, 0.0, 0.0, false};
+    flat_.insert(flat_.end(), src, src + b);
+    Candidate cand{b, cb, -1, start, 0.0, 0.0, 0.0, false};
     count_apps(cand);
-    double p_first = member_probability(flat_[start], cand, now);
-    double p_last = member_probability(flat_[start + b - 1], cand, now);
+    return bound_candidate(cand, flat_.data() + start, now);
+  }
+
+  // Bounds on the candidate's score (count_apps current), and the candidate kept.
+  bool bound_candidate(Candidate& cand, const Member* m, double now) {
+    const int b = cand.b;
+    const double cb = cand.cb;
+    double p_first = member_probability(m[0], cand, now);
+    double p_last = member_probability(m[b - 1], cand, now);
     // weights: the sum of w P lies between b w_min P_first and b w_max P_last
-    double w_min = apps_[flat_[start].app]->weight, w_max = w_min;
-    for (size_t i = start + 1; i < start + b; ++i) {
-      const double w = apps_[flat_[i].app]->weight;
-      if (w < w_min) w_min = w;
-      if (w > w_max) w_max = w;
+    double w_min = uniform_w_, w_max = uniform_w_;
+    if (!by_ref_) {
+      w_min = w_max = apps_[m[0].app]->weight;
+      for (int i = 1; i < b; ++i) {
+        const double w = apps_[m[i].app]->weight;
+        if (w < w_min) w_min = w;
+        if (w > w_max) w_max = w;
+      }
     }
     p_first *= w_min;
     p_last *= w_max;
@@ -520,16 +613,22 @@ class OrlojEngine {
   void count_apps(const Candidate& cand) {
     for (int a : in_) counts_[a] = 0;
     in_.clear();
-    for (size_t i = cand.start; i < cand.start + cand.b; ++i)
-      if (counts_[flat_[i].app]++ == 0) in_.push_back(flat_[i].app);
+    const Member* m = members(cand);
+    for (int i = 0; i < cand.b; ++i)
+      if (counts_[m[i].app]++ == 0) in_.push_back(m[i].app);
     std::sort(in_.begin(), in_.end());
   }
 
   // P(member finishes) in this candidate; count_apps(cand) must be current.
-  double member_probability(const Member& m, const Candidate& cand, double now) {
+  // `bin`: -1, or the grid bin of an earlier (no later) member's point, which the bin of
+  // this one's is found from without a log; set to this one's.
+  double member_probability(const Member& m, const Candidate& cand, double now,
+                            int* bin = nullptr) {
     double x = (m.deadline - now) / cand.cb;
-    if (in_.size() == 1) return ipow(apps_[in_[0]]->dist.cdf(x), cand.b);
-    const int k = apps_[in_[0]]->dist.bin_of(x);  // every app's, on the policy's one grid
+    const Histogram& d0 = apps_[in_[0]]->dist;  // every app's grid is the policy's one grid
+    const int k = bin && *bin >= 0 ? d0.bin_after(x, *bin) : d0.bin_of(x);
+    if (bin) *bin = k;
+    if (in_.size() == 1) return ipow(d0.cdf_in(x, k), cand.b);
     double p = 1.0;
     for (int a : in_) p *= ipow(apps_[a]->dist.cdf_in(x, k), counts_[a]);
     return p;
@@ -544,8 +643,10 @@ class OrlojEngine {
       cand.mixed = false;
     }
     double e_fin = 0.0;
-    for (size_t i = cand.start; i < cand.start + cand.b; ++i)
-      e_fin += apps_[flat_[i].app]->weight * member_probability(flat_[i], cand, now);
+    const Member* m = members(cand);
+    int bin = -1;  // members are in deadline order: each one's bin follows the last's
+    for (int i = 0; i < cand.b; ++i)
+      e_fin += apps_[m[i].app]->weight * member_probability(m[i], cand, now, &bin);
     return e_fin / cand.e_t;
   }
 
@@ -559,7 +660,7 @@ class OrlojEngine {
       double p = app.dist.cdf((e.key - now) / c1);
       if (p > best_p) {
         best_p = p;
-        best_.assign(1, Member{e.key, e.id, a});
+        best_.assign(1, Member{e.key, e.id, a, 0});
       }
     }
     if (best_.empty()) return -1.0;
@@ -607,6 +708,8 @@ class OrlojEngine {
     }
     t.zero_until = zu;
     t.one_from = of;
+    t.term_top.clear();
+    t.terms.clear();
     t.top = app.dist.support_max();
     t.version = app.dist.version();
     t.stamp = ++stamps_;
@@ -678,12 +781,27 @@ class OrlojEngine {
     for (size_t k = 0; k < in_.size(); ++k) {
       const int a = in_[k];
       const int n = counts_[a];
-      const MixTable& t = *mix_tabs_[k];
-      const Histogram& d = apps_[a]->dist;
-      const double r0 = t.pow[n * npts + j];
-      const double v = t.pre[n * kk + last] +
-                       h / 6.0 * ((1.0 - r0) + 4.0 * (1.0 - rep_pow(d.cdf(mid), n)) +
-                                  (1.0 - rep_pow(d.cdf(top), n)));
+      MixTable& t = *mix_tabs_[k];
+      // the term depends on (n, top) only: computed once per table, end and count
+      size_t slot = 0;
+      while (slot < t.term_top.size() && t.term_top[slot] != top) ++slot;
+      if (slot == t.term_top.size()) {
+        t.term_top.push_back(top);
+        t.terms.emplace_back(static_cast<size_t>(B_) + 1,
+                             std::numeric_limits<double>::quiet_NaN());
+      }
+      std::vector<double>& memo = t.terms[slot];
+      if (static_cast<size_t>(n) >= memo.size())
+        memo.resize(static_cast<size_t>(n) + 1, std::numeric_limits<double>::quiet_NaN());
+      double v = memo[n];
+      if (std::isnan(v)) {
+        const Histogram& d = apps_[a]->dist;
+        const double r0 = t.pow[n * npts + j];
+        v = t.pre[n * kk + last] +
+            h / 6.0 * ((1.0 - r0) + 4.0 * (1.0 - rep_pow(d.cdf(mid), n)) +
+                       (1.0 - rep_pow(d.cdf(top), n)));
+        memo[n] = v;
+      }
       if (v > *lo) *lo = v;
       *hi += v;
     }
@@ -788,11 +906,14 @@ class OrlojEngine {
   std::vector<size_t> order_;
   std::vector<PoolBuf> pools_;  // pools_[j]: the pool of the j + 1 fastest apps
   std::vector<QEntry> heads_;  // fill(): each pool app's next request, or kEnd
+  std::vector<double> hkeys_;  // fill(): their deadlines
   std::vector<const SortedBlocks*> queues_;
   // past every real request: deadlines are finite, so (inf, max id) sorts last
   static constexpr QEntry kEnd{std::numeric_limits<double>::infinity(),
                                std::numeric_limits<int64_t>::max()};
   std::vector<Member> flat_, best_;
+  bool by_ref_ = false;      // select(): candidates kept in the pools' buffers
+  double uniform_w_ = 1.0;   // select(): the present apps' one weight (when by_ref_)
   std::vector<Candidate> cands_;
   std::vector<int> counts_, in_;
 
