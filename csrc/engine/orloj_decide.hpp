@@ -487,6 +487,21 @@ class OrlojEngine {
     // each app's next request, cached: the merge compares these and touches a queue only
     // to step the one it took from
     const size_t na = pb.apps.size();
+    if (na == 1) {  // one app: its queue's runs in order, no merge
+      const SortedBlocks& q = apps_[present_[pb.apps[0]]]->queue;
+      const int a = present_[pb.apps[0]];
+      pb.buf.reserve(pb.head + want);
+      while (pb.buf.size() - pb.head < want) {
+        if (q.at_end(pb.cur[0])) return false;
+        size_t n = 0;
+        const QEntry* e = q.run(pb.cur[0], &n);
+        const size_t need = want - (pb.buf.size() - pb.head);
+        if (n > need) n = need;
+        for (size_t i = 0; i < n; ++i) pb.buf.push_back(Member{e[i].key, e[i].id, a, 0});
+        q.skip(pb.cur[0], n);
+      }
+      return true;
+    }
     heads_.resize(na);
     hkeys_.resize(na);
     queues_.resize(na);

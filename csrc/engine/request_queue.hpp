@@ -89,6 +89,20 @@ class SortedBlocks {
   Pos begin() const { return Pos{0, 0}; }
   bool at_end(const Pos& p) const { return p.block >= blocks_.size(); }
   const QEntry& at(const Pos& p) const { return blocks_[p.block][p.off]; }
+  // The entries from p to the end of p's block (a contiguous run), and how many.
+  const QEntry* run(const Pos& p, size_t* n) const {
+    const std::vector<QEntry>& blk = blocks_[p.block];
+    *n = blk.size() - p.off;
+    return blk.data() + p.off;
+  }
+  // p moved on by n entries, within its block (n <= what run() gave).
+  void skip(Pos& p, size_t n) const {
+    p.off += n;
+    if (p.off == blocks_[p.block].size()) {
+      ++p.block;
+      p.off = 0;
+    }
+  }
   void next(Pos& p) const {
     if (++p.off == blocks_[p.block].size()) {
       ++p.block;
