@@ -316,6 +316,16 @@ class UtilityPolicy(Policy):
                                key=lambda k: (self._scale_est[k], k))
         self._order = sorted(range(len(self._variants)),
                              key=lambda k: (-self._variants[k].accuracy, self._scale_est[k], k))
+        # The plain path: one engine, no variants, no app weights, no fairness, and no
+        # request of a tier > 0 yet: the decision is the engine's own, so decide and
+        # remove are the engine's methods (no wrapper frame), and a tier-0 request goes
+        # straight to the engine (its default weight, 1, is the request's). The first
+        # request of a tier > 0 ends it for good (_leave_plain).
+        self._plain = (len(self._engines) == 1 and not self._has_variants
+                       and not self._app_w and not self._fairness)  # fmt: skip
+        if self._plain:
+            self.decide = self._e0.decide
+            self.remove = self._e0.remove
 
     def __getattr__(self, name):
         # what the full model's engine says of itself (theta, max_apps, queued, ...)
@@ -452,7 +462,18 @@ class UtilityPolicy(Policy):
                 e.set_app_weight(name, w)
         return name
 
+    def _leave_plain(self) -> None:
+        self._plain = False
+        del self.decide, self.remove  # the class's methods again
+
     def enqueue(self, req_id, app, arrival, deadline, hint=None, priority=0) -> None:
+        if self._plain:
+            if priority == 0 and type(priority) is int:
+                self._e0.enqueue(req_id, app, arrival, deadline, hint)
+                return
+            priority = check_priority(priority, len(self._tier_w))
+            if self._priorities:
+                self._leave_plain()
         priority = check_priority(priority, len(self._tier_w))
         name = self._file(app, priority)
         if priority and self._priorities:
