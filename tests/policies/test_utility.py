@@ -129,3 +129,28 @@ def test_orloj_step_admits_a_top_tier_request_first():
     p = make_policy("orloj-step", max_batch=1, inflation=[1.0], step=0.1, tier_weights=[1, 2])
     with pytest.raises(ValueError, match="priority 2 is out of range"):
         p.enqueue(1, "a", 0.0, 10.0, None, 2)
+
+
+def test_without_tiers_orloj_decides_as_the_engine_then_honours_a_late_tier():
+    # the serving core's orloj (priorities=True) takes the engine's own path until a
+    # request of a tier > 0 arrives; then tiers count again
+    from orloj_rt.engine import OrlojPolicy
+
+    p = make_policy("orloj", max_batch=4, priorities=True)
+    plain = OrlojPolicy(max_batch=4)
+    for q in (p, plain):
+        q.set_default_distribution(Distribution.from_mean_cov(1.0, 0.3))
+        for i in range(12):
+            q.enqueue(i, "ab"[i % 2], 0.0, 1.5 + 0.4 * i)
+    for now in (0.0, 0.5, 1.0):
+        assert p.decide(now) == plain.decide(now)
+    assert "decide" in vars(p)  # the engine's own method, no wrapper frame
+
+    late = make_policy("orloj", max_batch=1, priorities=True)
+    late.set_default_distribution(Distribution.from_mean_cov(1.0, 0.05))
+    late.enqueue(0, "a", 0.0, 50.0)
+    assert late.decide(0.0).batch == [0]  # the plain path
+    late.enqueue(1, "a", 0.0, 1.2)  # older, more urgent, tier 0
+    late.enqueue(2, "a", 0.1, 1.25, None, 1)
+    assert "decide" not in vars(late)  # tiers count from the first tiered request on
+    assert late.decide(0.1).batch == [2]  # only one can finish: the top tier's
