@@ -15,6 +15,13 @@ Targets (issue 2, on a 2-core machine): native decision at queue 1,000, 4 apps, 
 max batch 32: p50 <= 5 us, p99 <= 20 us; at queue 100,000 at most 2x that; native >= 50x
 pure on the same row; native insertion p50 <= 2 us.
 
+As served (`--served`): the grid's rows with orloj as the serving core builds it
+(orloj_rt/policies/utility.py's UtilityPolicy with priorities=True, one engine, no tiered
+request): until a request of a tier > 0 arrives it is the engine's own decide, so its
+decision time should equal the plain rows'.
+
+    python bench/sched_overhead.py --queues 1000 --apps 1,4 --bins 64 --impl native --served
+
 Apps seen (`--apps-seen N`, issue 19): the cost of a decision, and the process's memory,
 as distinct apps pass through a model. A probe keeps one request of each of 16 apps
 queued (`--probe-apps`), refilled after each decision, and teaches the policy each
@@ -118,20 +125,23 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 def measure(mod, queue: int, apps: int, bins: int, max_batch: int, decisions: int,
             inserts: int, seed: int, pools: bool = False, classes: int = 0,
-            class_cov: float = 0.3, policy_name: str = "orloj", variants: int = 0) -> dict:
+            class_cov: float = 0.3, policy_name: str = "orloj", variants: int = 0,
+            served: bool = False) -> dict:
     """One row. `classes` > 0: the queue's requests are spread over that many hint-class
     apps of HINT_APP (means `class_means`, CoV `class_cov`), each with a hint, instead of
-    `apps` apps; `policy_name` "sjf-hint": that policy over `mod`'s distributions."""
+    `apps` apps; `policy_name` "sjf-hint": that policy over `mod`'s distributions;
+    `served`: orloj as the serving core builds it (UtilityPolicy, priorities=True)."""
     rng = random.Random(seed)
     if policy_name == "sjf-hint":
         from orloj_rt.policies.sjf_hint import SjfHintPolicy
 
         policy = SjfHintPolicy(max_batch=max_batch)
-    elif variants:
+    elif variants or served:
         from orloj_rt.policies.utility import UtilityPolicy
 
         policy = UtilityPolicy(max_batch=max_batch, pools=pools, engine_cls=mod.OrlojPolicy,
-                               variants=variant_specs(variants))  # fmt: skip
+                               variants=variant_specs(variants) if variants else (),
+                               priorities=True)  # fmt: skip
     else:
         policy = mod.OrlojPolicy(max_batch=max_batch, pools=pools)
     if classes:
@@ -472,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pools", action="store_true",
                     help="time the orloj policy with member pools (pools=True)")
+    ap.add_argument("--served", action="store_true",
+                    help="time orloj as the serving core builds it (UtilityPolicy, "
+                    "priorities=True, no tiered request) instead of the engine's policy")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead")
     ap.add_argument("--apps-seen", type=int, metavar="N",
                     help="instead of the grid: decision time and RSS as N distinct apps "
@@ -513,8 +526,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.json:
                 print(f"\r[{n}/{len(grid)}] {impl:6s} queue={q} apps={a} bins={b} ...",
                       end="", file=sys.stderr, flush=True)
-            row = measure(mod, q, a, b, args.max_batch, reps, ins, args.seed, args.pools)
-            rows.append({"impl": impl, "pools": args.pools, **row})
+            row = measure(mod, q, a, b, args.max_batch, reps, ins, args.seed, args.pools,
+                          served=args.served)  # fmt: skip
+            rows.append({"impl": impl, "pools": args.pools, "served": args.served, **row})
     if not args.json:
         print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
 
