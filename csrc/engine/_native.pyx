@@ -697,6 +697,20 @@ cdef class OrlojPolicy:
     def remove_many(self, req_ids):
         """`remove` for each of `req_ids` (KeyError at the first unknown one)."""
         cdef int64_t rid
+        cdef vector[int64_t] ids
+        cdef size_t i
+        cdef Status st
+        if type(req_ids) is list:
+            try:
+                ids = req_ids  # one conversion, then a C++ loop
+            except (TypeError, OverflowError):
+                pass
+            else:
+                for i in range(ids.size()):
+                    st = self.e.remove(ids[i])
+                    if st != OK:
+                        raise_status(st, req_ids[i])
+                return
         for r in req_ids:
             rid = r
             raise_status(self.e.remove(rid), r)
