@@ -18,12 +18,21 @@ The routers (`ROUTERS`; docs/cluster-routing.md has the design and the measureme
   router): two distinct nodes at random, the one with fewer requests queued or running,
   counting the requests this router sent it since its state's stamp; ties at random.
 - `orloj`: scores each candidate node (all of them, or `choices` = d at random: power of
-  d) by the estimated chance that the request finishes there within its SLO
-  (`finish_chance`: the node's running batches and queued backlog aged by the state's
-  age, then the worker seconds of the requests this router sent it since the stamp,
-  then the request itself in a batch, by the app's solo-time distribution measured on
-  that node), and picks the best; chances within `tie` of the best are broken by the
-  shortest estimated wait, then at random.
+  d) by the expected finishes the request adds there (`marginal_value`), and picks the
+  best; values within `tie` of the best are broken by the shortest estimated wait, then
+  at random. The value is the request's estimated chance of finishing there within its
+  SLO (`finish_chance`: the node's running batches and queued backlog aged by the
+  state's age, then the worker seconds of the requests this router sent it since the
+  stamp, then the request itself in a batch, by the app's solo-time distribution
+  measured on that node) less what it takes from the requests it delays there (its
+  worker time, spread over the node's workers, times the chance each of them loses:
+  the node's queue still in time, this router's sends since the state, and those it
+  expects to send there meanwhile at its recent rate to that node, over the last
+  `rate_window` x the app's mean solo time there). So a node where the request would
+  only push others past their deadlines scores low even if the request itself would
+  make it, and when no node can finish it, it goes where it harms nobody (a node whose
+  policy will drop it). The rate is this router's own: with several routers, each sees
+  its share.
 
 Staleness (orloj and p2c alike): a state older than `stale_after` seconds (default 1 s)
 is stale. A stale node is still a candidate, but its published load is ignored: its
