@@ -584,8 +584,9 @@ class OrlojEngine {
   bool bound_candidate(Candidate& cand, const Member* m, double now) {
     const int b = cand.b;
     const double cb = cand.cb;
-    double p_first = member_probability(m[0], cand, now);
-    double p_last = member_probability(m[b - 1], cand, now);
+    int bin = -1;  // the last member's bin is found from the first's
+    double p_first = member_probability(m[0], cand, now, &bin);
+    double p_last = member_probability(m[b - 1], cand, now, &bin);
     // weights: the sum of w P lies between b w_min P_first and b w_max P_last
     double w_min = uniform_w_, w_max = uniform_w_;
     if (!by_ref_) {
