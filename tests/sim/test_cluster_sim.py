@@ -106,3 +106,32 @@ def test_cli_json(capsys):
 def test_cli_bad_flags(capsys, argv, msg):
     rc, _, err = run_cli(capsys, *argv)
     assert rc == 2 and msg in err, err
+
+
+@pytest.mark.once
+def test_bench_cluster_routing_harness(tmp_path):
+    """bench/cluster_routing.py on a tiny sweep: its files, its JSON's rows, its targets
+    (not run at these sizes, and said so)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "cr"
+    cmd = [sys.executable, str(root / "bench/cluster_routing.py"), "--nodes", "2,4",
+           "--arrivals", "poisson", "--state-ages", "0,2", "--routers", "p2c,orloj",
+           "--requests", "150", "--jobs", "1", "--out", str(out), "--json"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    obj = json.loads(done.stdout)
+    assert len(obj["rows"]) == 2 * 2 * 2 * 2  # nodes x speeds x ages x routers
+    assert set(obj["rows"][0]) == {"nodes", "arrival", "speeds", "state_age", "router",
+                                   "finish_rate"}  # fmt: skip
+    assert {r["arrival"] for r in obj["rows"]} == {"poisson"}
+    assert [t["met"] for t in obj["targets"]][:2] == [None, None]  # 64 nodes: not run
+    for ext in ("md", "csv", "json", "png"):
+        assert Path(f"{out}.{ext}").stat().st_size > 0, ext
+    assert "[16/16" in done.stderr  # progress
+    bad = subprocess.run(cmd[:2] + ["--speeds", "fast"], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "--speeds" in bad.stderr
