@@ -706,10 +706,9 @@ cdef class OrlojPolicy:
             except (TypeError, OverflowError):
                 pass
             else:
-                for i in range(ids.size()):
-                    st = self.e.remove(ids[i])
-                    if st != OK:
-                        raise_status(st, req_ids[i])
+                st = self.e.remove_many(ids, &i)  # each queue compacted once
+                if st != OK:
+                    raise_status(st, req_ids[i])
                 return
         for r in req_ids:
             rid = r

@@ -101,13 +101,30 @@ class OrlojEngine {
     if (present_.empty()) return;
     select(now);
     for (const Member& m : best_) where_.prefetch(m.id);
-    for (const Member& m : best_) {
-      App& app = *apps_[m.app];
-      app.queue.erase(QEntry{m.deadline, m.id});
-      if (app.queue.empty()) deactivate(m.app);
-      batch->push_back(m.id);
+    for (const Member& m : best_) batch->push_back(m.id);
+    take(best_);
+  }
+
+  // Removes the queued requests in `ids` in order, up to the first that is not queued;
+  // *failed = its index (ids.size() if none). Each app's queue is compacted once.
+  Status remove_many(const std::vector<int64_t>& ids, size_t* failed) {
+    gone_.clear();
+    size_t i = 0;
+    for (; i < ids.size(); ++i) {
+      const Loc* loc = where_.find(ids[i]);
+      if (!loc) break;
+      gone_.push_back(Member{loc->deadline, ids[i], loc->app, 0});
     }
-    for (const Member& m : best_) forget(m.id);
+    // an id twice: the second is not queued once the first is removed, so it fails there
+    dups_.resize(gone_.size());
+    for (size_t k = 0; k < gone_.size(); ++k) dups_[k] = {gone_[k].id, k};
+    std::sort(dups_.begin(), dups_.end());
+    for (size_t k = 1; k < dups_.size(); ++k)
+      if (dups_[k].first == dups_[k - 1].first && dups_[k].second < i) i = dups_[k].second;
+    gone_.resize(i);
+    *failed = i;
+    take(gone_);
+    return i == ids.size() ? OK : ERR_UNKNOWN_ID;
   }
 
   // Step 1 alone: removes and appends the requests that cannot finish even alone.
@@ -318,6 +335,38 @@ class OrlojEngine {
   };
 
   void forget(int64_t id) { where_.erase(id); }
+
+  // Removes these queued requests (each once): by app, each queue compacted once.
+  void take(std::vector<Member>& ms) {
+    if (ms.size() == 1) {
+      const Member& m = ms[0];
+      App& app = *apps_[m.app];
+      app.queue.erase(QEntry{m.deadline, m.id});
+      if (app.queue.empty()) deactivate(m.app);
+      forget(m.id);
+      return;
+    }
+    take_.assign(ms.begin(), ms.end());
+    std::sort(take_.begin(), take_.end(), [](const Member& x, const Member& y) {
+      return x.app != y.app ? x.app < y.app
+                            : QEntry{x.deadline, x.id} < QEntry{y.deadline, y.id};
+    });
+    keys_.resize(take_.size());
+    size_t s = 0;
+    while (s < take_.size()) {
+      const int a = take_[s].app;
+      size_t e = s;
+      while (e < take_.size() && take_[e].app == a) {
+        keys_[e] = QEntry{take_[e].deadline, take_[e].id};
+        ++e;
+      }
+      App& app = *apps_[a];
+      app.queue.erase_sorted(keys_.data() + s, e - s);
+      if (app.queue.empty()) deactivate(a);
+      s = e;
+    }
+    for (const Member& m : ms) forget(m.id);
+  }
 
   void refresh(App& app) {
     if (app.cache_version == app.dist.version() && !app.qth.empty()) return;
@@ -928,6 +977,9 @@ class OrlojEngine {
   static constexpr QEntry kEnd{std::numeric_limits<double>::infinity(),
                                std::numeric_limits<int64_t>::max()};
   std::vector<Member> flat_, best_;
+  std::vector<Member> gone_, take_;  // remove_many() and take()
+  std::vector<QEntry> keys_;         // take()
+  std::vector<std::pair<int64_t, size_t>> dups_;  // remove_many()
   bool by_ref_ = false;      // select(): candidates kept in the pools' buffers
   double uniform_w_ = 1.0;   // select(): the present apps' one weight (when by_ref_)
   std::vector<Candidate> cands_;

@@ -25,6 +25,7 @@ cdef extern from "orloj_decide.hpp" namespace "orloj" nogil:
         void set_dist(int a, const Histogram& h)
         Status enqueue(int64_t id, int a, double deadline)
         Status remove(int64_t id)
+        Status remove_many(const vector[int64_t]& ids, size_t* failed)
         void decide(double now, vector[int64_t]* batch, vector[int64_t]* dropped)
         void drop_hopeless(double now, vector[int64_t]* dropped)
         double evaluate(double now, vector[int64_t]* batch)

@@ -75,6 +75,37 @@ class SortedBlocks {
     return true;
   }
 
+  // Removes es[0..n), sorted ascending and each present: every block they touch is
+  // compacted once (one pass over it) instead of once per entry.
+  void erase_sorted(const QEntry* es, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+      const size_t i0 = i;
+      const size_t bi =
+          std::lower_bound(maxes_.begin(), maxes_.end(), es[i]) - maxes_.begin();
+      std::vector<QEntry>& blk = blocks_[bi];
+      auto w = std::lower_bound(blk.begin(), blk.end(), es[i]);
+      auto r = w;
+      // entries of es in this block: at or below its maximum
+      while (r != blk.end()) {
+        if (i < n && *r == es[i]) {
+          ++i;
+        } else {
+          *w++ = *r;
+        }
+        ++r;
+        if (i < n && maxes_[bi] < es[i]) {  // the rest lie in later blocks
+          w = std::copy(r, blk.end(), w);
+          break;
+        }
+      }
+      size_ -= static_cast<size_t>(blk.end() - w);
+      blk.erase(w, blk.end());
+      fix_block(bi);
+      if (i == i0) ++i;  // not present after all: skipped (callers pass queued entries)
+    }
+  }
+
   const QEntry& first() const { return blocks_.front().front(); }
   const QEntry& last() const { return blocks_.back().back(); }
 

@@ -89,3 +89,38 @@ def test_a_batch_limit_caps_the_batch(eng):
     assert len(p.decide(0.0).batch) == 6
     with pytest.raises(ValueError, match="batch limit"):
         p.set_batch_limit(-1)
+
+
+def removals(mod, seed):
+    """remove_many with a run of queued ids, a duplicate or an unknown id inside, then
+    decisions: what each call raised and what was decided."""
+    rng = random.Random(seed)
+    p = mod.OrlojPolicy(max_batch=8, pools=bool(seed % 2))
+    p.set_default_distribution(mod.Distribution.from_mean_cov(0.01, 0.5))
+    for rid in range(300):  # several blocks of the sorted queue
+        p.enqueue(rid, f"a{rid % 3}", 0.0, rng.uniform(0.005, 0.5))
+    log = []
+    queued = list(range(300))
+    for _ in range(6):
+        ids = rng.sample(queued, rng.randint(1, 40))
+        k = rng.randrange(len(ids) + 1)
+        bad = rng.choice([None, "dup", "unknown"])
+        if bad == "dup" and k:
+            ids.insert(k, ids[k - 1])
+        elif bad == "unknown":
+            ids.insert(k, 10_000 + k)
+        try:
+            p.remove_many(ids)
+            log.append(("ok", len(p)))
+        except KeyError:
+            log.append(("KeyError", len(p)))
+        queued = [r for r in queued if r not in set(ids)]  # some may still be queued
+        d = p.decide(0.0)
+        log.append((list(d.batch), sorted(d.dropped)))
+        queued = [r for r in queued if r not in set(d.batch) | set(d.dropped)]
+    return log
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_remove_many_agrees(native, pure_engine, seed):
+    assert removals(native, seed) == removals(pure_engine, seed)
