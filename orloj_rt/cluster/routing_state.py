@@ -113,9 +113,10 @@ class Summary:
         return em[b - 1]
 
     def batch_times(self, inflation) -> list[float]:
-        """c(b) E[max of b] for b = 1..len(inflation), kept for the last table asked."""
+        """c(b) E[max of b] for b = 1..len(inflation), kept for the last table asked (the
+        same list, or an equal one: each state decoded brings its own)."""
         bt = self._bt
-        if bt is None or bt[0] is not inflation:
+        if bt is None or (bt[0] is not inflation and bt[0] != inflation):
             bt = self._bt = (inflation, [c * self.expected_max(b)
                                          for b, c in enumerate(inflation, 1)])  # fmt: skip
         return bt[1]
@@ -125,7 +126,38 @@ class Summary:
 
     @classmethod
     def from_wire(cls, v) -> Summary:
-        return cls(float(v[0]), v[1])
+        """The summary of a wire pair; an equal pair decoded before gives the same object
+        (`_interned`), so that its tables (E[max of b], batch times) are computed once
+        per distribution, not once per state received (a node publishes every 5 ms)."""
+        key = (v[0], tuple(v[1]))
+        hit = _SUMMARIES.get(key)
+        if hit is None:
+            hit = cls(float(v[0]), v[1])
+            _intern(_SUMMARIES, key, hit)
+        return hit
+
+
+# what from_wire decoded, by its wire value: the distributions and batch-inflation tables
+# of the nodes change rarely (a node recomputes an app's when its samples grew by 1/8)
+_SUMMARIES: dict = {}
+_INFLATIONS: dict = {}
+_INTERN_MAX = 4096  # entries per table; a full table starts again (bounded memory)
+
+
+def _intern(table: dict, key, value) -> None:
+    if len(table) >= _INTERN_MAX:
+        table.clear()
+    table[key] = value
+
+
+def _inflation(c) -> list[float]:
+    """A wire inflation table as a list of floats, the same list for equal tables."""
+    key = tuple(c)
+    hit = _INFLATIONS.get(key)
+    if hit is None:
+        hit = [float(v) for v in c]
+        _intern(_INFLATIONS, key, hit)
+    return hit
 
 
 def batch_factor(inflation, dist: Summary, b: int) -> float:
@@ -184,7 +216,7 @@ class ModelState:
     @classmethod
     def from_wire(cls, d: dict) -> ModelState:
         return cls(
-            inflation=[float(c) for c in d["c"]],
+            inflation=_inflation(d["c"]),
             default=Summary.from_wire(d["default"]),
             apps={str(k): AppState.from_wire(v) for k, v in d["apps"].items()},
             queued=int(d["queued"]),
