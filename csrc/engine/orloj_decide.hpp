@@ -539,7 +539,6 @@ class OrlojEngine {
     if (na == 1) {  // one app: its queue's runs in order, no merge
       const SortedBlocks& q = apps_[present_[pb.apps[0]]]->queue;
       const int a = present_[pb.apps[0]];
-      pb.buf.reserve(pb.head + want);
       while (pb.buf.size() - pb.head < want) {
         if (q.at_end(pb.cur[0])) return false;
         size_t n = 0;
@@ -559,7 +558,6 @@ class OrlojEngine {
       heads_[k] = queues_[k]->at_end(pb.cur[k]) ? kEnd : queues_[k]->at(pb.cur[k]);
       hkeys_[k] = heads_[k].key;
     }
-    pb.buf.reserve(pb.head + want);
     const double* hk = hkeys_.data();
     while (pb.buf.size() - pb.head < want) {
       // the smallest deadline by a branch-free scan of the keys; equal deadlines (rare)
