@@ -367,17 +367,25 @@ def marginal_value(state: NodeState, model: str, app: str, slo: float, age: floa
     sent there since the state, and the ones expected to arrive while it is ahead of
     them (`rate` x (wait + S / workers), `rate` the requests sent there per second
     lately)."""
-    chance, wait = finish_chance(state, model, app, slo, age, extra_work, extra_count,
-                                 use_state)  # fmt: skip
+    # finish_chance and send_cost inlined (the same arithmetic): the batch tables and the
+    # wait are looked up once per node and request
     m = state.models[model]
-    q = extra_count + (m.queued if use_state else 0)
-    delta = send_cost(state, model, app, q, slo) / max(1, state.workers)
+    workers = max(1, state.workers)
+    wait = wait_estimate(state, age, extra_work, use_state)
     left = slo - wait
-    if left <= 0 or delta <= 0:
-        return chance, wait, chance
+    if left <= 0:
+        return 0.0, wait, 0.0
     d = m.dist(app)
-    b = min(max(1, math.ceil(q / max(1, state.workers))), batch_cap(m.inflation, d, left))
-    c = m.inflation[b - 1]
+    inflation = m.inflation
+    times = d.batch_times(inflation)
+    q = extra_count + (m.queued if use_state else 0)
+    b = min(max(1, math.ceil(q / workers)), max(1, bisect_right(times, left)))
+    c = inflation[b - 1]
+    chance = d.cdf(left / c)
+    bs = min(max(1, math.ceil((q + 1) / workers)), max(1, bisect_right(times, slo)))
+    delta = times[bs - 1] / bs / workers
+    if delta <= 0:
+        return chance, wait, chance
     loss = chance - d.cdf(max(0.0, left - delta) / c)
     behind = (m.alive if use_state else 0) + extra_count + rate * (wait + delta)
     return chance, wait, chance - behind * loss
