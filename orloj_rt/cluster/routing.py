@@ -325,6 +325,10 @@ class OrlojRouter(_Base):
         n.add((now, model, app, send_cost(st, model, app, queued, slo)))
         self._times.setdefault(node, deque()).append(now)
 
+    def update(self, node: str, state: NodeState, received: float) -> None:
+        super().update(node, state, received)
+        state.after_backlog()  # what every score of this state needs: made here, once
+
     def remove(self, node: str) -> None:
         super().remove(node)
         self._times.pop(node, None)
