@@ -238,7 +238,10 @@ def main() -> int:
         f.write('builtin = "noop"\n')
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "object_store_memory": OBJECT_STORE, "include_dashboard": False})
-    out: dict = {"nodes": NODES, "router": args.router}
+    # the machine's 1-minute load average before the cluster starts and at the end: on a
+    # 2-core VM shared with other jobs, the figures move with it (docs/cluster.md)
+    out: dict = {"nodes": NODES, "router": args.router,
+                 "load_avg_before": round(os.getloadavg()[0], 2)}
     try:
         for _ in range(NODES - 1):
             c.add_node(num_cpus=1, object_store_memory=OBJECT_STORE)
@@ -261,6 +264,7 @@ def main() -> int:
         with contextlib.suppress(Exception):
             ray.shutdown()
         c.shutdown()
+    out["load_avg_after"] = round(os.getloadavg()[0], 2)
     o, k = out["overhead"], out["kill"]
     out["targets"] = {
         "added_p50_us<=150": o["added_p50_us"] <= OVERHEAD_TARGET_US,
@@ -273,7 +277,8 @@ def main() -> int:
         print(json.dumps(out, sort_keys=True))
         return 0
     print(f"orloj-rt on a local Ray cluster: {NODES} nodes x 1 CPU worker, early_exit, "
-          f"router {args.router}")  # fmt: skip
+          f"router {args.router}; 1-minute load average {out['load_avg_before']} before, "
+          f"{out['load_avg_after']} after")  # fmt: skip
     print("\n1. routing overhead (one request at a time)")
     print(f"   {'path':<22} {'p50 us':>9} {'p99 us':>9}")
     print(f"   {'node directly':<22} {o['direct_p50_us']:>9} {o['direct_p99_us']:>9}")
