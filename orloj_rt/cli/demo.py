@@ -16,6 +16,12 @@ miss, and what matters is which ones. fifo runs requests in arrival order whethe
 they can still finish; orloj drops the hopeless ones at once and spends the worker on
 those that can (bench/e2e_finish_rate.py measures the same cell, among others:
 docs/results.md).
+
+The demo serves early_exit with its full model only (`variants = []` in a temporary model
+repository), so that the policies differ in scheduling alone. `--variants` serves it with
+its built-in variants (cheaper forced depths, docs/models.md): orloj may then answer a
+batch with a cheaper variant rather than drop it, and the table gains the mean declared
+accuracy of the answers in time and the variants that served them.
 """
 
 from __future__ import annotations
@@ -69,6 +75,10 @@ def register(sub) -> None:
                    help="layers run by the early exiters (default: %(default)s)")  # fmt: skip
     p.add_argument("--cpu-workers", type=int, default=1, metavar="N",
                    help="CPU worker processes (default: %(default)s)")  # fmt: skip
+    p.add_argument("--variants", action="store_true",
+                   help="serve early_exit with its built-in variants (cheaper forced depths, "
+                        "each with its accuracy): orloj may answer with a cheaper one rather "
+                        "than drop; default: the full model only")  # fmt: skip
     p.add_argument("--seed", type=int, default=1, help="workload seed (default: %(default)s)")
     p.add_argument("--log-level", default="WARNING", type=str.upper,
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -158,8 +168,42 @@ def explanation(finish: dict[str, float]) -> list[str]:
     return textwrap.wrap(text, width=96)
 
 
+def demo_repo(directory: str, variants: bool) -> str:
+    """A model repository serving the built-in models, early_exit with its variants or
+    with its full model only."""
+    import os
+
+    repo = os.path.join(directory, "models")
+    os.makedirs(repo)
+    with open(os.path.join(repo, f"{MODEL}.toml"), "w") as f:
+        f.write(f'builtin = "{MODEL}"\n' + ("" if variants else "variants = []\n"))
+    with open(os.path.join(repo, "resnet_static.toml"), "w") as f:
+        f.write('builtin = "resnet_static"\n')
+    return repo
+
+
+def accuracy_of(ok_in_time, accuracies: dict) -> tuple[float | None, str]:
+    """The mean declared accuracy of the answers in time, and the variants that served
+    them ("full 120, half 30")."""
+    from collections import Counter
+
+    served = Counter(o.variant or "full" for o in ok_in_time)
+    if not served:
+        return None, "-"
+    mean = sum(accuracies.get(v, 1.0) * n for v, n in served.items()) / sum(served.values())
+    return mean, ", ".join(f"{v} {n}" for v, n in sorted(served.items()))
+
+
 def run(args) -> int:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="orloj-demo-") as tmp:
+        return _run(args, demo_repo(tmp, args.variants))
+
+
+def _run(args, repo: str) -> int:
     from orloj_rt.client.loadgen import run_open_loop
+    from orloj_rt.models.builtin import BUILTIN_MODELS
     from orloj_rt.runtime.launcher import ServerProcess
 
     policies = _policies(args)
@@ -185,11 +229,15 @@ def run(args) -> int:
     header = (f"{'policy':<10} {'finish rate':>11} {'ok':>6} {'dropped':>8} {'rejected':>9} "
               f"{'error':>6} {'lost':>5} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'mean batch':>10}")  # fmt: skip
+    if args.variants:
+        header += f" {'accuracy':>8}  variants (answers in time)"
+    accuracies = {v.name: v.accuracy for v in BUILTIN_MODELS[MODEL].spec.variants}
     rows = []
     finish: dict[str, float] = {}
     code = 0
     for policy in policies:
         server_args = ["--cpu-workers", str(args.cpu_workers), "--policy", policy,
+                       "--models", repo,
                        "--log-level", args.log_level]  # fmt: skip
         print(f"  {policy}: starting a server ...", end="", flush=True)
         with ServerProcess(server_args) as server:
@@ -231,11 +279,13 @@ def run(args) -> int:
         p50 = report.latency_quantile(0.5) * 1e3
         p99 = report.latency_quantile(0.99) * 1e3
         finish[policy] = report.finish_rate
-        rows.append(
-            f"{policy:<10} {report.finish_rate:>11.1%} {c['ok']:>6} {c['dropped']:>8} "
-            f"{c['rejected']:>9} {c['error']:>6} {c['lost']:>5} {p50:>8.2f} {p99:>8.2f} "
-            f"{mean_batch:>10.2f}"
-        )
+        row = (f"{policy:<10} {report.finish_rate:>11.1%} {c['ok']:>6} {c['dropped']:>8} "
+               f"{c['rejected']:>9} {c['error']:>6} {c['lost']:>5} {p50:>8.2f} {p99:>8.2f} "
+               f"{mean_batch:>10.2f}")  # fmt: skip
+        if args.variants:
+            mean_acc, served = accuracy_of([o for o in ok if o.met_slo], accuracies)
+            row += f" {mean_acc:>8.3f}  {served}" if mean_acc is not None else f" {'-':>8}  -"
+        rows.append(row)
         if c["lost"] or report.extra_replies:
             code = 1
     print()
@@ -246,8 +296,18 @@ def run(args) -> int:
           "as the client saw them.")  # fmt: skip
     if "fifo" in finish:
         print("fifo: Triton's dynamic batcher as a user tunes it (orloj_rt/policies/fifo.py).")
+    if args.variants:
+        print("accuracy: the mean declared accuracy of the variants that answered in time "
+              "(docs/models.md); only orloj and loki-threshold choose variants.")  # fmt: skip
+    else:
+        print("early_exit served with its full model only; --variants lets orloj answer with "
+              "cheaper variants under overload.")  # fmt: skip
     for line in explanation(finish):
         print(line)
+    if args.variants:
+        print("With --variants, orloj also serves batches with cheaper variants when the full "
+              "model cannot keep up:\npart of its gain is bought with accuracy (the accuracy "
+              "column); fifo serves the full model.")  # fmt: skip
     if len(policies) == 1:
         print("compare policies on the same requests: orloj-rt demo --policy orloj,fifo,edf")
     print("every server shut down cleanly" if code == 0 else "PROBLEMS: see above")

@@ -48,3 +48,25 @@ def test_demo_explains_the_result():
 def test_demo_rejects_an_unknown_policy():
     r = run_cli("demo", "--policy", "nope", timeout=60)
     assert r.returncode == 2 and "unknown policy nope" in r.stderr
+
+
+def test_demo_serves_the_full_model_unless_variants_are_asked(tmp_path):
+    from orloj_rt.cli.demo import demo_repo
+    from orloj_rt.models.repository import load_repository
+
+    plain = {e.spec.name: e.spec for e in load_repository(demo_repo(str(tmp_path / "a"), False))}
+    with_variants = {e.spec.name: e.spec
+                     for e in load_repository(demo_repo(str(tmp_path / "b"), True))}  # fmt: skip
+    assert not plain["early_exit"].variants
+    assert [v.name for v in with_variants["early_exit"].variants][:1] == ["full"]
+    assert len(with_variants["early_exit"].variants) > 1
+
+
+def test_demo_accuracy_is_the_mean_over_the_answers_in_time():
+    from orloj_rt.cli.demo import accuracy_of
+    from orloj_rt.client.loadgen import Outcome
+
+    done = [Outcome(status="ok", met_slo=True, variant=v) for v in ("full", "half", "half")]
+    mean, served = accuracy_of(done, {"full": 1.0, "half": 0.9})
+    assert abs(mean - (1.0 + 0.9 + 0.9) / 3) < 1e-12 and served == "full 1, half 2"
+    assert accuracy_of([], {}) == (None, "-")
