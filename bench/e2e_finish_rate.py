@@ -244,9 +244,11 @@ STEP_SWEEPS = {
 
 
 def model_repo(directory: Path, model: str) -> Path:
+    """A repository serving the built-in `model` with its full model only (`variants =
+    []`): the sweeps compare scheduling; `--variants` compares accuracy scaling."""
     repo = directory / f"repo_{model}"
     repo.mkdir(parents=True, exist_ok=True)
-    (repo / f"{model}.toml").write_text(f'builtin = "{model}"\n')
+    (repo / f"{model}.toml").write_text(f'builtin = "{model}"\nvariants = []\n')
     return repo
 
 
