@@ -65,6 +65,13 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
         "integer, a number, a comma-separated list, or else text (docs/simulation.md)",
     )  # fmt: skip
     p.add_argument(
+        "--fairness", type=float, default=0.0, metavar="F",
+        help="fairness across apps (orloj): under overload, the apps' weights adapt online "
+        "so that each app's finish rate stays near the model's; F is the gain, 0 is off "
+        "(the same as --policy-param fairness=F; docs/simulation.md#fairness) "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
         "--max-apps", type=int, default=256, metavar="N",
         help="the most apps per model that the scheduler keeps state for (a learned "
         "distribution, stats), the overflow app included; beyond, a new app's requests "
@@ -309,10 +316,25 @@ def options_from_args(args):
     if problem:
         print(f"orloj-rt start: {problem}", file=sys.stderr)
         return None, 2
-    from orloj_rt.sim.policy_params import PolicyParamError, parse_for_server
+    from orloj_rt.sim.policy_params import PolicyParamError, accepted_keys, parse_for_server
 
+    texts = list(args.policy_param or [])
+    if args.fairness:
+        if not (args.fairness > 0 and args.fairness < float("inf")):
+            print(f"orloj-rt start: --fairness {args.fairness:g}: give a gain above 0 (e.g. 2), "
+                  "or 0 for off", file=sys.stderr)  # fmt: skip
+            return None, 2
+        if any(t.split("=", 1)[0].rsplit(":", 1)[-1].strip() == "fairness" for t in texts):
+            print("orloj-rt start: --fairness and --policy-param fairness=... both given: "
+                  "give one", file=sys.stderr)  # fmt: skip
+            return None, 2
+        if "fairness" not in accepted_keys(args.policy):
+            print(f"orloj-rt start: --fairness {args.fairness:g}: policy {args.policy} has no "
+                  "fairness across apps; serve with --policy orloj", file=sys.stderr)  # fmt: skip
+            return None, 2
+        texts.append(f"fairness={args.fairness!r}")
     try:  # the policy is built with them now, so that a bad one stops the start here
-        policy_params = parse_for_server(args.policy_param, args.policy, models)
+        policy_params = parse_for_server(texts, args.policy, models)
     except PolicyParamError as exc:
         print(f"orloj-rt start: {exc}", file=sys.stderr)
         return None, 2

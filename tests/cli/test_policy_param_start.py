@@ -94,3 +94,24 @@ def test_other_policy_scope_is_refused(repo, capsys):
     opts, code = options(repo, "--policy-param", "fifo:max_queue_delay=1")
     assert opts is None and code == 2
     assert "the server runs policy orloj, not fifo" in capsys.readouterr().err
+
+
+def test_fairness_flag_reaches_orloj_and_is_checked(repo, capsys):
+    from orloj_rt.protocol.messages import ModelProfile
+    from orloj_rt.serving.model import ModelCore
+
+    opts, code = options(repo, "--fairness", "2")
+    assert code == 0 and opts.policy_params["fairness"] == 2.0
+    entry = opts.models[0]
+    mq = ModelCore(0, entry.spec, opts.policy, dict(opts.policy_params))
+    b = entry.spec.max_batch_size
+    mq.configure(ModelProfile([0.001, 0.002], [1.0 + 0.1 * i for i in range(b)], None))
+    assert mq.policy._fairness == pytest.approx(2.0)  # orloj built as the utility policy
+    for extra, said in ((["--fairness", "-1"], "--fairness -1: give a gain above 0"),
+                        (["--fairness", "2", "--policy", "fifo"],
+                         "--fairness 2: policy fifo has no fairness across apps"),
+                        (["--fairness", "2", "--policy-param", "fairness=1"],
+                         "--fairness and --policy-param fairness=... both given")):
+        opts, code = options(repo, *extra)
+        assert opts is None and code == 2
+        assert said in capsys.readouterr().err
