@@ -495,7 +495,8 @@ class Frontend:
         now = time.monotonic()
         exec_us = msg.exec_us
         batch_size = msg.batch_size or len(msg.tokens)  # a step member: its step's size
-        variant = msg.variant
+        # which of the model's variants served them (docs/protocol.md); none: no key
+        served = {} if msg.variant is None else {"variant": msg.variant}
         self.metrics.models[msg.model].batch_size.observe(batch_size)
         pending = self._pending
         k = 0
@@ -523,12 +524,8 @@ class Frontend:
                 {"name": name, "dtype": dtype, "shape": shape}
                 for (name, dtype), shape in zip(m.outputs, msg.shapes[i], strict=True)
             ]
-            if variant is None:
-                header = wire.encode_reply(p.req_id, STATUS_OK, outputs=outputs, met_slo=met,
-                                           timing=timing)  # fmt: skip
-            else:  # which of the model's variants served it (docs/protocol.md)
-                header = wire.encode_reply(p.req_id, STATUS_OK, outputs=outputs, met_slo=met,
-                                           timing=timing, variant=variant)  # fmt: skip
+            header = wire.encode_reply(p.req_id, STATUS_OK, outputs=outputs, met_slo=met,
+                                       timing=timing, **served)  # fmt: skip
             self._release(p)
             if p.metrics is not None:
                 p.metrics.record_ok(timing["queue_us"] * 1e-6, exec_us * 1e-6, total, met)

@@ -325,10 +325,13 @@ class ModelCore:
         policy = self.policy
         t = self.app_table  # an app in flight is live; one that is not is admitted
         apps = [a if a in t.index else self.live_app(a, t.clock) for a in apps]
+        # a variant > 0 learns into records of its own, and its (hint, solo) pairs are not
+        # kept: hint classes describe the full model
+        at = {"variant": variant} if variant else {}
+        records = self.variant_apps if variant else self.apps
         if variant:
-            self._learn_variant(apps, exec_s, work, variant)
-            return
-        policy.observe_batch(apps, exec_s)
+            hinted = None
+        policy.observe_batch(apps, exec_s, **at)
         solos = self.solo_times(len(apps), exec_s, work)
         if solos is None:
             return
@@ -338,51 +341,25 @@ class ModelCore:
             if hinted is not None and hinted[i] is not None:
                 hint, classes = hinted[i]
                 classes.pairs.append((hint, t))
-            st = self.apps.get(app)
+            key = (app, variant) if variant else app
+            st = records.get(key)
             if st is None:
-                st = self.apps[app] = _AppLearning(Distribution)
+                st = records[key] = _AppLearning(Distribution)
             st.samples += 1
             st.sum += t
             st.last = t
             if not st.installed:
                 st.learned.add(t)
                 if st.samples >= MIN_APP_SAMPLES:
-                    policy.set_distribution(app, st.learned)
+                    policy.set_distribution(app, st.learned, **at)
                     st.installed = True
                     st.learned = None
-                    log.info("model %s app %s: learned distribution replaces the prior "
-                             "(%d samples, mean %.3f ms)", self.name, app, st.samples,
-                             st.sum / st.samples * 1e3)  # fmt: skip
+                    if not variant:
+                        log.info("model %s app %s: learned distribution replaces the prior "
+                                 "(%d samples, mean %.3f ms)", self.name, app, st.samples,
+                                 st.sum / st.samples * 1e3)  # fmt: skip
             elif len(apps) > 1:  # a batch of one was learned by observe_batch
-                policy.observe_solo(app, t)
-
-    def _learn_variant(self, apps: list[str], exec_s: float, work: list | None,
-                       variant: int) -> None:  # fmt: skip
-        """`learn` for a batch that ran variant `variant` > 0: its own records per app."""
-        from orloj_rt.engine import Distribution
-
-        policy = self.policy
-        policy.observe_batch(apps, exec_s, variant=variant)
-        solos = self.solo_times(len(apps), exec_s, work)
-        if solos is None:
-            return
-        for app, t in zip(apps, solos, strict=True):
-            if not (t > 0 and math.isfinite(t)):
-                continue
-            st = self.variant_apps.get((app, variant))
-            if st is None:
-                st = self.variant_apps[(app, variant)] = _AppLearning(Distribution)
-            st.samples += 1
-            st.sum += t
-            st.last = t
-            if not st.installed:
-                st.learned.add(t)
-                if st.samples >= MIN_APP_SAMPLES:
-                    policy.set_distribution(app, st.learned, variant=variant)
-                    st.installed = True
-                    st.learned = None
-            elif len(apps) > 1:
-                policy.observe_solo(app, t, variant=variant)
+                policy.observe_solo(app, t, **at)
 
     def _app_section(self, apps: dict) -> dict:
         """The per-app part of the stats: at most STATS_MAX_APPS apps (the most samples
