@@ -80,6 +80,7 @@ from collections.abc import Sequence
 
 from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, OrlojPolicy
 from orloj_rt.engine.interface import Decision, Policy
+from orloj_rt.policies.accuracy_floor import AccuracyFloor
 
 #: the default tier weights: tier k weighs 10^k (tiers 0..MAX_TIER)
 DEFAULT_TIER_BASE = 10.0
@@ -218,6 +219,7 @@ def wants_utility(params: dict) -> bool:
     if any(w != 1.0 for w in (params.get("app_weights") or {}).values()):
         return True
     return bool(params.get("fairness")) or params.get("tier_weights") is not None \
+        or bool(params.get("min_accuracy")) \
         or params.get("horizon") is not None \
         or bool(params.get("priorities"))
 
@@ -243,6 +245,7 @@ class UtilityPolicy(Policy):
         eta: float = 0.05,
         choice: str = "capacity",
         reserve: float = 0.3,
+        min_accuracy: float = 0.0,
         engine_cls=None,
         **engine_params,
     ):
@@ -312,6 +315,9 @@ class UtilityPolicy(Policy):
         self._top_slo = 0.0  # their SLO, smoothed
         self._top_last = -math.inf  # the last one's arrival
         self._limit = 0  # the batch limit the engines have now
+        # the accuracy floor (accuracy_floor.py): only with variants to choose from
+        self._floor = (AccuracyFloor(min_accuracy, [v.accuracy for v in self._variants])
+                       if min_accuracy and len(self._variants) > 1 else None)  # fmt: skip
         self._by_cost = sorted(range(len(self._variants)),
                                key=lambda k: (self._scale_est[k], k))
         self._order = sorted(range(len(self._variants)),
@@ -556,6 +562,8 @@ class UtilityPolicy(Policy):
             self.last_variant = None
             return Decision([], list(dropped), [], None)
         self._take(best_ids)
+        if self._floor is not None:
+            self._floor.dispatched(best_k, len(best_ids))
         self.last_variant = best_k
         return Decision(list(best_ids), list(dropped), [], best_k)
 
@@ -585,6 +593,16 @@ class UtilityPolicy(Policy):
                 return d_acc / d_time if d_time > 0 else 0.0
         return None
 
+    def _afford(self, k: int, score: float, ids):
+        """A batch of variant k as the accuracy floor allows it: whole, or its first
+        members (the score scaled by the share kept), or none."""
+        if self._floor is None or not ids:
+            return score, ids
+        m = self._floor.allows(k, len(ids))
+        if m >= len(ids):
+            return score, ids
+        return score * m / len(ids), list(ids)[:m]
+
     def _choose(self, now: float):
         """(variant, utility rate, ids): the variant whose batch gains the most,
         accuracy x expected weighted finishes less the price of its expected time
@@ -597,7 +615,7 @@ class UtilityPolicy(Policy):
             budget = self._horizon * self._slo
             for k in self._order:
                 if self._cap[k] >= self._rate and n <= self._cap[k] * budget:
-                    score, ids = self._engines[k].evaluate(now)
+                    score, ids = self._afford(k, *self._engines[k].evaluate(now))
                     if ids:
                         return k, score * self._variants[k].accuracy, ids
                     break
@@ -621,7 +639,7 @@ class UtilityPolicy(Policy):
             for k in self._by_cost:
                 if best_ids and self._variants[k].accuracy * work <= best_u * scales[k]:
                     continue
-                score, ids = self._engines[k].evaluate(now)
+                score, ids = self._afford(k, *self._engines[k].evaluate(now))
                 if not ids:
                     continue
                 work = max(work, score * scales[k])
@@ -630,7 +648,7 @@ class UtilityPolicy(Policy):
                     best_k, best_u, best_ids = k, u, ids
             return best_k, best_u, best_ids
         for k, e in enumerate(self._engines):
-            score, ids = e.evaluate(now)
+            score, ids = self._afford(k, *e.evaluate(now))
             if not ids:
                 continue
             u = score * self._variants[k].accuracy
@@ -642,9 +660,17 @@ class UtilityPolicy(Policy):
         return best_k, best_u, best_ids
 
     # ------------------------------------------------------------------ fairness
-    def observe_outcome(self, app: str, finished: bool) -> None:
+    @property
+    def wants_outcomes(self) -> bool:
+        """Whether the serving core should call `observe_outcome` (fairness, a floor)."""
+        return bool(self._fairness) or self._floor is not None
+
+    def observe_outcome(self, app: str, finished: bool, variant: int | None = None) -> None:
         """A request of `app` was answered: `finished` in time or not (dropped, rejected,
-        late). Feeds fairness; a no-op with fairness off."""
+        late), by a batch of `variant` (None: it never ran). Feeds fairness and the
+        accuracy floor; a no-op with both off."""
+        if self._floor is not None and variant is not None:
+            self._floor.answered(variant, finished)
         if not self._fairness:
             return
         rec = self._fair.get(app)

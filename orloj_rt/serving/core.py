@@ -210,7 +210,7 @@ class ServingCore:
             entry = mq.slots.pop(t, None)
             if entry is not None:
                 apps.append(entry[2])
-                mq.outcome(entry[2], ok and end <= entry[3])
+                mq.outcome(entry[2], ok and end <= entry[3], w.busy_variant)
                 if hinted is not None:
                     hinted.append(None if entry[5] is None else (entry[4], entry[5]))
         if ok:

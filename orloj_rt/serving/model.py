@@ -108,7 +108,7 @@ class ModelCore:
                 params.setdefault("app_weights", self.app_weights)
         self.policy_params = params
         self.policy = None  # built when the first worker's profile arrives
-        self._outcome = None  # the policy's observe_outcome, if it adapts fairness
+        self._outcome = None  # the policy's observe_outcome, if it wants outcomes
         self.steps: StepCoordinator | None = None  # step-level batching (step_level)
         self.workers = workers
         self.inflation: list[float] = []
@@ -147,7 +147,7 @@ class ModelCore:
             **self.policy_params,
         )
         self._own_app_limits()
-        if getattr(self.policy, "_fairness", 0):
+        if getattr(self.policy, "wants_outcomes", False):
             self._outcome = self.policy.observe_outcome
         mean, cov = prior_of(list(profile.solo_times))
         self.prior_mean, self.prior_cov = mean, cov
@@ -308,12 +308,14 @@ class ModelCore:
             return None
         return self.variants[index or 0].name
 
-    def outcome(self, app: str, finished: bool) -> None:
-        """A request of live app `app` was answered, `finished` in time or not: for a
-        policy that adapts fairness (per client app: a hint class counts as its app)."""
+    def outcome(self, app: str, finished: bool, variant: int | None = None) -> None:
+        """A request of live app `app` was answered, `finished` in time or not, by a batch
+        of `variant` (None: it never ran, or the model has no variants): for a policy that
+        adapts fairness or keeps an accuracy floor (per client app: a hint class counts
+        as its app)."""
         if self._outcome is not None:
             base, sep, k = app.rpartition("#h")
-            self._outcome(base if sep and k.isdigit() else app, finished)
+            self._outcome(base if sep and k.isdigit() else app, finished, variant)
 
     def learn(self, apps: list[str], exec_s: float, work: list | None,
               hinted: list | None = None, variant: int | None = None) -> None:  # fmt: skip
