@@ -16,6 +16,9 @@ Each `*.toml` file holds one model, from one of three sources:
     hint = "length(x)"                  # a request's cost hint, derived from its inputs:
                                         #   length(NAME[, AXIS]) or nonzero(NAME) (optional)
 
+    min_accuracy = 0.9                  # orloj keeps the mean accuracy of its answers in
+                                        #   time at least this (optional; needs variants)
+
     [app_weights]                       # per-app weights (optional; an app not listed: 1)
     premium = 4.0
 
@@ -92,6 +95,7 @@ SPEC_FIELDS: dict[str, tuple[Any, str]] = {
                        'factory_args, e.g. [[variants]] name = "half" accuracy = 0.93 '
                        "max_depth = 6"),
     "app_weights": (dict, "a table of app = weight, e.g. [app_weights] premium = 4.0"),
+    "min_accuracy": ((int, float), "a number in [0, 1], e.g. min_accuracy = 0.9"),
 }
 DTYPE_ALIASES = {
     "float": "float32", "float64": "float32", "double": "float32", "f32": "float32",

@@ -503,6 +503,27 @@ def parse_variants(
     return (first, *out)
 
 
+def parse_min_accuracy(declared: Any, variants: tuple[Variant, ...],
+                       model: str | None = None) -> float:
+    """Checks `min_accuracy`: a number in [0, 1], with variants to choose from, at most
+    the most accurate one's accuracy."""
+    if isinstance(declared, bool) or not isinstance(declared, (int, float)) \
+            or not 0.0 <= float(declared) <= 1.0:
+        raise VariantDeclarationError("min_accuracy", f"{declared!r:.40} is not a number in "
+                                      "[0, 1]", "e.g. min_accuracy = 0.9 (0: no floor)", model)
+    floor = float(declared)
+    if floor and len(variants) < 2:
+        raise VariantDeclarationError("min_accuracy", "a floor needs variants to choose "
+                                      "from, and none are declared",
+                                      "declare [[variants]], or leave min_accuracy out", model)
+    top = max((v.accuracy for v in variants), default=1.0)
+    if floor > top:
+        raise VariantDeclarationError("min_accuracy", f"{floor} is above every variant's "
+                                      f"accuracy (the most accurate: {top})",
+                                      f"set it to at most {top}", model)
+    return floor
+
+
 def parse_app_weights(declared: Any, model: str | None = None) -> dict[str, float]:
     """Checks an `[app_weights]` table: app name -> weight > 0 (finite)."""
     if declared is None:
@@ -547,6 +568,8 @@ class ModelSpec:
                      or None; a hint the client sends overrides it.
     variants:        `Variant`s, the full model first (`parse_variants`); () for none.
     app_weights:     app -> weight (> 0); an app not listed weighs 1.
+    min_accuracy:    the floor orloj keeps the mean accuracy of the answers in time at
+                     when it chooses variants (orloj_rt/policies/accuracy_floor.py); 0: none.
     """
 
     name: str
@@ -563,6 +586,7 @@ class ModelSpec:
     hint: str | None = None
     variants: tuple[Variant, ...] = ()
     app_weights: Mapping[str, float] = field(default_factory=dict, hash=False)
+    min_accuracy: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or len(self.name) > MAX_NAME_LEN:
@@ -619,6 +643,8 @@ class ModelSpec:
         object.__setattr__(self, "variants",
                            parse_variants(self.variants, self.step_kind, self.name))
         object.__setattr__(self, "app_weights", parse_app_weights(self.app_weights, self.name))
+        object.__setattr__(self, "min_accuracy",
+                           parse_min_accuracy(self.min_accuracy, self.variants, self.name))
 
     def variant(self, name: str) -> Variant:
         """The declared variant `name`; KeyError naming the declared ones."""
@@ -661,6 +687,8 @@ class ModelSpec:
             d["variants"] = [{"name": v.name, "accuracy": v.accuracy} for v in self.variants]
         if self.app_weights:
             d["app_weights"] = dict(self.app_weights)
+        if self.min_accuracy:
+            d["min_accuracy"] = self.min_accuracy
         return d
 
     @classmethod
@@ -669,7 +697,7 @@ class ModelSpec:
         known = {
             "name", "inputs", "outputs", "max_batch_size", "batch_buckets", "default_slo_ms",
             "work_output", "step_kind", "ring_slots", "cuda_graphs", "description", "hint",
-            "variants", "app_weights",
+            "variants", "app_weights", "min_accuracy",
         }  # fmt: skip
         extra = set(d) - known
         if extra:

@@ -106,6 +106,8 @@ class ModelCore:
                 params.setdefault("variants", self.variants)
             if self.app_weights:
                 params.setdefault("app_weights", self.app_weights)
+        if self.policy_name == "orloj" and getattr(spec, "min_accuracy", 0.0):
+            params.setdefault("min_accuracy", spec.min_accuracy)
         self.policy_params = params
         self.policy = None  # built when the first worker's profile arrives
         self._outcome = None  # the policy's observe_outcome, if it wants outcomes

@@ -71,6 +71,9 @@ def test_a_repository_declares_variants_and_app_weights(tmp_path):
     spec = load_entry(p).spec
     assert [(v.name, v.max_depth) for v in spec.variants] == [("full", None), ("d4", 4)]
     assert spec.app_weights == {"premium": 4.0}
+    assert spec.min_accuracy == 0.0  # no floor unless declared
+    p = _write(tmp_path, 'builtin = "early_exit"\nmin_accuracy = 0.9\n', "floor.toml")
+    assert load_entry(p).spec.min_accuracy == 0.9
 
 
 @pytest.mark.parametrize(
@@ -95,6 +98,8 @@ def test_a_repository_declares_variants_and_app_weights(tmp_path):
          'accuracy = 0.8\n', "variants[1]", "keep one of them"),
         ('[app_weights]\npremium = 0\n', "app_weights.premium", "premium = 2.0"),
         ('variants = 3\n', "variants", "[[variants]] tables"),
+        ('min_accuracy = 1.5\n', "min_accuracy", "min_accuracy = 0.9"),
+        ('min_accuracy = 0.9\n', "min_accuracy", "declare [[variants]]"),
     ],
 )
 def test_a_bad_variant_declaration_stops_the_start(tmp_path, extra, field, fix):

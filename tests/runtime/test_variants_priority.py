@@ -140,3 +140,32 @@ def test_a_higher_tier_is_served_first_under_fifo(tmp_path):
     assert all(r.ok for r in results.values()), [(r.status, r.error) for r in results.values()]
     queued = {rid: r.timing["queue_us"] for rid, r in results.items()}
     assert all(queued[high] < queued[rid] for rid in low), queued
+
+
+def _burst_variants(server, n: int = 120, slo_ms: float = 40.0) -> list[str]:
+    """The variants named by the ok replies of `n` requests sent at once with a tight SLO
+    (more than the full model drains within it: overload)."""
+    rng = np.random.default_rng(4)
+    with Client(server.endpoint, timeout_s=30) as c:
+        ids = [c.submit("early_exit", {"tokens": tokens_for_depth(12, 8, rng)}, slo_ms=slo_ms)
+               for _ in range(n)]  # fmt: skip
+        results = [c.result(rid) for rid in ids]
+    return [r.variant for r in results if r.ok]
+
+
+def test_a_declared_accuracy_floor_reaches_the_scheduler(tmp_path):
+    """min_accuracy = 1.0 (the full model's accuracy) leaves the cheaper variants nothing
+    to spend: every answer is the full model's, under the same burst in which a fresh
+    server without a floor (the control) serves some with a cheaper variant."""
+    got = {}
+    for floor in ("", "min_accuracy = 1.0\n"):
+        d = tmp_path / ("floor" if floor else "control")
+        repo = d / "repo"
+        repo.mkdir(parents=True)
+        (repo / "ee.toml").write_text(f'builtin = "early_exit"\nmax_batch_size = 4\n{floor}')
+        with running_server(d, "--models", str(repo)) as server:
+            with Client(server.endpoint, timeout_s=30) as c:
+                assert c.models()[0].get("min_accuracy") == (1.0 if floor else None)
+            got[bool(floor)] = _burst_variants(server)
+    assert set(got[False]) - {"full"}, got[False]  # the burst is overload: variants chosen
+    assert got[True] and set(got[True]) == {"full"}, got[True]
