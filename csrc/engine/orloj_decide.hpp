@@ -210,29 +210,32 @@ class OrlojEngine {
       if (cand.lower > floor_score) floor_score = cand.lower;
 
     // Pass 2: exact scores, skipping candidates whose upper bound cannot beat what is
-    // known. The candidate with the highest upper bound is scored first, since it is
-    // usually the best: few others survive its score. Skipping changes no decision: a
-    // skipped candidate's exact score is below the best lower bound, or below the best
-    // score, or equal to it with a later place in the order; among equal scores the
-    // earliest candidate wins, as in the pure twin, which scores every candidate.
+    // known. Candidates are scored by decreasing upper bound (the first is usually the
+    // best), so the pass stops at the first whose bound is below the best score or the
+    // best lower bound: every later one's is too. Skipping changes no decision: a skipped
+    // candidate's exact score is below the best lower bound, or below the best score, or
+    // equal to it with a later place in the order; among equal scores the earliest
+    // candidate wins, as in the pure twin, which scores every candidate. Once a
+    // candidate's expected time is known (mixed batches: computed first), its bound
+    // tightens to b w_max P_last / E[T], checked before its members are.
     double best_score = -1.0;
     const Candidate* best = nullptr;
     size_t best_i = 0;
-    size_t top = cands_.size();
+    by_upper_.clear();  // only those that reach the best lower bound can win
     for (size_t i = 0; i < cands_.size(); ++i)
-      if (top == cands_.size() || cands_[i].upper > cands_[top].upper) top = i;
-    if (top < cands_.size()) {
-      best_score = exact_score(cands_[top], now);
-      best = &cands_[top];
-      best_i = top;
-    }
-    for (size_t i = 0; i < cands_.size(); ++i) {
-      if (i == top) continue;
+      if (!(cands_[i].upper < floor_score)) by_upper_.push_back(static_cast<uint32_t>(i));
+    std::sort(by_upper_.begin(), by_upper_.end(), [this](uint32_t x, uint32_t y) {
+      const double ux = cands_[x].upper, uy = cands_[y].upper;
+      return ux > uy || (ux == uy && x < y);
+    });
+    for (size_t r = 0; r < by_upper_.size(); ++r) {
+      const size_t i = by_upper_[r];
       Candidate& cand = cands_[i];
-      if (cand.upper < floor_score || cand.upper < best_score) continue;
-      if (cand.upper == best_score && i > best_i) continue;
-      double score = exact_score(cand, now);
-      if (score > best_score || (score == best_score && i < best_i)) {
+      if (best && (cand.upper < floor_score || cand.upper < best_score)) break;
+      if (best && cand.upper == best_score && i > best_i) continue;
+      double score = 0.0;
+      if (!exact_score(cand, now, best ? best_score : -1.0, best_i, i, &score)) continue;
+      if (!best || score > best_score || (score == best_score && i < best_i)) {
         best_score = score;
         best = &cand;
         best_i = i;
@@ -385,6 +388,7 @@ class OrlojEngine {
     size_t start;      // pool -1 flat_[start, start + b); most urgent first
     double e_t;        // expected batch time (for a mix of apps: once it is scored)
     double lower, upper;  // bounds on its score
+    double p_hi;       // its last member's probability times the largest weight
     bool mixed;        // members of several apps: e_t waits for exact_score()
   };
 
@@ -432,8 +436,10 @@ class OrlojEngine {
           if (v > q_max) q_max = v;
           order_[i] = i;
         }
+        // No per-app search here: the pool's buffer and cursors follow the bar from one b
+        // to the next, and a fresh pool (admit's else branch) seeks each app from its
+        // position at b = 1, whose bar is below this one (or searches anew if not).
         const double key = now + cb * q_max;
-        for (size_t i = 0; i < np; ++i) position(i, key, b);
         PoolBuf& pb = pools_[np - 1];
         admit(pb, np - 1, key);
         if (fill(pb, b)) emit_pool(np - 1, b, cb, now);
@@ -614,7 +620,7 @@ class OrlojEngine {
         in_.push_back(a);
       }
     }
-    Candidate cand{b, cb, static_cast<int>(j), lo, 0.0, 0.0, 0.0, false};
+    Candidate cand{b, cb, static_cast<int>(j), lo, 0.0, 0.0, 0.0, 0.0, false};
     return bound_candidate(cand, pb.buf.data() + lo, now);
   }
 
@@ -622,7 +628,7 @@ class OrlojEngine {
   bool emit_candidate(const Member* src, int b, double cb, double now) {
     const size_t start = flat_.size();
     flat_.insert(flat_.end(), src, src + b);
-    Candidate cand{b, cb, -1, start, 0.0, 0.0, 0.0, false};
+    Candidate cand{b, cb, -1, start, 0.0, 0.0, 0.0, 0.0, false};
     count_apps(cand);
     return bound_candidate(cand, flat_.data() + start, now);
   }
@@ -646,6 +652,7 @@ class OrlojEngine {
     }
     p_first *= w_min;
     p_last *= w_max;
+    cand.p_hi = p_last;
     // margins cover the rounding of a sum of b terms (b <= 4096)
     if (in_.size() == 1) {
       double e_t = cb * apps_[in_[0]]->emax[b];
@@ -697,7 +704,11 @@ class OrlojEngine {
     return p;
   }
 
-  double exact_score(Candidate& cand, double now) {
+  // The candidate's exact score into *score; false (and no score) when its tightened
+  // bound shows that it cannot beat `best_score` (held by candidate `best_i`; -1: none),
+  // the candidate being candidate `i`.
+  bool exact_score(Candidate& cand, double now, double best_score, size_t best_i, size_t i,
+                   double* score) {
     count_apps(cand);
     if (cand.mixed) {
       double e_t = cand.cb * mixed_emax();
@@ -705,12 +716,17 @@ class OrlojEngine {
       cand.e_t = e_t;
       cand.mixed = false;
     }
+    if (best_score >= 0.0) {
+      const double upper = cand.b * cand.p_hi * (1.0 + 1e-9) / cand.e_t;
+      if (upper < best_score || (upper == best_score && i > best_i)) return false;
+    }
     double e_fin = 0.0;
     const Member* m = members(cand);
     int bin = -1;  // members are in deadline order: each one's bin follows the last's
-    for (int i = 0; i < cand.b; ++i)
-      e_fin += apps_[m[i].app]->weight * member_probability(m[i], cand, now, &bin);
-    return e_fin / cand.e_t;
+    for (int k = 0; k < cand.b; ++k)
+      e_fin += apps_[m[k].app]->weight * member_probability(m[k], cand, now, &bin);
+    *score = e_fin / cand.e_t;
+    return true;
   }
 
   // best_ = the request with the best chance alone; returns its score as a batch of one
@@ -981,6 +997,7 @@ class OrlojEngine {
   bool by_ref_ = false;      // select(): candidates kept in the pools' buffers
   double uniform_w_ = 1.0;   // select(): the present apps' one weight (when by_ref_)
   std::vector<Candidate> cands_;
+  std::vector<uint32_t> by_upper_;  // select(): candidates by decreasing upper bound
   std::vector<int> counts_, in_;
 
   // mixed-batch tables
