@@ -86,7 +86,8 @@ POLICIES: dict[str, PolicyFactory] = {
 #: the policies that choose among a model's variants (given `variants` by the serving core)
 VARIANT_POLICIES = ("orloj", "loki-threshold")
 #: the keys orloj takes beyond its engine's, when it maximises utility (utility.py)
-UTILITY_KEYS = ("tier_weights", "fairness", "priorities", "horizon", "choice", "reserve")
+UTILITY_KEYS = ("tier_weights", "fairness", "priorities", "horizon", "choice", "reserve",
+                "min_accuracy")
 
 #: The policies a deployment may choose; the oracle needs true times only a simulator has.
 #: sjf-hint, also deployable, is the hint-aware baseline: it is compared where requests

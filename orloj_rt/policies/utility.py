@@ -52,6 +52,10 @@ default 0.5: Nexus's and Loki's duty cycle). A decision:
      one's score cannot win (with distributions scaled by cost, no batch of it does
      better);
 3. removes the batch from every engine. `Decision.variant` is its index.
+With `min_accuracy` (a floor on the mean accuracy of the answers in time), the batches of
+a variant below the floor are cut to what the floor's budget allows before they compete
+in step 2 (orloj_rt/policies/accuracy_floor.py); the serving core reports each answer's
+variant (`observe_outcome`), which feeds the budget.
 docs/simulation.md has the measurements behind the default (bench/utility.py).
 
 Fairness (`fairness` = F > 0). Every FAIR_PERIOD outcomes (`observe_outcome(app, ok)`,
@@ -76,6 +80,7 @@ from __future__ import annotations
 
 import math
 import sys
+from bisect import bisect_right
 from collections.abc import Sequence
 
 from orloj_rt.engine import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, OrlojPolicy
@@ -195,6 +200,24 @@ def capacity(batch_times: Sequence[float], horizon: float) -> tuple[float, float
     return best, t_best
 
 
+def capacity_index(batch_times: Sequence[float]):
+    """`capacity` for every horizon at once, when the batch times are positive and
+    nondecreasing in b (expected times are): (the times, and per prefix b = 1..k the best
+    rate and its batch's time), so that capacity(batch_times, h) is entry k - 1 with k =
+    bisect_right(times, h) (k = 0: (0, 0)). None when the times are not so ordered."""
+    best, t_best, prev = 0.0, 0.0, 0.0
+    rates, times = [], []
+    for b, t in enumerate(batch_times, 1):
+        if not (t > 0 and t >= prev):
+            return None
+        prev = t
+        if b / t > best:
+            best, t_best = b / t, t
+        rates.append(best)
+        times.append(t_best)
+    return list(batch_times), rates, times
+
+
 def variant_capacities(dist, scales: Sequence[float], inflation: Sequence[float],
                        horizon: float) -> list[float]:  # fmt: skip
     """Each cost scale's capacity (`capacity`) for solo times `dist` x scale, with batch
@@ -219,7 +242,6 @@ def wants_utility(params: dict) -> bool:
     if any(w != 1.0 for w in (params.get("app_weights") or {}).values()):
         return True
     return bool(params.get("fairness")) or params.get("tier_weights") is not None \
-        or bool(params.get("min_accuracy")) \
         or params.get("horizon") is not None \
         or bool(params.get("priorities"))
 
@@ -297,6 +319,7 @@ class UtilityPolicy(Policy):
         # per variant: the expected time of a batch of b (index b - 1), from one app's
         # distribution; and its capacity (requests per second) at the last horizon
         self._tb: list[list[float]] = [[] for _ in self._variants]
+        self._tb_index: list = [None] * len(self._variants)  # capacity_index(self._tb[k])
         self._cap: list[float] = [0.0] * len(self._variants)
         self._cap_time: list[float] = [0.0] * len(self._variants)  # its batch's time
         self._cap_at = -1.0  # the horizon the capacities were computed for
@@ -394,6 +417,7 @@ class UtilityPolicy(Policy):
         infl = self._e0.inflation
         mean = self._batch_mean
         self._tb[k] = [mean([dist] * b, infl) for b in range(1, self.max_batch + 1)]
+        self._tb_index[k] = capacity_index(self._tb[k])
         self._cap_at = -1.0
 
     def _capacities(self, horizon: float) -> list[float]:
@@ -402,7 +426,13 @@ class UtilityPolicy(Policy):
         if self._cap_at > 0 and abs(horizon - self._cap_at) <= 0.1 * self._cap_at:
             return self._cap
         for k, tb in enumerate(self._tb):
-            self._cap[k], self._cap_time[k] = capacity(tb, horizon)
+            index = self._tb_index[k]
+            if index is None:
+                self._cap[k], self._cap_time[k] = capacity(tb, horizon)
+                continue
+            n = bisect_right(index[0], horizon)  # the batches that fit: b = 1..n
+            self._cap[k], self._cap_time[k] = (index[1][n - 1], index[2][n - 1]) if n \
+                else (0.0, 0.0)
         self._cap_at = horizon
         return self._cap
 

@@ -120,10 +120,15 @@ def test_bench_utility_writes_its_rows_and_checks_the_targets(tmp_path):
     res = json.loads(done.stdout)
     assert {(r["workload"], r["policy"]) for r in res["rows"]} == {
         (w, p) for w in ("bimodal", "lognormal")
-        for p in ("orloj", "orloj+variants", "loki-threshold")}
+        for p in ("orloj", "orloj+variants", "loki-threshold",
+                  "orloj+variants min_accuracy=0.9")}
     for r in res["rows"]:
         assert set(r) >= {"workload", "load", "policy", "answered_in_slo", "mean_accuracy",
                           "utility"}
-    assert len(res["targets"]) == 7 + 1  # 4 variants, 2 priorities, 1 fairness, the note
+    # per workload: in SLO with and without the floor, utility, and whether 1.2x
+    # loki-threshold's utility is within reach; 2 priorities, 1 fairness, the note
+    assert len(res["targets"]) == 2 * 4 + 2 + 1 + 1, res["targets"]
+    reach = [t for t in res["targets"] if t.startswith(("unreachable:", "reachable:"))]
+    assert len(reach) == 2 and all("1.2x loki-threshold's utility" in t for t in reach)
     for name in ("results.csv", "results.md", "results.json", "utility.png"):
         assert (out / name).stat().st_size > 0, name
