@@ -25,6 +25,16 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 MAX_APPS_PER_MODEL = 64
 
 
+def jain(values) -> float:
+    """Jain's fairness index (sum x)^2 / (n sum x^2): 1 when all are equal, 1/n when one
+    has everything (issue 17 reports it over apps' finish rates)."""
+    values = [float(v) for v in values]
+    sq = sum(v * v for v in values)
+    if not values or sq == 0:
+        return 1.0
+    return sum(values) ** 2 / (len(values) * sq)
+
+
 class Histogram:
     """Fixed buckets; `counts[i]` is the number of observations in (bounds[i-1], bounds[i]],
     the last one everything above bounds[-1]. Not cumulative: the exporter sums."""

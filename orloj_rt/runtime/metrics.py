@@ -36,6 +36,7 @@ from orloj_rt.protocol.stats import (  # noqa: F401 - the buckets are part of /m
     LATENCY_BUCKETS_S,
     MAX_APPS_PER_MODEL,
     Histogram,
+    jain,
 )
 from orloj_rt.protocol.wire import MAX_APP_LEN
 
@@ -79,6 +80,12 @@ class AppMetrics:
             self.cancelled += 1
         else:
             self.error += 1
+
+    def finish_rate(self) -> float | None:
+        """ok within the SLO over the answered requests (cancelled left out, as in the
+        `stats` reply's finish_rate); None before the first answer."""
+        answered = self.ok + self.dropped + self.rejected + self.error
+        return self.met / answered if answered else None
 
     def snapshot(self) -> dict:
         return {
@@ -141,8 +148,12 @@ class FrontendMetrics:
         for m, mm in zip(models, self.models, strict=True):
             n_slots = m.ring.layout.n_slots
             sched = m.scheduler or {}
+            rates = [r for r in (am.finish_rate() for am in mm.apps.values()) if r is not None]
             out["models"][m.name] = {
                 "apps": {app: am.snapshot() for app, am in mm.apps.items()},
+                # Jain's index of the apps' finish rates (issue 17's fairness): 1 when
+                # every app finishes the same share; None with fewer than two apps
+                "jain": jain(rates) if len(rates) >= 2 else None,
                 "batch_size": mm.batch_size.snapshot(),
                 "ring_slots": n_slots,
                 "ring_in_use": n_slots - len(m.free),
@@ -288,9 +299,16 @@ class SnapshotCollector:
                                    "requests in flight", labels=["model"])  # fmt: skip
         slots = GaugeMetricFamily("orloj_ring_slots", "Input ring slots (requests in flight "
                                   "beyond this are rejected)", labels=["model"])  # fmt: skip
+        fair = GaugeMetricFamily(
+            "orloj_apps_finish_rate_jain", "Jain's index of the finish rates (ok within the "
+            "SLO over answered) of a model's apps: 1 when all finish the same share, 1/n when "
+            "one app has every finish (absent with fewer than two apps)",
+            labels=["model"])  # fmt: skip
         for model, mm in snap["models"].items():
             if mm.get("queued") is not None:
                 queue.add_metric([model], mm["queued"])
+            if mm.get("jain") is not None:
+                fair.add_metric([model], mm["jain"])
             in_use.add_metric([model], mm["ring_in_use"])
             slots.add_metric([model], mm["ring_slots"])
         workers = GaugeMetricFamily("orloj_workers", "Worker processes of the instance")
@@ -302,7 +320,7 @@ class SnapshotCollector:
             "process died) or hung (killed after --hang-timeout)", labels=["cause"])  # fmt: skip
         for cause, n in sorted(snap.get("worker_restarts", {}).items()):
             restarts.add_metric([cause], n)
-        yield from (queue, in_use, slots, workers, ready, restarts)
+        yield from (queue, in_use, slots, fair, workers, ready, restarts)
 
     def _hint_classes(self, snap: dict):
         """Per cost-hint class (serving/hints.py): what the scheduler learned of it."""

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 
 from orloj_rt.engine.pure.batch_model import DEFAULT_ALPHA, DEFAULT_MAX_BATCH, Inflation
 from orloj_rt.policies.step_base import DEFAULT_STEP
+from orloj_rt.protocol.stats import jain
 from orloj_rt.sim.simulator import COMPLETED, Outcome, simulate_serving
 from orloj_rt.sim.step_simulator import simulate_serving_steps
 from orloj_rt.sim.workloads import WorkloadSpec, generate
@@ -237,15 +238,6 @@ def summarise(outcome: Outcome, requests, config: SimConfig | None = None,
         out["jain"] = jain([a["finish_rate"] for a in out["apps"].values()])
     out.update(utility_summary(outcome, requests, config, tiers))
     return out
-
-
-def jain(values) -> float:
-    """Jain's fairness index (sum x)^2 / (n sum x^2): 1 when all are equal."""
-    values = [float(v) for v in values]
-    sq = sum(v * v for v in values)
-    if not values or sq == 0:
-        return 1.0
-    return sum(values) ** 2 / (len(values) * sq)
 
 
 def utility_summary(outcome: Outcome, requests, config: SimConfig | None, tiers) -> dict:

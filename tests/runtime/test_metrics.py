@@ -129,3 +129,26 @@ def test_recording_is_cheap():
         a.record_ok(1e-4, 2e-4, i * 1e-7, True)
     per = (time.perf_counter() - t0) / n
     assert per < 20e-6, f"record_ok took {per * 1e6:.1f} us"
+
+
+def test_jains_index_over_the_apps_finish_rates():
+    fm = FrontendMetrics(["m"])
+    cluster = msgs.ClusterState("ok", 1, 1, {"supervisor": 0, "frontend": 0, "scheduler": 0,
+                                             "workers": []})  # fmt: skip
+    a = fm.models[0].app("a")
+    for _ in range(4):
+        a.record_ok(0.001, 0.002, 0.004, met=True)  # a: 4 of 4 in time
+    assert fm.snapshot(_frontend_models(), cluster)["models"]["m"]["jain"] is None  # one app
+    b = fm.models[0].app("b")
+    b.record_ok(0.001, 0.002, 0.004, met=True)
+    b.count("dropped")
+    b.count("cancelled")  # left out, as in the stats reply's finish rate: b finishes 1 of 2
+    snap = fm.snapshot(_frontend_models(), cluster)
+    assert snap["models"]["m"]["jain"] == pytest.approx((1 + 0.5) ** 2 / (2 * (1 + 0.25)))
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    collector = SnapshotCollector()
+    registry.register(collector)
+    collector.snapshot = snap
+    fams = _families(registry)
+    name = "orloj_apps_finish_rate_jain"
+    assert _value(fams, name, name, model="m") == pytest.approx(0.9)
