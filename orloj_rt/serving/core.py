@@ -105,10 +105,7 @@ class ServingCore:
         priority = d[8] if len(d) > 8 else 0
         try:
             app, classes = mq.file(app, hint, arrival)
-            if priority:
-                mq.policy.enqueue(token, app, arrival, deadline, hint, priority)
-            else:
-                mq.policy.enqueue(token, app, arrival, deadline, hint)
+            mq.policy.enqueue(token, app, arrival, deadline, hint, priority)
         except (ValueError, TypeError, KeyError) as exc:
             self._errors.append([token, f"the scheduler could not queue the request: {exc}"])
             return
