@@ -4,28 +4,21 @@ figures are in docs/results.md.)"""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ..bench_module import BENCH, bench_module
+
 pytestmark = pytest.mark.once  # engine-independent (tests/conftest.py)
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "e2e_finish_rate.py"
+SCRIPT = BENCH / "e2e_finish_rate.py"
 
 
 @pytest.fixture(scope="module")
 def e2e():
-    spec = importlib.util.spec_from_file_location("e2e_finish_rate", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    yield from bench_module("e2e_finish_rate.py", "e2e_finish_rate")
 
 
 def test_every_policy_gets_the_same_seeded_load(e2e):

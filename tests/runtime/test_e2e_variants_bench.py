@@ -4,29 +4,17 @@ against the issue-17 target (orloj+variants >= 1.5x orloj)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from orloj_rt.client.loadgen import Outcome
 
+from ..bench_module import bench_module
+
 pytestmark = pytest.mark.once  # engine-independent (tests/conftest.py)
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "e2e_finish_rate.py"
-
 
 @pytest.fixture(scope="module")
 def e2e():
-    spec = importlib.util.spec_from_file_location("e2e_finish_rate_variants", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    yield from bench_module("e2e_finish_rate.py", "e2e_finish_rate_variants")
 
 
 def _chunk(*outcomes):
