@@ -12,6 +12,7 @@ from ..bench_module import bench_module
 
 pytestmark = pytest.mark.once  # engine-independent (tests/conftest.py)
 
+
 @pytest.fixture(scope="module")
 def e2e():
     yield from bench_module("e2e_finish_rate.py", "e2e_finish_rate_variants")
