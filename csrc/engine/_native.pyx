@@ -694,12 +694,15 @@ cdef class OrlojPolicy:
             raise KeyError(f"unknown request id {req_id!r}: it is not queued") from None
         raise_status(self.e.remove(rid), req_id)
 
-    def remove_many(self, req_ids):
-        """`remove` for each of `req_ids` (KeyError at the first unknown one)."""
+    def remove_many(self, req_ids, also=()):
+        """`remove` for each of `req_ids` (KeyError at the first unknown one); then the
+        same in each policy of `also` (policies of this engine holding the same requests,
+        as the variants' engines do: the ids are converted once)."""
         cdef int64_t rid
         cdef vector[int64_t] ids
         cdef size_t i
         cdef Status st
+        cdef OrlojPolicy other
         if type(req_ids) is list:
             try:
                 ids = req_ids  # one conversion, then a C++ loop
@@ -709,10 +712,17 @@ cdef class OrlojPolicy:
                 st = self.e.remove_many(ids, &i)  # each queue compacted once
                 if st != OK:
                     raise_status(st, req_ids[i])
+                for o in also:
+                    other = <OrlojPolicy?>o
+                    st = other.e.remove_many(ids, &i)
+                    if st != OK:
+                        raise_status(st, req_ids[i])
                 return
         for r in req_ids:
             rid = r
             raise_status(self.e.remove(rid), r)
+        for o in also:
+            (<OrlojPolicy?>o).remove_many(req_ids)
 
     # ------------------------------------------------------------- learning
     def observe_solo(self, app, solo_time):

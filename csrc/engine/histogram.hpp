@@ -92,6 +92,22 @@ class Histogram {
     return bin_of(x);
   }
 
+  // bin_of(x) given a bin k near it, in either direction: a walk of a few steps from k,
+  // without the log (the bin is the one whose edges hold x, however it is found).
+  int bin_near(double x, int k) const {
+    for (int step = 0; step < 4; ++step) {
+      if (x < edges_[k]) {
+        if (k == 0) break;
+        --k;
+      } else if (x < edges_[k + 1]) {
+        return k;
+      } else {
+        ++k;
+      }
+    }
+    return bin_of(x);
+  }
+
   // x must be finite and >= 0 (the Cython layer checks).
   void add(double x) {
     put(x, g_);

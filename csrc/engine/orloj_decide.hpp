@@ -178,6 +178,7 @@ class OrlojEngine {
   // apps of several weights, each weight level's apps (at or above it) form candidates
   // too, after the whole set's, lowest level first (the pure twin's _select).
   double select(double now) {
+    first_bin_ = -1;
     flat_.clear();
     cands_.clear();
     levels_.clear();
@@ -637,8 +638,11 @@ class OrlojEngine {
   bool bound_candidate(Candidate& cand, const Member* m, double now) {
     const int b = cand.b;
     const double cb = cand.cb;
-    int bin = -1;  // the last member's bin is found from the first's
-    double p_first = member_probability(m[0], cand, now, &bin);
+    // the first member's bin is found from the last candidate's first member's (a walk),
+    // and the last member's from the first's
+    int bin = first_bin_;
+    double p_first = member_probability(m[0], cand, now, &bin, true);
+    first_bin_ = bin;
     double p_last = member_probability(m[b - 1], cand, now, &bin);
     // weights: the sum of w P lies between b w_min P_first and b w_max P_last
     double w_min = uniform_w_, w_max = uniform_w_;
@@ -692,11 +696,13 @@ class OrlojEngine {
   // P(member finishes) in this candidate; count_apps(cand) must be current.
   // `bin`: -1, or the grid bin of an earlier (no later) member's point, which the bin of
   // this one's is found from without a log; set to this one's.
+  // `near`: *bin is any bin near this one's (not necessarily below it).
   double member_probability(const Member& m, const Candidate& cand, double now,
-                            int* bin = nullptr) {
+                            int* bin = nullptr, bool near = false) {
     double x = (m.deadline - now) / cand.cb;
     const Histogram& d0 = apps_[in_[0]]->dist;  // every app's grid is the policy's one grid
-    const int k = bin && *bin >= 0 ? d0.bin_after(x, *bin) : d0.bin_of(x);
+    const int k = bin && *bin >= 0 ? (near ? d0.bin_near(x, *bin) : d0.bin_after(x, *bin))
+                                   : d0.bin_of(x);
     if (bin) *bin = k;
     if (in_.size() == 1) return ipow(d0.cdf_in(x, k), cand.b);
     double p = 1.0;
@@ -997,6 +1003,7 @@ class OrlojEngine {
   bool by_ref_ = false;      // select(): candidates kept in the pools' buffers
   double uniform_w_ = 1.0;   // select(): the present apps' one weight (when by_ref_)
   std::vector<Candidate> cands_;
+  int first_bin_ = -1;  // bound_candidate(): the last candidate's first member's bin
   std::vector<uint32_t> by_upper_;  // select(): candidates by decreasing upper bound
   std::vector<int> counts_, in_;
 

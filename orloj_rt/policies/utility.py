@@ -543,9 +543,12 @@ class UtilityPolicy(Policy):
         """Removes `ids` from every engine but `skip` (which already let them go)."""
         if not ids:
             return
-        for k, e in enumerate(self._engines):
-            if k != skip:
-                e.remove_many(ids)
+        if skip is None:
+            self._e0.remove_many(ids, self._engines[1:])
+            return
+        rest = [e for k, e in enumerate(self._engines) if k != skip]
+        if rest:
+            rest[0].remove_many(ids, rest[1:])
 
     # ------------------------------------------------------------------ decisions
     def _reservation(self, now: float) -> None:

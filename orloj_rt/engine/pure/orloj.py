@@ -428,10 +428,14 @@ class OrlojPolicy(Policy):
         if not len(q):
             self._active.discard(a)
 
-    def remove_many(self, req_ids) -> None:
-        """`remove` for each of `req_ids` (KeyError at the first unknown one)."""
+    def remove_many(self, req_ids, also=()) -> None:
+        """`remove` for each of `req_ids` (KeyError at the first unknown one); then the
+        same in each policy of `also` (policies holding the same requests, as the
+        variants' engines do)."""
         for rid in req_ids:
             self.remove(rid)
+        for other in also:
+            other.remove_many(req_ids)
 
     # ---------------------------------------------------------------- learning
     def observe_solo(self, app: str, solo_time: float) -> None:
