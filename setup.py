@@ -37,8 +37,11 @@ def extensions():
         language="c++",
         extra_compile_args=compile_args,
     )
+    # the cluster router's relay (orloj_rt/cluster/router.py relays in Python without it)
+    relay = Extension("orloj_rt.cluster._relay", sources=["csrc/cluster/_relay.pyx"],
+                      extra_compile_args=["-O2"], optional=True)
     return cythonize(
-        [ext],
+        [ext, relay],
         include_path=["csrc/engine"],
         annotate=annotate,
         compiler_directives={

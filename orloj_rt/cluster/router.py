@@ -47,7 +47,7 @@ import msgpack
 import zmq
 
 from orloj_rt.cluster.publish import STATE_VERSION
-from orloj_rt.cluster.routing import NodeState, NoNodeError, make_router
+from orloj_rt.cluster.routing import NodeState, NoNodeError, Prepared, make_router
 from orloj_rt.protocol.wire import DEFAULT_ENDPOINT, PROTOCOL_VERSION, new_routing_id
 
 log = logging.getLogger("orloj_rt.cluster.router")
@@ -75,12 +75,39 @@ _bget = zmq.backend.Socket.get
 
 def _send(sock, parts: list) -> None:
     """send_multipart without its per-part flag arithmetic on enums. A zmq.Frame (a data
-    frame as received, copy=False) is sent by reference, never copied; the small bytes
-    (routing id, delimiter, header) are copied, which costs less than a zero-copy send."""
+    frame as received, copy=False) is sent by reference, never copied, and so is a data
+    frame the compiled relay kept (_relay.Held); the small bytes (routing id, delimiter,
+    header) are copied, which costs less than a zero-copy send."""
     last = len(parts) - 1
-    for i in range(last):
-        _bsend(sock, parts[i], _MORE)
-    _bsend(sock, parts[last], _NOBLOCK)
+    for i, part in enumerate(parts):
+        if type(part) is _Held:
+            part.send(sock.underlying, i < last)
+        else:
+            _bsend(sock, part, _MORE if i < last else _NOBLOCK)
+
+
+def _load_relay():
+    """The compiled relay's module (csrc/cluster/_relay.pyx), or None: not built, or
+    ORLOJ_RT_PURE=1 (no compiled code), or it cannot find pyzmq's libzmq."""
+    if os.environ.get("ORLOJ_RT_PURE") == "1":
+        return None
+    try:
+        from orloj_rt.cluster import _relay
+
+        _relay.load()
+    except ImportError as exc:
+        log.info("relaying in Python: %s", exc)
+        return None
+    global _Held
+    _Held = _relay.Held
+    return _relay
+
+
+class _NoHeld:  # no compiled relay: no kept frame to tell apart
+    pass
+
+
+_Held = _NoHeld
 
 
 def _recv_frames(sock) -> list:
@@ -140,7 +167,7 @@ class RouterOptions:
 class _Node:
     __slots__ = ("id", "endpoint", "pid", "sock", "monitor", "connected", "workers",
                  "workers_ready", "offset", "heard", "pending", "sent", "since",
-                 "on_reply", "draining")  # fmt: skip
+                 "on_reply", "draining", "slot")  # fmt: skip
 
     def __init__(self, node_id: str, endpoint: str, pid: int, sock, monitor, now: float):
         self.id = node_id
@@ -158,6 +185,7 @@ class _Node:
         self.since = now
         self.on_reply = None  # its replies' handler (ClusterRouter._on_reply bound to it)
         self.draining = False  # it answered "shutting down": nothing more is sent to it
+        self.slot = -1  # its index in ClusterRouter._slots (and the relay's sockets)
 
     @property
     def routable(self) -> bool:
@@ -186,6 +214,9 @@ class ClusterRouter:
         self._zmq = zmq
         self.options = options
         self.router = make_router(options.router, **options.router_params)
+        # decisions made ahead (after each state and send), so that a request waits for
+        # none: routing.Prepared
+        self.ahead = Prepared(self.router, max_age=STATE_READ_S)
         self.default_slo_s = {e.spec.name: e.spec.default_slo_ms / 1000.0 for e in options.models}
         self.model_list = [e.spec.to_dict() for e in options.models]
         self.ctx = zmq.Context()
@@ -214,6 +245,10 @@ class ClusterRouter:
         self._next_states = 0.0
         self._deferred = False  # states due were left for after the next request
         self.poller = zmq.Poller()
+        self._slots: list[_Node] = []  # the nodes, in the relay's order (_Node.slot)
+        self._later = None  # what _settle does after a forward
+        relay = _load_relay()
+        self.relay = None if relay is None else relay.Relay(self, self.client.underlying)
         self._socks: dict = {}  # socket -> (kind, node id)
         self.stopping = False
         self.started = time.monotonic()
@@ -308,17 +343,12 @@ class ClusterRouter:
         now = time.monotonic()
         due = self._next_states + (STATE_DEFER_S if self._deferred else 0.0)
         wait = min(timeout_s, max(0.0, due - now))
-        replies = False
         # zmq_poll counts whole milliseconds: round up, or a wait under 1 ms would spin
-        for sock, _ in self.poller.poll(math.ceil(wait * 1000.0)):
-            kind, node_id = self._socks.get(sock, _UNKNOWN)
-            if kind == "client":
-                self._read(sock, self._on_client)
-            elif kind == "node":
-                node = self.nodes.get(node_id)
-                if node is not None and node.sock is sock:
-                    self._read(sock, node.on_reply)
-                    replies = True
+        timeout_ms = math.ceil(wait * 1000.0)
+        if self.relay is not None:  # the same wake-up in C: _relay.pyx
+            replies = bool(self.relay.serve(timeout_ms) & 2)
+        else:
+            replies = self._poll_python(timeout_ms)
         now = time.monotonic()
         if now < self._next_states:
             return
@@ -332,6 +362,21 @@ class ClusterRouter:
                 self._on_monitor(node.id, node.monitor)
         self._on_states(now)
         self._check(now)
+        self.ahead.prepare(now)
+
+    def _poll_python(self, timeout_ms: int) -> bool:
+        """One wake-up relayed in Python: whether replies were relayed."""
+        replies = False
+        for sock, _ in self.poller.poll(timeout_ms):
+            kind, node_id = self._socks.get(sock, _UNKNOWN)
+            if kind == "client":
+                self._read(sock, self._on_client)
+            elif kind == "node":
+                node = self.nodes.get(node_id)
+                if node is not None and node.sock is sock:
+                    self._read(sock, node.on_reply)
+                    replies = True
+        return replies
 
     @staticmethod
     def _read(sock, handle) -> None:
@@ -346,65 +391,99 @@ class ClusterRouter:
 
     # ------------------------------------------------------------------ clients
     def _send_client(self, ident: bytes, parts: list) -> None:
-        sock = self.client
         try:
-            _bsend(sock, ident, _MORE)
-            _bsend(sock, b"", _MORE)
-            _send(sock, parts)
+            _send(self.client, [ident, b"", *parts])
         except self._zmq.ZMQError as exc:  # a ROUTER drops for a gone peer; never fatal
             log.debug("reply to a gone client dropped: %s", exc)
 
     def _on_client(self, frames: list) -> None:
-        ident = frames[0].bytes
+        """A client's message, relayed in Python (without the compiled relay)."""
         if len(frames) < 3 or len(frames[1]) != 0:
             log.debug("ignored a message without the empty delimiter frame")
             return
+        out = self._request(frames[0].bytes, frames[2].buffer)
+        if out is not None:
+            node, head, p = out
+            p.data = frames[3:]
+            # SNDHWM 0 on a connected DEALER: queued without limit, never blocks
+            _send(self._slots[node].sock, [b"", head, *p.data])
+            self._settle()
+
+    def _request(self, ident: bytes, raw) -> tuple | None:
+        """A client's request: answered here (None), or (index of the node it goes to in
+        `_slots`, its header for that node, its _Pending, whose `data` the caller
+        sets to the data frames it forwards). The caller forwards it, then calls
+        `_settle` (what need not delay the forward). The compiled relay (_relay.pyx)
+        and `_on_client` call it."""
         try:
-            header = _unpackb(frames[2].buffer)
+            header = _unpackb(raw)
         except Exception:  # noqa: BLE001 - any garbage
             header = None
         if not isinstance(header, dict):
             self._send_client(ident, [_reply(None, "error", "the header frame is not a "
                                              "msgpack map (docs/protocol.md)")])  # fmt: skip
-            return
+            return None
         cid = header.get("id")
         op = header.get("op", "infer")
+        if op == "infer" and not self.stopping:
+            now = time.monotonic()
+            self.counts["received"] += 1
+            slo_s = self._slo_s(header)
+            node, kind = self._choose(header, slo_s, now)
+            if node is None:
+                self.counts["rejected"] += 1
+                self._no_node(ident, cid)
+                return None
+            rid = next(self._ids)
+            header["id"] = rid
+            p = _Pending(ident, cid, node.id, header, (), "infer", now, slo_s)
+            self.inflight[rid] = p
+            self.by_client[(ident, cid)] = rid
+            node.pending.add(rid)
+            node.sent += 1
+            if kind is not None:  # counted once forwarded: _settle
+                self._later = (node.id, kind[0], kind[1], kind[2], now)
+            return node.slot, _packb(header), p
         if op == "health":
             self._send_client(ident, [_reply(cid, "ok", result=self.health())])
-            return
+            return None
         if op == "stats":
             self._send_client(ident, [_reply(cid, "ok", result=self.stats())])
-            return
+            return None
         if op == "models":  # the repository every node serves (the same --models)
             self._send_client(ident, [_reply(cid, "ok", result=self.model_list)])
-            return
+            return None
         if self.stopping:
             self._send_client(ident, [_reply(cid, "rejected", "the cluster router is shutting "
                                              "down: not accepting new requests")])  # fmt: skip
-            return
+            return None
         if op == "cancel":
             self._on_cancel(ident, cid, header)
-            return
-        now = time.monotonic()
-        slo_s = None
-        if op == "infer":
-            self.counts["received"] += 1
-            slo_s = self._slo_s(header)
-        node = self._choose(header, slo_s, now) if op == "infer" else self._any_node()
+            return None
+        node = self._any_node()  # another op: any node answers it
         if node is None:
-            if op == "infer":
-                self.counts["rejected"] += 1
-            self._send_client(ident, [_reply(cid, "rejected", "no node of the cluster is "
-                                             "serving right now (orloj-rt cluster status "
-                                             "shows the nodes); retry later")])  # fmt: skip
-            return
+            self._no_node(ident, cid)
+            return None
         rid = next(self._ids)
         header["id"] = rid
-        p = _Pending(ident, cid, node.id, header, frames[3:], op, now, slo_s)
+        p = _Pending(ident, cid, node.id, header, (), op, time.monotonic(), None)
         self.inflight[rid] = p
-        if op == "infer":
-            self.by_client[(ident, cid)] = rid
-        self._forward(node, rid, p)
+        node.pending.add(rid)
+        node.sent += 1
+        return node.slot, _packb(header), p
+
+    def _settle(self) -> None:
+        """After a forward or a reply went out: the router counts the request sent (and
+        prepares the next decision: routing.Prepared), while its node works on it."""
+        later = self._later
+        if later is not None:
+            self._later = None
+            self.ahead.sent(*later)
+
+    def _no_node(self, ident: bytes, cid) -> None:
+        self._send_client(ident, [_reply(cid, "rejected", "no node of the cluster is serving "
+                                         "right now (orloj-rt cluster status shows the "
+                                         "nodes); retry later")])  # fmt: skip
 
     def _forward(self, node: _Node, rid: int, p: _Pending) -> None:
         p.node = node.id
@@ -421,21 +500,24 @@ class ClusterRouter:
             return None
         return slo / 1000.0
 
-    def _choose(self, header: dict, slo_s, now: float) -> _Node | None:
+    def _choose(self, header: dict, slo_s, now: float) -> tuple:
+        """(the node for an infer, or None when none serves; (model, app, slo) when the
+        router chose it: its send is then counted by `ahead.sent`, else None)."""
         model, app = header.get("model"), header.get("app", "default")
         if isinstance(model, str) and isinstance(app, str) and slo_s is not None:
             t0 = time.perf_counter()
             try:
-                node = self.nodes.get(self.router.choose(model, app, slo_s, now))
+                node_id, _ = self.ahead.take(model, app, slo_s, now)
                 self.decision_s += time.perf_counter() - t0
                 self.decisions += 1
             except NoNodeError:
-                return None
+                return None, None
             except ValueError:  # a bad slo: the node answers it `error`
-                node = None
+                node_id = None
+            node = self.nodes.get(node_id)
             if node is not None and node.routable:
-                return node
-        return self._any_node()  # a malformed request: any node answers it `error`
+                return node, (model, app, slo_s)
+        return self._any_node(), None  # a malformed request: any node answers it `error`
 
     def _any_node(self) -> _Node | None:
         ready = [n for n in self.nodes.values() if n.routable]
@@ -460,36 +542,49 @@ class ClusterRouter:
 
     # ------------------------------------------------------------------ nodes
     def _on_reply(self, node: _Node, frames: list) -> None:
+        """A node's message, relayed in Python (without the compiled relay)."""
         if len(frames) < 2:
             return
+        out = self._reply(node.slot, frames[1].buffer)
+        if out is not None:
+            self._send_client(out[0], [out[1], *frames[2:]])
+            self._settle()
+
+    def _reply(self, slot: int, raw) -> tuple | None:
+        """A node's reply: (the client's routing id, the header for the client) to relay
+        it with its data frames, or None (a duplicate, dropped; or re-routed). The
+        compiled relay and `_on_reply` call it."""
+        node = self._slots[slot]
         try:
-            header = _unpackb(frames[1].buffer)
+            header = _unpackb(raw)
             rid = header.get("id")
         except Exception:  # noqa: BLE001 - a node speaks the protocol; never fatal
             log.error("ignored an unreadable reply from node %s", node.id)
-            return
+            return None
         p = self.inflight.get(rid)
         if p is None or p.node != node.id:
             self.counts["duplicates"] += 1  # answered already (its node was declared dead)
-            return
+            return None
+        status = header.get("status")
+        if p.op == "infer" and status == "rejected" and _did_not_run(header.get("error")):
+            # the node shuts down (SIGTERM, its Ray node leaving): it sends nothing more
+            # there, and the request, which never ran, goes to another node once
+            if not node.draining:
+                node.draining = True
+                self.ahead.remove(node.id)
+                log.warning("node %s shuts down: routing around it", node.id)
+            if self._reroute(p, time.monotonic()):  # in flight again, under a new id
+                del self.inflight[rid]
+                node.pending.discard(rid)
+                return None
         del self.inflight[rid]
         node.pending.discard(rid)
         if p.op == "infer":
-            status = header.get("status")
-            if status == "rejected" and _did_not_run(header.get("error")):
-                # the node shuts down (SIGTERM, its Ray node leaving): it sends nothing more
-                # there, and the request, which never ran, goes to another node once
-                if not node.draining:
-                    node.draining = True
-                    self.router.remove(node.id)
-                    log.warning("node %s shuts down: routing around it", node.id)
-                if self._reroute(p, time.monotonic()):
-                    return
             self.by_client.pop((p.ident, p.cid), None)
             if status in self.counts:
                 self.counts[status] += 1
         header["id"] = p.cid
-        self._send_client(p.ident, [_packb(header), *frames[2:]])
+        return p.ident, _packb(header)
 
     def _on_states(self, now: float) -> None:
         newest: dict = {}
@@ -527,9 +622,9 @@ class ClusterRouter:
         node.offset = min(node.offset, now - stamp)
         wire["stamp"] = stamp + node.offset  # the state's time on this process's clock
         if node.routable:
-            self.router.update(node_id, NodeState.from_wire(wire), now)
+            self.ahead.update(node_id, NodeState.from_wire(wire), now)
         else:
-            self.router.remove(node_id)
+            self.ahead.remove(node_id)
 
     def _connect(self, node_id: str, endpoint: str, pid: int, now: float) -> _Node:
         zmq = self._zmq
@@ -545,8 +640,16 @@ class ClusterRouter:
         self.nodes[node_id] = node
         self.poller.register(sock, zmq.POLLIN)
         self._socks[sock] = ("node", node_id)
+        self._nodes_changed()
         log.info("node %s: connecting to %s (supervisor pid %d)", node_id, endpoint, pid)
         return node
+
+    def _nodes_changed(self) -> None:
+        self._slots = list(self.nodes.values())
+        for i, n in enumerate(self._slots):
+            n.slot = i
+        if self.relay is not None:
+            self.relay.set_nodes([n.sock.underlying for n in self._slots])
 
     def _on_monitor(self, node_id: str, monitor) -> None:
         from zmq.utils.monitor import recv_monitor_message
@@ -578,10 +681,11 @@ class ClusterRouter:
         log.warning("node %s (%s) lost: %s; %d request(s) in flight there", node.id,
                     node.endpoint, why, len(node.pending))  # fmt: skip
         self.counts["nodes_lost"] += 1
-        self.router.remove(node.id)
+        self.ahead.remove(node.id)
         self.nodes.pop(node.id, None)
         self.poller.unregister(node.sock)
         self._socks.pop(node.sock, None)
+        self._nodes_changed()
         node.sock.disable_monitor()
         node.monitor.close(linger=0)
         node.sock.close(linger=0)
@@ -597,7 +701,7 @@ class ClusterRouter:
         left = None if p.slo_s is None else p.slo_s - (now - p.t0)
         if p.op != "infer" or p.rerouted or self.stopping or left is None or left <= 0:
             return False
-        target = self._choose(p.header, left, now)
+        target, kind = self._choose(p.header, left, now)
         if target is None:
             return False
         rid = next(self._ids)
@@ -608,6 +712,8 @@ class ClusterRouter:
         self.by_client[(p.ident, p.cid)] = rid
         self.counts["rerouted"] += 1
         self._forward(target, rid, p)
+        if kind is not None:
+            self.ahead.sent(target.id, kind[0], kind[1], kind[2], now)
         return True
 
     def _orphan(self, p: _Pending, node: _Node, now: float) -> None:
@@ -667,6 +773,8 @@ class ClusterRouter:
             "router": self.options.router,
             "choices_with_stale_state": getattr(self.router, "fallbacks", 0),
             "decisions": self.decisions,
+            "decisions_prepared": self.ahead.prepared,
+            "relay": "python" if self.relay is None else "compiled",
             "decision_us_mean": round(self.decision_s / self.decisions * 1e6, 2)
             if self.decisions else 0.0,
             "nodes": self.node_table(),

@@ -135,6 +135,7 @@ def _two(rng: random.Random, ids: list) -> tuple:
 
 class _Base:
     name = ""
+    prepares = True  # a decision may be made ahead and dropped (`Prepared`)
 
     def __init__(self, seed: int = 0, stale_after: float = DEFAULT_STALE_AFTER) -> None:
         stale_after = float(stale_after)
@@ -169,11 +170,19 @@ class _Base:
             self._ids = sorted(self.nodes)
 
     def choose(self, model: str, app: str, slo: float, now: float) -> str:
-        slo = _check_slo(slo)
-        ids = self._candidates(model)
-        node = self._pick(ids, model, app, slo, float(now))
-        self._sent(node, model, app, slo, float(now))
+        """The node for a request sent now; the send is counted (`pick` then `record`)."""
+        node = self.pick(model, app, slo, now)
+        self._sent(node, model, app, float(slo), float(now))
         return node
+
+    def pick(self, model: str, app: str, slo: float, now: float) -> str:
+        """`choose`'s decision without counting the send: `record` counts it."""
+        slo = _check_slo(slo)
+        return self._pick(self._candidates(model), model, app, slo, float(now))
+
+    def record(self, node: str, model: str, app: str, slo: float, now: float) -> None:
+        """Counts a request sent to `node` (a known node) at `now`, as `choose` does."""
+        self._sent(node, model, app, float(slo), float(now))
 
     # --------------------------------------------------------------- helpers
     def _candidates(self, model: str) -> list[str]:
@@ -212,6 +221,7 @@ class RandomRouter(_Base):
 
 class RoundRobinRouter(_Base):
     name = "round-robin"
+    prepares = False  # a decision made and dropped would skip a node
 
     def __init__(self, seed: int = 0, stale_after: float = DEFAULT_STALE_AFTER) -> None:
         super().__init__(seed, stale_after)
@@ -334,6 +344,89 @@ class OrlojRouter(_Base):
         self._times.pop(node, None)
 
 
+class Prepared:
+    """A router's decisions made ahead of their requests, for a process whose requests
+    should not wait for them (the cluster router, router.py).
+
+        ahead = Prepared(make_router("orloj"))
+        ahead.update(node, state, received)    # as router.update / remove
+        node, ready = ahead.take(model, app, slo, now)   # the decision: prepared or made
+        ...the request is forwarded to node...
+        ahead.sent(node, model, app, slo, now)  # counts it; prepares the next of its kind
+
+    A decision depends on the nodes' states and on what this router sent since them, so
+    it is made right after each of those changes, for the kinds of request seen lately
+    (model, app, slo: the last `keys`), and kept while nothing changed: `take` returns a
+    kept decision when no state came and no request was sent since it was made, and it
+    is at most `max_age` seconds old (the time between the decision and its request is
+    an age added to the states'; the states are refreshed every few milliseconds, and
+    each refresh prepares the decisions again: `prepare`). Otherwise `take` decides
+    then (the router's `pick`). So each request is routed as the router would route it
+    at the time the decision was made, from the same states and sends; what the
+    wrapped router counts (its sends, its stale-state choices) counts the decisions
+    used, not the ones prepared and dropped."""
+
+    def __init__(self, router: _Base, max_age: float = 0.005, keys: int = 8) -> None:
+        max_age = float(max_age)
+        if not max_age >= 0:
+            raise ValueError(f"max_age must be >= 0 seconds, got {max_age!r}")
+        self.router = router
+        self.max_age = max_age
+        self.keys = max(1, int(keys))
+        self.version = 0  # bumped by every state, removal and send
+        # (model, app, slo) -> (node, version, made at, stale-state choices it counted)
+        self._ready: dict[tuple, tuple] = {}
+        self.prepared = 0  # decisions taken ready-made
+        self.made = 0  # decisions made when their request came
+
+    def update(self, node: str, state: NodeState, received: float) -> None:
+        self.router.update(node, state, received)
+        self.version += 1
+
+    def remove(self, node: str) -> None:
+        self.router.remove(node)
+        self.version += 1
+
+    def take(self, model: str, app: str, slo: float, now: float) -> tuple[str, bool]:
+        """(the node for a request of this kind sent now, whether it was ready-made).
+        Raises as `choose` does (NoNodeError, ValueError for a bad slo)."""
+        hit = self._ready.get((model, app, slo))
+        if hit is not None and hit[1] == self.version and now - hit[2] <= self.max_age:
+            self.router.fallbacks += hit[3]
+            self.prepared += 1
+            return hit[0], True
+        self.made += 1
+        return self.router.pick(model, app, slo, now), False
+
+    def sent(self, node: str, model: str, app: str, slo: float, now: float) -> None:
+        """The request went to `node`: counted, and the next of its kind prepared."""
+        self.router.record(node, model, app, slo, now)
+        self.version += 1
+        if not self.router.prepares:
+            return
+        key = (model, app, slo)
+        ready = self._ready
+        if ready.pop(key, None) is None and len(ready) >= self.keys:
+            del ready[next(iter(ready))]  # the kind seen least lately
+        self._prepare(key, now)
+
+    def prepare(self, now: float) -> None:
+        """Makes the decisions of the kinds seen lately again (after states came)."""
+        for key in list(self._ready):
+            self._prepare(key, now)
+
+    def _prepare(self, key: tuple, now: float) -> None:
+        r = self.router
+        before = r.fallbacks
+        try:
+            node = r.pick(key[0], key[1], key[2], now)
+        except (NoNodeError, ValueError):
+            self._ready.pop(key, None)
+            return
+        counted, r.fallbacks = r.fallbacks - before, before
+        self._ready[key] = (node, self.version, now, counted)
+
+
 ROUTERS: dict[str, Callable[..., _Base]] = {
     "random": RandomRouter,
     "round-robin": RoundRobinRouter,
@@ -365,6 +458,7 @@ __all__ = [
     "NodeState",
     "OrlojRouter",
     "P2CRouter",
+    "Prepared",
     "RandomRouter",
     "RoundRobinRouter",
     "Router",

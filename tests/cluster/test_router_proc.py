@@ -26,6 +26,13 @@ from orloj_rt.client import Client
 from orloj_rt.cluster.publish import STATE_VERSION
 from orloj_rt.cluster.routing import NodeState
 
+try:
+    from orloj_rt.cluster import _relay  # noqa: F401 - built by setup.py where it can be
+
+    RELAY_BUILT = True
+except ImportError:
+    RELAY_BUILT = False
+
 pytestmark = pytest.mark.once  # sockets and processes only: nothing of the engine
 
 READY = re.compile(r"cluster router on (\S+) \(state (\S+);")
@@ -116,12 +123,15 @@ class FakeNode:
         self.thread.join(5)
 
 
-@pytest.fixture
-def router():
+@pytest.fixture(params=["relay", "python"])
+def router(request):
+    """The router process, relaying with its compiled relay (where built) or, with
+    ORLOJ_RT_PURE=1, in Python: both must keep every rule."""
+    env = dict(os.environ, ORLOJ_RT_PURE="1" if request.param == "python" else "0")
     cmd = [sys.executable, "-m", "orloj_rt.cluster.router", "--bind", "tcp://127.0.0.1:*",
            "--state-bind", "tcp://127.0.0.1:*", "--router", "round-robin",
            "--dead-after", str(DEAD_AFTER_S), "--log-level", "WARNING"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
         m = READY.search(line)
@@ -185,8 +195,9 @@ def recv_all(sock, n: int, timeout_s: float = TIMEOUT_S, extra_s: float = 0.0) -
     return [(msgpack.unpackb(f[1]), f[2:]) for f in out]
 
 
-def test_relays_to_every_node_with_the_clients_ids(router):
+def test_relays_to_every_node_with_the_clients_ids(router, request):
     _, ep, state_ep = router
+    relay = request.node.callspec.params["router"]
     with fake_nodes(state_ep, 2) as nodes, Client(ep, timeout_s=10) as c:
         wait_for(lambda: nodes_ready(c, 2), "both nodes ready")
         h = c.health()
@@ -207,6 +218,7 @@ def test_relays_to_every_node_with_the_clients_ids(router):
         assert served == {"n0", "n1"}  # round-robin: both serve
         stats = c.stats()
         assert stats["received"] == 40 and stats["ok"] == 40 and stats["in_flight"] == 0
+        assert stats["relay"] == ("compiled" if RELAY_BUILT and relay == "relay" else "python")
         a.close()
         b.close()
         assert nodes[0].seen and nodes[1].seen

@@ -14,6 +14,7 @@ from orloj_rt.cluster.routing import (
     ModelState,
     NodeState,
     NoNodeError,
+    Prepared,
     Summary,
     make_router,
     node_state,
@@ -118,6 +119,37 @@ def test_aged_state_counts_the_work_done_since():
 def test_p2c_prefers_the_shorter_queue():
     r = two_nodes("p2c")
     assert Counter(r.choose("m", "a", 2.0, 0.1) for _ in range(5)) == {"idle": 5}
+
+
+def test_prepared_decisions_are_the_routers_until_something_changes():
+    """A decision made ahead is the one the router makes at that time from the same
+    states and sends; a send, a state or age makes it again."""
+    ahead, ref = Prepared(two_nodes("orloj"), max_age=0.01), two_nodes("orloj")
+    node, ready = ahead.take("m", "a", 2.0, 0.1)
+    assert (node, ready) == (ref.choose("m", "a", 2.0, 0.1), False) == ("idle", False)
+    ahead.sent(node, "m", "a", 2.0, 0.1)  # counted, and the next one prepared
+    for t in (0.101, 0.102, 0.103):  # the same sends, so the same answers as the router's
+        node, ready = ahead.take("m", "a", 2.0, t)
+        assert ready and node == ref.choose("m", "a", 2.0, t)
+        ahead.sent(node, "m", "a", 2.0, t)
+    assert ahead.router.nodes["idle"].sent == ref.nodes["idle"].sent
+    assert ahead.take("m", "a", 2.0, 0.2)[1] is False  # older than max_age: made again
+    ahead.sent("idle", "m", "a", 2.0, 0.2)
+    ahead.update("idle", node_state(core_with(48, 3.0), "idle", 0.2, busy_since={0: 0.2}), 0.2)
+    assert ahead.take("m", "a", 2.0, 0.2)[1] is False  # a state came: made again
+    ahead.prepare(0.2)  # what the router process does after reading states
+    assert ahead.take("m", "a", 2.0, 0.2)[1] is True
+    ahead.remove("busy")
+    assert ahead.take("m", "a", 2.0, 0.2) == ("idle", False)
+    rr = Prepared(make_router("round-robin"))  # its decisions change it: never made ahead
+    rr.update("x", NodeState("x", 0.0, 1), 0.0)
+    rr.update("y", NodeState("y", 0.0, 1), 0.0)
+    got = []
+    for _ in range(4):
+        node, ready = rr.take("m", "a", 1.0, 0.0)
+        rr.sent(node, "m", "a", 1.0, 0.0)
+        got.append((node, ready))
+    assert got == [("x", False), ("y", False)] * 2
 
 
 def test_no_node():

@@ -1,0 +1,369 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The cluster router's relay in C (orloj_rt.cluster._relay): its poll loop and the moves
+of whole messages between the clients' socket and the nodes' sockets, through libzmq's C
+API, with the router's Python code (router.py) deciding each message.
+
+    relay = Relay(owner, client_handle)         # owner: the ClusterRouter
+    relay.set_nodes([node.sock.underlying, ...])   # again whenever the nodes change
+    flags = relay.serve(timeout_ms)             # one wake-up; 2 if replies were relayed
+
+Per message it calls the owner, which keeps every rule (routing, ids, exactly one reply):
+
+- a client's message [ident, b"", header, data...]:
+  `owner._request(ident, header) -> None | (node index, header out, pending)`: None when
+  the owner answered it itself (or dropped it); else the relay sends
+  [b"", header out, data...] to that node (the data frames as received: not copied),
+  keeps a reference to each data frame in `pending.data` (`Held`, for a re-route), then
+  calls `owner._settle()` (the bookkeeping that need not delay the send);
+- a node's message [b"", header, data...]:
+  `owner._reply(node index, header) -> None | (client ident, header out)`, then the relay
+  sends [ident, b"", header out, data...] to the client and calls `owner._settle()`.
+
+What pyzmq's Python layer costs per message (a getpid per socket call, a Frame object
+per frame, the poll's lists) is what this saves; the owner's Python decides as before.
+libzmq is the one pyzmq loaded (its functions found by `load()`), so the sockets are
+pyzmq's own (their `underlying` handles). Optional: setup.py builds it when it can, and
+router.py runs its Python loop without it.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.errno cimport EAGAIN, EINTR
+from libc.stdint cimport uintptr_t
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcpy
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+    typedef struct { unsigned char _[64]; } __attribute__((aligned(8))) orr_msg_t;
+    typedef struct { void *socket; int fd; short events; short revents; } orr_pollitem_t;
+    typedef int (*orr_msg_fn)(orr_msg_t *);
+    typedef int (*orr_msg_init_size_fn)(orr_msg_t *, size_t);
+    typedef int (*orr_msg_io_fn)(orr_msg_t *, void *, int);
+    typedef int (*orr_msg_copy_fn)(orr_msg_t *, orr_msg_t *);
+    typedef void *(*orr_msg_data_fn)(orr_msg_t *);
+    typedef size_t (*orr_msg_size_fn)(const orr_msg_t *);
+    typedef int (*orr_poll_fn)(orr_pollitem_t *, int, long);
+    typedef int (*orr_errno_fn)(void);
+    """
+    ctypedef struct orr_msg_t:
+        pass
+    ctypedef struct orr_pollitem_t:
+        void *socket
+        int fd
+        short events
+        short revents
+    ctypedef int (*orr_msg_fn)(orr_msg_t *)
+    ctypedef int (*orr_msg_init_size_fn)(orr_msg_t *, size_t)
+    ctypedef int (*orr_msg_io_fn)(orr_msg_t *, void *, int)
+    ctypedef int (*orr_msg_copy_fn)(orr_msg_t *, orr_msg_t *)
+    ctypedef void *(*orr_msg_data_fn)(orr_msg_t *)
+    ctypedef size_t (*orr_msg_size_fn)(const orr_msg_t *)
+    ctypedef int (*orr_poll_fn)(orr_pollitem_t *, int, long)
+    ctypedef int (*orr_errno_fn)()
+
+# libzmq's stable ABI (zmq.h)
+DEF ZMQ_DONTWAIT = 1
+DEF ZMQ_SNDMORE = 2
+DEF ZMQ_POLLIN = 1
+DEF MAX_PER_WAKE = 256  # messages read from one socket per wake-up
+DEF MAX_NODES = 1024
+
+cdef orr_msg_fn z_init = NULL
+cdef orr_msg_fn z_close = NULL
+cdef orr_msg_init_size_fn z_init_size = NULL
+cdef orr_msg_io_fn z_recv = NULL
+cdef orr_msg_io_fn z_send = NULL
+cdef orr_msg_copy_fn z_copy = NULL
+cdef orr_msg_data_fn z_data = NULL
+cdef orr_msg_size_fn z_size = NULL
+cdef orr_msg_fn z_more = NULL
+cdef orr_poll_fn z_poll = NULL
+cdef orr_errno_fn z_errno = NULL
+cdef bint loaded = False
+
+
+def load():
+    """Finds the functions of the libzmq that pyzmq loaded (the same library, so that
+    pyzmq's socket handles are valid here). Raises ImportError, naming why, when it
+    cannot (then router.py relays in Python)."""
+    global z_init, z_close, z_init_size, z_recv, z_send, z_copy, z_data, z_size, z_more
+    global z_poll, z_errno, loaded
+    if loaded:
+        return
+    import ctypes
+
+    import zmq
+
+    path = ""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            name = line.rstrip("\n").rpartition(" ")[2]  # (no negative index: wraparound off)
+            if "libzmq" in name.rpartition("/")[2]:
+                path = name
+                break
+    if not path:
+        raise ImportError("the relay found no libzmq loaded by pyzmq")
+    lib = ctypes.CDLL(path)
+    maj, mnr, pat = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    lib.zmq_version(ctypes.byref(maj), ctypes.byref(mnr), ctypes.byref(pat))
+    if (maj.value, mnr.value, pat.value) != zmq.zmq_version_info():
+        raise ImportError(f"the libzmq at {path} is not pyzmq's")
+
+    def addr(name):
+        return <uintptr_t>ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+
+    z_init = <orr_msg_fn><uintptr_t>addr("zmq_msg_init")
+    z_close = <orr_msg_fn><uintptr_t>addr("zmq_msg_close")
+    z_init_size = <orr_msg_init_size_fn><uintptr_t>addr("zmq_msg_init_size")
+    z_recv = <orr_msg_io_fn><uintptr_t>addr("zmq_msg_recv")
+    z_send = <orr_msg_io_fn><uintptr_t>addr("zmq_msg_send")
+    z_copy = <orr_msg_copy_fn><uintptr_t>addr("zmq_msg_copy")
+    z_data = <orr_msg_data_fn><uintptr_t>addr("zmq_msg_data")
+    z_size = <orr_msg_size_fn><uintptr_t>addr("zmq_msg_size")
+    z_more = <orr_msg_fn><uintptr_t>addr("zmq_msg_more")
+    z_poll = <orr_poll_fn><uintptr_t>addr("zmq_poll")
+    z_errno = <orr_errno_fn><uintptr_t>addr("zmq_errno")
+    loaded = True
+
+
+cdef class Held:
+    """A data frame kept for a re-route: a reference to the received message (libzmq
+    counts references: no byte copied). `send(handle, more)` sends it again."""
+
+    cdef orr_msg_t msg
+
+    def __cinit__(self):
+        z_init(&self.msg)
+
+    def __dealloc__(self):
+        if z_close != NULL:
+            z_close(&self.msg)
+
+    def __len__(self):
+        return z_size(&self.msg)
+
+    def send(self, uintptr_t handle, bint more):
+        """Sends a reference to the frame on the socket `handle` (pyzmq's `underlying`)."""
+        cdef orr_msg_t m
+        z_init(&m)
+        z_copy(&m, &self.msg)
+        if z_send(&m, <void *>handle, ZMQ_DONTWAIT | (ZMQ_SNDMORE if more else 0)) < 0:
+            z_close(&m)
+            raise OSError(z_errno(), "the relay could not send a kept frame")
+
+
+cdef inline bytes _bytes(orr_msg_t *m):
+    return PyBytes_FromStringAndSize(<char *>z_data(m), z_size(m))
+
+
+cdef inline int _send_bytes(void *sock, bytes b, int flags):
+    cdef orr_msg_t m
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    if z_init_size(&m, n) < 0:
+        return -1
+    if n:
+        memcpy(z_data(&m), PyBytes_AS_STRING(b), n)
+    if z_send(&m, sock, flags) < 0:
+        z_close(&m)
+        return -1
+    return 0
+
+
+cdef class Relay:
+    """See the module docstring."""
+
+    cdef object owner
+    cdef orr_pollitem_t items[MAX_NODES + 1]
+    cdef int n  # poll items: the client socket, then the nodes'
+    cdef unsigned long generation  # set_nodes calls: node handles may be gone since
+    cdef orr_msg_t *parts
+    cdef int cap
+
+    def __cinit__(self):
+        self.parts = NULL
+        self.cap = 0
+
+    def __init__(self, owner, uintptr_t client_handle):
+        load()
+        self.owner = owner
+        self.items[0].socket = <void *>client_handle
+        self.items[0].fd = 0
+        self.items[0].events = ZMQ_POLLIN
+        self.n = 1
+        self.generation = 0
+        self._grow(16)
+
+    def __dealloc__(self):
+        free(self.parts)
+
+    cdef int _grow(self, int cap) except -1:
+        cdef orr_msg_t *p = <orr_msg_t *>realloc(self.parts, cap * sizeof(orr_msg_t))
+        if p == NULL:
+            raise MemoryError()
+        self.parts = p
+        self.cap = cap
+        return 0
+
+    def set_nodes(self, handles):
+        """The nodes' sockets (pyzmq `underlying` handles), in the order of the indexes
+        the owner's `_request` returns and its `_reply` receives."""
+        if len(handles) > MAX_NODES:
+            raise ValueError(f"the relay serves at most {MAX_NODES} nodes")
+        cdef int i
+        for i, h in enumerate(handles):
+            self.items[i + 1].socket = <void *><uintptr_t>h
+            self.items[i + 1].fd = 0
+            self.items[i + 1].events = ZMQ_POLLIN
+        self.n = 1 + len(handles)
+        self.generation += 1
+
+    cdef int _recv(self, void *sock) except -2:
+        """One whole message into self.parts: its number of parts, 0 if none waits."""
+        cdef int k = 0
+        while True:
+            if k == self.cap:
+                self._grow(2 * self.cap)
+            z_init(&self.parts[k])
+            if z_recv(&self.parts[k], sock, ZMQ_DONTWAIT) < 0:
+                z_close(&self.parts[k])
+                if k == 0 and z_errno() == EAGAIN:
+                    return 0
+                self._close(0, k)
+                raise OSError(z_errno(), "the relay could not receive a message")
+            k += 1
+            if not z_more(&self.parts[k - 1]):
+                return k
+
+    cdef void _close(self, int start, int end):
+        cdef int i
+        for i in range(start, end):
+            z_close(&self.parts[i])
+
+    cdef int _send_parts(self, void *sock, int start, int end) except -1:
+        """Sends parts[start:end] as the rest of a message (moved, not copied)."""
+        cdef int i
+        for i in range(start, end):
+            if z_send(&self.parts[i], sock, ZMQ_DONTWAIT | (ZMQ_SNDMORE if i < end - 1 else 0)) < 0:
+                self._close(i, end)
+                return -1
+        return 0
+
+    def serve(self, int timeout_ms):
+        """Waits up to timeout_ms for messages and relays what came: 1 if a client's
+        message was read, 2 if replies were relayed (or both)."""
+        cdef int rc, i, n = self.n, flags = 0
+        cdef unsigned long gen = self.generation
+        cdef short rev[MAX_NODES + 1]
+        rc = z_poll(self.items, n, timeout_ms)
+        if rc < 0:
+            if z_errno() == EINTR:
+                return 0
+            raise OSError(z_errno(), "the relay's poll failed")
+        if rc == 0:
+            return 0
+        for i in range(n):
+            rev[i] = self.items[i].revents
+        if rev[0] & ZMQ_POLLIN:
+            flags |= 1
+            if self._clients(gen):
+                return flags
+        for i in range(1, n):
+            if rev[i] & ZMQ_POLLIN:
+                flags |= 2
+                if self._replies(i - 1, gen):
+                    return flags
+        return flags
+
+    cdef bint _clients(self, unsigned long gen) except -1:
+        """The clients' messages; True if the nodes changed meanwhile (stop this wake)."""
+        cdef void *sock = self.items[0].socket
+        cdef void *dst
+        cdef int k, j, node
+        cdef object out, pending, held
+        cdef Held h
+        cdef list kept
+        for _ in range(MAX_PER_WAKE):
+            k = self._recv(sock)
+            if k == 0:
+                return False
+            if k < 3 or z_size(&self.parts[1]) != 0:
+                self._close(0, k)  # no empty delimiter frame: not the protocol; ignored
+                continue
+            try:
+                out = self.owner._request(_bytes(&self.parts[0]), _bytes(&self.parts[2]))
+            except BaseException:
+                self._close(0, k)
+                raise
+            if out is None or self.generation != gen:
+                self._close(0, k)
+                if self.generation != gen:
+                    return True
+                continue
+            node, head, pending = out
+            if not 0 <= node < self.n - 1:
+                self._close(0, k)
+                raise IndexError(f"the relay has no node {node}")
+            dst = self.items[node + 1].socket
+            kept = []
+            for j in range(3, k):  # a reference to each data frame, for a re-route
+                h = Held.__new__(Held)
+                z_copy(&h.msg, &self.parts[j])
+                kept.append(h)
+            pending.data = kept
+            z_close(&self.parts[0])
+            z_close(&self.parts[2])
+            # the empty delimiter (parts[1]) goes first: SNDHWM 0, never blocks
+            if z_send(&self.parts[1], dst, ZMQ_DONTWAIT | ZMQ_SNDMORE) < 0:
+                self._close(1, 2)
+                self._close(3, k)
+                raise OSError(z_errno(), "the relay could not forward a request")
+            if _send_bytes(dst, head, ZMQ_DONTWAIT | (ZMQ_SNDMORE if k > 3 else 0)) < 0:
+                self._close(3, k)
+                raise OSError(z_errno(), "the relay could not forward a request")
+            if self._send_parts(dst, 3, k) < 0:
+                raise OSError(z_errno(), "the relay could not forward a request")
+            self.owner._settle()
+            if self.generation != gen:
+                return True
+        return False
+
+    cdef bint _replies(self, int node, unsigned long gen) except -1:
+        """A node's replies; True if the nodes changed meanwhile (stop this wake)."""
+        cdef void *sock = self.items[node + 1].socket
+        cdef void *client = self.items[0].socket
+        cdef int k
+        cdef object out
+        for _ in range(MAX_PER_WAKE):
+            k = self._recv(sock)
+            if k == 0:
+                return False
+            if k < 2:
+                self._close(0, k)
+                continue
+            try:
+                out = self.owner._reply(node, _bytes(&self.parts[1]))
+            except BaseException:
+                self._close(0, k)
+                raise
+            if out is None:
+                self._close(0, k)
+            else:
+                ident, head = out
+                z_close(&self.parts[1])
+                # a ROUTER drops what it cannot route (a gone client): no error here
+                if _send_bytes(client, ident, ZMQ_DONTWAIT | ZMQ_SNDMORE) < 0:
+                    self._close(0, 1)
+                    self._close(2, k)
+                elif z_send(&self.parts[0], client, ZMQ_DONTWAIT | ZMQ_SNDMORE) < 0:
+                    self._close(0, 1)
+                    self._close(2, k)
+                elif _send_bytes(client, head,
+                                 ZMQ_DONTWAIT | (ZMQ_SNDMORE if k > 2 else 0)) < 0:
+                    self._close(2, k)
+                else:
+                    self._send_parts(client, 2, k)
+                self.owner._settle()
+            if self.generation != gen:
+                return True
+        return False
