@@ -330,6 +330,10 @@ class OrlojEngine {
     std::vector<SortedBlocks::Pos> cur;  // per app: its first request not yet in buf
     double key = 0.0;  // the bar it was last admitted at
     bool valid = false;
+    // fill() could not find b requests at or above dead_key (with these apps): nor can
+    // it at any larger b while the pool keeps its apps and its bar does not fall
+    bool dead = false;
+    double dead_key = 0.0;
     // emit_pool's window: counts per app (by place in apps) of buf[wlo, whi), valid
     // while wseg == seg (seg moves on when the pool's apps change)
     uint64_t seg = 0, wseg = 0;
@@ -406,6 +410,7 @@ class OrlojEngine {
     if (pools_.size() < np) pools_.resize(np);
     for (PoolBuf& pb : pools_) {
       pb.valid = false;
+      pb.dead = false;
       pb.buf.clear();
       pb.head = 0;
     }
@@ -442,8 +447,9 @@ class OrlojEngine {
         // position at b = 1, whose bar is below this one (or searches anew if not).
         const double key = now + cb * q_max;
         PoolBuf& pb = pools_[np - 1];
+        if (dead(pb, np - 1, key)) continue;
         admit(pb, np - 1, key);
-        if (fill(pb, b)) emit_pool(np - 1, b, cb, now);
+        if (fill_or_die(pb, b)) emit_pool(np - 1, b, cb, now);
         continue;
       }
       // apps by (qth[b], app index): present_ is in app order, so a stable insertion sort
@@ -460,6 +466,7 @@ class OrlojEngine {
       for (size_t j = 0; j < np; ++j) {
         const size_t newest = order_[j];
         const double key = now + cb * apps_[present_[newest]]->qth[b];
+        if (dead(pools_[j], j, key)) continue;  // no search: the pair (pos_, key_) stays
         position(newest, key, b);
         const SortedBlocks& nq = apps_[present_[newest]]->queue;
         if (nq.at_end(pos_[newest])) continue;
@@ -476,10 +483,28 @@ class OrlojEngine {
         }
         PoolBuf& pb = pools_[j];
         admit(pb, j, key);
-        if (fill(pb, b) && emit_pool(j, b, cb, now))
+        if (fill_or_die(pb, b) && emit_pool(j, b, cb, now))
           last_cands = cands_.size() - 1;
       }
     }
+  }
+
+  // Whether pool j, with the apps order_[0..j] and bar `key` at this b, is known to have
+  // fewer than b requests at or above its bar: it had fewer than a smaller b at a bar no
+  // higher, with the same apps (the requests at or above a higher bar are a subset).
+  // The pure twin forms its requests and finds too few, to the same effect.
+  bool dead(const PoolBuf& pb, size_t j, double key) const {
+    if (!pb.dead || key < pb.dead_key || pb.apps.size() != j + 1) return false;
+    for (size_t k = 0; k <= j; ++k)
+      if (pb.apps[k] != order_[k]) return false;
+    return true;
+  }
+
+  bool fill_or_die(PoolBuf& pb, int b) {
+    if (fill(pb, b)) return true;
+    pb.dead = true;
+    pb.dead_key = pb.key;
+    return false;
   }
 
   // pos_[i] = the first entry of present app i at or after key; thresholds usually grow
@@ -496,6 +521,7 @@ class OrlojEngine {
   // rises: the buffer then sheds what fell below the bar and keeps the rest, so that a
   // decision merges each pool once instead of once per batch size.
   void admit(PoolBuf& pb, size_t j, double key) {
+    pb.dead = false;  // fill_or_die() says again, for these apps and this bar
     bool same = pb.valid && key >= pb.key && pb.apps.size() == j + 1;
     for (size_t k = 0; same && k <= j; ++k) same = pb.apps[k] == order_[k];
     if (same) {

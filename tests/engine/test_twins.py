@@ -69,6 +69,7 @@ scenario = st.fixed_dictionaries({
     "theta": st.floats(0.3, 0.95),
     "epsilon": st.floats(0.0, 0.3),
     "fallback": st.booleans(),
+    "pools": st.booleans(),
     "apps": st.lists(dist_specs, min_size=1, max_size=4),
     "seed": st.integers(0, 2**30),
 })
@@ -77,7 +78,8 @@ scenario = st.fixed_dictionaries({
 def run_scenario(mod, sc):
     rng = random.Random(sc["seed"])
     policy = mod.OrlojPolicy(max_batch=sc["max_batch"], alpha=sc["alpha"], theta=sc["theta"],
-                             epsilon=sc["epsilon"], fallback=sc["fallback"])
+                             epsilon=sc["epsilon"], fallback=sc["fallback"],
+                             pools=sc["pools"])  # fmt: skip
     names = [f"app{i}" for i in range(len(sc["apps"]))]
     for i, (name, spec) in enumerate(zip(names, sc["apps"], strict=True)):
         policy.set_distribution(name, make_dist(mod, spec, sc["seed"] + i))
