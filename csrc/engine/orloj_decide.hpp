@@ -108,22 +108,46 @@ class OrlojEngine {
   // Removes the queued requests in `ids` in order, up to the first that is not queued;
   // *failed = its index (ids.size() if none). Each app's queue is compacted once.
   Status remove_many(const std::vector<int64_t>& ids, size_t* failed) {
+    for (int64_t id : ids) where_.prefetch(id);  // the slots' cache misses overlap
     gone_.clear();
     size_t i = 0;
     for (; i < ids.size(); ++i) {
       const Loc* loc = where_.find(ids[i]);
       if (!loc) break;
-      gone_.push_back(Member{loc->deadline, ids[i], loc->app, 0});
+      // slot: its place in ids, for the check of repeated ids below
+      gone_.push_back(Member{loc->deadline, ids[i], loc->app, static_cast<int>(i)});
     }
-    // an id twice: the second is not queued once the first is removed, so it fails there
-    dups_.resize(gone_.size());
-    for (size_t k = 0; k < gone_.size(); ++k) dups_[k] = {gone_[k].id, k};
-    std::sort(dups_.begin(), dups_.end());
-    for (size_t k = 1; k < dups_.size(); ++k)
-      if (dups_[k].first == dups_[k - 1].first && dups_[k].second < i) i = dups_[k].second;
-    gone_.resize(i);
+    // an id twice: the second is not queued once the first is removed, so it fails there.
+    // take() orders by (app, deadline, id), where equal ids are neighbours.
+    sort_by_queue(gone_);
+    size_t first_dup = i;  // the smallest place of a second occurrence
+    for (size_t k = 0; k + 1 < gone_.size();) {
+      size_t e = k + 1;
+      if (gone_[e].id != gone_[k].id) {
+        k = e;
+        continue;
+      }
+      int lo1 = gone_[k].slot, lo2 = std::numeric_limits<int>::max();  // two smallest
+      for (; e < gone_.size() && gone_[e].id == gone_[k].id; ++e) {
+        const int sl = gone_[e].slot;
+        if (sl < lo1) {
+          lo2 = lo1;
+          lo1 = sl;
+        } else if (sl < lo2) {
+          lo2 = sl;
+        }
+      }
+      if (static_cast<size_t>(lo2) < first_dup) first_dup = static_cast<size_t>(lo2);
+      k = e;
+    }
+    if (first_dup < i) {  // rare: keep the ids before the first repeat, sorted again
+      i = first_dup;
+      gone_.erase(std::remove_if(gone_.begin(), gone_.end(),
+                                 [i](const Member& m) { return static_cast<size_t>(m.slot) >= i; }),
+                  gone_.end());
+    }
     *failed = i;
-    take(gone_);
+    take_sorted(gone_);
     return i == ids.size() ? OK : ERR_UNKNOWN_ID;
   }
 
@@ -355,17 +379,26 @@ class OrlojEngine {
       return;
     }
     take_.assign(ms.begin(), ms.end());
-    std::sort(take_.begin(), take_.end(), [](const Member& x, const Member& y) {
+    sort_by_queue(take_);
+    take_sorted(take_);
+  }
+
+  static void sort_by_queue(std::vector<Member>& ms) {
+    std::sort(ms.begin(), ms.end(), [](const Member& x, const Member& y) {
       return x.app != y.app ? x.app < y.app
                             : QEntry{x.deadline, x.id} < QEntry{y.deadline, y.id};
     });
-    keys_.resize(take_.size());
+  }
+
+  // take() for requests sorted by (app, deadline, id).
+  void take_sorted(const std::vector<Member>& ms) {
+    keys_.resize(ms.size());
     size_t s = 0;
-    while (s < take_.size()) {
-      const int a = take_[s].app;
+    while (s < ms.size()) {
+      const int a = ms[s].app;
       size_t e = s;
-      while (e < take_.size() && take_[e].app == a) {
-        keys_[e] = QEntry{take_[e].deadline, take_[e].id};
+      while (e < ms.size() && ms[e].app == a) {
+        keys_[e] = QEntry{ms[e].deadline, ms[e].id};
         ++e;
       }
       App& app = *apps_[a];
@@ -1025,7 +1058,6 @@ class OrlojEngine {
   std::vector<Member> flat_, best_;
   std::vector<Member> gone_, take_;  // remove_many() and take()
   std::vector<QEntry> keys_;         // take()
-  std::vector<std::pair<int64_t, size_t>> dups_;  // remove_many()
   bool by_ref_ = false;      // select(): candidates kept in the pools' buffers
   double uniform_w_ = 1.0;   // select(): the present apps' one weight (when by_ref_)
   std::vector<Candidate> cands_;
