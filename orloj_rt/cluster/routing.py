@@ -313,10 +313,19 @@ class OrlojRouter(_Base):
                               len(sent), self.rate(node, window, now),
                               use_state=not stale)  # fmt: skip
 
+    @property
+    def scores_each(self) -> bool:
+        """Whether a decision is its candidates' scores, each of one node (`best`): with
+        every node a candidate; power of d draws the candidates afresh each time."""
+        return not self.choices
+
     def _pick(self, ids, model, app, slo, now):
         if self.choices and self.choices < len(ids):
             ids = self.rng.sample(ids, self.choices)
-        scores = {i: self.score(i, model, app, slo, now) for i in ids}
+        return self.best(ids, {i: self.score(i, model, app, slo, now) for i in ids}, now)
+
+    def best(self, ids: list, scores: dict, now: float) -> str:
+        """The pick among `ids` by their `score`s (`_pick` without the scoring)."""
         self.last_scores = scores
         if all(self.stale(i, now) for i in ids):
             self.fallbacks += 1
@@ -361,10 +370,17 @@ class Prepared:
     is at most `max_age` seconds old (the time between the decision and its request is
     an age added to the states'; the states are refreshed every few milliseconds, and
     each refresh prepares the decisions again: `prepare`). Otherwise `take` decides
-    then (the router's `pick`). So each request is routed as the router would route it
-    at the time the decision was made, from the same states and sends; what the
-    wrapped router counts (its sends, its stale-state choices) counts the decisions
-    used, not the ones prepared and dropped."""
+    then. So each request is routed as the router would route it at the time the
+    decision was made, from the same states and sends; what the wrapped router counts
+    (its sends, its stale-state choices) counts the decisions used, not the ones
+    prepared and dropped. A router whose decisions change it (round-robin) decides each
+    when its request comes.
+
+    With a router whose decision is one score per candidate node (orloj with every node
+    a candidate: `scores_each`), the scores are kept per node and kind: a node's score
+    is made again when its state came, when a request was sent to it, or when it is
+    `max_age` old; the others' are kept (a send to one node changes no other node's
+    score). So a send costs one node's score and the pick among the kept ones."""
 
     def __init__(self, router: _Base, max_age: float = 0.005, keys: int = 8) -> None:
         max_age = float(max_age)
@@ -374,40 +390,57 @@ class Prepared:
         self.max_age = max_age
         self.keys = max(1, int(keys))
         self.version = 0  # bumped by every state, removal and send
-        # (model, app, slo) -> (node, version, made at, stale-state choices it counted)
-        self._ready: dict[tuple, tuple] = {}
+        self._node_version: dict[str, int] = {}  # per node: its states and sends
+        # (model, app, slo) -> [node, version, made at, stale-state choices it counted,
+        #                       {node: (score, node version, made at)} or None]
+        self._ready: dict[tuple, list] = {}
         self.prepared = 0  # decisions taken ready-made
         self.made = 0  # decisions made when their request came
 
+    def _changed(self, node: str) -> None:
+        self.version += 1
+        self._node_version[node] = self._node_version.get(node, 0) + 1
+
     def update(self, node: str, state: NodeState, received: float) -> None:
         self.router.update(node, state, received)
-        self.version += 1
+        self._changed(node)
 
     def remove(self, node: str) -> None:
         self.router.remove(node)
-        self.version += 1
+        self._changed(node)
 
     def take(self, model: str, app: str, slo: float, now: float) -> tuple[str, bool]:
         """(the node for a request of this kind sent now, whether it was ready-made).
         Raises as `choose` does (NoNodeError, ValueError for a bad slo)."""
-        hit = self._ready.get((model, app, slo))
+        key = (model, app, slo)
+        hit = self._ready.get(key)
         if hit is not None and hit[1] == self.version and now - hit[2] <= self.max_age:
             self.router.fallbacks += hit[3]
             self.prepared += 1
             return hit[0], True
         self.made += 1
+        if hit is not None and hit[4] is not None:  # made again from the kept scores
+            self._prepare(key, now)
+            hit = self._ready.get(key)
+            if hit is not None:
+                self.router.fallbacks += hit[3]
+                return hit[0], False
         return self.router.pick(model, app, slo, now), False
 
     def sent(self, node: str, model: str, app: str, slo: float, now: float) -> None:
         """The request went to `node`: counted, and the next of its kind prepared."""
-        self.router.record(node, model, app, slo, now)
-        self.version += 1
-        if not self.router.prepares:
+        r = self.router
+        r.record(node, model, app, slo, now)
+        self._changed(node)
+        if not r.prepares:
             return
         key = (model, app, slo)
         ready = self._ready
-        if ready.pop(key, None) is None and len(ready) >= self.keys:
+        hit = ready.pop(key, None)
+        if hit is None and len(ready) >= self.keys:
             del ready[next(iter(ready))]  # the kind seen least lately
+        if hit is not None:
+            ready[key] = hit  # the most lately seen, with its kept scores
         self._prepare(key, now)
 
     def prepare(self, now: float) -> None:
@@ -419,12 +452,34 @@ class Prepared:
         r = self.router
         before = r.fallbacks
         try:
-            node = r.pick(key[0], key[1], key[2], now)
+            if getattr(r, "scores_each", False):
+                kept = self._ready.get(key)
+                scores = self._scores(key, now, None if kept is None else kept[4])
+                node = r.best(list(scores), {i: v[0] for i, v in scores.items()}, now)
+            else:
+                scores = None
+                node = r.pick(key[0], key[1], key[2], now)
         except (NoNodeError, ValueError):
             self._ready.pop(key, None)
             return
         counted, r.fallbacks = r.fallbacks - before, before
-        self._ready[key] = (node, self.version, now, counted)
+        self._ready[key] = [node, self.version, now, counted, scores]
+
+    def _scores(self, key: tuple, now: float, kept: dict | None) -> dict:
+        """{candidate: (its score, its node version, made at)}: the kept ones where
+        nothing of their node changed and they are under max_age, else made now."""
+        r = self.router
+        model, app, slo = key
+        slo = _check_slo(slo)
+        versions = self._node_version
+        out = {}
+        for i in r._candidates(model):
+            v = versions.get(i, 0)
+            k = None if kept is None else kept.get(i)
+            if k is None or k[1] != v or now - k[2] > self.max_age:
+                k = (r.score(i, model, app, slo, now), v, now)
+            out[i] = k
+        return out
 
 
 ROUTERS: dict[str, Callable[..., _Base]] = {
