@@ -327,12 +327,15 @@ class OrlojRouter(_Base):
     def best(self, ids: list, scores: dict, now: float) -> str:
         """The pick among `ids` by their `score`s (`_pick` without the scoring)."""
         self.last_scores = scores
-        if all(self.stale(i, now) for i in ids):
+        nodes, stale_after = self.nodes, self.stale_after
+        if all(now - nodes[i].state.stamp > stale_after for i in ids):  # self.stale, inlined
             self.fallbacks += 1
-        best = max(v[2] for v in scores.values())
-        near = [i for i in ids if scores[i][2] >= best - self.tie]
-        shortest = min(scores[i][1] for i in near)
-        pick = [i for i in near if scores[i][1] <= shortest + 1e-12]
+        cut = max([v[2] for v in scores.values()]) - self.tie
+        near = [i for i in ids if scores[i][2] >= cut]
+        if len(near) == 1:
+            return near[0]
+        shortest = min([scores[i][1] for i in near]) + 1e-12
+        pick = [i for i in near if scores[i][1] <= shortest]
         return pick[0] if len(pick) == 1 else pick[self.rng.randrange(len(pick))]
 
     def _sent(self, node, model, app, slo, now):
@@ -387,12 +390,14 @@ class Prepared:
         if not max_age >= 0:
             raise ValueError(f"max_age must be >= 0 seconds, got {max_age!r}")
         self.router = router
+        self._each = bool(getattr(router, "scores_each", False))
         self.max_age = max_age
         self.keys = max(1, int(keys))
         self.version = 0  # bumped by every state, removal and send
         self._node_version: dict[str, int] = {}  # per node: its states and sends
         # (model, app, slo) -> [node, version, made at, stale-state choices it counted,
-        #                       {node: (score, node version, made at)} or None]
+        #                       kept scores: ({node: score}, {node: (version, made at)})
+        #                       or None]
         self._ready: dict[tuple, list] = {}
         self.prepared = 0  # decisions taken ready-made
         self.made = 0  # decisions made when their request came
@@ -452,10 +457,10 @@ class Prepared:
         r = self.router
         before = r.fallbacks
         try:
-            if getattr(r, "scores_each", False):
+            if self._each:
                 kept = self._ready.get(key)
                 scores = self._scores(key, now, None if kept is None else kept[4])
-                node = r.best(list(scores), {i: v[0] for i, v in scores.items()}, now)
+                node = r.best(list(scores[0]), scores[0], now)
             else:
                 scores = None
                 node = r.pick(key[0], key[1], key[2], now)
@@ -465,21 +470,25 @@ class Prepared:
         counted, r.fallbacks = r.fallbacks - before, before
         self._ready[key] = [node, self.version, now, counted, scores]
 
-    def _scores(self, key: tuple, now: float, kept: dict | None) -> dict:
-        """{candidate: (its score, its node version, made at)}: the kept ones where
-        nothing of their node changed and they are under max_age, else made now."""
+    def _scores(self, key: tuple, now: float, kept: tuple | None) -> tuple:
+        """({candidate: its score}, {candidate: (its node version, made at)}): the kept
+        scores where nothing of their node changed and they are under max_age, the
+        others made now."""
         r = self.router
         model, app, slo = key
         slo = _check_slo(slo)
         versions = self._node_version
-        out = {}
+        old, old_meta = kept if kept is not None else ({}, {})
+        scores, meta = {}, {}
+        oldest = now - self.max_age
         for i in r._candidates(model):
             v = versions.get(i, 0)
-            k = None if kept is None else kept.get(i)
-            if k is None or k[1] != v or now - k[2] > self.max_age:
-                k = (r.score(i, model, app, slo, now), v, now)
-            out[i] = k
-        return out
+            m = old_meta.get(i)
+            if m is not None and m[0] == v and m[1] >= oldest:
+                scores[i], meta[i] = old[i], m
+            else:
+                scores[i], meta[i] = r.score(i, model, app, slo, now), (v, now)
+        return scores, meta
 
 
 ROUTERS: dict[str, Callable[..., _Base]] = {
