@@ -203,6 +203,8 @@ class OrlojEngine {
   // too, after the whole set's, lowest level first (the pure twin's _select).
   double select(double now) {
     first_bin_ = -1;
+    last_bin_ = -1;
+    floor_ = -1.0;
     flat_.clear();
     cands_.clear();
     levels_.clear();
@@ -233,6 +235,8 @@ class OrlojEngine {
     double floor_score = -1.0;  // the best lower bound: no candidate below it can win
     for (const Candidate& cand : cands_)
       if (cand.lower > floor_score) floor_score = cand.lower;
+    // (candidates whose upper bound was below the best lower bound so far when they were
+    // formed were not kept: none of them can win, nor raise the best lower bound)
 
     // Pass 2: exact scores, skipping candidates whose upper bound cannot beat what is
     // known. Candidates are scored by decreasing upper bound (the first is usually the
@@ -495,7 +499,10 @@ class OrlojEngine {
         }
         order_[k] = i;
       }
-      size_t last_cands = static_cast<size_t>(-1);  // this b's latest candidate
+      // this b's latest candidate formed (kept or not): its first deadline, its last entry
+      bool formed = false;
+      double prev_first = 0.0;
+      QEntry prev_last{0.0, 0};
       for (size_t j = 0; j < np; ++j) {
         const size_t newest = order_[j];
         const double key = now + cb * apps_[present_[newest]]->qth[b];
@@ -503,21 +510,20 @@ class OrlojEngine {
         position(newest, key, b);
         const SortedBlocks& nq = apps_[present_[newest]]->queue;
         if (nq.at_end(pos_[newest])) continue;
-        if (last_cands != static_cast<size_t>(-1)) {
-          // Pool j would repeat this b's last candidate when the higher bar keeps all of
-          // its members and the newest app's first admitted request comes after them. An
-          // equal score never wins (ties go to the earlier candidate), so skipping it
-          // changes no decision; the pure twin scores it, to the same effect.
-          const Candidate& prev = cands_[last_cands];
-          const Member& first = members(prev)[0];
-          const Member& last = members(prev)[b - 1];
-          if (first.deadline >= key && QEntry{last.deadline, last.id} < nq.at(pos_[newest]))
-            continue;
-        }
+        // Pool j would repeat this b's last candidate when the higher bar keeps all of
+        // its members and the newest app's first admitted request comes after them. An
+        // equal score never wins (ties go to the earlier candidate), so skipping it
+        // changes no decision; the pure twin scores it, to the same effect.
+        if (formed && prev_first >= key && prev_last < nq.at(pos_[newest])) continue;
         PoolBuf& pb = pools_[j];
         admit(pb, j, key);
-        if (fill_or_die(pb, b) && emit_pool(j, b, cb, now))
-          last_cands = cands_.size() - 1;
+        if (fill_or_die(pb, b)) {
+          const Member* m = pb.buf.data() + pb.head;
+          formed = true;
+          prev_first = m[0].deadline;
+          prev_last = QEntry{m[b - 1].deadline, m[b - 1].id};
+          emit_pool(j, b, cb, now);
+        }
       }
     }
   }
@@ -690,19 +696,17 @@ class OrlojEngine {
     flat_.insert(flat_.end(), src, src + b);
     Candidate cand{b, cb, -1, start, 0.0, 0.0, 0.0, 0.0, false};
     count_apps(cand);
-    return bound_candidate(cand, flat_.data() + start, now);
+    if (bound_candidate(cand, flat_.data() + start, now)) return true;
+    flat_.resize(start);  // not kept
+    return false;
   }
 
   // Bounds on the candidate's score (count_apps current), and the candidate kept.
+  // Keeps the candidate (count_apps current) with bounds on its score; false (not kept)
+  // when its upper bound is below the best lower bound so far (floor_): it cannot win.
   bool bound_candidate(Candidate& cand, const Member* m, double now) {
     const int b = cand.b;
     const double cb = cand.cb;
-    // the first member's bin is found from the last candidate's first member's (a walk),
-    // and the last member's from the first's
-    int bin = first_bin_;
-    double p_first = member_probability(m[0], cand, now, &bin, true);
-    first_bin_ = bin;
-    double p_last = member_probability(m[b - 1], cand, now, &bin);
     // weights: the sum of w P lies between b w_min P_first and b w_max P_last
     double w_min = uniform_w_, w_max = uniform_w_;
     if (!by_ref_) {
@@ -713,15 +717,17 @@ class OrlojEngine {
         if (w > w_max) w_max = w;
       }
     }
-    p_first *= w_min;
-    p_last *= w_max;
+    // each end's bin is found by a walk from the last candidate's same end (no log)
+    int bin = last_bin_;
+    const double p_last = w_max * member_probability(m[b - 1], cand, now, &bin, true);
+    last_bin_ = bin;
     cand.p_hi = p_last;
     // margins cover the rounding of a sum of b terms (b <= 4096)
+    double e_lo = 0.0, e_hi = 0.0;
     if (in_.size() == 1) {
       double e_t = cb * apps_[in_[0]]->emax[b];
       if (!(e_t > 0.0)) e_t = 1e-300;
       cand.e_t = e_t;
-      cand.lower = b * p_first * (1.0 - 1e-9) / e_t;
       cand.upper = b * p_last * (1.0 + 1e-9) / e_t;
     } else {
       // E[max] of a mix lies between its largest one-app term and the sum of its one-app
@@ -731,12 +737,21 @@ class OrlojEngine {
       double lo = 0.0, hi = 0.0;
       mix_terms(&lo, &hi);
       cand.mixed = true;
-      const double e_lo = cb * lo * (1.0 - 1e-9);
-      const double e_hi = cb * hi * (1.0 + 1e-9);
-      cand.lower = e_hi > 0.0 ? b * p_first * (1.0 - 1e-9) / e_hi : 0.0;
+      e_lo = cb * lo * (1.0 - 1e-9);
+      e_hi = cb * hi * (1.0 + 1e-9);
       cand.upper = e_lo > 0.0 ? b * p_last * (1.0 + 1e-9) / e_lo
                               : std::numeric_limits<double>::infinity();
     }
+    if (cand.upper < floor_) return false;
+    bin = first_bin_;
+    const double p_first = w_min * member_probability(m[0], cand, now, &bin, true);
+    first_bin_ = bin;
+    if (in_.size() == 1) {
+      cand.lower = b * p_first * (1.0 - 1e-9) / cand.e_t;
+    } else {
+      cand.lower = e_hi > 0.0 ? b * p_first * (1.0 - 1e-9) / e_hi : 0.0;
+    }
+    if (cand.lower > floor_) floor_ = cand.lower;
     cands_.push_back(cand);
     return true;
   }
@@ -1061,7 +1076,10 @@ class OrlojEngine {
   bool by_ref_ = false;      // select(): candidates kept in the pools' buffers
   double uniform_w_ = 1.0;   // select(): the present apps' one weight (when by_ref_)
   std::vector<Candidate> cands_;
-  int first_bin_ = -1;  // bound_candidate(): the last candidate's first member's bin
+  // bound_candidate(): the last candidate's first and last members' bins, and the best
+  // lower bound so far
+  int first_bin_ = -1, last_bin_ = -1;
+  double floor_ = -1.0;
   std::vector<uint32_t> by_upper_;  // select(): candidates by decreasing upper bound
   std::vector<int> counts_, in_;
 
