@@ -622,15 +622,23 @@ class OrlojEngine {
       }
       return true;
     }
-    heads_.resize(na);
+    // each app's current run of its queue (the rest of a block) as raw pointers: a step
+    // of the merge reads the next entry of the run it took from, and touches the queue's
+    // blocks only when a run ends
     hkeys_.resize(na);
     queues_.resize(na);
+    runs_.resize(na);
     for (size_t k = 0; k < na; ++k) {
       queues_[k] = &apps_[present_[pb.apps[k]]]->queue;
-      heads_[k] = queues_[k]->at_end(pb.cur[k]) ? kEnd : queues_[k]->at(pb.cur[k]);
-      hkeys_[k] = heads_[k].key;
+      load_run(k, pb.cur[k]);
     }
-    const double* hk = hkeys_.data();
+    double* hk = hkeys_.data();
+    Run* runs = runs_.data();
+    const int* apps = nullptr;
+    app_of_.resize(na);
+    for (size_t k = 0; k < na; ++k) app_of_[k] = present_[pb.apps[k]];
+    apps = app_of_.data();
+    bool full = true;
     while (pb.buf.size() - pb.head < want) {
       // the smallest deadline by a branch-free scan of the keys; equal deadlines (rare)
       // go to the smaller id, as QEntry's order
@@ -641,17 +649,45 @@ class OrlojEngine {
         best = lt ? hk[k] : best;
         pick = lt ? k : pick;
       }
-      if (best == kEnd.key) return false;  // deadlines are finite: every app is spent
+      if (best == kEnd.key) {  // deadlines are finite: every app is spent
+        full = false;
+        break;
+      }
       for (size_t k = pick + 1; k < na; ++k)
-        if (hk[k] == best && heads_[k].id < heads_[pick].id) pick = k;
-      pb.buf.push_back(Member{best, heads_[pick].id, present_[pb.apps[pick]],
-                              static_cast<int>(pick)});
-      const SortedBlocks& q = *queues_[pick];
-      q.next(pb.cur[pick]);
-      heads_[pick] = q.at_end(pb.cur[pick]) ? kEnd : q.at(pb.cur[pick]);
-      hkeys_[pick] = heads_[pick].key;
+        if (hk[k] == best && runs[k].p->id < runs[pick].p->id) pick = k;
+      Run& r = runs[pick];
+      pb.buf.push_back(Member{best, r.p->id, apps[pick], static_cast<int>(pick)});
+      if (++r.p == r.e) {  // the run ends: the queue's next block
+        queues_[pick]->skip(pb.cur[pick], static_cast<size_t>(r.p - r.start));
+        load_run(pick, pb.cur[pick]);
+      } else {
+        hk[pick] = r.p->key;
+      }
     }
-    return true;
+    for (size_t k = 0; k < na; ++k)  // the cursors follow what was taken
+      if (runs[k].p && runs[k].p != runs[k].start)
+        queues_[k]->skip(pb.cur[k], static_cast<size_t>(runs[k].p - runs[k].start));
+    return full;
+  }
+
+  struct Run {
+    const QEntry* start;  // where the cursor stands
+    const QEntry* p;      // the next entry
+    const QEntry* e;      // the run's end
+  };
+
+  // runs_[k] = the run at `pos` of queue k (none at the end), hkeys_[k] its next key
+  void load_run(size_t k, const SortedBlocks::Pos& pos) {
+    const SortedBlocks& q = *queues_[k];
+    if (q.at_end(pos)) {
+      runs_[k] = Run{nullptr, nullptr, nullptr};
+      hkeys_[k] = kEnd.key;
+      return;
+    }
+    size_t n = 0;
+    const QEntry* e = q.run(pos, &n);
+    runs_[k] = Run{e, e, e + n};
+    hkeys_[k] = e->key;
   }
 
   // The members of a candidate (valid once the candidates are formed, and during
@@ -1064,9 +1100,10 @@ class OrlojEngine {
   std::vector<double> key_;
   std::vector<size_t> order_;
   std::vector<PoolBuf> pools_;  // pools_[j]: the pool of the j + 1 fastest apps
-  std::vector<QEntry> heads_;  // fill(): each pool app's next request, or kEnd
-  std::vector<double> hkeys_;  // fill(): their deadlines
+  std::vector<double> hkeys_;  // fill(): each pool app's next deadline, or kEnd's
   std::vector<const SortedBlocks*> queues_;
+  std::vector<Run> runs_;      // fill(): each pool app's current run
+  std::vector<int> app_of_;    // fill(): each pool app's engine index
   // past every real request: deadlines are finite, so (inf, max id) sorts last
   static constexpr QEntry kEnd{std::numeric_limits<double>::infinity(),
                                std::numeric_limits<int64_t>::max()};
