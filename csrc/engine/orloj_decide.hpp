@@ -642,6 +642,7 @@ class OrlojEngine {
     while (pb.buf.size() - pb.head < want) {
       // the smallest deadline by a branch-free scan of the keys; equal deadlines (rare)
       // go to the smaller id, as QEntry's order
+      // (the ids are compared only when another app ties the pick: counted branch-free)
       size_t pick = 0;
       double best = hk[0];
       for (size_t k = 1; k < na; ++k) {
@@ -653,8 +654,11 @@ class OrlojEngine {
         full = false;
         break;
       }
-      for (size_t k = pick + 1; k < na; ++k)
-        if (hk[k] == best && runs[k].p->id < runs[pick].p->id) pick = k;
+      int equal = 0;
+      for (size_t k = 0; k < na; ++k) equal += hk[k] == best;
+      if (equal > 1)
+        for (size_t k = pick + 1; k < na; ++k)
+          if (hk[k] == best && runs[k].p->id < runs[pick].p->id) pick = k;
       Run& r = runs[pick];
       pb.buf.push_back(Member{best, r.p->id, apps[pick], static_cast<int>(pick)});
       if (++r.p == r.e) {  // the run ends: the queue's next block
