@@ -564,7 +564,12 @@ class OrlojEngine {
     bool same = pb.valid && key >= pb.key && pb.apps.size() == j + 1;
     for (size_t k = 0; same && k <= j; ++k) same = pb.apps[k] == order_[k];
     if (same) {
-      while (pb.head < pb.buf.size() && pb.buf[pb.head].deadline < key) ++pb.head;
+      // the buffer is in deadline order: its first entry at or above the new bar
+      if (pb.head < pb.buf.size() && pb.buf[pb.head].deadline < key)
+        pb.head = static_cast<size_t>(
+            std::lower_bound(pb.buf.begin() + pb.head + 1, pb.buf.end(), key,
+                             [](const Member& m, double k) { return m.deadline < k; }) -
+            pb.buf.begin());
       if (pb.head == pb.buf.size()) {
         if (!by_ref_) {  // by_ref_: the buffer holds candidates; it grows on
           pb.buf.clear();
