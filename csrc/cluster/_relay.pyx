@@ -27,6 +27,8 @@ router.py runs its Python loop without it.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from libc.errno cimport EAGAIN, EINTR
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free, realloc
@@ -127,6 +129,164 @@ def load():
     loaded = True
 
 
+# ---------------------------------------------------------------- msgpack, a header's fields
+cdef inline unsigned long long _be(const unsigned char *b, int n) noexcept:
+    cdef unsigned long long v = 0
+    cdef int i
+    for i in range(n):
+        v = (v << 8) | b[i]
+    return v
+
+
+cdef Py_ssize_t _skip(const unsigned char *b, Py_ssize_t i, Py_ssize_t n, int depth) noexcept:
+    """The index after the msgpack object at b[i], or -1 (truncated, malformed, too deep)."""
+    cdef unsigned char t
+    cdef unsigned long long count = 0, k
+    cdef Py_ssize_t size = 0
+    if i >= n or depth > 32:
+        return -1
+    t = b[i]
+    if t <= 0x7f or t >= 0xe0 or t == 0xc0 or t == 0xc2 or t == 0xc3:
+        return i + 1
+    if 0xa0 <= t <= 0xbf:
+        size = 1 + (t & 0x1f)
+    elif t == 0xcc or t == 0xd0:
+        size = 2
+    elif t == 0xcd or t == 0xd1:
+        size = 3
+    elif t == 0xca or t == 0xce or t == 0xd2:
+        size = 5
+    elif t == 0xcb or t == 0xcf or t == 0xd3:
+        size = 9
+    elif 0xd4 <= t <= 0xd8:
+        size = 2 + (1 << (t - 0xd4))
+    elif t == 0xc4 or t == 0xd9 or t == 0xc7:
+        if i + 2 > n:
+            return -1
+        size = 2 + <Py_ssize_t>b[i + 1] + (1 if t == 0xc7 else 0)
+    elif t == 0xc5 or t == 0xda or t == 0xc8:
+        if i + 3 > n:
+            return -1
+        size = 3 + <Py_ssize_t>_be(b + i + 1, 2) + (1 if t == 0xc8 else 0)
+    elif t == 0xc6 or t == 0xdb or t == 0xc9:
+        if i + 5 > n:
+            return -1
+        size = 5 + <Py_ssize_t>_be(b + i + 1, 4) + (1 if t == 0xc9 else 0)
+    else:  # arrays and maps
+        if 0x90 <= t <= 0x9f or 0x80 <= t <= 0x8f:
+            count = t & 0x0f
+            i += 1
+        elif t == 0xdc or t == 0xde:
+            if i + 3 > n:
+                return -1
+            count = _be(b + i + 1, 2)
+            i += 3
+        elif t == 0xdd or t == 0xdf:
+            if i + 5 > n:
+                return -1
+            count = _be(b + i + 1, 4)
+            i += 5
+        else:
+            return -1  # 0xc1: never used
+        if t <= 0x8f or t == 0xde or t == 0xdf:
+            count *= 2
+        k = 0
+        while k < count:
+            i = _skip(b, i, n, depth + 1)
+            if i < 0:
+                return -1
+            k += 1
+        return i
+    return i + size if i + size <= n else -1
+
+
+cdef inline int _str(const unsigned char *b, Py_ssize_t i, Py_ssize_t n,
+                     Py_ssize_t *start, Py_ssize_t *length) noexcept:
+    """A msgpack str at b[i]: its bytes' start and length; -1 if b[i] is no str."""
+    cdef unsigned char t = b[i]
+    if 0xa0 <= t <= 0xbf:
+        start[0], length[0] = i + 1, t & 0x1f
+    elif t == 0xd9 and i + 2 <= n:
+        start[0], length[0] = i + 2, b[i + 1]
+    elif t == 0xda and i + 3 <= n:
+        start[0], length[0] = i + 3, <Py_ssize_t>_be(b + i + 1, 2)
+    else:
+        return -1
+    return 0 if start[0] + length[0] <= n else -1
+
+
+cdef inline bint _is(const unsigned char *b, Py_ssize_t start, Py_ssize_t length,
+                     const char *word, Py_ssize_t wlen) noexcept:
+    cdef Py_ssize_t j
+    if length != wlen:
+        return False
+    for j in range(wlen):
+        if b[start + j] != <unsigned char>word[j]:
+            return False
+    return True
+
+
+cdef int _number(const unsigned char *b, Py_ssize_t i, double *out) noexcept:
+    """A msgpack int or float at b[i] as a double: 0, or -1 if it is neither (bool too)."""
+    cdef unsigned char t = b[i]
+    cdef unsigned long long u
+    cdef float f
+    cdef double d
+    if t <= 0x7f:
+        out[0] = t
+    elif t >= 0xe0:
+        out[0] = <signed char>t
+    elif 0xcc <= t <= 0xcf:
+        out[0] = <double>_be(b + i + 1, 1 << (t - 0xcc))
+    elif 0xd0 <= t <= 0xd3:
+        u = _be(b + i + 1, 1 << (t - 0xd0))
+        if t == 0xd0:
+            out[0] = <signed char>u
+        elif t == 0xd1:
+            out[0] = <short>u
+        elif t == 0xd2:
+            out[0] = <int>u
+        else:
+            out[0] = <long long>u
+    elif t == 0xca:
+        u = _be(b + i + 1, 4)
+        memcpy(&f, &u, 4)  # little-endian hosts (x86-64, aarch64)
+        out[0] = f
+    elif t == 0xcb:
+        u = _be(b + i + 1, 8)
+        memcpy(&d, &u, 8)
+        out[0] = d
+    else:
+        return -1
+    return 0
+
+
+cdef inline long long _now_ns() noexcept:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec
+
+
+cdef bytes _uint(unsigned long long v):
+    """v as msgpack's smallest unsigned encoding."""
+    cdef unsigned char out[9]
+    cdef int n, j
+    if v <= 0x7f:
+        out[0] = <unsigned char>v
+        n = 1
+    elif v <= 0xff:
+        out[0], n = 0xcc, 2
+    elif v <= 0xffff:
+        out[0], n = 0xcd, 3
+    elif v <= 0xffffffff:
+        out[0], n = 0xce, 5
+    else:
+        out[0], n = 0xcf, 9
+    for j in range(1, n):
+        out[j] = <unsigned char>(v >> (8 * (n - 1 - j)))
+    return PyBytes_FromStringAndSize(<char *>out, n)
+
+
 cdef class Held:
     """A data frame kept for a re-route: a reference to the received message (libzmq
     counts references: no byte copied). `send(handle, more)` sends it again."""
@@ -174,6 +334,12 @@ cdef class Relay:
     """See the module docstring."""
 
     cdef object owner
+    # the fast path (see the module docstring): decisions made ahead by the owner, and
+    # the requests it forwarded, by our id
+    cdef public dict decisions  # (model, app, slo_ms or None) -> (node index, until ns)
+    cdef public dict sent  # our id -> (client ident, client id as msgpack, node handle)
+    cdef public unsigned long long next_id  # our ids, the owner's too
+    cdef public unsigned long long fast_requests, fast_replies  # relayed by the fast path
     cdef orr_pollitem_t items[MAX_NODES + 1]
     cdef int n  # poll items: the client socket, then the nodes'
     cdef unsigned long generation  # set_nodes calls: node handles may be gone since
@@ -192,6 +358,10 @@ cdef class Relay:
         self.items[0].events = ZMQ_POLLIN
         self.n = 1
         self.generation = 0
+        self.decisions = {}
+        self.sent = {}
+        self.next_id = 1
+        self.fast_requests = self.fast_replies = 0
         self._grow(16)
 
     def __dealloc__(self):
@@ -249,6 +419,187 @@ cdef class Relay:
                 return -1
         return 0
 
+    cdef bint _fast_request(self, int k) except -1:
+        """An infer whose kind has a decision made ahead: forwarded here, then the owner
+        told (`_fast_sent`). False (nothing done) for anything else: the owner decides."""
+        cdef const unsigned char *b = <const unsigned char *>z_data(&self.parts[2])
+        cdef Py_ssize_t n = z_size(&self.parts[2]), i = 0, ks = 0, kl = 0, vend
+        cdef Py_ssize_t id_s = -1, id_e = -1, ms = -1, ml = 0, as_ = -1, al = 0
+        cdef unsigned long long count, pair
+        cdef unsigned char t
+        cdef double slo = 0.0
+        cdef bint has_slo = False
+        if n < 1:
+            return False
+        t = b[0]
+        if 0x80 <= t <= 0x8f:
+            count, i = t & 0x0f, 1
+        elif t == 0xde and n >= 3:
+            count, i = _be(b + 1, 2), 3
+        else:
+            return False
+        pair = 0
+        while pair < count:
+            pair += 1
+            if i >= n or _str(b, i, n, &ks, &kl) < 0:
+                return False
+            i = ks + kl
+            vend = _skip(b, i, n, 0)
+            if vend < 0:
+                return False
+            if _is(b, ks, kl, "id", 2):
+                id_s, id_e = i, vend
+            elif _is(b, ks, kl, "op", 2):
+                if _str(b, i, n, &ks, &kl) < 0 or not _is(b, ks, kl, "infer", 5):
+                    return False
+            elif _is(b, ks, kl, "model", 5):
+                if _str(b, i, n, &ms, &ml) < 0:
+                    return False
+            elif _is(b, ks, kl, "app", 3):
+                if _str(b, i, n, &as_, &al) < 0:
+                    return False
+            elif _is(b, ks, kl, "slo_ms", 6):
+                if b[i] == 0xc0:
+                    has_slo = False
+                elif _number(b, i, &slo) == 0:
+                    has_slo = True
+                else:
+                    return False
+            i = vend
+        if id_s < 0 or ms < 0 or i != n:
+            return False
+        try:
+            key = (PyUnicode_DecodeUTF8(<char *>b + ms, ml, NULL),
+                   "default" if as_ < 0 else PyUnicode_DecodeUTF8(<char *>b + as_, al, NULL),
+                   slo if has_slo else None)
+        except UnicodeDecodeError:
+            return False
+        got = self.decisions.get(key)
+        if got is None:
+            return False
+        node, until = got
+        if _now_ns() > until or not 0 <= node < self.n - 1:
+            return False
+        cdef void *dst = self.items[node + 1].socket
+        cdef unsigned long long rid = self.next_id
+        self.next_id += 1
+        cdef bytes rid_raw = _uint(rid)
+        cdef Py_ssize_t rl = PyBytes_GET_SIZE(rid_raw)
+        cdef Py_ssize_t hl = id_s + rl + (n - id_e)
+        cdef orr_msg_t head
+        if z_init_size(&head, hl) < 0:
+            raise MemoryError()
+        cdef char *h = <char *>z_data(&head)
+        memcpy(h, b, id_s)
+        memcpy(h + id_s, PyBytes_AS_STRING(rid_raw), rl)
+        memcpy(h + id_s + rl, b + id_e, n - id_e)
+        ident = _bytes(&self.parts[0])
+        raw = _bytes(&self.parts[2])
+        cid_raw = PyBytes_FromStringAndSize(<char *>b + id_s, id_e - id_s)
+        cdef list kept = []
+        cdef Held hd
+        cdef int j
+        for j in range(3, k):  # a reference to each data frame, for a re-route
+            hd = Held.__new__(Held)
+            z_copy(&hd.msg, &self.parts[j])
+            kept.append(hd)
+        z_close(&self.parts[0])
+        z_close(&self.parts[2])
+        if z_send(&self.parts[1], dst, ZMQ_DONTWAIT | ZMQ_SNDMORE) < 0:
+            self._close(1, 2)
+            z_close(&head)
+            self._close(3, k)
+            raise OSError(z_errno(), "the relay could not forward a request")
+        if z_send(&head, dst, ZMQ_DONTWAIT | (ZMQ_SNDMORE if k > 3 else 0)) < 0:
+            z_close(&head)
+            self._close(3, k)
+            raise OSError(z_errno(), "the relay could not forward a request")
+        if self._send_parts(dst, 3, k) < 0:
+            raise OSError(z_errno(), "the relay could not forward a request")
+        self.sent[rid] = (ident, cid_raw, <uintptr_t>dst)
+        self.fast_requests += 1
+        self.owner._fast_sent(ident, raw, rid, node, kept)
+        return True
+
+    cdef bint _fast_reply(self, int k, void *sock) except -1:
+        """A reply to a request of the fast path, unless `rejected` (the owner may route
+        it again): relayed here with the client's id, then the owner told
+        (`_fast_replied`). False (nothing done) for anything else."""
+        cdef const unsigned char *b = <const unsigned char *>z_data(&self.parts[1])
+        cdef Py_ssize_t n = z_size(&self.parts[1]), i = 0, ks = 0, kl = 0, vend
+        cdef Py_ssize_t id_s = -1, id_e = -1, ss = -1, sl = 0
+        cdef unsigned long long count, pair, rid = 0
+        cdef unsigned char t
+        if n < 1:
+            return False
+        t = b[0]
+        if 0x80 <= t <= 0x8f:
+            count, i = t & 0x0f, 1
+        elif t == 0xde and n >= 3:
+            count, i = _be(b + 1, 2), 3
+        else:
+            return False
+        pair = 0
+        while pair < count:
+            pair += 1
+            if i >= n or _str(b, i, n, &ks, &kl) < 0:
+                return False
+            i = ks + kl
+            vend = _skip(b, i, n, 0)
+            if vend < 0:
+                return False
+            if _is(b, ks, kl, "id", 2):
+                t = b[i]
+                if t <= 0x7f:
+                    rid = t
+                elif 0xcc <= t <= 0xcf:
+                    rid = _be(b + i + 1, 1 << (t - 0xcc))
+                else:
+                    return False
+                id_s, id_e = i, vend
+            elif _is(b, ks, kl, "status", 6):
+                if _str(b, i, n, &ss, &sl) < 0:
+                    return False
+            i = vend
+        if id_s < 0 or ss < 0 or i != n or _is(b, ss, sl, "rejected", 8):
+            return False
+        got = self.sent.get(rid)
+        if got is None:
+            return False
+        ident, cid_raw, handle = got
+        if <uintptr_t>handle != <uintptr_t>sock:
+            return False  # not from the node it was sent to: the owner's rules
+        del self.sent[rid]
+        status = PyUnicode_DecodeUTF8(<char *>b + ss, sl, "replace")
+        cdef Py_ssize_t cl = PyBytes_GET_SIZE(cid_raw)
+        cdef Py_ssize_t hl = id_s + cl + (n - id_e)
+        cdef orr_msg_t head
+        if z_init_size(&head, hl) < 0:
+            raise MemoryError()
+        cdef char *h = <char *>z_data(&head)
+        memcpy(h, b, id_s)
+        memcpy(h + id_s, PyBytes_AS_STRING(cid_raw), cl)
+        memcpy(h + id_s + cl, b + id_e, n - id_e)
+        z_close(&self.parts[1])
+        cdef void *client = self.items[0].socket
+        # a ROUTER drops what it cannot route (a gone client): no error here
+        if _send_bytes(client, ident, ZMQ_DONTWAIT | ZMQ_SNDMORE) < 0:
+            self._close(0, 1)
+            z_close(&head)
+            self._close(2, k)
+        elif z_send(&self.parts[0], client, ZMQ_DONTWAIT | ZMQ_SNDMORE) < 0:
+            self._close(0, 1)
+            z_close(&head)
+            self._close(2, k)
+        elif z_send(&head, client, ZMQ_DONTWAIT | (ZMQ_SNDMORE if k > 2 else 0)) < 0:
+            z_close(&head)
+            self._close(2, k)
+        else:
+            self._send_parts(client, 2, k)
+        self.fast_replies += 1
+        self.owner._fast_replied(rid, status)
+        return True
+
     def serve(self, int timeout_ms):
         """Waits up to timeout_ms for messages and relays what came: 1 if a client's
         message was read, 2 if replies were relayed (or both)."""
@@ -289,6 +640,10 @@ cdef class Relay:
                 return False
             if k < 3 or z_size(&self.parts[1]) != 0:
                 self._close(0, k)  # no empty delimiter frame: not the protocol; ignored
+                continue
+            if self.decisions and self._fast_request(k):
+                if self.generation != gen:
+                    return True
                 continue
             try:
                 out = self.owner._request(_bytes(&self.parts[0]), _bytes(&self.parts[2]))
@@ -340,6 +695,10 @@ cdef class Relay:
                 return False
             if k < 2:
                 self._close(0, k)
+                continue
+            if self.sent and self._fast_reply(k, sock):
+                if self.generation != gen:
+                    return True
                 continue
             try:
                 out = self.owner._reply(node, _bytes(&self.parts[1]))

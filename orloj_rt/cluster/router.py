@@ -249,6 +249,12 @@ class ClusterRouter:
         self._later = None  # what _settle does after a forward
         relay = _load_relay()
         self.relay = None if relay is None else relay.Relay(self, self.client.underlying)
+        # the relay's fast path: the decisions made ahead, by the kind of request as its
+        # header names it; and what it forwarded, by our id (empty without the relay)
+        self._decisions: dict = {} if self.relay is None else self.relay.decisions
+        self._sent_map: dict = {} if self.relay is None else self.relay.sent
+        self._kinds: dict = {}  # (model, app, header slo_ms or None) -> (model, app, slo_s)
+        self.ahead.on_change = self._decisions.clear
         self._socks: dict = {}  # socket -> (kind, node id)
         self.stopping = False
         self.started = time.monotonic()
@@ -340,6 +346,8 @@ class ClusterRouter:
         STATE_DEFER_S past due if no message comes, STATE_READ_S past due at most) and
         are read after it was forwarded, while its node works, instead of delaying it by
         their ~0.1 ms."""
+        if self.stopping and self._decisions:
+            self._decisions.clear()  # the relay forwards nothing more: refused here
         now = time.monotonic()
         due = self._next_states + (STATE_DEFER_S if self._deferred else 0.0)
         wait = min(timeout_s, max(0.0, due - now))
@@ -363,6 +371,7 @@ class ClusterRouter:
         self._on_states(now)
         self._check(now)
         self.ahead.prepare(now)
+        self._publish()
 
     def _poll_python(self, timeout_ms: int) -> bool:
         """One wake-up relayed in Python: whether replies were relayed."""
@@ -434,7 +443,7 @@ class ClusterRouter:
                 self.counts["rejected"] += 1
                 self._no_node(ident, cid)
                 return None
-            rid = next(self._ids)
+            rid = self._new_id()
             header["id"] = rid
             p = _Pending(ident, cid, node.id, header, (), "infer", now, slo_s)
             self.inflight[rid] = p
@@ -443,6 +452,7 @@ class ClusterRouter:
             node.sent += 1
             if kind is not None:  # counted once forwarded: _settle
                 self._later = (node.id, kind[0], kind[1], kind[2], now)
+                self._kind(header, kind)
             return node.slot, _packb(header), p
         if op == "health":
             self._send_client(ident, [_reply(cid, "ok", result=self.health())])
@@ -464,7 +474,7 @@ class ClusterRouter:
         if node is None:
             self._no_node(ident, cid)
             return None
-        rid = next(self._ids)
+        rid = self._new_id()
         header["id"] = rid
         p = _Pending(ident, cid, node.id, header, (), op, time.monotonic(), None)
         self.inflight[rid] = p
@@ -479,6 +489,79 @@ class ClusterRouter:
         if later is not None:
             self._later = None
             self.ahead.sent(*later)
+            self._publish()
+
+    def _new_id(self) -> int:
+        relay = self.relay
+        if relay is None:
+            return next(self._ids)
+        rid = relay.next_id
+        relay.next_id = rid + 1
+        return rid
+
+    def _kind(self, header: dict, kind: tuple) -> None:
+        """Remembers the header's words for a kind of request (model, app, slo_s): the
+        compiled relay finds the decisions made ahead by them."""
+        if self.relay is None:
+            return
+        slo = header.get("slo_ms")
+        key = (kind[0], kind[1], None if slo is None else float(slo))
+        if key not in self._kinds:
+            if len(self._kinds) >= 4 * self.ahead.keys:
+                self._kinds.clear()
+            self._kinds[key] = kind
+
+    def _publish(self) -> None:
+        """Gives the compiled relay the decisions made ahead that are valid now (a
+        change of any clears them: Prepared.on_change), each until it is max_age old."""
+        if self.relay is None or self.stopping:
+            return
+        decisions = self._decisions
+        ahead, nodes = self.ahead, self.nodes
+        for key, kind in self._kinds.items():
+            got = ahead.ready(kind)
+            if got is not None:
+                node = nodes.get(got[0])
+                if node is not None and node.routable:
+                    decisions[key] = (node.slot, int((got[1] + ahead.max_age) * 1e9))
+
+    def _fast_sent(self, ident: bytes, raw: bytes, rid: int, slot: int, data: list) -> None:
+        """The compiled relay forwarded an infer by a decision made ahead (our id `rid`,
+        to the node at `slot`): its bookkeeping, as `_request` does it."""
+        header = _unpackb(raw)
+        now = time.monotonic()
+        node = self._slots[slot]
+        cid = header.get("id")
+        model, app = header["model"], header.get("app", "default")
+        slo_s = self._slo_s(header)
+        header["id"] = rid
+        self.counts["received"] += 1
+        self.inflight[rid] = _Pending(ident, cid, node.id, header, data, "infer", now, slo_s)
+        self.by_client[(ident, cid)] = rid
+        node.pending.add(rid)
+        node.sent += 1
+        self.ahead.taken((model, app, slo_s))
+        self.decisions += 1
+        self.ahead.sent(node.id, model, app, slo_s, now)
+        self._publish()
+
+    def _fast_replied(self, rid: int, status: str) -> None:
+        """The compiled relay relayed the reply to a request it forwarded: its
+        bookkeeping, as `_reply` does it."""
+        p = self.inflight.pop(rid, None)
+        if p is None:
+            return
+        node = self.nodes.get(p.node)
+        if node is not None:
+            node.pending.discard(rid)
+        self.by_client.pop((p.ident, p.cid), None)
+        if status in self.counts:
+            self.counts[status] += 1
+
+    def _forget(self, rid: int) -> _Pending | None:
+        """Takes a request out of flight (and out of the relay's fast path)."""
+        self._sent_map.pop(rid, None)
+        return self.inflight.pop(rid, None)
 
     def _no_node(self, ident: bytes, cid) -> None:
         self._send_client(ident, [_reply(cid, "rejected", "no node of the cluster is serving "
@@ -533,7 +616,7 @@ class ClusterRouter:
         if node is None or not node.routable:
             self._send_client(ident, [_reply(cid, "ok", result="unknown")])
             return
-        crid = next(self._ids)
+        crid = self._new_id()
         ch = {"v": PROTOCOL_VERSION, "id": crid, "op": "cancel", "target": rid}
         cp = _Pending(ident, cid, node.id, ch, [], "cancel", time.monotonic(), None)
         cp.rerouted = True  # a cancel is never re-routed: its target's node is gone
@@ -574,10 +657,10 @@ class ClusterRouter:
                 self.ahead.remove(node.id)
                 log.warning("node %s shuts down: routing around it", node.id)
             if self._reroute(p, time.monotonic()):  # in flight again, under a new id
-                del self.inflight[rid]
+                self._forget(rid)
                 node.pending.discard(rid)
                 return None
-        del self.inflight[rid]
+        self._forget(rid)
         node.pending.discard(rid)
         if p.op == "infer":
             self.by_client.pop((p.ident, p.cid), None)
@@ -649,6 +732,7 @@ class ClusterRouter:
         for i, n in enumerate(self._slots):
             n.slot = i
         if self.relay is not None:
+            self._decisions.clear()  # they name nodes by their index
             self.relay.set_nodes([n.sock.underlying for n in self._slots])
 
     def _on_monitor(self, node_id: str, monitor) -> None:
@@ -691,7 +775,7 @@ class ClusterRouter:
         node.sock.close(linger=0)
         now = time.monotonic()
         for rid in sorted(node.pending):
-            p = self.inflight.pop(rid, None)
+            p = self._forget(rid)
             if p is not None:
                 self._orphan(p, node, now)
         node.pending.clear()
@@ -704,7 +788,7 @@ class ClusterRouter:
         target, kind = self._choose(p.header, left, now)
         if target is None:
             return False
-        rid = next(self._ids)
+        rid = self._new_id()
         p.rerouted = True
         p.header["id"] = rid
         p.header["slo_ms"] = left * 1000.0
@@ -775,6 +859,8 @@ class ClusterRouter:
             "decisions": self.decisions,
             "decisions_prepared": self.ahead.prepared,
             "relay": "python" if self.relay is None else "compiled",
+            "relayed_in_c": [0, 0] if self.relay is None
+            else [self.relay.fast_requests, self.relay.fast_replies],
             "decision_us_mean": round(self.decision_s / self.decisions * 1e6, 2)
             if self.decisions else 0.0,
             "nodes": self.node_table(),
@@ -787,7 +873,7 @@ class ClusterRouter:
         while self.inflight and time.monotonic() < deadline:
             self.serve_once(0.02)
         for rid in list(self.inflight):
-            p = self.inflight.pop(rid)
+            p = self._forget(rid)
             self._answer(p, "rejected", "the cluster router shut down before the node answered")
 
     def close(self) -> None:

@@ -401,10 +401,29 @@ class Prepared:
         self._ready: dict[tuple, list] = {}
         self.prepared = 0  # decisions taken ready-made
         self.made = 0  # decisions made when their request came
+        self.on_change = None  # called when the decisions made ahead are no longer valid
 
     def _changed(self, node: str) -> None:
         self.version += 1
         self._node_version[node] = self._node_version.get(node, 0) + 1
+        if self.on_change is not None:
+            self.on_change()
+
+    def ready(self, key: tuple) -> tuple | None:
+        """(node, made at) of the decision made ahead for this kind (model, app, slo)
+        while nothing changed since; else None. For a caller that uses it outside `take`
+        (the router's compiled relay), which then calls `taken(key)`."""
+        hit = self._ready.get(key)
+        if hit is None or hit[1] != self.version:
+            return None
+        return hit[0], hit[2]
+
+    def taken(self, key: tuple) -> None:
+        """The decision `ready(key)` gave was used: counted as `take` counts it."""
+        hit = self._ready.get(key)
+        if hit is not None:
+            self.router.fallbacks += hit[3]
+        self.prepared += 1
 
     def update(self, node: str, state: NodeState, received: float) -> None:
         self.router.update(node, state, received)

@@ -62,6 +62,7 @@ class FakeNode:
         self.shutting_down = False  # answers infer `rejected` as a draining frontend does
         self.publish = True
         self.held: list = []
+        self.to_release = False  # answer what it holds, from its own thread (release)
         self.seen: list = []  # ids received (the router's)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -99,6 +100,9 @@ class FakeNode:
             if self.publish and now >= next_state:
                 self.pub.send(self._state())
                 next_state = now + 0.005
+            if self.to_release:
+                self.to_release = False
+                self._answer_held()
             if self.sock.poll(2):
                 frames = self.sock.recv_multipart()
                 h = msgpack.unpackb(frames[2])
@@ -112,8 +116,13 @@ class FakeNode:
         self.ctx.term()
 
     def release(self) -> None:
-        """Answers what it held (late, from the router's point of view)."""
+        """Answers what it held (late, from the router's point of view), from its own
+        thread (a ZeroMQ socket is used by one thread), and waits until it did."""
         self.hold = False
+        self.to_release = True
+        wait_for(lambda: not self.to_release, f"{self.name} answering what it held")
+
+    def _answer_held(self) -> None:
         for f in self.held:
             self.answer(f)
         self.held.clear()
@@ -125,11 +134,17 @@ class FakeNode:
 
 @pytest.fixture(params=["relay", "python"])
 def router(request):
-    """The router process, relaying with its compiled relay (where built) or, with
-    ORLOJ_RT_PURE=1, in Python: both must keep every rule."""
-    env = dict(os.environ, ORLOJ_RT_PURE="1" if request.param == "python" else "0")
+    """The router process (round-robin), relaying with its compiled relay (where built)
+    or, with ORLOJ_RT_PURE=1, in Python: both must keep every rule."""
+    with router_process("round-robin", request.param == "python") as r:
+        yield r
+
+
+@contextlib.contextmanager
+def router_process(name: str, python: bool):
+    env = dict(os.environ, ORLOJ_RT_PURE="1" if python else "0")
     cmd = [sys.executable, "-m", "orloj_rt.cluster.router", "--bind", "tcp://127.0.0.1:*",
-           "--state-bind", "tcp://127.0.0.1:*", "--router", "round-robin",
+           "--state-bind", "tcp://127.0.0.1:*", "--router", name,
            "--dead-after", str(DEAD_AFTER_S), "--log-level", "WARNING"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -314,6 +329,52 @@ def test_a_node_that_shuts_down_is_routed_around(router):
         assert c.stats()["rerouted"] >= 1
         assert c.health()["nodes"]["n1"]["in_flight"] == 0
         s.close()
+
+
+@pytest.mark.skipif(not RELAY_BUILT, reason="the compiled relay is not built (setup.py)")
+def test_the_relays_fast_path_keeps_ids_data_cancels_and_exactly_once():
+    """p2c decisions made ahead: the compiled relay forwards and answers in C; every rule
+    holds (two clients' colliding ids, data intact, a cancel, a node dying with requests
+    in flight: each answered once, late answers dropped)."""
+    with router_process("p2c", python=False) as (_, ep, state_ep), \
+            fake_nodes(state_ep, 2) as nodes, Client(ep, timeout_s=10) as c:  # fmt: skip
+        wait_for(lambda: nodes_ready(c, 2), "both nodes ready")
+        a, b = dealer(ep), dealer(ep)
+        for i in range(30):  # one at a time: each decision is made ahead of the next
+            send(a, i, np.full(3, i, "<i8").tobytes())
+            send(b, i, np.full(3, 100 + i, "<i8").tobytes())
+            for sock, base in ((a, 0), (b, 100)):
+                (h, data), = recv_all(sock, 1)
+                assert h["id"] == i and h["status"] == "ok"
+                assert np.frombuffer(data[0], "<i8").tolist() == [base + i] * 3
+        stats = c.stats()
+        assert stats["received"] == 60 and stats["ok"] == 60 and stats["in_flight"] == 0
+        fast_requests, fast_replies = stats["relayed_in_c"]
+        assert fast_requests > 30 and fast_replies == fast_requests
+        assert stats["decisions_prepared"] >= fast_requests
+        for n in nodes:
+            n.hold = True
+        for i in range(40, 50):
+            send(a, i, np.full(2, i, "<i8").tobytes())
+        wait_for(lambda: sum(len(n.held) for n in nodes) == 10, "the requests held")
+        assert c.stats()["relayed_in_c"][0] > fast_requests  # some went the fast path
+        a.send_multipart([b"", msgpack.packb({"v": 1, "id": 99, "op": "cancel", "target": 40})])
+        got = {h["id"]: h for h, _ in recv_all(a, 2)}
+        assert got[40]["status"] == "cancelled" and got[99]["result"] == "queued"
+        slow = max(nodes, key=lambda n: len(n.held))  # it goes silent: declared dead
+        other = nodes[1 - nodes.index(slow)]
+        other.release()
+        slow.publish = False
+        got = recv_all(a, 9, extra_s=0.2)
+        assert sorted(h["id"] for h, _ in got) == list(range(41, 50))
+        assert {h["status"] for h, _ in got} == {"ok"}
+        for h, data in got:
+            assert np.frombuffer(data[0], "<i8").tolist() == [h["id"]] * 2
+        slow.release()  # its late answers must not reach the client
+        assert recv_all(a, 0, extra_s=0.5) == []
+        assert c.stats()["in_flight"] == 0
+        a.close()
+        b.close()
 
 
 def test_without_ray_the_command_says_how_to_install_it():
