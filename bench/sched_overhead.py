@@ -58,8 +58,10 @@ Variants (`--variants N`, issue 17): orloj choosing among N model variants
 (orloj_rt/policies/utility.py: one engine per variant over the same queue; cost scales
 1, 1/2, 1/4, ..., accuracies 1, 0.93, 0.86, ...), the apps and deadlines of the grid. With
 every request arriving at clock 0 the queue is always over what any variant drains, so
-each decision takes the overload path: the cheapest variant's drops, then every variant's
-evaluation (the most work a decision does). Rows per engine, queue and app count.
+each decision takes the overload path: the cheapest variant's drops, then the variants'
+evaluations, cheapest first, a costlier one skipped when it cannot win (utility.py's
+pruning: here the cheapest alone is evaluated), then the batch's removal from every
+variant's engine. Rows per engine, queue and app count.
 
     python bench/sched_overhead.py --variants 3 --queues 1000 [--json]
 
