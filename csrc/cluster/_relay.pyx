@@ -518,7 +518,7 @@ cdef class Relay:
             raise OSError(z_errno(), "the relay could not forward a request")
         self.sent[rid] = (ident, cid_raw, <uintptr_t>dst)
         self.fast_requests += 1
-        self.owner._fast_sent(ident, raw, rid, node, kept)
+        self.owner._fast_sent(ident, raw, rid, node, kept, key, cid_raw)
         return True
 
     cdef bint _fast_reply(self, int k, void *sock) except -1:

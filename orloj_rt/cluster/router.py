@@ -193,18 +193,30 @@ class _Node:
 
 
 class _Pending:
-    __slots__ = ("ident", "cid", "node", "header", "data", "rerouted", "t0", "op", "slo_s")
+    __slots__ = ("ident", "cid", "node", "_header", "data", "rerouted", "t0", "op", "slo_s",
+                 "raw")  # fmt: skip
 
-    def __init__(self, ident, cid, node, header, data, op, t0, slo_s):
+    def __init__(self, ident, cid, node, header, data, op, t0, slo_s, raw=None):
         self.ident = ident  # the client's routing id (bytes)
         self.cid = cid  # the client's request id
         self.node = node  # the node id it was sent to
-        self.header = header  # as forwarded (our id in it); kept to re-route it
-        self.data = data  # its data frames (zmq.Frame: no copy)
+        self._header = header  # as forwarded (our id in it); kept to re-route it
+        self.data = data  # its data frames (zmq.Frame, or _relay.Held: no copy)
         self.rerouted = False
         self.t0 = t0
         self.op = op
         self.slo_s = slo_s
+        self.raw = raw  # (the client's header, our id) when `header` is read on demand
+
+    @property
+    def header(self) -> dict:
+        """The header as forwarded: decoded when first needed (a re-route) where the
+        compiled relay forwarded it."""
+        if self._header is None:
+            raw, rid = self.raw
+            self._header = _unpackb(raw)
+            self._header["id"] = rid
+        return self._header
 
 
 class ClusterRouter:
@@ -509,6 +521,7 @@ class ClusterRouter:
         if key not in self._kinds:
             if len(self._kinds) >= 4 * self.ahead.keys:
                 self._kinds.clear()
+                self._decisions.clear()  # the relay finds none it cannot name
             self._kinds[key] = kind
 
     def _publish(self) -> None:
@@ -525,24 +538,26 @@ class ClusterRouter:
                 if node is not None and node.routable:
                     decisions[key] = (node.slot, int((got[1] + ahead.max_age) * 1e9))
 
-    def _fast_sent(self, ident: bytes, raw: bytes, rid: int, slot: int, data: list) -> None:
+    def _fast_sent(self, ident: bytes, raw: bytes, rid: int, slot: int, data: list,
+                   key: tuple, cid_raw: bytes) -> None:  # fmt: skip
         """The compiled relay forwarded an infer by a decision made ahead (our id `rid`,
-        to the node at `slot`): its bookkeeping, as `_request` does it."""
-        header = _unpackb(raw)
+        to the node at `slot`; `key` the kind as the relay read it off the header, whose
+        id was `cid_raw`): its bookkeeping, as `_request` does it. The header is decoded
+        only if it is routed again (_Pending.header)."""
         now = time.monotonic()
+        model, app, slo_s = kind = self._kinds[key]
         node = self._slots[slot]
-        cid = header.get("id")
-        model, app = header["model"], header.get("app", "default")
-        slo_s = self._slo_s(header)
-        header["id"] = rid
+        cid = _unpackb(cid_raw)
         self.counts["received"] += 1
-        self.inflight[rid] = _Pending(ident, cid, node.id, header, data, "infer", now, slo_s)
+        self.inflight[rid] = _Pending(ident, cid, node.id, None, data, "infer", now, slo_s,
+                                      (raw, rid))  # fmt: skip
         self.by_client[(ident, cid)] = rid
         node.pending.add(rid)
         node.sent += 1
-        self.ahead.taken((model, app, slo_s))
+        ahead = self.ahead
+        ahead.taken(kind)
         self.decisions += 1
-        self.ahead.sent(node.id, model, app, slo_s, now)
+        ahead.sent(node.id, model, app, slo_s, now)
         self._publish()
 
     def _fast_replied(self, rid: int, status: str) -> None:
