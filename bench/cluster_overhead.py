@@ -131,6 +131,10 @@ def overhead(entry: str, nodes: list[str], n: int, block: int, router: str) -> d
         "added_p50_us": round(pct(routed, 0.5) - pct(direct, 0.5), 1),
         "added_mean_us": round(statistics.fmean(routed) - statistics.fmean(direct), 1),
         "decision_us_mean": stats.get("decision_us_mean", 0.0),
+        # the router's relay (compiled or python) and the requests and replies its C
+        # fast path relayed (decisions made ahead: docs/cluster.md)
+        "relay": stats.get("relay", "python"),
+        "relayed_in_c": stats.get("relayed_in_c", [0, 0]),
     }
 
 
@@ -287,7 +291,8 @@ def main() -> int:
     print(f"   {'ClusterClient':<22} {o['client_side_p50_us']:>9} {'':>9}")
     print(f"   added p50: {o['added_p50_us']} us (target <= {OVERHEAD_TARGET_US:g}); mean "
           f"{o['added_mean_us']} us; router decision {o['decision_us_mean']} us mean; "
-          f"{o['requests']} requests each")  # fmt: skip
+          f"{o['requests']} requests each; relay {o['relay']}, {o['relayed_in_c'][0]} "
+          f"requests relayed in C")  # fmt: skip
     print(f"   (floor: an extra hop through libzmq's own C forwarder adds "
           f"{o['proxy_added_p50_us']} us p50 here)")  # fmt: skip
     print(f"   routing in the client (ClusterClient, router {args.router}) adds "
