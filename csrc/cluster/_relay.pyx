@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """The cluster router's relay in C (orloj_rt.cluster._relay): its poll loop and the moves
 of whole messages between the clients' socket and the nodes' sockets, through libzmq's C
-API, with the router's Python code (router.py) deciding each message.
+API, with the router's Python code (router.py) deciding each message, or deciding ahead
+(the fast path, below).
 
     relay = Relay(owner, client_handle)         # owner: the ClusterRouter
     relay.set_nodes([node.sock.underlying, ...])   # again whenever the nodes change
@@ -19,8 +20,21 @@ Per message it calls the owner, which keeps every rule (routing, ids, exactly on
   `owner._reply(node index, header) -> None | (client ident, header out)`, then the relay
   sends [ident, b"", header out, data...] to the client and calls `owner._settle()`.
 
-What pyzmq's Python layer costs per message (a getpid per socket call, a Frame object
-per frame, the poll's lists) is what this saves; the owner's Python decides as before.
+The fast path, with no call into the owner before the send: a client's infer whose
+kind (model, app, slo_ms as its header names them) is in `decisions` (made ahead by the
+owner, valid until a time) goes to that node with our next id put in its header here
+(`next_id`), and is kept in `sent` (our id -> client, its id as msgpack, the node's
+socket); then `owner._fast_sent(...)` does the bookkeeping. A node's reply to a request
+in `sent`, from that node's socket and not `rejected`, goes back to its client with the
+client's id put back here; then `owner._fast_replied(our id, status)`. Anything else
+(another op, a header this parser does not take, a kind without a valid decision, a
+rejected or unknown reply) takes the owner's path above; the owner clears `decisions`
+whenever they may be wrong (a state, a send, a node gone) and removes from `sent` what
+it answers or routes again itself.
+
+What this saves per message is pyzmq's Python layer (a getpid per socket call, a Frame
+object per frame, the poll's lists) and, on the fast path, the owner's Python before the
+send.
 libzmq is the one pyzmq loaded (its functions found by `load()`), so the sockets are
 pyzmq's own (their `underlying` handles). Optional: setup.py builds it when it can, and
 router.py runs its Python loop without it.

@@ -15,6 +15,15 @@ clients' ids could collide) and forwards the header with the data frames as they
 ZeroMQ frames received with copy=False and sent on as they are, so that no tensor byte
 passes through a Python object. A reply goes back to its client with the client's id.
 
+Per request, as little as possible waits (docs/cluster.md, "The entry point's
+overhead"): the decisions are made ahead (routing.Prepared: after each state and each
+send, for the kinds of request seen lately), and the relay is compiled where built
+(csrc/cluster/_relay.pyx; ORLOJ_RT_PURE=1 or no build: the same loop in Python). Its
+fast path forwards an infer whose kind has a decision made ahead, and relays the reply to
+it, in C (the header read and its id replaced there); this process's Python does the
+bookkeeping after each send (`_fast_sent`, `_fast_replied`). Every other message, and
+every rule below, goes through `_request` and `_reply` here.
+
 Nodes are found by their state: the first state of a node (or of a new incarnation of it:
 another endpoint or supervisor pid) opens a DEALER to its endpoint. A node is routable
 once that connection is up and its state says a worker is ready.
