@@ -124,3 +124,54 @@ def removals(mod, seed):
 @pytest.mark.parametrize("seed", range(6))
 def test_remove_many_agrees(native, pure_engine, seed):
     assert removals(native, seed) == removals(pure_engine, seed)
+
+
+def removals_also(mod, seed):
+    """remove_many(ids, also=...) over three policies holding the same requests (as the
+    variants' engines do), a repeated or unknown id now and then: what each call raised,
+    and what each policy then holds and decides."""
+    rng = random.Random(seed)
+    ps = [mod.OrlojPolicy(max_batch=8) for _ in range(3)]
+    for k, p in enumerate(ps):
+        p.set_default_distribution(mod.Distribution.from_mean_cov(0.01 / (k + 1), 0.5))
+    for rid in range(200):
+        app, dl = f"a{rid % 3}", rng.uniform(0.005, 0.5)
+        for p in ps:
+            p.enqueue(rid, app, 0.0, dl)
+    log = []
+    queued = list(range(200))
+    for _ in range(5):
+        ids = rng.sample(queued, rng.randint(1, 30))
+        k = rng.randrange(len(ids) + 1)
+        bad = rng.choice([None, "dup", "unknown"])
+        if bad == "dup" and k:
+            ids.insert(k, ids[k - 1])
+        elif bad == "unknown":
+            ids.insert(k, 10_000 + k)
+        try:
+            ps[0].remove_many(ids, ps[1:])
+            log.append("ok")
+        except KeyError:
+            log.append("KeyError")
+        log.append([len(p) for p in ps])
+        queued = [r for r in queued if r not in set(ids)]
+    log.append([list(p.evaluate(0.0)[1]) for p in ps])
+    return log
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_remove_many_also_agrees(native, pure_engine, seed):
+    assert removals_also(native, seed) == removals_also(pure_engine, seed)
+
+
+def test_remove_many_also_removes_from_every_policy(eng):
+    ps = [eng.OrlojPolicy(max_batch=4) for _ in range(3)]
+    for p in ps:
+        p.set_default_distribution(eng.Distribution.from_mean_cov(0.01, 0.5))
+        for rid in range(6):
+            p.enqueue(rid, "a", 0.0, 0.1 + rid * 0.01)
+    ps[0].remove_many([1, 3], ps[1:])
+    assert [len(p) for p in ps] == [4, 4, 4]
+    with pytest.raises(KeyError):
+        ps[0].remove_many([0, 99], ps[1:])  # 0 goes from the first, then 99 fails there
+    assert [len(p) for p in ps] == [3, 4, 4]
