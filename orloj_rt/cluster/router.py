@@ -554,7 +554,11 @@ class ClusterRouter:
         id was `cid_raw`): its bookkeeping, as `_request` does it. The header is decoded
         only if it is routed again (_Pending.header)."""
         now = time.monotonic()
-        model, app, slo_s = kind = self._kinds[key]
+        kind = self._kinds.get(key)
+        if kind is None:  # never: a decision is given to the relay by its known kind
+            h = _unpackb(raw)
+            kind = (h["model"], h.get("app", "default"), self._slo_s(h))
+        model, app, slo_s = kind
         node = self._slots[slot]
         cid = _unpackb(cid_raw)
         self.counts["received"] += 1
