@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch's CPU wheel goes in first: resolving a bare `torch` could pull a CUDA build.
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/engine/*.pyx csrc/engine/*.pxd csrc/engine/*.hpp csrc/engine/*.h)
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/engine/*.pyx csrc/engine/*.pxd csrc/engine/*.hpp csrc/engine/*.h csrc/cluster/*.pyx)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
@@ -46,4 +46,4 @@ proto:
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
 
 clean:
-	rm -rf build $(VENV) orloj_rt/engine/_native*.so csrc/engine/*.cpp csrc/engine/*.html
+	rm -rf build $(VENV) orloj_rt/engine/_native*.so orloj_rt/cluster/_relay*.so csrc/engine/*.cpp csrc/engine/*.html csrc/cluster/*.c
