@@ -138,12 +138,14 @@ def percentile(sorted_values: list[float], q: float) -> float:
 def measure(mod, queue: int, apps: int, bins: int, max_batch: int, decisions: int,
             inserts: int, seed: int, pools: bool = False, classes: int = 0,
             class_cov: float = 0.3, policy_name: str = "orloj", variants: int = 0,
-            served: bool = False) -> dict:
+            served: bool = False, pool_step: float | None = None) -> dict:
     """One row. `classes` > 0: the queue's requests are spread over that many hint-class
     apps of HINT_APP (means `class_means`, CoV `class_cov`), each with a hint, instead of
     `apps` apps; `policy_name` "sjf-hint": that policy over `mod`'s distributions;
-    `served`: orloj as the serving core builds it (UtilityPolicy, priorities=True)."""
+    `served`: orloj as the serving core builds it (UtilityPolicy, priorities=True);
+    `pool_step`: orloj's pool_step (None: its default)."""
     rng = random.Random(seed)
+    step_kw = {} if pool_step is None else {"pool_step": pool_step}
     if policy_name == "sjf-hint":
         from orloj_rt.policies.sjf_hint import SjfHintPolicy
 
@@ -152,10 +154,11 @@ def measure(mod, queue: int, apps: int, bins: int, max_batch: int, decisions: in
         from orloj_rt.policies.utility import UtilityPolicy
 
         policy = UtilityPolicy(max_batch=max_batch, pools=pools, engine_cls=mod.OrlojPolicy,
+                               **step_kw,
                                variants=variant_specs(variants) if variants else (),
                                priorities=True)  # fmt: skip
     else:
-        policy = mod.OrlojPolicy(max_batch=max_batch, pools=pools)
+        policy = mod.OrlojPolicy(max_batch=max_batch, pools=pools, **step_kw)
     if classes:
         from orloj_rt.serving.hints import class_app
 
@@ -371,10 +374,12 @@ def hint_classes_main(args) -> int:
                 print(f"\r[{n}/{len(grid)}] {policy} {impl:6s} queue={q} classes={k} "
                       f"bins={b} ...", end="", file=sys.stderr, flush=True)  # fmt: skip
             row = measure(mod, q, 0, b, args.max_batch, reps, ins, args.seed, pools=True,
-                          classes=k, class_cov=args.class_cov, policy_name=policy)  # fmt: skip
+                          classes=k, class_cov=args.class_cov, policy_name=policy,
+                          pool_step=args.pool_step)  # fmt: skip
             row.pop("apps")
             rows.append({"policy": policy, "impl": impl,
                          "pools": True if policy == "orloj" else None,
+                         "pool_step": args.pool_step if policy == "orloj" else None,
                          # sjf-hint: the engine whose distributions it reads
                          "distributions": impl if policy == "orloj" else runtime_engine.IMPL,
                          "hint_classes": k, **row})  # fmt: skip
@@ -516,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hint-classes", type=int, metavar="K",
                     help="instead of the grid: the queue spread over K hint-class apps of "
                     "one app, orloj with pools and sjf-hint (see the docstring)")  # fmt: skip
+    ap.add_argument("--pool-step", type=float, default=None,
+                    help="--hint-classes: orloj's pool_step, the ratio of its pooled batch "
+                    "sizes (default: the engine's; 1: every size)")  # fmt: skip
     ap.add_argument("--class-cov", type=float, default=0.3,
                     help="--hint-classes: each class's CoV (default 0.3)")
     ap.add_argument("--variants", type=int, metavar="N",

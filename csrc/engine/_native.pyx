@@ -42,7 +42,14 @@ from orloj_rt.engine.pure.distribution import (
     check_grid,
     check_time,
 )
-from orloj_rt.engine.pure.orloj import DEFAULT_EPSILON, DEFAULT_THETA, check_probability
+from orloj_rt.engine.pure.orloj import (
+    DEFAULT_EPSILON,
+    DEFAULT_POOL_DENSE,
+    DEFAULT_POOL_STEP,
+    DEFAULT_THETA,
+    check_probability,
+    pool_ladder,
+)
 from orloj_rt.engine.quadrature import GAUSS, MAX_POINTS
 
 
@@ -500,14 +507,16 @@ cdef class OrlojPolicy:
 
     def __init__(self, max_batch=DEFAULT_MAX_BATCH, alpha=DEFAULT_ALPHA, inflation=None,
                  theta=DEFAULT_THETA, epsilon=DEFAULT_EPSILON, fallback=True, pools=False,
+                 pool_dense=DEFAULT_POOL_DENSE, pool_step=DEFAULT_POOL_STEP,
                  max_apps=DEFAULT_MAX_APPS, app_idle_s=DEFAULT_APP_IDLE_S):
         self._inflation = as_inflation(max_batch, alpha, inflation)
         self._theta = check_probability("theta", theta, open_low=True)
         self._epsilon = check_probability("epsilon", epsilon)
+        cdef vector[int] sizes = pool_ladder(len(self._inflation.c_), pool_dense, pool_step)
         if self.e != NULL:
             del self.e
         self.e = new OrlojEngine(self._inflation.c_, self._theta, self._epsilon, bool(fallback),
-                                 bool(pools))
+                                 bool(pools), sizes)
         self._apps = AppTable(max_apps, app_idle_s)
         self._busy_fn = self._busy
         self._default = None

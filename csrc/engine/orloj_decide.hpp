@@ -31,11 +31,17 @@ namespace orloj {
 
 class OrlojEngine {
  public:
+  // pool_sizes: the batch sizes at which pools form candidates when several apps are
+  // queued (the pure twin's pool_ladder(); the largest batch is added per decision);
+  // empty: every size
   OrlojEngine(const std::vector<double>& c, double theta, double epsilon, bool fallback,
-              bool pools = false)
+              bool pools = false, const std::vector<int>& pool_sizes = {})
       : c_(c), B_(static_cast<int>(c.size())), theta_(theta), epsilon_(epsilon),
-        fallback_(fallback), pools_on_(pools), troot_(B_ + 1, 0.0) {
+        fallback_(fallback), pools_on_(pools), troot_(B_ + 1, 0.0),
+        on_ladder_(B_ + 1, pool_sizes.empty() ? 1 : 0) {
     for (int b = 1; b <= B_; ++b) troot_[b] = std::pow(theta_, 1.0 / b);
+    for (int b : pool_sizes)
+      if (b >= 1 && b <= B_) on_ladder_[b] = 1;
   }
 
   int max_batch() const { return B_; }
@@ -489,6 +495,9 @@ class OrlojEngine {
         if (fill_or_die(pb, b)) emit_pool(np - 1, b, cb, now);
         continue;
       }
+      // pools form candidates on the ladder's sizes and the largest (the pure twin's
+      // _select); the pools' buffers and cursors carry over the sizes skipped
+      if (np > 1 && b != top_b && !on_ladder_[b]) continue;
       // apps by (qth[b], app index): present_ is in app order, so a stable insertion sort
       for (size_t i = 0; i < np; ++i) {
         size_t k = i;
@@ -1093,6 +1102,7 @@ class OrlojEngine {
   bool fallback_;
   bool pools_on_;  // false (default): one pool of every app at the slowest's bar
   std::vector<double> troot_;
+  std::vector<char> on_ladder_;  // [b]: pools form candidates of size b (several apps)
   std::vector<std::unique_ptr<App>> apps_;  // by index; a freed index holds a fresh App
   std::vector<int> active_;  // the apps with queued requests, in no order
   struct Loc {

@@ -10,7 +10,7 @@ from status cimport Status
 cdef extern from "orloj_decide.hpp" namespace "orloj" nogil:
     cdef cppclass OrlojEngine:
         OrlojEngine(const vector[double]& c, double theta, double epsilon, bool fallback,
-                    bool pools)
+                    bool pools, const vector[int]& pool_sizes)
         int max_batch()
         double c(int b)
         int num_apps()

@@ -48,6 +48,38 @@ def test_prefers_the_full_batch_when_every_deadline_is_far(eng):
     assert p.decide(0.0).batch == [0, 1, 2, 3]
 
 
+def test_pools_form_batches_on_their_ladder_only(eng):
+    # three fast requests with far deadlines: a batch of 3 is the best (tested: every size),
+    # but pools over several apps form only the ladder's sizes (here 1, 2, 4, 8), so two
+    # run (app a's pool, the first of equal scores); with one app every size is a
+    # candidate, pools or not
+    from orloj_rt.engine.pure.orloj import pool_ladder
+
+    assert pool_ladder(8, 2, 2.0) == [1, 2, 4, 8]
+    assert pool_ladder(32, 8, 2**0.5) == [1, 2, 3, 4, 5, 6, 7, 8, 11, 16, 23, 32]
+    assert pool_ladder(6, 8, 2**0.5) == [1, 2, 3, 4, 5, 6]
+    assert pool_ladder(32, 8, 1.0) == list(range(1, 33))
+
+    def first_batch(apps, **kw):
+        p = policy_with(eng, max_batch=8, cov=0.1, pools=True, **kw)
+        for i in range(3):
+            p.enqueue(i, apps[i % len(apps)], 0.0, 1.0 + 0.01 * i)
+        return p.decide(0.0).batch
+
+    assert first_batch(["a", "b"], pool_step=1.0) == [0, 1, 2]
+    assert len(first_batch(["a", "b"], pool_dense=2, pool_step=2.0)) == 2
+    assert first_batch(["a"], pool_dense=2, pool_step=2.0) == [0, 1, 2]
+    # the largest batch a decision forms is always a candidate
+    p = policy_with(eng, max_batch=8, cov=0.1, pools=True, pool_dense=2, pool_step=2.0)
+    p.set_batch_limit(3)
+    for i in range(3):
+        p.enqueue(i, "ab"[i % 2], 0.0, 1.0 + 0.01 * i)
+    assert p.decide(0.0).batch == [0, 1, 2]
+    for bad in ({"pool_dense": 0}, {"pool_step": 0.5}, {"pool_step": math.inf}):
+        with pytest.raises(ValueError, match="pool_"):
+            eng.OrlojPolicy(pools=True, **bad)
+
+
 def test_tight_deadline_goes_alone_rather_than_miss_in_a_batch(eng):
     # point mass 10 ms, c(2) = 1.5: request 0 (12 ms of slack) only makes it alone
     p = policy_with(eng, mean=0.010, cov=0.0, max_batch=2, alpha=0.5)

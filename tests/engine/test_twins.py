@@ -70,6 +70,8 @@ scenario = st.fixed_dictionaries({
     "epsilon": st.floats(0.0, 0.3),
     "fallback": st.booleans(),
     "pools": st.booleans(),
+    # (pool_dense, pool_step): the default ladder, every size, sparse ones
+    "ladder": st.sampled_from([(8, 2**0.5), (1, 1.0), (2, 2.0), (3, 1.5)]),
     "apps": st.lists(dist_specs, min_size=1, max_size=4),
     "seed": st.integers(0, 2**30),
 })
@@ -79,7 +81,8 @@ def run_scenario(mod, sc):
     rng = random.Random(sc["seed"])
     policy = mod.OrlojPolicy(max_batch=sc["max_batch"], alpha=sc["alpha"], theta=sc["theta"],
                              epsilon=sc["epsilon"], fallback=sc["fallback"],
-                             pools=sc["pools"])  # fmt: skip
+                             pools=sc["pools"], pool_dense=sc["ladder"][0],
+                             pool_step=sc["ladder"][1])  # fmt: skip
     names = [f"app{i}" for i in range(len(sc["apps"]))]
     for i, (name, spec) in enumerate(zip(names, sc["apps"], strict=True)):
         policy.set_distribution(name, make_dist(mod, spec, sc["seed"] + i))

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 def scenario(mod, seed, weights, pools):
     rng = random.Random(seed)
-    p = mod.OrlojPolicy(max_batch=8, pools=pools)
+    # pools "sparse": pooled sizes 1, 2, 4, 8 and the batch limit (5 is not on the ladder)
+    kw = {"pool_dense": 2, "pool_step": 2.0} if pools == "sparse" else {}
+    p = mod.OrlojPolicy(max_batch=8, pools=bool(pools), **kw)
     p.set_default_distribution(mod.Distribution.from_mean_cov(0.01, 0.5))
     apps = [f"a{i}" for i in range(len(weights))]
     for i, a in enumerate(apps):
@@ -42,7 +44,7 @@ def scenario(mod, seed, weights, pools):
 
 @given(seed=st.integers(0, 2**20),
        weights=st.lists(st.sampled_from([1.0, 2.0, 10.0]), min_size=1, max_size=4),
-       pools=st.booleans())
+       pools=st.sampled_from([False, True, "sparse"]))
 @settings(max_examples=60, deadline=None)
 def test_weighted_decisions_agree(native, pure_engine, seed, weights, pools):
     assert scenario(native, seed, weights, pools) == scenario(pure_engine, seed, weights, pools)

@@ -13,16 +13,21 @@ When a worker is idle at time `now`:
    - by default, one candidate: every app at the most demanding app's threshold among
      those queued, which guarantees theta whatever the batch's mix;
    - with `pools=True`, one candidate per *pool*: order the queued apps by their quantile
-     q_a = F_a^-1(theta^(1/b)); pool j holds the j fastest apps and admits a request of
-     any of them from the slack c(b) * q_(j) on, which again guarantees theta whatever
-     the mix (each member app has F_a(q_(j)) >= theta^(1/b)). Pool j yields its b most
-     urgent admitted requests, and is skipped when its newest app has no admitted
-     request. So a batch of fast requests is not forced to wait for, or run with, slow
-     ones. With cost hints (orloj_rt/serving/hints.py) the apps are cost classes,
-     and pools are what lets orloj batch short requests with short ones: +12-17% finish
-     rate over one bar in the simulator (docs/results.md). They cost time: up to an app count times
-     more candidates (bench/sched_overhead.py: 4 apps at queue 1,000, p50 about 6 us
-     instead of 4; at queue 100,000, about 25 us instead of 5), so they are opt-in.
+     q_a = F_a^-1(theta^(1/b)); pool j holds the j fastest apps and admits a request of any
+     of them from the slack c(b) * q_(j) on, which again guarantees theta whatever the mix
+     (each member app has F_a(q_(j)) >= theta^(1/b)). Pool j yields its b most urgent
+     admitted requests, and is skipped when its newest app has no admitted request. So a
+     batch of fast requests is not forced to wait for, or run with, slow ones. Pools form
+     candidates only at the sizes of a ladder (`pool_ladder`: every size up to `pool_dense`
+     = 8, then 8 x `pool_step`^k rounded, `pool_step` = sqrt 2: 11, 16, 23, 32, ...) and at
+     the largest batch the decision forms: with 8 hint classes every size cost 245
+     candidates on a fresh queue, and the sizes left out moved the simulator's finish rates
+     by at most 0.5% (docs/engine.md). With cost hints (orloj_rt/serving/hints.py) the apps
+     are cost classes, and pools are what lets orloj batch short requests with short ones:
+     +12-17% finish rate over one bar in the simulator (docs/results.md). They cost time:
+     up to an app count times more candidates (bench/sched_overhead.py: 4 apps at queue
+     1,000, p50 about 6 us instead of 4; at queue 100,000, about 25 us instead of 5), so
+     they are opt-in.
    2b. Weights (issue 17): each app has a weight (`set_app_weight`, default 1). When the
    queued apps have several, step 2 runs again for each weight level above the lowest,
    over the apps at or above it, so that a batch of heavy requests is a candidate even
@@ -75,6 +80,33 @@ from orloj_rt.engine.pure.request_queue import RequestQueue
 
 DEFAULT_THETA = 0.8
 DEFAULT_EPSILON = 0.1
+DEFAULT_POOL_DENSE = 8  # pooled batch sizes: every size up to 8, ...
+DEFAULT_POOL_STEP = 2.0**0.5  # ... then 11, 16, 23, 32, 45, ... (8 x sqrt 2 ^ k, rounded)
+
+
+def pool_ladder(max_batch: int, dense: int, step: float) -> list[int]:
+    """The batch sizes at which pools form candidates when several apps are queued: every
+    size up to `dense`, then dense x step^k rounded (k = 1, 2, ...), up to `max_batch` (a
+    decision adds its largest batch itself). `step` 1 (or below 1.01) means every size.
+    Both engines take their ladder from here, so that they agree to the last rounding."""
+    dense = int(dense)
+    step = float(step)
+    if dense < 1:
+        raise ValueError(f"pool_dense must be an integer >= 1, got {dense!r}")
+    if not (math.isfinite(step) and step >= 1.0):
+        raise ValueError(f"pool_step must be a finite number >= 1, got {step!r} "
+                         "(1: pools at every batch size)")
+    if step < 1.01:  # (a step this close to 1 leaves out no size worth the loop)
+        return list(range(1, max_batch + 1))
+    sizes = list(range(1, min(dense, max_batch) + 1))
+    k = 1
+    while True:
+        b = math.floor(dense * step**k + 0.5)
+        if b > max_batch:
+            return sizes
+        if b > sizes[-1]:
+            sizes.append(b)
+        k += 1
 
 
 def check_probability(name: str, value: float, *, open_low: bool = False) -> float:
@@ -185,6 +217,8 @@ class OrlojPolicy(Policy):
         epsilon: float = DEFAULT_EPSILON,
         fallback: bool = True,
         pools: bool = False,
+        pool_dense: int = DEFAULT_POOL_DENSE,
+        pool_step: float = DEFAULT_POOL_STEP,
         max_apps: int = DEFAULT_MAX_APPS,
         app_idle_s: float = DEFAULT_APP_IDLE_S,
     ):
@@ -195,6 +229,9 @@ class OrlojPolicy(Policy):
         self._epsilon = check_probability("epsilon", epsilon)
         self._fallback = bool(fallback)
         self._pools = bool(pools)
+        self._on_ladder = [False] * (self._B + 1)
+        for b in pool_ladder(self._B, pool_dense, pool_step):
+            self._on_ladder[b] = True
         self._troot = [0.0] + [self._theta ** (1.0 / b) for b in range(1, self._B + 1)]
         self._apps = AppTable(max_apps, app_idle_s)
         # per app index (a freed index holds None / an empty queue until reused)
@@ -557,7 +594,10 @@ class OrlojPolicy(Policy):
         top_b = self._limit if 0 < self._limit < self._B else self._B
         for level in levels:
             apps = present if level == levels[0] else [a for a in present if w[a] >= level]
+            sparse = self._pools and len(apps) > 1
             for b in range(1, top_b + 1):
+                if sparse and b != top_b and not self._on_ladder[b]:
+                    continue  # pools form candidates on the ladder's sizes (and top_b)
                 cb = self._c[b - 1]
                 for members in self._candidates(b, cb, apps, now):
                     score = self._score(members, b, cb, now)
