@@ -138,14 +138,17 @@ def percentile(sorted_values: list[float], q: float) -> float:
 def measure(mod, queue: int, apps: int, bins: int, max_batch: int, decisions: int,
             inserts: int, seed: int, pools: bool = False, classes: int = 0,
             class_cov: float = 0.3, policy_name: str = "orloj", variants: int = 0,
-            served: bool = False, pool_step: float | None = None) -> dict:
+            served: bool = False, pool_step: float | None = None,
+            pool_dense: int | None = None) -> dict:
     """One row. `classes` > 0: the queue's requests are spread over that many hint-class
     apps of HINT_APP (means `class_means`, CoV `class_cov`), each with a hint, instead of
     `apps` apps; `policy_name` "sjf-hint": that policy over `mod`'s distributions;
     `served`: orloj as the serving core builds it (UtilityPolicy, priorities=True);
-    `pool_step`: orloj's pool_step (None: its default)."""
+    `pool_step`, `pool_dense`: orloj's (None: its defaults)."""
     rng = random.Random(seed)
     step_kw = {} if pool_step is None else {"pool_step": pool_step}
+    if pool_dense is not None:
+        step_kw["pool_dense"] = pool_dense
     if policy_name == "sjf-hint":
         from orloj_rt.policies.sjf_hint import SjfHintPolicy
 
@@ -375,11 +378,12 @@ def hint_classes_main(args) -> int:
                       f"bins={b} ...", end="", file=sys.stderr, flush=True)  # fmt: skip
             row = measure(mod, q, 0, b, args.max_batch, reps, ins, args.seed, pools=True,
                           classes=k, class_cov=args.class_cov, policy_name=policy,
-                          pool_step=args.pool_step)  # fmt: skip
+                          pool_step=args.pool_step, pool_dense=args.pool_dense)  # fmt: skip
             row.pop("apps")
             rows.append({"policy": policy, "impl": impl,
                          "pools": True if policy == "orloj" else None,
                          "pool_step": args.pool_step if policy == "orloj" else None,
+                         "pool_dense": args.pool_dense if policy == "orloj" else None,
                          # sjf-hint: the engine whose distributions it reads
                          "distributions": impl if policy == "orloj" else runtime_engine.IMPL,
                          "hint_classes": k, **row})  # fmt: skip
@@ -524,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool-step", type=float, default=None,
                     help="--hint-classes: orloj's pool_step, the ratio of its pooled batch "
                     "sizes (default: the engine's; 1: every size)")  # fmt: skip
+    ap.add_argument("--pool-dense", type=int, default=None,
+                    help="--hint-classes: orloj's pool_dense, its pooled batch sizes' dense "
+                    "start (default: the engine's)")  # fmt: skip
     ap.add_argument("--class-cov", type=float, default=0.3,
                     help="--hint-classes: each class's CoV (default 0.3)")
     ap.add_argument("--variants", type=int, metavar="N",

@@ -57,6 +57,7 @@ def test_pools_form_batches_on_their_ladder_only(eng):
 
     assert pool_ladder(8, 2, 2.0) == [1, 2, 4, 8]
     assert pool_ladder(32, 8, 2**0.5) == [1, 2, 3, 4, 5, 6, 7, 8, 11, 16, 23, 32]
+    assert pool_ladder(64, 8, 1.6) == [1, 2, 3, 4, 5, 6, 7, 8, 13, 20, 33, 52]
     assert pool_ladder(6, 8, 2**0.5) == [1, 2, 3, 4, 5, 6]
     assert pool_ladder(32, 8, 1.0) == list(range(1, 33))
 

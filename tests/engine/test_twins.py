@@ -71,7 +71,7 @@ scenario = st.fixed_dictionaries({
     "fallback": st.booleans(),
     "pools": st.booleans(),
     # (pool_dense, pool_step): the default ladder, every size, sparse ones
-    "ladder": st.sampled_from([(8, 2**0.5), (1, 1.0), (2, 2.0), (3, 1.5)]),
+    "ladder": st.sampled_from([(8, 1.6), (8, 2**0.5), (1, 1.0), (2, 2.0)]),
     "apps": st.lists(dist_specs, min_size=1, max_size=4),
     "seed": st.integers(0, 2**30),
 })

@@ -19,15 +19,16 @@ When a worker is idle at time `now`:
      admitted requests, and is skipped when its newest app has no admitted request. So a
      batch of fast requests is not forced to wait for, or run with, slow ones. Pools form
      candidates only at the sizes of a ladder (`pool_ladder`: every size up to `pool_dense`
-     = 8, then 8 x `pool_step`^k rounded, `pool_step` = sqrt 2: 11, 16, 23, 32, ...) and at
-     the largest batch the decision forms: with 8 hint classes every size cost 245
-     candidates on a fresh queue, and the sizes left out moved the simulator's finish rates
-     by at most 0.5% (docs/engine.md). With cost hints (orloj_rt/serving/hints.py) the apps
-     are cost classes, and pools are what lets orloj batch short requests with short ones:
-     +12-17% finish rate over one bar in the simulator (docs/results.md). They cost time:
-     up to an app count times more candidates (bench/sched_overhead.py: 4 apps at queue
-     1,000, p50 about 6 us instead of 4; at queue 100,000, about 25 us instead of 5), so
-     they are opt-in.
+     = 8, then 8 x `pool_step`^k rounded, `pool_step` = 1.6: 13, 20, 33, ...) and at the
+     largest batch the decision forms: 11 sizes instead of 32 at a maximum batch of 32
+     (with 8 hint classes, every size made some 245 candidates a decision on a fresh
+     queue), and the sizes left out moved the simulator's finish rates by under 1%
+     (docs/engine.md). With cost hints (orloj_rt/serving/hints.py) the apps are cost
+     classes, and pools are what lets orloj batch short requests with short ones: +12-17%
+     finish rate over one bar in the simulator (docs/results.md). They cost time: up to an
+     app count times more candidates (bench/sched_overhead.py: 4 apps at queue 1,000, p50
+     about 6 us instead of 4; at queue 100,000, about 25 us instead of 5), so they are
+     opt-in.
    2b. Weights (issue 17): each app has a weight (`set_app_weight`, default 1). When the
    queued apps have several, step 2 runs again for each weight level above the lowest,
    over the apps at or above it, so that a batch of heavy requests is a candidate even
@@ -81,7 +82,7 @@ from orloj_rt.engine.pure.request_queue import RequestQueue
 DEFAULT_THETA = 0.8
 DEFAULT_EPSILON = 0.1
 DEFAULT_POOL_DENSE = 8  # pooled batch sizes: every size up to 8, ...
-DEFAULT_POOL_STEP = 2.0**0.5  # ... then 11, 16, 23, 32, 45, ... (8 x sqrt 2 ^ k, rounded)
+DEFAULT_POOL_STEP = 1.6  # ... then 13, 20, 33, 52, ... (8 x 1.6^k, rounded)
 
 
 def pool_ladder(max_batch: int, dense: int, step: float) -> list[int]:
