@@ -90,10 +90,10 @@ def pool_ladder(max_batch: int, dense: int, step: float) -> list[int]:
     size up to `dense`, then dense x step^k rounded (k = 1, 2, ...), up to `max_batch` (a
     decision adds its largest batch itself). `step` 1 (or below 1.01) means every size.
     Both engines take their ladder from here, so that they agree to the last rounding."""
+    if isinstance(dense, bool) or not float(dense).is_integer() or dense < 1:
+        raise ValueError(f"pool_dense must be an integer >= 1, got {dense!r}")
     dense = int(dense)
     step = float(step)
-    if dense < 1:
-        raise ValueError(f"pool_dense must be an integer >= 1, got {dense!r}")
     if not (math.isfinite(step) and step >= 1.0):
         raise ValueError(f"pool_step must be a finite number >= 1, got {step!r} "
                          "(1: pools at every batch size)")
