@@ -672,10 +672,13 @@ class UtilityPolicy(Policy):
             for k in self._by_cost:
                 if best_ids and self._variants[k].accuracy * work <= best_u * scales[k]:
                     continue
-                score, ids = self._afford(k, *self._engines[k].evaluate(now))
+                score, ids = self._engines[k].evaluate(now)
                 if not ids:
                     continue
-                work = max(work, score * scales[k])
+                work = max(work, score * scales[k])  # (whole: it bounds costlier ones)
+                score, ids = self._afford(k, score, ids)
+                if not ids:
+                    continue
                 u = score * self._variants[k].accuracy
                 if u > best_u or not best_ids:
                     best_k, best_u, best_ids = k, u, ids
