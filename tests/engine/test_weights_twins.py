@@ -93,6 +93,19 @@ def test_a_batch_limit_caps_the_batch(eng):
         p.set_batch_limit(-1)
 
 
+def draw_ids(rng, queued, most):
+    """Up to `most` queued ids in random order, with now and then a repeated or an
+    unknown id inside."""
+    ids = rng.sample(queued, rng.randint(1, most))
+    k = rng.randrange(len(ids) + 1)
+    bad = rng.choice([None, "dup", "unknown"])
+    if bad == "dup" and k:
+        ids.insert(k, ids[k - 1])
+    elif bad == "unknown":
+        ids.insert(k, 10_000 + k)
+    return ids
+
+
 def removals(mod, seed):
     """remove_many with a run of queued ids, a duplicate or an unknown id inside, then
     decisions: what each call raised and what was decided."""
@@ -104,13 +117,7 @@ def removals(mod, seed):
     log = []
     queued = list(range(300))
     for _ in range(6):
-        ids = rng.sample(queued, rng.randint(1, 40))
-        k = rng.randrange(len(ids) + 1)
-        bad = rng.choice([None, "dup", "unknown"])
-        if bad == "dup" and k:
-            ids.insert(k, ids[k - 1])
-        elif bad == "unknown":
-            ids.insert(k, 10_000 + k)
+        ids = draw_ids(rng, queued, 40)
         try:
             p.remove_many(ids)
             log.append(("ok", len(p)))
@@ -143,13 +150,7 @@ def removals_also(mod, seed):
     log = []
     queued = list(range(200))
     for _ in range(5):
-        ids = rng.sample(queued, rng.randint(1, 30))
-        k = rng.randrange(len(ids) + 1)
-        bad = rng.choice([None, "dup", "unknown"])
-        if bad == "dup" and k:
-            ids.insert(k, ids[k - 1])
-        elif bad == "unknown":
-            ids.insert(k, 10_000 + k)
+        ids = draw_ids(rng, queued, 30)
         try:
             ps[0].remove_many(ids, ps[1:])
             log.append("ok")
