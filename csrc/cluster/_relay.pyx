@@ -240,6 +240,22 @@ cdef inline bint _is(const unsigned char *b, Py_ssize_t start, Py_ssize_t length
     return True
 
 
+cdef inline Py_ssize_t _map_head(const unsigned char *b, Py_ssize_t n,
+                                 unsigned long long *count) noexcept:
+    """The index of a header's first key, its map's pairs in `count`; -1 when the header
+    is not a fixmap or map16 (a header has a few keys)."""
+    if n < 1:
+        return -1
+    cdef unsigned char t = b[0]
+    if 0x80 <= t <= 0x8f:
+        count[0] = t & 0x0f
+        return 1
+    if t == 0xde and n >= 3:
+        count[0] = _be(b + 1, 2)
+        return 3
+    return -1
+
+
 cdef int _number(const unsigned char *b, Py_ssize_t i, double *out) noexcept:
     """A msgpack int or float at b[i] as a double: 0, or -1 if it is neither (bool too)."""
     cdef unsigned char t = b[i]
@@ -325,6 +341,20 @@ cdef class Held:
         if z_send(&m, <void *>handle, ZMQ_DONTWAIT | (ZMQ_SNDMORE if more else 0)) < 0:
             z_close(&m)
             raise OSError(z_errno(), "the relay could not send a kept frame")
+
+
+cdef int _with_id(orr_msg_t *head, const unsigned char *b, Py_ssize_t n, Py_ssize_t id_s,
+                  Py_ssize_t id_e, bytes new_id) except -1:
+    """`head` initialised to the header b[:n] with its id's value b[id_s:id_e] replaced
+    by `new_id` (msgpack bytes)."""
+    cdef Py_ssize_t rl = PyBytes_GET_SIZE(new_id)
+    if z_init_size(head, id_s + rl + (n - id_e)) < 0:
+        raise MemoryError()
+    cdef char *h = <char *>z_data(head)
+    memcpy(h, b, id_s)
+    memcpy(h + id_s, PyBytes_AS_STRING(new_id), rl)
+    memcpy(h + id_s + rl, b + id_e, n - id_e)
+    return 0
 
 
 cdef inline bytes _bytes(orr_msg_t *m):
@@ -439,18 +469,11 @@ cdef class Relay:
         cdef const unsigned char *b = <const unsigned char *>z_data(&self.parts[2])
         cdef Py_ssize_t n = z_size(&self.parts[2]), i = 0, ks = 0, kl = 0, vend
         cdef Py_ssize_t id_s = -1, id_e = -1, ms = -1, ml = 0, as_ = -1, al = 0
-        cdef unsigned long long count, pair
-        cdef unsigned char t
+        cdef unsigned long long count = 0, pair
         cdef double slo = 0.0
         cdef bint has_slo = False
-        if n < 1:
-            return False
-        t = b[0]
-        if 0x80 <= t <= 0x8f:
-            count, i = t & 0x0f, 1
-        elif t == 0xde and n >= 3:
-            count, i = _be(b + 1, 2), 3
-        else:
+        i = _map_head(b, n, &count)
+        if i < 0:
             return False
         pair = 0
         while pair < count:
@@ -497,16 +520,8 @@ cdef class Relay:
         cdef void *dst = self.items[node + 1].socket
         cdef unsigned long long rid = self.next_id
         self.next_id += 1
-        cdef bytes rid_raw = _uint(rid)
-        cdef Py_ssize_t rl = PyBytes_GET_SIZE(rid_raw)
-        cdef Py_ssize_t hl = id_s + rl + (n - id_e)
         cdef orr_msg_t head
-        if z_init_size(&head, hl) < 0:
-            raise MemoryError()
-        cdef char *h = <char *>z_data(&head)
-        memcpy(h, b, id_s)
-        memcpy(h + id_s, PyBytes_AS_STRING(rid_raw), rl)
-        memcpy(h + id_s + rl, b + id_e, n - id_e)
+        _with_id(&head, b, n, id_s, id_e, _uint(rid))
         ident = _bytes(&self.parts[0])
         raw = _bytes(&self.parts[2])
         cid_raw = PyBytes_FromStringAndSize(<char *>b + id_s, id_e - id_s)
@@ -542,16 +557,10 @@ cdef class Relay:
         cdef const unsigned char *b = <const unsigned char *>z_data(&self.parts[1])
         cdef Py_ssize_t n = z_size(&self.parts[1]), i = 0, ks = 0, kl = 0, vend
         cdef Py_ssize_t id_s = -1, id_e = -1, ss = -1, sl = 0
-        cdef unsigned long long count, pair, rid = 0
+        cdef unsigned long long count = 0, pair, rid = 0
         cdef unsigned char t
-        if n < 1:
-            return False
-        t = b[0]
-        if 0x80 <= t <= 0x8f:
-            count, i = t & 0x0f, 1
-        elif t == 0xde and n >= 3:
-            count, i = _be(b + 1, 2), 3
-        else:
+        i = _map_head(b, n, &count)
+        if i < 0:
             return False
         pair = 0
         while pair < count:
@@ -585,15 +594,8 @@ cdef class Relay:
             return False  # not from the node it was sent to: the owner's rules
         del self.sent[rid]
         status = PyUnicode_DecodeUTF8(<char *>b + ss, sl, "replace")
-        cdef Py_ssize_t cl = PyBytes_GET_SIZE(cid_raw)
-        cdef Py_ssize_t hl = id_s + cl + (n - id_e)
         cdef orr_msg_t head
-        if z_init_size(&head, hl) < 0:
-            raise MemoryError()
-        cdef char *h = <char *>z_data(&head)
-        memcpy(h, b, id_s)
-        memcpy(h + id_s, PyBytes_AS_STRING(cid_raw), cl)
-        memcpy(h + id_s + cl, b + id_e, n - id_e)
+        _with_id(&head, b, n, id_s, id_e, cid_raw)
         z_close(&self.parts[1])
         cdef void *client = self.items[0].socket
         # a ROUTER drops what it cannot route (a gone client): no error here
