@@ -177,8 +177,10 @@ class ServingCore:
         what = []
         if tokens:
             mq = self.models[w.busy_model]
-            for t in tokens:
-                mq.slots.pop(t, None)
+            for t in tokens:  # answered with an error: not in time (a floor frees its share)
+                entry = mq.slots.pop(t, None)
+                if entry is not None:
+                    mq.outcome(entry[2], False, w.busy_variant)
             what.append(f"a batch of {len(tokens)} request(s) of {mq.name}")
         for mq in self.models:  # the members it ran step by step, and those on the way
             if mq.steps is not None:

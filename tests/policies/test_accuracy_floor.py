@@ -111,3 +111,27 @@ def test_through_the_serving_core_the_answers_keep_the_floor():
     assert out[0.0]["mean_accuracy"] < 0.9  # the floor has work to do here
     assert out[0.9]["mean_accuracy"] >= 0.9 - 1e-9  # the floor, up to rounding
     assert out[0.9]["variants"]["quarter"] > 0  # rationed, not banned
+
+
+def test_a_batch_lost_with_its_worker_frees_its_share_of_the_budget():
+    """A batch below the floor is counted in flight until its members are answered; a
+    worker that dies answers them with an error, not in time, and the share it held is
+    free again (it used to stay spoken for)."""
+    from orloj_rt.policies.utility import VariantSpec
+    from orloj_rt.serving import ServingCore
+    from orloj_rt.sim.simulator import SimModel, warmup_profile
+
+    variants = tuple(VariantSpec(n, a, c) for n, c, a in VARIANTS)
+    core = ServingCore([SimModel("m", 8, None, variants)], "orloj", {"min_accuracy": 0.9},
+                       1, timer=lambda: 0.0)  # fmt: skip
+    core.worker_ready(0, [warmup_profile([1.0] * 50, [1 + 0.15 * b for b in range(8)])])
+    floor = core.models[0].policy._floor
+    floor.credit = 0.8  # earned before: room for a few cheap answers
+    core.submit([(i, 0, "a", 0.0, 1.5, None, 0, 0) for i in range(40)])
+    (run,) = core.dispatch(0.0)
+    assert run.variant in ("half", "quarter")  # a tight SLO, a long queue, credit to spend
+    assert floor.pending > 0
+    tokens, _ = core.worker_lost(0)
+    assert sorted(tokens) == sorted(run.tokens)
+    assert floor.pending == pytest.approx(0.0)
+    assert floor.credit == pytest.approx(0.8)  # nothing earned by answers that failed
