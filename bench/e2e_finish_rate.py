@@ -785,12 +785,20 @@ def hint_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
                  "in_fifo_band": f is not None and FIFO_BAND[0] <= f <= FIFO_BAND[1],
                  "target": None, "met": None, "checks": {}, "hint_stats": stats}  # fmt: skip
             if kind != "none" and v["in_fifo_band"] and o is not None:
-                checks = {"vs_fifo": o >= HINT_TARGET_VS_FIFO * f}
+                needs = {"vs_fifo": HINT_TARGET_VS_FIFO * f}
                 if nc is not None:
-                    checks["vs_nexus_clockwork"] = o >= HINT_TARGET_VS_NEXUS_CLOCKWORK * nc
+                    needs["vs_nexus_clockwork"] = HINT_TARGET_VS_NEXUS_CLOCKWORK * nc
                 if sj is not None:
-                    checks["vs_sjf_hint"] = o >= HINT_TARGET_VS_SJF * sj
-                v.update(target="hints", checks=checks, met=all(checks.values()))
+                    needs["vs_sjf_hint"] = HINT_TARGET_VS_SJF * sj
+                checks = {k: o >= need for k, need in needs.items()}
+                # a finish rate is at most 1: a check that asks for more is out of reach
+                # of every policy in this cell
+                out_of_reach = [k for k, need in needs.items() if need > 1.0]
+                met = all(checks.values())
+                in_reach = [k for k, ok in checks.items() if not ok and k not in out_of_reach]
+                v.update(target="hints", checks=checks, met=met, needs=needs,
+                         unreachable=out_of_reach,
+                         verdict="met" if met else "missed" if in_reach else "unreachable")
             elif kind == "none" and o is not None and nh is not None:
                 tol = _binomial_tolerance(o, nh, n)
                 v.update(target="control", tolerance=tol, met=o >= nh - tol,
@@ -798,7 +806,12 @@ def hint_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
             verdicts.append(v)
             if v["target"] == "hints":
                 failed = [k for k, ok in v["checks"].items() if not ok]
-                target = "**met**" if v["met"] else f"**missed** ({', '.join(failed)})"
+                reach = [k for k in failed if k not in v["unreachable"]]
+                out = [f"{k} needs {v['needs'][k]:.2f}" for k in v["unreachable"]]
+                target = ("**met**" if v["met"] else
+                          f"**missed** ({', '.join(reach)})" if reach else "**unreachable**")
+                if out:
+                    target += f"; unreachable: {', '.join(out)} > 1"
             elif v["target"] == "control":
                 target = (f"{'**met**' if v['met'] else '**missed**'} (tolerance "
                           f"{v['tolerance']:.3f})")  # fmt: skip
@@ -812,6 +825,36 @@ def hint_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
                          f"{ratio(o, sj)} | {ratio(o, nh)} | {classes} | {target} |")
         lines.append("")
     return lines, verdicts
+
+
+def hint_lines(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
+    """`--hints`: the tables and each cell's verdict, then the classes after each cell."""
+    lines, verdicts = hint_table(rows, policies)
+    lines += ["### Hint classes after each cell", "",
+              "(orloj's and sjf-hint's schedulers, `op: \"stats\"`: each class's mean "
+              "solo time over its samples since the server started)", "",
+              *hint_stats_lines(verdicts)]  # fmt: skip
+    return lines, verdicts
+
+
+def render_from(path: Path) -> int:
+    """`--render-from`: a --hints run's results.md and verdicts again, from its saved
+    results.json (its figures unchanged), with this version's verdicts."""
+    saved = json.loads(path.read_text())
+    if saved.get("mode") != "hints":
+        print(f"{path}: --render-from takes the results.json of a --hints run", file=sys.stderr)
+        return 2
+    ran = [p for p in HINT_POLICIES if any(r["policy"] == p for r in saved["details"])]
+    lines, verdicts = hint_lines(saved["details"], ran)
+    saved["cells"] = verdicts
+    path.write_text(json.dumps(saved, indent=1))
+    (path.parent / "results.md").write_text(
+        f"`{saved['command']}` ({saved['elapsed_s']:.0f} s; verdicts written again from its "
+        f"results.json by `python bench/e2e_finish_rate.py --render-from {path}`)\n\n"
+        + "\n".join(lines) + "\n")  # fmt: skip
+    for line in hint_verdict_lines(verdicts):
+        print(line)
+    return 0
 
 
 def hint_stats_lines(verdicts: list[dict]) -> list[str]:
@@ -838,9 +881,13 @@ def hint_verdict_lines(verdicts: list[dict]) -> list[str]:
         cell = f"{v['model']} load {v['load']:g} SLO {v['slo_mult']:g}x"
         fr = v["finish_rates"]
         if v["target"] == "hints":
-            parts = [f"{k} {'met' if ok else 'MISSED'}" for k, ok in v["checks"].items()]
+            parts = [f"{k} {'met' if ok else 'MISSED'}"
+                     + (f" (unreachable: needs {v['needs'][k]:.3f} > 1)"
+                        if k in v["unreachable"] else "")
+                     for k, ok in v["checks"].items()]  # fmt: skip
+            verdict = {"met": "met", "missed": "MISSED"}.get(v["verdict"], "UNREACHABLE")
             out.append(f"{cell}: fifo {fr['fifo']:.3f} in 20-60%: orloj {fr['orloj']:.3f}; "
-                       + ", ".join(parts) + f" -> {'met' if v['met'] else 'MISSED'}")
+                       + ", ".join(parts) + f" -> {verdict}")
         elif v["target"] == "control":
             out.append(f"{cell}: control, orloj {fr['orloj']:.3f} vs orloj-nohint "
                        f"{fr['orloj-nohint']:.3f} (tolerance {v['tolerance']:.3f}) -> "
@@ -850,7 +897,11 @@ def hint_verdict_lines(verdicts: list[dict]) -> list[str]:
     out.append(f"cells with hints where fifo finishes 20-60%: {len(hinted)}; orloj >= "
                f"{HINT_TARGET_VS_FIFO:g}x fifo, >= {HINT_TARGET_VS_NEXUS_CLOCKWORK:g}x the "
                f"best of nexus and clockwork and >= {HINT_TARGET_VS_SJF:g}x sjf-hint in "
-               f"{sum(bool(v['met']) for v in hinted)} of them")  # fmt: skip
+               f"{sum(v['verdict'] == 'met' for v in hinted)} of them; out of reach of "
+               "every policy in "
+               f"{sum(v['verdict'] == 'unreachable' for v in hinted)} (each check missed "
+               "asks for a finish rate above 1); missed in "
+               f"{sum(v['verdict'] == 'missed' for v in hinted)}")  # fmt: skip
     if control:
         out.append(f"early_exit (no hints): orloj within noise of orloj-nohint or better in "
                    f"{sum(bool(v['met']) for v in control)} of {len(control)} cells")
@@ -1015,7 +1066,12 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--plot-from", type=Path, metavar="RESULTS_JSON",
                     help="only redraw the PNG (beside the file) from a run's results.json")
+    ap.add_argument("--render-from", type=Path, metavar="RESULTS_JSON",
+                    help="only write results.md and the verdicts again from a --hints run's "
+                    "results.json (its figures as they were)")  # fmt: skip
     args = ap.parse_args()
+    if args.render_from:
+        return render_from(args.render_from)
     if sum(map(bool, (args.hints, args.step, args.variants))) > 1:
         ap.error("--hints, --step and --variants are separate sweeps: give one")
     if args.variants:
@@ -1065,11 +1121,7 @@ def main() -> int:
         lines, verdicts, overhead = step_table(rows, step_overheads)
         lines += ["", *overhead_lines(overhead)]
     elif args.hints:
-        lines, verdicts = hint_table(rows, policies)
-        lines += ["### Hint classes after each cell", "",
-                  "(orloj's and sjf-hint's schedulers, `op: \"stats\"`: each class's mean "
-                  "solo time over its samples since the server started)", "",
-                  *hint_stats_lines(verdicts)]  # fmt: skip
+        lines, verdicts = hint_lines(rows, policies)
         overhead = None
     else:
         lines, verdicts = cell_table(rows, policies)

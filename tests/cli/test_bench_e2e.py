@@ -4,6 +4,7 @@ figures are in docs/results.md.)"""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -126,6 +127,35 @@ def test_hint_verdicts(e2e):
     assert sum("### generate" in x or "### early_exit" in x for x in lines) == 2
     text = "\n".join(e2e.hint_verdict_lines(verdicts))
     assert "in 1 of them" in text and "in 1 of 2 cells" in text
+    assert [v.get("verdict") for v in verdicts[:2]] == ["met", "missed"]
+
+
+def test_a_hint_check_that_asks_for_more_than_every_request_is_unreachable(e2e, tmp_path):
+    """1.1 x sjf-hint's 0.95 is 1.045: no policy finishes more than every request, so a
+    cell missed only there is out of reach; one also missed where in reach is missed.
+    --render-from writes the verdicts again from a run's results.json."""
+    def rows(cell, orloj, sjf):
+        rates = {"orloj": orloj, "sjf-hint": sjf, "fifo": 0.4, "nexus": 0.5,
+                 "clockwork": 0.5, "orloj-nohint": 0.5}  # fmt: skip
+        return [{"model": "generate", "slo_ms": cell, "rate": 1.0, "policy": p,
+                 "finish_rate": f, "scheduler_cpu": 0.05, "load": 1.0, "slo_mult": 3.0,
+                 "mean_solo_ms": 10.0, "hints": "client",
+                 "counts": {"ok": 400, "dropped": 600}} for p, f in rates.items()]  # fmt: skip
+
+    data = rows(30, 0.96, 0.95) + rows(40, 0.70, 0.95)
+    _, verdicts = e2e.hint_table(data, list(e2e.HINT_POLICIES))
+    assert [v["verdict"] for v in verdicts] == ["unreachable", "missed"]
+    assert verdicts[0]["unreachable"] == ["vs_sjf_hint"]
+    assert verdicts[0]["needs"]["vs_sjf_hint"] == pytest.approx(1.045)
+    saved = tmp_path / "results.json"
+    saved.write_text(json.dumps({"mode": "hints", "details": data, "cells": [],
+                                 "command": "python bench/e2e_finish_rate.py --hints",
+                                 "elapsed_s": 1.0}))  # fmt: skip
+    assert e2e.render_from(saved) == 0
+    assert json.loads(saved.read_text())["cells"][0]["verdict"] == "unreachable"
+    md = (tmp_path / "results.md").read_text()
+    assert "**unreachable**; unreachable: vs_sjf_hint needs 1.04 > 1" in md
+    assert "**missed** (vs_fifo, vs_nexus_clockwork); unreachable: vs_sjf_hint" in md
 
 
 def test_hints_run_end_to_end(tmp_path):
