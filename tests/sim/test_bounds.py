@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from orloj_rt.engine.pure.batch_model import Inflation
 from orloj_rt.sim import SimConfig, WorkloadSpec, generate, run
-from orloj_rt.sim.bounds import finish_rate_bound
+from orloj_rt.sim.bounds import finish_rate_bound, windowed_finish_rate_bound
 
 
 @pytest.mark.parametrize("solo,slo", [("lognormal", 3.0), ("bimodal", 2.0)])
@@ -28,3 +29,52 @@ def test_it_is_a_rate_and_falls_with_load():
     assert values[0] == 1.0
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
     assert finish_rate_bound(sample, 0.4, 1.0, table) == 0.0  # nothing fits the SLO
+
+
+def test_windowed_bound_known_answer():
+    """Ten requests at once, solo time 1, SLO 1.5, one worker: a member of a batch of 2 is
+    charged min(1.15, 1.5) / 2 = 0.575 of the 0 + 2 x 1.5 worker time the window has, so
+    at most 3 / 0.575 = 5.22 of the 10 can finish; on a worker 2x slower none can (alone
+    it takes 2 > 1.5)."""
+    table = [1.0, 1.15]
+    fast = windowed_finish_rate_bound([1.0] * 8, 1.5, [0.0] * 10, [1.0], table)
+    assert fast == pytest.approx(3 / 0.575 / 10, rel=1e-9)
+    assert windowed_finish_rate_bound([1.0] * 8, 1.5, [0.0] * 10, [0.5], table) == 0.0
+    # two such workers have twice the time; at most every request, once
+    two = windowed_finish_rate_bound([1.0] * 8, 1.5, [0.0] * 10, [1.0, 1.0], table)
+    assert two == pytest.approx(1.0)
+
+
+def test_windowed_bound_sees_bursts_and_slow_workers():
+    """The same arrivals, as many, on the same workers: bunched into bursts the bound is
+    lower than spread evenly, and workers 2x slower lower it further. Never above the
+    single-window bound's cap, P(X <= S)."""
+    rng = np.random.default_rng(0)
+    sample = rng.lognormal(-0.3, 0.77, 5000)
+    even = np.arange(2000) / 8.0  # 8 arrivals a unit
+    burst = np.sort(np.concatenate([np.arange(1000) / 16.0, 125 + np.arange(1000) / 4.0]))
+    table = Inflation(32, 0.15).table
+    workers = [1.0] * 8
+    b_even = windowed_finish_rate_bound(sample, 3.0, even, workers, table)
+    b_burst = windowed_finish_rate_bound(sample, 3.0, burst, workers, table)
+    b_slow = windowed_finish_rate_bound(sample, 3.0, burst, [1.0] * 4 + [0.5] * 4, table)
+    cap = float(np.mean(sample <= 3.0))
+    assert b_slow < b_burst < b_even <= cap + 1e-12
+
+
+def test_windowed_bound_holds_for_the_routers():
+    """A bursty, overloaded cell on unequal nodes: no router, with orloj on the nodes,
+    finishes more than the bound (noise allowed), and the bound is below P(X <= S)."""
+    from orloj_rt.sim.cluster import ClusterConfig, cluster_requests, parse_speeds, run_router
+    from orloj_rt.sim.workloads import DEFAULT_TRACE, WorkloadSpec, trace_costs
+
+    spec = WorkloadSpec(solo="trace", trace=str(DEFAULT_TRACE), slo=3.0, load=1.1,
+                        requests=3000, seed=0, arrival="trace")  # fmt: skip
+    cfg = ClusterConfig(spec, nodes=8, speeds="unequal", routers=("p2c", "orloj"))
+    rq = cluster_requests(cfg)
+    law = trace_costs(spec)
+    bound = windowed_finish_rate_bound(law, 3.0, rq.arrival, parse_speeds("unequal", 8),
+                                       Inflation(cfg.max_batch, cfg.batch_alpha).table)
+    assert bound < float(np.mean(law <= 3.0)) - 0.02  # the cell is over what it can finish
+    for router in ("p2c", "orloj"):
+        assert run_router(cfg, router, rq)["finish_rate"] <= bound + 0.02, router

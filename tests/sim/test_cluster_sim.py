@@ -19,6 +19,8 @@ from orloj_rt.sim.cluster import (
 from orloj_rt.sim.simulator import simulate_serving
 from orloj_rt.sim.workloads import WorkloadSpec
 
+from ..bench_module import bench_module
+
 
 def spec(**kw) -> WorkloadSpec:
     base = dict(solo="lognormal", slo=2.0, load=0.6, requests=600, seed=3)
@@ -92,6 +94,25 @@ def test_cli_json(capsys):
     assert res["config"]["nodes"] == 4 and res["config"]["state_age"] == 2.0
 
 
+def test_cluster_routing_targets_say_when_the_bound_puts_them_out_of_reach():
+    """A missed target whose cell's bound over p2c is under what it asks is unreachable;
+    one with room under the bound is missed; the verdicts are plain JSON."""
+    loaded = bench_module("cluster_routing.py", "cluster_routing_targets")
+    cr = next(loaded)
+    cells = [(64, "trace", "unequal", 0.0), (64, "trace", "unequal", 2.0)]
+    results = {(*cells[0], "p2c"): 0.75, (*cells[0], "orloj"): 0.90,
+               (*cells[1], "p2c"): 0.70, (*cells[1], "orloj"): 0.75}  # fmt: skip
+    bounds = {(64, "trace", "unequal"): {"law": 0.96, "own": 0.97}}
+    t = cr.check_targets(results, cells, bounds)
+    assert [x["met"] for x in t] == [False, False, True]
+    assert t[0]["reachable"] is False and t[0]["bound_over_p2c"] == pytest.approx(0.97 / 0.75)
+    assert t[1]["reachable"] is True  # 1.1 x 0.70 = 0.77 <= 0.97
+    lines = cr.format_targets(t)
+    assert lines[0].startswith("- UNREACHABLE") and lines[1].startswith("- MISSED")
+    json.dumps(t)
+    loaded.close()
+
+
 @pytest.mark.parametrize(("argv", "msg"), [
     (["--nodes", "4", "--router", "p3c"], "unknown router 'p3c'"),
     (["--nodes", "4", "--node-speeds", "1,2"], "2 given for 4 nodes"),
@@ -129,6 +150,13 @@ def test_bench_cluster_routing_harness(tmp_path):
                                    "finish_rate"}  # fmt: skip
     assert {r["arrival"] for r in obj["rows"]} == {"poisson"}
     assert [t["met"] for t in obj["targets"]][:2] == [None, None]  # 64 nodes: not run
+    # each cell's bound on policies without solo times: at most P(X <= S), above what
+    # the routers finished
+    assert len(obj["bounds"]) == 2 * 2  # nodes x speeds
+    fr = {(r["nodes"], r["speeds"], r["router"]): r["finish_rate"] for r in obj["rows"]}
+    for b in obj["bounds"]:
+        assert 0 < b["law"] <= 1 and 0 < b["own"] <= 1
+        assert max(fr[(b["nodes"], b["speeds"], r)] for r in ("p2c", "orloj")) <= b["law"] + 0.05
     for ext in ("md", "csv", "json", "png"):
         assert Path(f"{out}.{ext}").stat().st_size > 0, ext
     assert "[16/16" in done.stderr  # progress
