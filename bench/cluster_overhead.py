@@ -74,24 +74,26 @@ def free_endpoint() -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-def timed(clients: list, k: int, block: int, out: list) -> int:
-    for _ in range(block):
+def timed(clients: list, k: int, block: int, out: list, apps: list) -> int:
+    for i in range(block):
         c = clients[k % len(clients)]
         k += 1
         t0 = time.perf_counter()
-        r = c.infer("noop", {"x": NOOP_X}, slo_ms=1000)
+        r = c.infer("noop", {"x": NOOP_X}, slo_ms=1000, app=apps[i % len(apps)])
         out.append((time.perf_counter() - t0) * 1e6)
         assert r.status == "ok", r
     return k
 
 
-def overhead(entry: str, nodes: list[str], n: int, block: int, router: str) -> dict:
+def overhead(entry: str, nodes: list[str], n: int, block: int, router: str,
+             kinds: int = 1) -> dict:  # fmt: skip
     import subprocess
 
     from orloj_rt.client import Client
     from orloj_rt.cluster.client import ClusterClient
 
     direct, routed, proxied, client_side = [], [], [], []
+    apps = ["default"] if kinds == 1 else [f"k{i}" for i in range(kinds)]
     proxy_eps = [free_endpoint() for _ in nodes]
     proxies = [subprocess.Popen([sys.executable, "-c", PROXY, pe, ep])
                for pe, ep in zip(proxy_eps, nodes, strict=True)]  # fmt: skip
@@ -102,14 +104,14 @@ def overhead(entry: str, nodes: list[str], n: int, block: int, router: str) -> d
     try:
         assert cc.wait_nodes(len(nodes), 30) == len(nodes), "the client-side router lacks nodes"
         for c in [*clients, *via_proxy, entry_c, cc]:  # warm every path
-            for _ in range(20):
-                c.infer("noop", {"x": NOOP_X}, slo_ms=1000)
+            for i in range(20):
+                c.infer("noop", {"x": NOOP_X}, slo_ms=1000, app=apps[i % len(apps)])
         k = kp = 0
         while len(routed) < n:
-            k = timed(clients, k, block, direct)
-            timed([entry_c], 0, block, routed)
-            kp = timed(via_proxy, kp, block, proxied)
-            timed([cc], 0, block, client_side)
+            k = timed(clients, k, block, direct, apps)
+            timed([entry_c], 0, block, routed, apps)
+            kp = timed(via_proxy, kp, block, proxied, apps)
+            timed([cc], 0, block, client_side, apps)
         stats = entry_c.stats()
     finally:
         for c in [*clients, *via_proxy, entry_c, cc]:
@@ -124,6 +126,7 @@ def overhead(entry: str, nodes: list[str], n: int, block: int, router: str) -> d
         "proxy_p50_us": round(pct(proxied, 0.5), 1),
         "proxy_added_p50_us": round(pct(proxied, 0.5) - pct(direct, 0.5), 1),
         "requests": n,
+        "kinds": kinds,
         "direct_p50_us": round(pct(direct, 0.5), 1),
         "direct_p99_us": round(pct(direct, 0.99), 1),
         "entry_p50_us": round(pct(routed, 0.5), 1),
@@ -225,7 +228,12 @@ def main() -> int:
     ap.add_argument("--router", default="orloj")
     ap.add_argument("--rate", type=float, default=100.0, help="req/s in part 2 (default 100)")
     ap.add_argument("--load-s", type=float, default=9.0, help="part 2's length (default 9 s)")
+    ap.add_argument("--kinds", type=int, default=1,
+                    help="part 1's requests cycle over this many apps, each a kind of request "
+                    "to the router (default 1)")  # fmt: skip
     args = ap.parse_args()
+    if args.kinds < 1:
+        ap.error("--kinds must be >= 1")
     try:
         import ray
         from ray.cluster_utils import Cluster
@@ -260,7 +268,8 @@ def main() -> int:
             deadline = time.monotonic() + 30
             while cl.health()["nodes_ready"] < NODES and time.monotonic() < deadline:
                 time.sleep(0.05)
-        out["overhead"] = overhead(entry, nodes, args.requests, args.block, args.router)
+        out["overhead"] = overhead(entry, nodes, args.requests, args.block, args.router,
+                                   args.kinds)  # fmt: skip
         out["kill"] = kill_under_load(c.address, entry, args.rate, args.load_s)
     finally:
         with contextlib.suppress(Exception):
@@ -291,8 +300,8 @@ def main() -> int:
     print(f"   {'ClusterClient':<22} {o['client_side_p50_us']:>9} {'':>9}")
     print(f"   added p50: {o['added_p50_us']} us (target <= {OVERHEAD_TARGET_US:g}); mean "
           f"{o['added_mean_us']} us; router decision {o['decision_us_mean']} us mean; "
-          f"{o['requests']} requests each; relay {o['relay']}, {o['relayed_in_c'][0]} "
-          f"requests relayed in C")  # fmt: skip
+          f"{o['requests']} requests each, of {o['kinds']} kind(s); relay {o['relay']}, "
+          f"{o['relayed_in_c'][0]} of {o['requests'] + 20} requests relayed in C")  # fmt: skip
     print(f"   (floor: an extra hop through libzmq's own C forwarder adds "
           f"{o['proxy_added_p50_us']} us p50 here)")  # fmt: skip
     print(f"   routing in the client (ClusterClient, router {args.router}) adds "

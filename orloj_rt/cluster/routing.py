@@ -452,7 +452,9 @@ class Prepared:
         return self.router.pick(model, app, slo, now), False
 
     def sent(self, node: str, model: str, app: str, slo: float, now: float) -> None:
-        """The request went to `node`: counted, and the next of its kind prepared."""
+        """The request went to `node`: counted, and the next decision of every kind seen
+        lately prepared again (the send changed them all: with requests of several kinds
+        in flight, the next one is often of another kind)."""
         r = self.router
         r.record(node, model, app, slo, now)
         self._changed(node)
@@ -465,7 +467,11 @@ class Prepared:
             del ready[next(iter(ready))]  # the kind seen least lately
         if hit is not None:
             ready[key] = hit  # the most lately seen, with its kept scores
-        self._prepare(key, now)
+        else:
+            self._prepare(key, now)
+        for k in list(ready):  # with kept scores, one node's score each (the node sent to)
+            if ready.get(k) is not None and ready[k][1] != self.version:
+                self._prepare(k, now)
 
     def prepare(self, now: float) -> None:
         """Makes the decisions of the kinds seen lately again (after states came)."""

@@ -152,6 +152,28 @@ def test_prepared_decisions_are_the_routers_until_something_changes():
     assert got == [("x", False), ("y", False)] * 2
 
 
+def test_a_send_prepares_every_kind_seen_lately_again():
+    """Requests of two kinds in turn: after a send of one, the other's decision is ready
+    too, and it is the router's at that moment (it used to wait for the next state)."""
+    for name in ("orloj", "p2c"):
+        ahead, ref = Prepared(two_nodes(name), max_age=0.01), two_nodes(name)
+        kinds = [("m", "a", 2.0), ("m", "b", 4.0)]
+        for k in kinds:
+            node, _ = ahead.take(*k, 0.1)
+            assert node == ref.pick(*k, 0.1)
+            ahead.sent(node, *k, 0.1)
+            ref.record(node, *k, 0.1)
+        for i in range(6):
+            k, t = kinds[i % 2], 0.101 + i * 0.001
+            node, ready = ahead.take(*k, t)
+            assert ready, (name, i)
+            if name == "orloj":  # deterministic: the same scores, the same pick
+                assert node == ref.pick(*k, t)
+            ahead.sent(node, *k, t)
+            ref.record(node, *k, t)
+        assert ahead.made == 2 and ahead.prepared == 6
+
+
 def test_no_node():
     for name in ROUTERS:
         r = make_router(name)
