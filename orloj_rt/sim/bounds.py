@@ -102,14 +102,15 @@ def windowed_finish_rate_bound(
       sum y(s, b) p(s, b) over y >= 0 with sum_b y(s, b) t(s, b) <= W_s (e_w - a_w + 2S)
       for each speed s (W_s its workers) and sum y <= n_w. By weak duality, for every
       mu >= 0 that is at most mu n_w + (e_w - a_w + 2S) sum_s W_s max_b (p(s, b) -
-      mu)^+ / t(s, b); the least over a grid of mu in [0, 1] is taken, and n_w F(S s_max)
+      mu)^+ / t(s, b); the least over a grid of mu in [0, 1] is taken, and n_w max p
       caps it.
     - Windows are chosen from the arrival times alone (never from solo times), so the sum
       over any split bounds the expected finishes: the least sum over splits at every
       k-th arrival (k = N / `windows`, rounded up) is found by dynamic programming.
 
     It holds in expectation over the solo times, as `finish_rate_bound` does; a policy
-    that knows something of the solo times (the oracle, cost hints) is not bound by it."""
+    that knows something of the solo times (the oracle, cost hints) is not bound by it,
+    nor is one that runs a request more than once or stops a batch it started."""
     x = np.sort(np.asarray(solo_sample, dtype=np.float64))
     t = np.asarray(arrivals, dtype=np.float64)
     if len(x) == 0 or len(t) == 0:
@@ -121,10 +122,11 @@ def windowed_finish_rate_bound(
     counts: dict[float, int] = {}
     for s in speeds:
         counts[float(s)] = counts.get(float(s), 0) + 1
+    cap = 0.0  # the most any one member can finish: max p(s, b)
     for s, w in counts.items():
         p, c = _member_terms(x, slo, s, inflation)
         rate += w * np.max(np.maximum(p[None, :] - mus[:, None], 0.0) / c[None, :], axis=1)
-    cap = float(np.searchsorted(x, slo * max(counts), side="right")) / len(x)
+        cap = max(cap, float(p.max()))
     n = len(t)
     step = max(1, -(-n // windows))
     cuts = np.asarray(list(range(0, n, step)) + [n])
