@@ -91,12 +91,12 @@ def start(address: str, config: ClusterConfig, wait_s: float = 300.0) -> dict:
                            "for fewer (--gpus-per-node, --cpu-workers)")  # fmt: skip
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from orloj_rt.cluster.controller import ClusterController
+    from orloj_rt.cluster.controller import CONTROLLER_RESTARTS, ClusterController
 
     here = ray.get_runtime_context().get_node_id()
     ctl = ray.remote(ClusterController).options(
         name=CONTROLLER_NAME, namespace=NAMESPACE, lifetime="detached", num_cpus=0,
-        max_restarts=0, max_concurrency=CONTROLLER_CONCURRENCY,
+        max_restarts=CONTROLLER_RESTARTS, max_concurrency=CONTROLLER_CONCURRENCY,
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
     ).remote(config)  # fmt: skip
     try:

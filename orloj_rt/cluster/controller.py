@@ -9,7 +9,10 @@ each Ray node with the resources, up to `--nodes`.
                                 the resources and none yet; a dead node's actor is dropped
 
 Node actors are detached and named (`orloj-rt-node-<node>`), Ray restarts them
-(max_restarts=-1), and each restarts its instance. A node added to the Ray cluster later
+(max_restarts=-1), and each restarts its instance. Ray restarts the controller too, on
+its node (up to CONTROLLER_RESTARTS times): the new one reads the endpoints the first
+one kept in Ray's key-value store, starts the router on the same ports, and adopts the
+node actors as they run (their instances are not restarted). A node added to the Ray cluster later
 gets an instance at the next reconcile; a node that leaves is forgotten (the router has
 already answered or re-routed what it held: router.py).
 
@@ -20,6 +23,7 @@ actor's class.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -35,6 +39,10 @@ NAMESPACE = "orloj-rt"
 CONTROLLER_NAME = "orloj-rt-controller"
 NODE_ACTOR_PREFIX = "orloj-rt-node-"
 RECONCILE_S = 1.0
+#: how many times Ray restarts a controller that died while its node lives
+CONTROLLER_RESTARTS = 10
+#: the key of the endpoints a restarted controller serves again (Ray's internal KV)
+ENDPOINTS_KEY = "controller-endpoints"
 ROUTER_READY_TIMEOUT_S = 90.0
 ROUTER_READY_RE = re.compile(r"cluster router on (\S+) \(state ")
 HTTP_RE = re.compile(r"; http (http://[^;)\s]+)")
@@ -88,6 +96,17 @@ class ClusterController:
         self.state_endpoint = f"tcp://{self.host}:{free_port(self.host)}"
         self.http_url = ""
         self.router_starts = 0
+        # a controller Ray started again (the last one died): the same endpoints, and the
+        # node actors adopted as they run
+        kept = _endpoints_kept() if ray.get_runtime_context().was_current_actor_reconstructed \
+            else None  # fmt: skip
+        self.restarts = 0
+        self._adopt = kept is not None
+        if kept is not None:
+            self.endpoint = kept["endpoint"]
+            self.state_endpoint = kept["state_endpoint"]
+            self.http_url = kept["http"]
+            self.restarts = kept.get("restarts", 0) + 1
         self.actors: dict[str, tuple] = {}  # label -> (ray node id, actor handle)
         self.lost: list[str] = []  # labels of nodes that left
         self._stop = threading.Event()
@@ -100,7 +119,10 @@ class ClusterController:
             self._kill_router()
             raise RuntimeError(self._router_failed or "the cluster router was not ready within "
                                f"{ROUTER_READY_TIMEOUT_S:g} s")  # fmt: skip
+        _keep_endpoints({"endpoint": self.endpoint, "state_endpoint": self.state_endpoint,
+                         "http": self.http_url, "restarts": self.restarts})  # fmt: skip
         self.reconcile()
+        self._adopt = False
         threading.Thread(target=self._reconcile_loop, name="orloj-rt-reconcile",
                          daemon=True).start()  # fmt: skip
 
@@ -187,8 +209,12 @@ class ClusterController:
                     continue
                 label = node_label(n)
                 name = NODE_ACTOR_PREFIX + label
-                with contextlib.suppress(ValueError):  # a detached one from before
-                    ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+                with contextlib.suppress(ValueError):
+                    old = ray.get_actor(name, namespace=NAMESPACE)
+                    if self._adopt:  # ours, placed by the controller before this one
+                        self.actors[label] = (n["NodeID"], old)
+                        continue
+                    ray.kill(old, no_restart=True)  # a detached one from an earlier cluster
                 opts = {"num_gpus": c.gpus_per_node} if c.gpus_per_node else {
                     "num_cpus": c.cpu_workers}  # fmt: skip
                 actor = self.node_actor_cls.options(
@@ -228,6 +254,7 @@ class ClusterController:
             "nodes": sorted(nodes, key=lambda d: d["node"]),
             "nodes_lost": list(self.lost),
             "controller_pid": os.getpid(),
+            "controller_restarts": self.restarts,
         }  # fmt: skip
 
     def wait_serving(self, n: int, timeout_s: float) -> dict:
@@ -267,4 +294,23 @@ class ClusterController:
             with contextlib.suppress(Exception):
                 ray.kill(a, no_restart=True)
         self._kill_router()
+        _keep_endpoints(None)
         return {"nodes": out}
+
+
+def _keep_endpoints(value: dict | None) -> None:
+    """Keeps (None: forgets) the endpoints in Ray's key-value store, for a controller that
+    Ray starts again after this one dies."""
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+
+    if value is None:
+        _internal_kv_del(ENDPOINTS_KEY, namespace=NAMESPACE)
+    else:
+        _internal_kv_put(ENDPOINTS_KEY, json.dumps(value), namespace=NAMESPACE)
+
+
+def _endpoints_kept() -> dict | None:
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(ENDPOINTS_KEY, namespace=NAMESPACE)
+    return None if raw is None else json.loads(raw)

@@ -125,6 +125,34 @@ def test_requests_answered_on_every_node(cluster):
     assert next(o for o in answer["outputs"] if o["name"] == "logits")["shape"][0] == 2
 
 
+def test_a_dead_controller_comes_back_with_the_same_entry_point(cluster):
+    """SIGKILL to the controller actor's process (its router, a child, dies with it): Ray
+    starts it again on its node; it serves the same entry point (ZeroMQ and HTTP) and
+    adopts the node actors as they run: no instance is restarted."""
+    import signal
+
+    st = status(cluster)
+    before = {n["node"]: n["supervisor_pid"] for n in st["nodes"]}
+    os.kill(st["controller_pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while True:
+        assert time.monotonic() < deadline, "the controller did not come back"
+        time.sleep(0.5)
+        with contextlib.suppress(Exception):
+            st = status(cluster)
+            if st["controller_pid"] != 0 and st["controller_restarts"] == 1:
+                break
+    assert st["router"]["endpoint"] == cluster["endpoint"]
+    assert st["router"]["http"] == cluster["http"]
+    assert {n["node"]: n["supervisor_pid"] for n in st["nodes"]} == before
+    with Client(cluster["endpoint"], timeout_s=30) as c:
+        deadline = time.monotonic() + 30
+        while c.health()["nodes_ready"] < NODES:  # the new router hears every node
+            assert time.monotonic() < deadline, c.health()
+            time.sleep(0.05)
+        assert c.infer("early_exit", {"tokens": TOKENS}, slo_ms=1000).status == "ok"
+
+
 def test_a_node_removed_under_load_answers_each_request_once(cluster):
     import zmq
 
