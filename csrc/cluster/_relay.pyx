@@ -240,6 +240,18 @@ cdef inline bint _is(const unsigned char *b, Py_ssize_t start, Py_ssize_t length
     return True
 
 
+cdef inline Py_ssize_t _pair(const unsigned char *b, Py_ssize_t i, Py_ssize_t n,
+                             Py_ssize_t *ks, Py_ssize_t *kl, Py_ssize_t *vend) noexcept:
+    """The map pair at b[i]: its key's string (ks, kl) and the end of its value (vend);
+    returns where the value starts, or -1 for a pair that is not a string key and a
+    value within n."""
+    if i >= n or _str(b, i, n, ks, kl) < 0:
+        return -1
+    i = ks[0] + kl[0]
+    vend[0] = _skip(b, i, n, 0)
+    return -1 if vend[0] < 0 else i
+
+
 cdef inline Py_ssize_t _map_head(const unsigned char *b, Py_ssize_t n,
                                  unsigned long long *count) noexcept:
     """The index of a header's first key, its map's pairs in `count`; -1 when the header
@@ -478,11 +490,8 @@ cdef class Relay:
         pair = 0
         while pair < count:
             pair += 1
-            if i >= n or _str(b, i, n, &ks, &kl) < 0:
-                return False
-            i = ks + kl
-            vend = _skip(b, i, n, 0)
-            if vend < 0:
+            i = _pair(b, i, n, &ks, &kl, &vend)
+            if i < 0:
                 return False
             if _is(b, ks, kl, "id", 2):
                 id_s, id_e = i, vend
@@ -565,11 +574,8 @@ cdef class Relay:
         pair = 0
         while pair < count:
             pair += 1
-            if i >= n or _str(b, i, n, &ks, &kl) < 0:
-                return False
-            i = ks + kl
-            vend = _skip(b, i, n, 0)
-            if vend < 0:
+            i = _pair(b, i, n, &ks, &kl, &vend)
+            if i < 0:
                 return False
             if _is(b, ks, kl, "id", 2):
                 t = b[i]

@@ -470,7 +470,7 @@ class Prepared:
         else:
             self._prepare(key, now)
         for k in list(ready):  # with kept scores, one node's score each (the node sent to)
-            if ready.get(k) is not None and ready[k][1] != self.version:
+            if ready[k][1] != self.version:
                 self._prepare(k, now)
 
     def prepare(self, now: float) -> None:

@@ -42,30 +42,32 @@ def finish_rate_bound(
     n = len(x)
     if n == 0:
         raise ValueError("the bound needs a sample of solo times")
-    levels = np.arange(1, n + 1) / n
 
     def cdf(t: float) -> float:
         return float(np.searchsorted(x, t, side="right")) / n
 
     best = 0.0
     for b, cb in enumerate(inflation, 1):
-        # E[max of b] of the empirical law: sum_i x_(i) ((i/n)^b - ((i-1)/n)^b)
-        weights = levels**b - (levels - 1.0 / n) ** b
-        e_max = float(np.dot(x, weights))
+        e_max = float(np.dot(x, _max_weights(n, b)))
         rate = b * cdf(slo / cb) ** b / (cb * e_max)
         best = max(best, rate)
     return min(cdf(slo), workers * best * time_per_request)
+
+
+def _max_weights(n: int, b: int) -> np.ndarray:
+    """P(the max of b draws of an n-point empirical law is its i-th smallest point):
+    (i/n)^b - ((i-1)/n)^b, so that E[g(max of b)] = sum_i g(x_(i)) times these."""
+    levels = np.arange(1, n + 1) / n
+    return levels**b - (levels - 1.0 / n) ** b
 
 
 def _member_terms(x: np.ndarray, slo: float, speed: float, inflation: Sequence[float]):
     """Per batch size b, on a worker of `speed`: the most a member can finish, F(S s /
     c(b))^b, and the worker time it is charged, E[min(c(b) max of b / s, S)] / b."""
     n = len(x)
-    levels = np.arange(1, n + 1) / n
     finish, charge = [], []
     for b, cb in enumerate(inflation, 1):
-        weights = levels**b - (levels - 1.0 / n) ** b  # P(max of b = x_(i))
-        busy = float(np.dot(np.minimum(cb * x / speed, slo), weights))
+        busy = float(np.dot(np.minimum(cb * x / speed, slo), _max_weights(n, b)))
         finish.append((np.searchsorted(x, slo * speed / cb, side="right") / n) ** b)
         charge.append(busy / b)
     return np.asarray(finish), np.asarray(charge)
@@ -138,4 +140,4 @@ def windowed_finish_rate_bound(
         span = t[cuts[j] - 1] - t[starts] + 2.0 * slo
         lp = np.min(size[:, None] * mus[None, :] + span[:, None] * rate[None, :], axis=1)
         best[j] = float(np.min(best[:j] + np.minimum(lp, size * cap)))
-    return min(cap, best[-1] / n)
+    return float(min(cap, best[-1] / n))
