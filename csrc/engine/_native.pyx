@@ -47,6 +47,7 @@ from orloj_rt.engine.pure.orloj import (
     DEFAULT_POOL_DENSE,
     DEFAULT_POOL_STEP,
     DEFAULT_THETA,
+    check_patience,
     check_probability,
     pool_ladder,
 )
@@ -506,8 +507,8 @@ cdef class OrlojPolicy:
         self.e = NULL
 
     def __init__(self, max_batch=DEFAULT_MAX_BATCH, alpha=DEFAULT_ALPHA, inflation=None,
-                 theta=DEFAULT_THETA, epsilon=DEFAULT_EPSILON, fallback=True, pools=False,
-                 pool_dense=DEFAULT_POOL_DENSE, pool_step=DEFAULT_POOL_STEP,
+                 theta=DEFAULT_THETA, epsilon=DEFAULT_EPSILON, fallback=True, patience=0.0,
+                 pools=False, pool_dense=DEFAULT_POOL_DENSE, pool_step=DEFAULT_POOL_STEP,
                  max_apps=DEFAULT_MAX_APPS, app_idle_s=DEFAULT_APP_IDLE_S):
         self._inflation = as_inflation(max_batch, alpha, inflation)
         self._theta = check_probability("theta", theta, open_low=True)
@@ -517,6 +518,7 @@ cdef class OrlojPolicy:
             del self.e
         self.e = new OrlojEngine(self._inflation.c_, self._theta, self._epsilon, bool(fallback),
                                  bool(pools), sizes)
+        self.e.set_patience(check_patience(patience))
         self._apps = AppTable(max_apps, app_idle_s)
         self._busy_fn = self._busy
         self._default = None
@@ -833,6 +835,14 @@ cdef class OrlojPolicy:
             raise ValueError(f"an app's weight must be a finite number > 0, got {weight!r}")
         cdef int a = self._app(app, True, False)
         self.e.set_weight(a, w)
+
+    def set_patience(self, patience):
+        """The fallback's patience from now on (0: off; the pure twin's set_patience)."""
+        self.e.set_patience(check_patience(patience))
+
+    @property
+    def patience(self):
+        return self.e.patience()
 
     def set_batch_limit(self, limit):
         """The largest batch a decision forms from now on (None or 0: the maximum batch;

@@ -106,6 +106,7 @@ class OrlojEngine {
     drop_pass(now, dropped);
     if (present_.empty()) return;
     select(now);
+    if (!best_.empty() && !fell_back_) note_good(now);
     for (const Member& m : best_) where_.prefetch(m.id);
     for (const Member& m : best_) batch->push_back(m.id);
     take(best_);
@@ -208,6 +209,7 @@ class OrlojEngine {
   // apps of several weights, each weight level's apps (at or above it) form candidates
   // too, after the whole set's, lowest level first (the pure twin's _select).
   double select(double now) {
+    fell_back_ = false;
     first_bin_ = -1;
     last_bin_ = -1;
     floor_ = -1.0;
@@ -282,9 +284,18 @@ class OrlojEngine {
       best_.assign(m, m + best->b);
     } else if (fallback_) {
       best_score = most_likely_alone(now);
+      fell_back_ = true;
+      if (!best_.empty() && too_long(best_[0].app, now)) {
+        best_.clear();
+        best_score = -1.0;
+      }
     }
     return best_score;
   }
+
+  // The fallback's patience (the pure twin's): 0 runs it always.
+  void set_patience(double p) { patience_ = p; }
+  double patience() const { return patience_; }
 
   // P(T <= t) and E[T] for a batch with counts[a] members of app a (apps must have dists).
   void groups_of(const std::vector<int>& counts, std::vector<Group>* groups) {
@@ -864,6 +875,27 @@ class OrlojEngine {
   }
 
   // best_ = the request with the best chance alone; returns its score as a batch of one
+  // A decision at `now` found a candidate at theta: the average gap (the pure twin's
+  // _note_good, the same operations in the same order).
+  void note_good(double now) {
+    if (has_good_) {
+      const double gap = now - last_good_;
+      if (std::isinf(good_gap_)) good_gap_ = gap;
+      else good_gap_ = good_gap_ + kPatienceEwma * (gap - good_gap_);
+    }
+    has_good_ = true;
+    last_good_ = now;
+  }
+
+  // With patience, whether a fallback request of app a would hold the worker longer than
+  // patience x the expected wait for a decision at theta (the pure twin's _too_long).
+  bool too_long(int a, double now) const {
+    if (!(patience_ > 0.0) || !has_good_) return false;
+    const double e_t = c_[0] * apps_[a]->emax[1];
+    const double wait = std::max(good_gap_, now - last_good_);
+    return e_t > patience_ * wait;
+  }
+
   double most_likely_alone(double now) {
     const double c1 = c_[0];
     double best_p = -1.0;
@@ -1100,6 +1132,11 @@ class OrlojEngine {
   int B_;
   double theta_, epsilon_;
   bool fallback_;
+  static constexpr double kPatienceEwma = 0.1;  // the pure twin's PATIENCE_EWMA
+  double patience_ = 0.0;
+  bool fell_back_ = false;  // the last select() ran the fallback
+  bool has_good_ = false;   // a decision has found a candidate at theta
+  double last_good_ = 0.0, good_gap_ = std::numeric_limits<double>::infinity();
   bool pools_on_;  // false (default): one pool of every app at the slowest's bar
   std::vector<double> troot_;
   std::vector<char> on_ladder_;  // [b]: pools form candidates of size b (several apps)

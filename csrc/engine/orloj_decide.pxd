@@ -30,6 +30,8 @@ cdef extern from "orloj_decide.hpp" namespace "orloj" nogil:
         void drop_hopeless(double now, vector[int64_t]* dropped)
         double evaluate(double now, vector[int64_t]* batch)
         void set_weight(int a, double w)
+        void set_patience(double p)
+        double patience()
         void set_batch_limit(int b)
         int batch_limit()
         double weight(int a)

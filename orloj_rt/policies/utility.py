@@ -406,6 +406,11 @@ class UtilityPolicy(Policy):
             own.discard(app)
         return True
 
+    def set_patience(self, patience: float) -> None:
+        """The engines' fallback patience (orloj_rt/engine/pure/orloj.py)."""
+        for e in self._engines:
+            e.set_patience(patience)
+
     def set_default_distribution(self, dist) -> None:
         for k, e in enumerate(self._engines):
             d = scaled(dist, self._scale_est[k])

@@ -22,6 +22,8 @@ Online, per app (`HintClasses`):
   `MIN_APP_SAMPLES`); requests already queued keep the class they were filed under.
 
 Which policies get classes: `orloj_rt.policies.HINTED` (orloj, orloj-step, sjf-hint).
+Once a request is filed under a class, whole-batch orloj's fallback gets patience
+`HINT_PATIENCE` (unless its params set `patience`).
 The baselines that stand for systems without hints (fifo, edf, nexus, clockwork) get
 none: the systems they stand for ignore them. `hint_classes=0` (a scheduler option, as
 `max_apps`) turns classes off.
@@ -35,6 +37,10 @@ from collections import OrderedDict, deque
 
 #: classes per app unless configured (`--policy-param hint_classes=K`)
 DEFAULT_HINT_CLASSES = 8
+#: orloj's fallback patience once a request is filed under a class, unless the policy's
+#: params set `patience` (orloj_rt/engine/pure/orloj.py: the long classes' requests below
+#: theta do not hold the worker while short ones keep arriving)
+HINT_PATIENCE = 1.0
 #: the app's policy name of class k: f"{app}{CLASS_SEPARATOR}{k}"
 CLASS_SEPARATOR = "#h"
 #: hints seen before the first edges (until then hinted requests use the app's law)

@@ -46,6 +46,7 @@ from orloj_rt.protocol import messages as msgs
 from orloj_rt.protocol.stats import DECISION_BUCKETS_S, MAX_APPS_PER_MODEL, Histogram
 from orloj_rt.serving.hints import (
     DEFAULT_HINT_CLASSES,
+    HINT_PATIENCE,
     HintBook,
     HintClasses,
     check_classes,
@@ -94,6 +95,10 @@ class ModelCore:
         self.hints = HintBook(classes) if classes and self.policy_name in HINTED else None
         if self.hints is not None and self.policy_name == "orloj":
             params.setdefault("pools", True)  # what lets classes batch short with short
+        # orloj's fallback waits for short classes once hints class requests (hints.py)
+        self._hint_patience = (HINT_PATIENCE if self.hints is not None and
+                               self.policy_name == "orloj" and "patience" not in params
+                               else None)  # fmt: skip
         # variants (the full model first; () for none) and app weights, for the policies
         # that choose variants and weigh apps; the others run the full model
         self.variants = tuple(getattr(spec, "variants", None) or ())
@@ -236,6 +241,9 @@ class ModelCore:
         if fresh or k in hc.stale:
             hc.stale.discard(k)
             self._install_class(name, hc.buckets()[k])
+        if self._hint_patience is not None:
+            self.policy.set_patience(self._hint_patience)
+            self._hint_patience = None
         return name, hc
 
     def _install_class(self, name: str, values: list[float]) -> None:

@@ -102,6 +102,41 @@ def test_fallback_runs_the_best_long_shot(eng):
         assert decision.dropped == []
 
 
+def test_a_patient_fallback_waits_while_requests_at_theta_keep_coming(eng):
+    """Short requests reach theta every 2 ms; a long one (10 ms expected alone) below
+    theta waits with patience 1 and runs without it; once no decision has found a
+    request at theta for longer than its expected time, the next long one runs."""
+    for patience, expect in ((1.0, []), (0.0, [7])):
+        p = eng.OrlojPolicy(max_batch=4, theta=0.9, epsilon=0.01, patience=patience)
+        p.set_distribution("short", eng.Distribution.from_mean_cov(0.001, 0.1))
+        long = eng.Distribution.from_mean_cov(0.010, 1.0)
+        p.set_distribution("long", long)
+        for rid, now in ((1, 0.0), (2, 0.002)):
+            p.enqueue(rid, "short", now, now + 0.005)
+            assert p.decide(now).batch == [rid]
+        p.enqueue(7, "long", 0.003, 0.003 + long.quantile(0.5))
+        assert p.decide(0.003).batch == expect, patience
+    p = eng.OrlojPolicy(max_batch=4, theta=0.9, epsilon=0.01, patience=1.0)
+    p.set_distribution("short", eng.Distribution.from_mean_cov(0.001, 0.1))
+    p.set_distribution("long", long)
+    p.enqueue(1, "short", 0.0, 0.005)
+    assert p.decide(0.0).batch == [1]
+    p.enqueue(8, "long", 0.05, 0.05 + long.quantile(0.5))
+    assert p.decide(0.05).batch == [8]  # 50 ms since the last: run it
+
+
+def test_patience_is_set_and_checked(eng):
+    p = eng.OrlojPolicy(max_batch=4)
+    assert p.patience == 0.0
+    p.set_patience(2)
+    assert p.patience == 2.0
+    for bad in (-1.0, float("nan"), float("inf"), "1", True):
+        with pytest.raises(ValueError, match="patience must be a finite number >= 0"):
+            p.set_patience(bad)
+        with pytest.raises(ValueError, match="patience must be a finite number >= 0"):
+            eng.OrlojPolicy(max_batch=4, patience=bad)
+
+
 def test_apps_have_their_own_distributions(eng):
     p = eng.OrlojPolicy(max_batch=4, theta=0.7, epsilon=0.05)
     p.set_distribution("fast", eng.Distribution.from_mean_cov(0.001, 0.1))
