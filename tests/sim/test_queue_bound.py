@@ -55,3 +55,20 @@ def test_policies_that_do_not_know_solo_times_stay_under_it():
     for name in ("orloj", "edf", "fifo"):
         assert result["policies"][name]["finish_rate"] <= bound + noise, name
     assert result["policies"]["oracle"]["finish_rate"] > bound
+
+
+def test_the_check_bench_runs_and_finds_no_cell_over_the_bound():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, str(root / "bench/queue_bound_check.py"), "--workloads",
+           "lognormal", "--slos", "3", "--rates", "0.8", "--requests", "3000",
+           "--samples", "5000", "--depth", "1", "--json"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout)
+    assert out["over"] == 0 and len(out["rows"]) == 1
+    assert out["rows"][0]["best_rate"] < out["rows"][0]["bound"] < 1.0
