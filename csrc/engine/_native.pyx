@@ -756,7 +756,9 @@ cdef class OrlojPolicy:
             self.observe_solo(apps[0], float(exec_time) / self.e.c(1))
 
     def next_wakeup(self, now):
-        return None
+        """When a fallback request held back by patience may run (the pure twin's)."""
+        cdef double w = self.e.wake()
+        return None if w < 0.0 else w
 
     # ------------------------------------------------------------- batch latency
     cdef int _groups(self, apps, vector[Group]* groups) except -1:

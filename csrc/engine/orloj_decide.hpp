@@ -210,6 +210,7 @@ class OrlojEngine {
   // too, after the whole set's, lowest level first (the pure twin's _select).
   double select(double now) {
     fell_back_ = false;
+    wake_ = -1.0;
     first_bin_ = -1;
     last_bin_ = -1;
     floor_ = -1.0;
@@ -285,9 +286,12 @@ class OrlojEngine {
     } else if (fallback_) {
       best_score = most_likely_alone(now);
       fell_back_ = true;
-      if (!best_.empty() && too_long(best_[0].app, now)) {
-        best_.clear();
-        best_score = -1.0;
+      if (!best_.empty()) {
+        wake_ = held_until(best_[0].app, now);
+        if (wake_ >= 0.0) {
+          best_.clear();
+          best_score = -1.0;
+        }
       }
     }
     return best_score;
@@ -296,6 +300,8 @@ class OrlojEngine {
   // The fallback's patience (the pure twin's): 0 runs it always.
   void set_patience(double p) { patience_ = p; }
   double patience() const { return patience_; }
+  // When a fallback request held back by patience may run; -1: none held back.
+  double wake() const { return active_.empty() ? -1.0 : wake_; }
 
   // P(T <= t) and E[T] for a batch with counts[a] members of app a (apps must have dists).
   void groups_of(const std::vector<int>& counts, std::vector<Group>* groups) {
@@ -874,7 +880,6 @@ class OrlojEngine {
     return true;
   }
 
-  // best_ = the request with the best chance alone; returns its score as a batch of one
   // A decision at `now` found a candidate at theta: the average gap (the pure twin's
   // _note_good, the same operations in the same order).
   void note_good(double now) {
@@ -887,15 +892,18 @@ class OrlojEngine {
     last_good_ = now;
   }
 
-  // With patience, whether a fallback request of app a would hold the worker longer than
-  // patience x the expected wait for a decision at theta (the pure twin's _too_long).
-  bool too_long(int a, double now) const {
-    if (!(patience_ > 0.0) || !has_good_) return false;
+  // With patience, until when a fallback request of app a waits (it would hold the
+  // worker longer than patience x the expected wait for a decision at theta), or -1 if
+  // it runs now (the pure twin's _held_until).
+  double held_until(int a, double now) const {
+    if (!(patience_ > 0.0) || !has_good_) return -1.0;
     const double e_t = c_[0] * apps_[a]->emax[1];
-    const double wait = std::max(good_gap_, now - last_good_);
-    return e_t > patience_ * wait;
+    const double until = last_good_ + e_t / patience_;
+    if (e_t > patience_ * good_gap_ && now < until) return until;
+    return -1.0;
   }
 
+  // best_ = the request with the best chance alone; returns its score as a batch of one
   double most_likely_alone(double now) {
     const double c1 = c_[0];
     double best_p = -1.0;
@@ -1137,6 +1145,7 @@ class OrlojEngine {
   bool fell_back_ = false;  // the last select() ran the fallback
   bool has_good_ = false;   // a decision has found a candidate at theta
   double last_good_ = 0.0, good_gap_ = std::numeric_limits<double>::infinity();
+  double wake_ = -1.0;  // held_until() of the last fallback held back (-1: none)
   bool pools_on_;  // false (default): one pool of every app at the slowest's bar
   std::vector<double> troot_;
   std::vector<char> on_ladder_;  // [b]: pools form candidates of size b (several apps)

@@ -32,6 +32,7 @@ cdef extern from "orloj_decide.hpp" namespace "orloj" nogil:
         void set_weight(int a, double w)
         void set_patience(double p)
         double patience()
+        double wake()
         void set_batch_limit(int b)
         int batch_limit()
         double weight(int a)

@@ -411,6 +411,11 @@ class UtilityPolicy(Policy):
         for e in self._engines:
             e.set_patience(patience)
 
+    def next_wakeup(self, now: float) -> float | None:
+        """The earliest time an engine's fallback held back by patience may run."""
+        times = [w for w in (e.next_wakeup(now) for e in self._engines) if w is not None]
+        return min(times) if times else None
+
     def set_default_distribution(self, dist) -> None:
         for k, e in enumerate(self._engines):
             d = scaled(dist, self._scale_est[k])

@@ -40,7 +40,7 @@ DEFAULT_HINT_CLASSES = 8
 #: orloj's fallback patience once a request is filed under a class, unless the policy's
 #: params set `patience` (orloj_rt/engine/pure/orloj.py: the long classes' requests below
 #: theta do not hold the worker while short ones keep arriving)
-HINT_PATIENCE = 1.0
+HINT_PATIENCE = 0.5
 #: the app's policy name of class k: f"{app}{CLASS_SEPARATOR}{k}"
 CLASS_SEPARATOR = "#h"
 #: hints seen before the first edges (until then hinted requests use the app's law)

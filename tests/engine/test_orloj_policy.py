@@ -125,6 +125,27 @@ def test_a_patient_fallback_waits_while_requests_at_theta_keep_coming(eng):
     assert p.decide(0.05).batch == [8]  # 50 ms since the last: run it
 
 
+def test_a_held_back_fallback_wakes_the_worker_when_its_wait_is_over(eng):
+    """Held back at 3 ms (decisions at theta every 2 ms, a long request of E[T] about
+    10 ms, patience 1), the request is looked at again at the last such decision + E[T] /
+    patience without any arrival, and runs then; nothing held back, no wake-up."""
+    p = eng.OrlojPolicy(max_batch=4, theta=0.9, epsilon=0.01, patience=1.0)
+    p.set_distribution("short", eng.Distribution.from_mean_cov(0.001, 0.1))
+    long = eng.Distribution.from_mean_cov(0.010, 1.0)
+    p.set_distribution("long", long)
+    for rid, now in ((1, 0.0), (2, 0.002)):
+        p.enqueue(rid, "short", now, now + 0.005)
+        assert p.decide(now).batch == [rid]
+        assert p.next_wakeup(now) is None
+    p.enqueue(7, "long", 0.003, 0.003 + long.quantile(0.85))
+    assert p.decide(0.003).batch == []
+    wake = p.next_wakeup(0.003)
+    assert wake is not None and 0.003 < wake < 0.003 + long.quantile(0.85)
+    assert wake == pytest.approx(0.002 + long.mean(), rel=0.05)  # E[T] of a batch of one
+    assert p.decide(wake).batch == [7]
+    assert p.next_wakeup(wake) is None
+
+
 def test_patience_is_set_and_checked(eng):
     p = eng.OrlojPolicy(max_batch=4)
     assert p.patience == 0.0

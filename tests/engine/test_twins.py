@@ -102,7 +102,8 @@ def run_scenario(mod, sc):
             except KeyError:
                 trace.append("unknown")
         d = policy.decide(now)
-        trace.append((tuple(d.batch), tuple(d.dropped), tuple(d.rejected)))
+        trace.append((tuple(d.batch), tuple(d.dropped), tuple(d.rejected),
+                      policy.next_wakeup(now)))  # fmt: skip
         for _member in d.batch:
             if rng.random() < 0.5:
                 policy.observe_solo(rng.choice(names), rng.uniform(0.001, 0.05))

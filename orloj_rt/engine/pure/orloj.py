@@ -39,16 +39,19 @@ When a worker is idle at time `now`:
 
 If no request reaches theta even alone, the one most likely to finish alone runs, so that
 an idle worker is never wasted on waiting (`fallback=False` turns this off). With
-`patience` p > 0 it runs only if its expected time alone is at most p x the expected wait
-for the next decision that finds a candidate at theta (an average of the gaps between
-such decisions, 0.1 for the newest, or the time since the last one if that is longer);
-otherwise the worker waits. Where requests differ in law (cost-hint classes), the
-requests below theta are the long ones, and one of them holds the worker while short
-requests that would finish arrive and wait: in the simulator with hints of CoV 0.6,
-waiting (p = 1) raised finish rates by up to 0.064 at load 2 and SLO 1.5-3, and lowered
-none by more than 0.010 (docs/results.md). With one law (no hints) what arrives next is
-no better, and p = 1 moved finish rates by -0.009 to +0.006. 0 (off) is the default; the
-serving core sets 1 once a request is filed under a hint class (orloj_rt/serving/hints.py).
+`patience` p > 0 it runs only if its expected time alone E[T] is at most p x the expected
+wait for the next decision that finds a candidate at theta (an average of the gaps
+between such decisions, 0.1 for the newest, or the time since the last one if that is
+longer): it waits while E[T] > p x that average and now < the last such decision + E[T]
+/ p, and `next_wakeup` says when the second stops holding, so a request kept waiting is
+looked at again even if nothing arrives. Where requests differ in law (cost-hint
+classes), the requests below theta are the long ones, and one of them holds the worker
+while short requests that would finish arrive and wait: in the simulator with hints of
+CoV 0.6, waiting (p = 0.5) raised orloj's finish rates by up to 0.089 and lowered them
+by up to 0.022 at load 1 (at most 0.005 elsewhere; docs/results.md). 0 (off) is the
+default; the serving core sets 0.5 once a request is filed under a hint class
+(orloj_rt/serving/hints.py). Without hints it is off: there p = 0.5 moved finish rates
+by -0.020 to +0.079, a change to every headline figure that has not had its own sweep.
 
 `drop_hopeless(now)` is step 1 alone; `evaluate(now)` says what `decide(now)` would
 dispatch after its drops, and its score, without changing the queue (the variant choice
@@ -255,6 +258,7 @@ class OrlojPolicy(Policy):
         self._last_good: float | None = None  # the last decision with a candidate at theta
         self._good_gap = math.inf  # the average gap between such decisions
         self._fell_back = False  # the last _select ran the fallback
+        self._wake: float | None = None  # when a fallback held back may run
         self._pools = bool(pools)
         self._on_ladder = [False] * (self._B + 1)
         for b in pool_ladder(self._B, pool_dense, pool_step):
@@ -643,11 +647,14 @@ class OrlojPolicy(Policy):
                         best_score = score
                         best = members
         self._fell_back = False
+        self._wake = None
         if not best and self._fallback:
             best, best_score = self._most_likely_alone(present, now)
             self._fell_back = True
-            if best and self._too_long(best[0][2], now):
-                best, best_score = [], -1.0
+            if best:
+                self._wake = self._held_until(best[0][2], now)
+                if self._wake is not None:
+                    best, best_score = [], -1.0
         return best, best_score
 
     def _note_good(self, now: float) -> None:
@@ -660,14 +667,21 @@ class OrlojPolicy(Policy):
                 self._good_gap = self._good_gap + PATIENCE_EWMA * (gap - self._good_gap)
         self._last_good = now
 
-    def _too_long(self, a: int, now: float) -> bool:
-        """With patience, whether a fallback request of app `a` would hold the worker
-        longer than patience x the expected wait for a decision at theta."""
+    def _held_until(self, a: int, now: float) -> float | None:
+        """With patience, until when a fallback request of app `a` waits (it would hold
+        the worker longer than patience x the expected wait for a decision at theta), or
+        None if it runs now."""
         if not (self._patience > 0.0) or self._last_good is None:
-            return False
+            return None
         e_t = self._c[0] * self._caches[a].emax[1]
-        wait = max(self._good_gap, now - self._last_good)
-        return e_t > self._patience * wait
+        until = self._last_good + e_t / self._patience
+        if e_t > self._patience * self._good_gap and now < until:
+            return until
+        return None
+
+    def next_wakeup(self, now: float) -> float | None:
+        """When a fallback request held back by patience may run (None: never)."""
+        return self._wake if self._wake is not None and self._active else None
 
     def _candidates(self, b: int, cb: float, present: list[int], now: float):
         """The candidate batches of size b, in the order that breaks ties (see step 2)."""
