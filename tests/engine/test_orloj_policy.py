@@ -102,34 +102,10 @@ def test_fallback_runs_the_best_long_shot(eng):
         assert decision.dropped == []
 
 
-def test_a_patient_fallback_waits_while_requests_at_theta_keep_coming(eng):
-    """Short requests reach theta every 2 ms; a long one (10 ms expected alone) below
-    theta waits with patience 1 and runs without it; once no decision has found a
-    request at theta for longer than its expected time, the next long one runs."""
-    for patience, expect in ((1.0, []), (0.0, [7])):
-        p = eng.OrlojPolicy(max_batch=4, theta=0.9, epsilon=0.01, patience=patience)
-        p.set_distribution("short", eng.Distribution.from_mean_cov(0.001, 0.1))
-        long = eng.Distribution.from_mean_cov(0.010, 1.0)
-        p.set_distribution("long", long)
-        for rid, now in ((1, 0.0), (2, 0.002)):
-            p.enqueue(rid, "short", now, now + 0.005)
-            assert p.decide(now).batch == [rid]
-        p.enqueue(7, "long", 0.003, 0.003 + long.quantile(0.5))
-        assert p.decide(0.003).batch == expect, patience
-    p = eng.OrlojPolicy(max_batch=4, theta=0.9, epsilon=0.01, patience=1.0)
-    p.set_distribution("short", eng.Distribution.from_mean_cov(0.001, 0.1))
-    p.set_distribution("long", long)
-    p.enqueue(1, "short", 0.0, 0.005)
-    assert p.decide(0.0).batch == [1]
-    p.enqueue(8, "long", 0.05, 0.05 + long.quantile(0.5))
-    assert p.decide(0.05).batch == [8]  # 50 ms since the last: run it
-
-
-def test_a_held_back_fallback_wakes_the_worker_when_its_wait_is_over(eng):
-    """Held back at 3 ms (decisions at theta every 2 ms, a long request of E[T] about
-    10 ms, patience 1), the request is looked at again at the last such decision + E[T] /
-    patience without any arrival, and runs then; nothing held back, no wake-up."""
-    p = eng.OrlojPolicy(max_batch=4, theta=0.9, epsilon=0.01, patience=1.0)
+def _patient(eng, patience):
+    """A policy that knows a short law (1 ms) and a long one (10 ms, CoV 1), after short
+    requests reached theta at 0 and 2 ms (the gap the patience is measured against)."""
+    p = eng.OrlojPolicy(max_batch=4, theta=0.9, epsilon=0.01, patience=patience)
     p.set_distribution("short", eng.Distribution.from_mean_cov(0.001, 0.1))
     long = eng.Distribution.from_mean_cov(0.010, 1.0)
     p.set_distribution("long", long)
@@ -137,6 +113,26 @@ def test_a_held_back_fallback_wakes_the_worker_when_its_wait_is_over(eng):
         p.enqueue(rid, "short", now, now + 0.005)
         assert p.decide(now).batch == [rid]
         assert p.next_wakeup(now) is None
+    return p, long
+
+
+def test_a_patient_fallback_waits_while_requests_at_theta_keep_coming(eng):
+    """A long request (10 ms expected alone) below theta waits with patience 1 and runs
+    without it; once no decision has found a request at theta for longer than its
+    expected time, the next long one runs."""
+    for patience, expect in ((1.0, []), (0.0, [7])):
+        p, long = _patient(eng, patience)
+        p.enqueue(7, "long", 0.003, 0.003 + long.quantile(0.5))
+        assert p.decide(0.003).batch == expect, patience
+    p, long = _patient(eng, 1.0)
+    p.enqueue(8, "long", 0.05, 0.05 + long.quantile(0.5))
+    assert p.decide(0.05).batch == [8]  # 48 ms since the last: run it
+
+
+def test_a_held_back_fallback_wakes_the_worker_when_its_wait_is_over(eng):
+    """Held back at 3 ms, the request is looked at again at the last decision at theta +
+    E[T] / patience without any arrival, and runs then; nothing held back, no wake-up."""
+    p, long = _patient(eng, 1.0)
     p.enqueue(7, "long", 0.003, 0.003 + long.quantile(0.85))
     assert p.decide(0.003).batch == []
     wake = p.next_wakeup(0.003)
