@@ -309,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
     ap.add_argument("--quick", action="store_true",
                     help="1,000 requests a cell, loads 2 and 3: a look, not the targets")
+    ap.add_argument("--bound-samples", type=int, default=None,
+                    help="batches per size for the top tier's bound (default 200,000, "
+                         "looking 3 batches ahead; --quick or fewer: 2 ahead, 20,000)")
     ap.add_argument("--no-plot", action="store_true", help="skip utility.png")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
@@ -321,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--requests and --loads must be positive")
     jobs = [("variants", (w, load, args.slo, requests, args.seed, args.choice))
             for w in WORKLOADS for load in loads]  # fmt: skip
-    bound_samples = BOUND_SAMPLES // 10 if args.quick else BOUND_SAMPLES
+    bound_samples = args.bound_samples or (BOUND_SAMPLES // 10 if args.quick else BOUND_SAMPLES)
+    if bound_samples < 100:
+        ap.error("--bound-samples must be at least 100")
     jobs += [("priorities", (w, args.slo, requests, args.seed, bound_samples))
              for w in WORKLOADS]  # fmt: skip
     jobs.append(("fairness", (args.fairness, args.slo, requests, args.seed)))

@@ -114,7 +114,7 @@ def test_bench_utility_writes_its_rows_and_checks_the_targets(tmp_path):
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "u"
     cmd = [sys.executable, str(root / "bench/utility.py"), "--out", str(out), "--loads", "3",
-           "--requests", "200", "--jobs", "2", "--json"]
+           "--requests", "200", "--jobs", "2", "--bound-samples", "2000", "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     res = json.loads(done.stdout)
@@ -130,5 +130,8 @@ def test_bench_utility_writes_its_rows_and_checks_the_targets(tmp_path):
     assert len(res["targets"]) == 2 * 4 + 2 + 1 + 1, res["targets"]
     reach = [t for t in res["targets"] if t.startswith(("unreachable:", "reachable:"))]
     assert len(reach) == 2 and all("1.2x loki-threshold's utility" in t for t in reach)
+    prio = [t for t in res["targets"] if ": priorities " in t]
+    assert len(prio) == 2 and all("never stops a batch: at most" in t for t in prio)
+    assert all(0 < c["top_bound"]["bound"] <= 1 for c in res["priorities"])
     for name in ("results.csv", "results.md", "results.json", "utility.png"):
         assert (out / name).stat().st_size > 0, name
