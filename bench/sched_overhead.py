@@ -44,9 +44,10 @@ one app whose requests carry cost hints: every request is filed under one of K c
 distribution, as the classes of a length-driven model are: lognormal, means spread evenly
 on a log scale over a decade (2 to 20 ms), each narrow (CoV `--class-cov`, default 0.3);
 each request's hint is its class's "length" (mean / 0.1 ms, +-10%); deadlines and the
-timing as above. orloj is built with pools=True (as the core builds it for hint classes),
-compiled engine and pure twin; sjf-hint (orloj_rt/policies/sjf_hint.py, Python, over the
-runtime's engine's distributions) is timed in the same setting. `--apps` is not used;
+timing as above. orloj is built with pools=True and the fallback's patience (as the core
+builds it for hint classes), compiled engine and pure twin; sjf-hint
+(orloj_rt/policies/sjf_hint.py, Python, over the runtime's engine's distributions) is
+timed in the same setting. `--apps` is not used;
 `--queues` defaults to 100,1000,10000 and `--bins` to 64 in this mode.
 
     python bench/sched_overhead.py --hint-classes 8 [--queues 1000] [--json]
@@ -161,6 +162,10 @@ def measure(mod, queue: int, apps: int, bins: int, max_batch: int, decisions: in
                                variants=variant_specs(variants) if variants else (),
                                priorities=True)  # fmt: skip
     else:
+        if classes:  # as the serving core builds orloj once hints class requests
+            from orloj_rt.serving.hints import HINT_PATIENCE
+
+            step_kw["patience"] = HINT_PATIENCE
         policy = mod.OrlojPolicy(max_batch=max_batch, pools=pools, **step_kw)
     if classes:
         from orloj_rt.serving.hints import class_app

@@ -241,9 +241,6 @@ class ModelCore:
         if fresh or k in hc.stale:
             hc.stale.discard(k)
             self._install_class(name, hc.buckets()[k])
-        if self._hint_patience is not None:
-            self.policy.set_patience(self._hint_patience)
-            self._hint_patience = None
         return name, hc
 
     def _install_class(self, name: str, values: list[float]) -> None:
@@ -252,6 +249,9 @@ class ModelCore:
         and its learning record goes on from those samples."""
         from orloj_rt.engine import Distribution
 
+        if self._hint_patience is not None:  # the first class: orloj's fallback waits
+            self.policy.set_patience(self._hint_patience)
+            self._hint_patience = None
         prior = Distribution.from_mean_cov(self.prior_mean, self.prior_cov)
         if self.steps is not None:
             self.steps.seed_app(name, values, prior)
