@@ -162,10 +162,10 @@ def measure(mod, queue: int, apps: int, bins: int, max_batch: int, decisions: in
                                variants=variant_specs(variants) if variants else (),
                                priorities=True)  # fmt: skip
     else:
-        if classes:  # as the serving core builds orloj once hints class requests
-            from orloj_rt.serving.hints import HINT_PATIENCE
+        if classes:  # as the serving core tunes orloj once hints class requests
+            from orloj_rt.serving.hints import HINT_TUNING
 
-            step_kw["patience"] = HINT_PATIENCE
+            step_kw.update(HINT_TUNING)
         policy = mod.OrlojPolicy(max_batch=max_batch, pools=pools, **step_kw)
     if classes:
         from orloj_rt.serving.hints import class_app

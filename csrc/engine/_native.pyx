@@ -48,6 +48,7 @@ from orloj_rt.engine.pure.orloj import (
     DEFAULT_POOL_STEP,
     DEFAULT_THETA,
     check_patience,
+    check_price_share,
     check_probability,
     pool_ladder,
 )
@@ -508,8 +509,9 @@ cdef class OrlojPolicy:
 
     def __init__(self, max_batch=DEFAULT_MAX_BATCH, alpha=DEFAULT_ALPHA, inflation=None,
                  theta=DEFAULT_THETA, epsilon=DEFAULT_EPSILON, fallback=True, patience=0.0,
-                 pools=False, pool_dense=DEFAULT_POOL_DENSE, pool_step=DEFAULT_POOL_STEP,
-                 max_apps=DEFAULT_MAX_APPS, app_idle_s=DEFAULT_APP_IDLE_S):
+                 price_share=1.0, pools=False, pool_dense=DEFAULT_POOL_DENSE,
+                 pool_step=DEFAULT_POOL_STEP, max_apps=DEFAULT_MAX_APPS,
+                 app_idle_s=DEFAULT_APP_IDLE_S):
         self._inflation = as_inflation(max_batch, alpha, inflation)
         self._theta = check_probability("theta", theta, open_low=True)
         self._epsilon = check_probability("epsilon", epsilon)
@@ -519,6 +521,7 @@ cdef class OrlojPolicy:
         self.e = new OrlojEngine(self._inflation.c_, self._theta, self._epsilon, bool(fallback),
                                  bool(pools), sizes)
         self.e.set_patience(check_patience(patience))
+        self.e.set_price_share(check_price_share(price_share))
         self._apps = AppTable(max_apps, app_idle_s)
         self._busy_fn = self._busy
         self._default = None
@@ -845,6 +848,19 @@ cdef class OrlojPolicy:
     @property
     def patience(self):
         return self.e.patience()
+
+    def set_epsilon(self, epsilon):
+        """Step 1's drop threshold from now on (the pure twin's set_epsilon)."""
+        self._epsilon = check_probability("epsilon", epsilon)
+        self.e.set_epsilon(self._epsilon)
+
+    def set_price_share(self, price_share):
+        """Step 3b's price share from now on (1: off; the pure twin's set_price_share)."""
+        self.e.set_price_share(check_price_share(price_share))
+
+    @property
+    def price_share(self):
+        return self.e.price_share()
 
     def set_batch_limit(self, limit):
         """The largest batch a decision forms from now on (None or 0: the maximum batch;

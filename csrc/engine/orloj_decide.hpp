@@ -279,6 +279,7 @@ class OrlojEngine {
         best_i = i;
       }
     }
+    if (best && price_share_ < 1.0) best = priced(now, best, best_i, &best_score);
     best_.clear();
     if (best) {
       const Member* m = members(*best);
@@ -300,6 +301,11 @@ class OrlojEngine {
   // The fallback's patience (the pure twin's): 0 runs it always.
   void set_patience(double p) { patience_ = p; }
   double patience() const { return patience_; }
+  // Step 1's epsilon from now on (the pure twin's set_epsilon).
+  void set_epsilon(double e) { epsilon_ = e; }
+  // Step 3b's price share, in (0, 1] (the pure twin's): 1 lets the best score win.
+  void set_price_share(double k) { price_share_ = k; }
+  double price_share() const { return price_share_; }
   // When a fallback request held back by patience may run; -1: none held back.
   double wake() const { return active_.empty() ? -1.0 : wake_; }
 
@@ -455,6 +461,9 @@ class OrlojEngine {
     double lower, upper;  // bounds on its score
     double p_hi;       // its last member's probability times the largest weight
     bool mixed;        // members of several apps: e_t waits for exact_score()
+    bool scored;       // e_fin is set (exact_score(), or step 3b)
+    double e_fin;      // its expected weighted finishes, once scored
+    double e_lo;       // a mix's lower bound on e_t (until it is scored)
   };
 
   // For each batch size b, the candidates of the pure twin's _candidates(), in its order:
@@ -774,7 +783,8 @@ class OrlojEngine {
 
   // Bounds on the candidate's score (count_apps current), and the candidate kept.
   // Keeps the candidate (count_apps current) with bounds on its score; false (not kept)
-  // when its upper bound is below the best lower bound so far (floor_): it cannot win.
+  // when its upper bound is below the best lower bound so far (floor_) times the price
+  // share: it cannot win (with a share k, a winner scores above k r*, and r* >= floor_).
   bool bound_candidate(Candidate& cand, const Member* m, double now) {
     const int b = cand.b;
     const double cb = cand.cb;
@@ -809,11 +819,17 @@ class OrlojEngine {
       mix_terms(&lo, &hi);
       cand.mixed = true;
       e_lo = cb * lo * (1.0 - 1e-9);
+      cand.e_lo = e_lo;
       e_hi = cb * hi * (1.0 + 1e-9);
       cand.upper = e_lo > 0.0 ? b * p_last * (1.0 + 1e-9) / e_lo
                               : std::numeric_limits<double>::infinity();
     }
-    if (cand.upper < floor_) return false;
+    if (cand.upper < price_share_ * floor_) return false;
+    if (cand.upper < floor_) {  // kept for step 3b only: its lower bound cannot raise floor_
+      cand.lower = 0.0;
+      cands_.push_back(cand);
+      return true;
+    }
     bin = first_bin_;
     const double p_first = w_min * member_probability(m[0], cand, now, &bin, true);
     first_bin_ = bin;
@@ -861,23 +877,70 @@ class OrlojEngine {
   bool exact_score(Candidate& cand, double now, double best_score, size_t best_i, size_t i,
                    double* score) {
     count_apps(cand);
-    if (cand.mixed) {
-      double e_t = cand.cb * mixed_emax();
-      if (!(e_t > 0.0)) e_t = 1e-300;
-      cand.e_t = e_t;
-      cand.mixed = false;
-    }
+    mix_time(cand);
     if (best_score >= 0.0) {
       const double upper = cand.b * cand.p_hi * (1.0 + 1e-9) / cand.e_t;
       if (upper < best_score || (upper == best_score && i > best_i)) return false;
     }
+    cand.e_fin = expected_finishes(cand, now);
+    cand.scored = true;
+    *score = cand.e_fin / cand.e_t;
+    return true;
+  }
+
+  // A mix's expected time, the first time it is needed (count_apps current).
+  void mix_time(Candidate& cand) {
+    if (!cand.mixed) return;
+    double e_t = cand.cb * mixed_emax();
+    if (!(e_t > 0.0)) e_t = 1e-300;
+    cand.e_t = e_t;
+    cand.mixed = false;
+  }
+
+  // The candidate's expected weighted finishes (count_apps current).
+  double expected_finishes(const Candidate& cand, double now) {
     double e_fin = 0.0;
     const Member* m = members(cand);
     int bin = -1;  // members are in deadline order: each one's bin follows the last's
     for (int k = 0; k < cand.b; ++k)
       e_fin += apps_[m[k].app]->weight * member_probability(m[k], cand, now, &bin);
-    *score = e_fin / cand.e_t;
-    return true;
+    return e_fin;
+  }
+
+  // Step 3b (the pure twin's): among the candidates, the one with the most expected
+  // finishes net of r = price_share_ x r* per unit of expected time, r* the best score
+  // (held by `best`, candidate best_i); ties go to the earliest candidate. A candidate's
+  // net is at most b p_hi - r E[T] (a mix's E[T] at its lower bound until it is scored),
+  // and one scoring below r cannot win (the best's net is (1 - price_share_) r* E[T] > 0):
+  // only the candidates whose bound reaches the best net so far are scored.
+  const Candidate* priced(double now, const Candidate* best, size_t best_i,
+                          double* best_score) {
+    const double r = price_share_ * *best_score;
+    double best_net = best->e_fin - r * best->e_t;
+    for (size_t i = 0; i < cands_.size(); ++i) {
+      Candidate& c = cands_[i];
+      if (c.upper < r) continue;
+      const double net_hi = c.b * c.p_hi * (1.0 + 1e-9) - r * (c.mixed ? c.e_lo : c.e_t);
+      if (net_hi < best_net || (net_hi == best_net && i > best_i)) continue;
+      if (!c.scored) {  // its finishes first: a mix's time only if they can win
+        count_apps(c);
+        c.e_fin = expected_finishes(c, now);
+        c.scored = true;
+        if (c.mixed) {
+          const double hi = c.e_fin - r * c.e_lo;
+          if (hi < best_net || (hi == best_net && i > best_i)) continue;
+          mix_time(c);
+        }
+      }
+      const double net = c.e_fin - r * c.e_t;
+      if (net > best_net || (net == best_net && i < best_i)) {
+        best_net = net;
+        best = &c;
+        best_i = i;
+      }
+    }
+    *best_score = best->e_fin / best->e_t;
+    return best;
   }
 
   // A decision at `now` found a candidate at theta: the average gap (the pure twin's
@@ -1142,6 +1205,7 @@ class OrlojEngine {
   bool fallback_;
   static constexpr double kPatienceEwma = 0.1;  // the pure twin's PATIENCE_EWMA
   double patience_ = 0.0;
+  double price_share_ = 1.0;  // step 3b's price share (1: off)
   bool fell_back_ = false;  // the last select() ran the fallback
   bool has_good_ = false;   // a decision has found a candidate at theta
   double last_good_ = 0.0, good_gap_ = std::numeric_limits<double>::infinity();

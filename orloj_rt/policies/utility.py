@@ -411,6 +411,17 @@ class UtilityPolicy(Policy):
         for e in self._engines:
             e.set_patience(patience)
 
+    def set_epsilon(self, epsilon: float) -> None:
+        """The engines' drop threshold (orloj_rt/engine/pure/orloj.py)."""
+        for e in self._engines:
+            e.set_epsilon(epsilon)
+
+    def set_price_share(self, price_share: float) -> None:
+        """The engines' price share in their choice of a batch (step 3b of
+        orloj_rt/engine/pure/orloj.py; not the variant choice's price)."""
+        for e in self._engines:
+            e.set_price_share(price_share)
+
     def next_wakeup(self, now: float) -> float | None:
         """The earliest time an engine's fallback held back by patience may run."""
         times = [w for w in (e.next_wakeup(now) for e in self._engines) if w is not None]

@@ -22,8 +22,8 @@ Online, per app (`HintClasses`):
   `MIN_APP_SAMPLES`); requests already queued keep the class they were filed under.
 
 Which policies get classes: `orloj_rt.policies.HINTED` (orloj, orloj-step, sjf-hint).
-Once a request is filed under a class, whole-batch orloj's fallback gets patience
-`HINT_PATIENCE` (unless its params set `patience`).
+Once a request is filed under a class, whole-batch orloj is tuned for classes with
+`HINT_TUNING` (its patience, price share and epsilon; a key its params set is kept).
 The baselines that stand for systems without hints (fifo, edf, nexus, clockwork) get
 none: the systems they stand for ignore them. `hint_classes=0` (a scheduler option, as
 `max_apps`) turns classes off.
@@ -37,10 +37,16 @@ from collections import OrderedDict, deque
 
 #: classes per app unless configured (`--policy-param hint_classes=K`)
 DEFAULT_HINT_CLASSES = 8
-#: orloj's fallback patience once a request is filed under a class, unless the policy's
-#: params set `patience` (orloj_rt/engine/pure/orloj.py: the long classes' requests below
-#: theta do not hold the worker while short ones keep arriving)
-HINT_PATIENCE = 0.5
+#: whole-batch orloj's settings once a request is filed under a class, each unless the
+#: policy's params set it (orloj_rt/engine/pure/orloj.py; orloj has `set_<key>` for each):
+#: - patience: the long classes' requests below theta do not hold the worker while short
+#:   ones keep arriving;
+#: - price_share (step 3b): a larger batch that is almost as efficient beats the
+#:   best-scoring small batch of the shortest class;
+#: - epsilon: drop only what has under 2% alone (10% without classes).
+#: Each from the simulator's sweeps with hints (docs/results.md, "Cost hints through the
+#: serving core"); without classes orloj keeps its defaults.
+HINT_TUNING = {"patience": 0.5, "price_share": 0.5, "epsilon": 0.02}
 #: the app's policy name of class k: f"{app}{CLASS_SEPARATOR}{k}"
 CLASS_SEPARATOR = "#h"
 #: hints seen before the first edges (until then hinted requests use the app's law)

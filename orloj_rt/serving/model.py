@@ -46,7 +46,7 @@ from orloj_rt.protocol import messages as msgs
 from orloj_rt.protocol.stats import DECISION_BUCKETS_S, MAX_APPS_PER_MODEL, Histogram
 from orloj_rt.serving.hints import (
     DEFAULT_HINT_CLASSES,
-    HINT_PATIENCE,
+    HINT_TUNING,
     HintBook,
     HintClasses,
     check_classes,
@@ -95,10 +95,10 @@ class ModelCore:
         self.hints = HintBook(classes) if classes and self.policy_name in HINTED else None
         if self.hints is not None and self.policy_name == "orloj":
             params.setdefault("pools", True)  # what lets classes batch short with short
-        # orloj's fallback waits for short classes once hints class requests (hints.py)
-        self._hint_patience = (HINT_PATIENCE if self.hints is not None and
-                               self.policy_name == "orloj" and "patience" not in params
-                               else None)  # fmt: skip
+        # orloj's settings once hints class requests (hints.py), but those the params set
+        self._hint_tuning = ({k: v for k, v in HINT_TUNING.items() if k not in params}
+                             if self.hints is not None and self.policy_name == "orloj"
+                             else {})  # fmt: skip
         # variants (the full model first; () for none) and app weights, for the policies
         # that choose variants and weigh apps; the others run the full model
         self.variants = tuple(getattr(spec, "variants", None) or ())
@@ -249,9 +249,10 @@ class ModelCore:
         and its learning record goes on from those samples."""
         from orloj_rt.engine import Distribution
 
-        if self._hint_patience is not None:  # the first class: orloj's fallback waits
-            self.policy.set_patience(self._hint_patience)
-            self._hint_patience = None
+        if self._hint_tuning:  # the first class: orloj tuned for hint classes
+            for key, value in self._hint_tuning.items():
+                getattr(self.policy, f"set_{key}")(value)
+            self._hint_tuning = {}
         prior = Distribution.from_mean_cov(self.prior_mean, self.prior_cov)
         if self.steps is not None:
             self.steps.seed_app(name, values, prior)

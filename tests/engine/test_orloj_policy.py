@@ -154,6 +154,48 @@ def test_patience_is_set_and_checked(eng):
             eng.OrlojPolicy(max_batch=4, patience=bad)
 
 
+def _short_and_longs(eng, share):
+    """One short request (10 ms, the most urgent) and three long ones (30 ms), all with
+    ample slack: alone, the short one scores 1 / 10 ms = 100 finishes per second; all
+    four in one batch 4 / (c(4) 30 ms) = 92."""
+    p = eng.OrlojPolicy(max_batch=4, theta=0.8, pools=True, price_share=share)
+    p.set_distribution("short", eng.Distribution.from_mean_cov(0.010, 0.02))
+    p.set_distribution("long", eng.Distribution.from_mean_cov(0.030, 0.02))
+    p.enqueue(1, "short", 0.0, 1.0)
+    for rid in (2, 3, 4):
+        p.enqueue(rid, "long", 0.0, 1.0 + rid)
+    return p
+
+
+def test_a_price_on_the_workers_time_prefers_the_batch_that_finishes_more(eng):
+    """Step 3 runs the short request alone (the best score); priced at half the best
+    score, the batch of four is worth 4 - 50 x 0.0435 = 1.8 finishes net against the short
+    one's 1 - 50 x 0.010 = 0.5, and runs; priced at 0.95 of it, the short one runs again.
+    evaluate() gives the batch's own score."""
+    assert _short_and_longs(eng, 1.0).decide(0.0).batch == [1]
+    assert _short_and_longs(eng, 0.95).decide(0.0).batch == [1]
+    p = _short_and_longs(eng, 0.5)
+    score, ids = p.evaluate(0.0)
+    assert ids == [1, 2, 3, 4]
+    assert score == pytest.approx(4 / (1.45 * 0.030), rel=0.03)
+    assert p.decide(0.0).batch == [1, 2, 3, 4]
+
+
+def test_price_share_and_epsilon_are_set_and_checked(eng):
+    p = eng.OrlojPolicy(max_batch=4)
+    assert (p.price_share, p.epsilon) == (1.0, 0.1)
+    p.set_price_share(0.5)
+    p.set_epsilon(0.02)
+    assert (p.price_share, p.epsilon) == (0.5, 0.02)
+    with pytest.raises(ValueError, match="epsilon"):
+        p.set_epsilon(1.5)
+    for bad in (0.0, -0.5, 1.5, float("nan"), "1", True):
+        with pytest.raises(ValueError, match=r"price_share must be a number in \(0, 1\]"):
+            p.set_price_share(bad)
+        with pytest.raises(ValueError, match=r"price_share must be a number in \(0, 1\]"):
+            eng.OrlojPolicy(max_batch=4, price_share=bad)
+
+
 def test_apps_have_their_own_distributions(eng):
     p = eng.OrlojPolicy(max_batch=4, theta=0.7, epsilon=0.05)
     p.set_distribution("fast", eng.Distribution.from_mean_cov(0.001, 0.1))

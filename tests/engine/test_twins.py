@@ -70,6 +70,7 @@ scenario = st.fixed_dictionaries({
     "epsilon": st.floats(0.0, 0.3),
     "fallback": st.booleans(),
     "patience": st.sampled_from([0.0, 0.5, 1.0, 3.0]),
+    "price_share": st.sampled_from([1.0, 0.5, 0.1]),
     "pools": st.booleans(),
     # (pool_dense, pool_step): the default ladder, every size, sparse ones
     "ladder": st.sampled_from([(8, 1.6), (8, 2**0.5), (1, 1.0), (2, 2.0)]),
@@ -82,7 +83,8 @@ def run_scenario(mod, sc):
     rng = random.Random(sc["seed"])
     policy = mod.OrlojPolicy(max_batch=sc["max_batch"], alpha=sc["alpha"], theta=sc["theta"],
                              epsilon=sc["epsilon"], fallback=sc["fallback"],
-                             patience=sc["patience"], pools=sc["pools"], pool_dense=sc["ladder"][0],
+                             patience=sc["patience"], price_share=sc["price_share"],
+                             pools=sc["pools"], pool_dense=sc["ladder"][0],
                              pool_step=sc["ladder"][1])  # fmt: skip
     names = [f"app{i}" for i in range(len(sc["apps"]))]
     for i, (name, spec) in enumerate(zip(names, sc["apps"], strict=True)):

@@ -1,5 +1,6 @@
-"""App weights, weight levels, batch limits, evaluate() and drop_hopeless(): the compiled
-engine against its pure twin, and what weights change (issue 17)."""
+"""App weights, weight levels, batch limits, price shares, epsilon changes, evaluate() and
+drop_hopeless(): the compiled engine against its pure twin, and what weights change
+(issue 17; price shares and epsilon changes, issue 15)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 
-def scenario(mod, seed, weights, pools):
+def scenario(mod, seed, weights, pools, share=1.0):
     rng = random.Random(seed)
     # pools "sparse": pooled sizes 1, 2, 4, 8 and the batch limit (5 is not on the ladder)
     kw = {"pool_dense": 2, "pool_step": 2.0} if pools == "sparse" else {}
-    p = mod.OrlojPolicy(max_batch=8, pools=bool(pools), **kw)
+    p = mod.OrlojPolicy(max_batch=8, pools=bool(pools), price_share=share, **kw)
     p.set_default_distribution(mod.Distribution.from_mean_cov(0.01, 0.5))
     apps = [f"a{i}" for i in range(len(weights))]
     for i, a in enumerate(apps):
@@ -32,6 +33,8 @@ def scenario(mod, seed, weights, pools):
             rid += 1
         if rng.random() < 0.3:
             p.set_batch_limit(rng.choice([0, 1, 2, 5]))
+        if rng.random() < 0.1:
+            p.set_epsilon(rng.choice([0.02, 0.1, 0.3]))
         score, ids = p.evaluate(now)
         log.append(("evaluate", round(score, 12), list(ids)))
         if rng.random() < 0.3:
@@ -44,10 +47,11 @@ def scenario(mod, seed, weights, pools):
 
 @given(seed=st.integers(0, 2**20),
        weights=st.lists(st.sampled_from([1.0, 2.0, 10.0]), min_size=1, max_size=4),
-       pools=st.sampled_from([False, True, "sparse"]))
+       pools=st.sampled_from([False, True, "sparse"]), share=st.sampled_from([1.0, 0.5]))
 @settings(max_examples=60, deadline=None)
-def test_weighted_decisions_agree(native, pure_engine, seed, weights, pools):
-    assert scenario(native, seed, weights, pools) == scenario(pure_engine, seed, weights, pools)
+def test_weighted_decisions_agree(native, pure_engine, seed, weights, pools, share):
+    assert (scenario(native, seed, weights, pools, share)
+            == scenario(pure_engine, seed, weights, pools, share))  # fmt: skip
 
 
 def test_evaluate_is_what_decide_dispatches(eng):

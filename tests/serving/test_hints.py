@@ -9,7 +9,7 @@ import pytest
 
 from orloj_rt.serving import ServingCore
 from orloj_rt.serving.hints import (
-    HINT_PATIENCE,
+    HINT_TUNING,
     MIN_FIT_HINTS,
     REFIT_EVERY,
     HintClasses,
@@ -123,23 +123,26 @@ def test_with_exact_hints_short_requests_are_batched_with_short_ones(policy):
     assert sorted(tokens[t] for t in run.tokens) == [1.0, 1.05, 1.1, 1.15], run.tokens
 
 
-def test_orloj_waits_for_short_classes_once_hints_class_requests():
-    """orloj's fallback gets HINT_PATIENCE when the first request is filed under a hint
-    class, not before (a model whose requests carry no hints keeps it off), and a
-    `patience` in the params is kept."""
+def test_orloj_is_tuned_for_classes_once_hints_class_requests():
+    """orloj gets HINT_TUNING (patience, price share, epsilon) when the first request is
+    filed under a hint class, not before (a model whose requests carry no hints keeps the
+    defaults), and a key the params set is kept."""
     hints = list(np.linspace(1.0, 20.0, 64))
     core = _core("orloj", classes=2, warmup_hints=hints)
     engine = core.models[0].policy
     core.submit([(0, 0, "a", 0.0, 1.0, None, 0, 0)])
-    assert engine.patience == 0.0
+    assert (engine.patience, engine.price_share, engine.epsilon) == (0.0, 1.0, 0.1)
     core.submit([(1, 0, "a", 0.0, 1.0, 5.0, 0, 0)])
     assert core.models[0].slots[1][2].startswith(class_app("a", 0)[:-1])
-    assert engine.patience == HINT_PATIENCE > 0
-    kept = ServingCore([SimModel("sim", 8)], "orloj", {"hint_classes": 2, "patience": 0.5},
-                       1, timer=lambda: 0.0)  # fmt: skip
+    assert HINT_TUNING == {"patience": 0.5, "price_share": 0.5, "epsilon": 0.02}
+    assert (engine.patience, engine.price_share, engine.epsilon) == (0.5, 0.5, 0.02)
+    kept = ServingCore([SimModel("sim", 8)], "orloj",
+                       {"hint_classes": 2, "patience": 0.25, "price_share": 0.75}, 1,
+                       timer=lambda: 0.0)  # fmt: skip
     kept.worker_ready(0, [warmup_profile(np.full(64, 0.01), [1.0] * 8, hints)])
     kept.submit([(1, 0, "a", 0.0, 1.0, 5.0, 0, 0)])
-    assert kept.models[0].policy.patience == 0.5
+    tuned = kept.models[0].policy
+    assert (tuned.patience, tuned.price_share, tuned.epsilon) == (0.25, 0.75, 0.02)
 
 
 def test_baselines_ignore_hints_and_zero_classes_turn_them_off():

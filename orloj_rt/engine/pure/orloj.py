@@ -36,6 +36,20 @@ When a worker is idle at time `now`:
 3. Score each candidate by its expected number of weighted finishes per unit of expected
    batch time, sum_i w_i P_i / E[T_B], and dispatch the best (ties: the first candidate
    in order of weight level, then b, then pool).
+   3b. Price (`price_share` k < 1; 1, the default, is step 3 alone): with r* the best score,
+   dispatch instead the candidate with the most expected finishes net of the worker's
+   time at k r*, sum_i w_i P_i - k r* E[T_B] (ties: the first in step 3's order). The
+   best-scoring candidate is worth (1 - k) r* E[T] > 0 by that measure, so a candidate
+   wins only with a score above k r*; among those, a larger batch that is almost as
+   efficient beats a small one that is a little more so. Step 3 alone prices the worker's
+   time at the best rate any candidate offers now, as if that rate could be had for ever;
+   the queue it leaves behind expires instead, and what a decision earns over time is
+   less than r*. With cost hints (the classes of orloj_rt/serving/hints.py) the best
+   rate is often a small batch of the shortest class, while longer classes' requests
+   expire: in the simulator with hints of CoV 0.6, k = 0.5 raised orloj's finish rates
+   by up to 0.041 and lowered them by up to 0.013 (docs/results.md). The serving core
+   sets k = 0.5 once a request is filed under a hint class; without hints it stays 1
+   (k = 0.5 moved plain orloj's simulator figures both ways, docs/results.md).
 
 If no request reaches theta even alone, the one most likely to finish alone runs, so that
 an idle worker is never wasted on waiting (`fallback=False` turns this off). With
@@ -131,6 +145,16 @@ def check_patience(value) -> float:
     value = float(value)
     if not (math.isfinite(value) and value >= 0.0):
         raise ValueError(f"patience must be a finite number >= 0 (0: off), got {value!r}")
+    return value
+
+
+def check_price_share(value) -> float:
+    """`price_share` validated: a number in (0, 1] (1: off, the best score wins)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"price_share must be a number in (0, 1] (1: off), got {value!r}")
+    value = float(value)
+    if not (0.0 < value <= 1.0):
+        raise ValueError(f"price_share must be a number in (0, 1] (1: off), got {value!r}")
     return value
 
 
@@ -242,6 +266,7 @@ class OrlojPolicy(Policy):
         epsilon: float = DEFAULT_EPSILON,
         fallback: bool = True,
         patience: float = 0.0,
+        price_share: float = 1.0,
         pools: bool = False,
         pool_dense: int = DEFAULT_POOL_DENSE,
         pool_step: float = DEFAULT_POOL_STEP,
@@ -255,6 +280,7 @@ class OrlojPolicy(Policy):
         self._epsilon = check_probability("epsilon", epsilon)
         self._fallback = bool(fallback)
         self._patience = check_patience(patience)
+        self._price_share = check_price_share(price_share)
         self._last_good: float | None = None  # the last decision with a candidate at theta
         self._good_gap = math.inf  # the average gap between such decisions
         self._fell_back = False  # the last _select ran the fallback
@@ -411,6 +437,20 @@ class OrlojPolicy(Policy):
     @property
     def patience(self) -> float:
         return self._patience
+
+    def set_epsilon(self, epsilon: float) -> None:
+        """Step 1's drop threshold from now on. The serving core sets it once a request
+        is filed under a cost-hint class."""
+        self._epsilon = check_probability("epsilon", epsilon)
+
+    def set_price_share(self, price_share: float) -> None:
+        """Step 3b's price share from now on (the module docstring; 1: off). The serving
+        core sets it once a request is filed under a cost-hint class."""
+        self._price_share = check_price_share(price_share)
+
+    @property
+    def price_share(self) -> float:
+        return self._price_share
 
     def app_weight(self, app: str) -> float:
         """`app`'s weight (1.0 for an app never weighted or unknown)."""
@@ -634,6 +674,8 @@ class OrlojPolicy(Policy):
         w = self._weights
         levels = sorted({w[a] for a in present})
         top_b = self._limit if 0 < self._limit < self._B else self._B
+        priced = self._price_share < 1.0
+        values: list[tuple[list, float, float]] = []  # with a price: (members, E fin, E T)
         for level in levels:
             apps = present if level == levels[0] else [a for a in present if w[a] >= level]
             sparse = self._pools and len(apps) > 1
@@ -642,10 +684,22 @@ class OrlojPolicy(Policy):
                     continue  # pools form candidates on the ladder's sizes (and top_b)
                 cb = self._c[b - 1]
                 for members in self._candidates(b, cb, apps, now):
-                    score = self._score(members, b, cb, now)
+                    e_fin, e_t = self._value(members, b, cb, now)
+                    score = e_fin / e_t
+                    if priced:
+                        values.append((members, e_fin, e_t))
                     if score > best_score:
                         best_score = score
                         best = members
+        if values:  # step 3b
+            r = self._price_share * best_score
+            best_net = -math.inf
+            for members, e_fin, e_t in values:
+                net = e_fin - r * e_t
+                if net > best_net:
+                    best_net = net
+                    best = members
+                    best_score = e_fin / e_t
         self._fell_back = False
         self._wake = None
         if not best and self._fallback:
@@ -715,7 +769,9 @@ class OrlojPolicy(Policy):
             cands.sort()
             yield cands[:b]
 
-    def _score(self, members, b: int, cb: float, now: float) -> float:
+    def _value(self, members, b: int, cb: float, now: float) -> tuple[float, float]:
+        """A candidate's expected weighted finishes and expected time (its score is their
+        ratio)."""
         counts: dict[int, int] = {}
         for _, _, a in members:
             counts[a] = counts.get(a, 0) + 1
@@ -738,7 +794,7 @@ class OrlojPolicy(Policy):
         e_t = cb * e_max
         if not (e_t > 0.0):
             e_t = 1e-300
-        return e_fin / e_t
+        return e_fin, e_t
 
     def _most_likely_alone(self, present, now) -> tuple[list[tuple[float, int, int]], float]:
         """Among requests below theta alone, the one with the best chance alone, and its
