@@ -44,8 +44,10 @@ one app whose requests carry cost hints: every request is filed under one of K c
 distribution, as the classes of a length-driven model are: lognormal, means spread evenly
 on a log scale over a decade (2 to 20 ms), each narrow (CoV `--class-cov`, default 0.3);
 each request's hint is its class's "length" (mean / 0.1 ms, +-10%); deadlines and the
-timing as above. orloj is built with pools=True and the fallback's patience (as the core
-builds it for hint classes), compiled engine and pure twin; sjf-hint
+timing as above. orloj is built with pools=True and the serving core's tuning for hint
+classes (orloj_rt/serving/hints.py, HINT_TUNING: the fallback's patience, the price share,
+epsilon; `--price-share K` replaces its price share, 1 turning it off), compiled engine
+and pure twin; sjf-hint
 (orloj_rt/policies/sjf_hint.py, Python, over the runtime's engine's distributions) is
 timed in the same setting. `--apps` is not used;
 `--queues` defaults to 100,1000,10000 and `--bins` to 64 in this mode.
@@ -140,12 +142,13 @@ def measure(mod, queue: int, apps: int, bins: int, max_batch: int, decisions: in
             inserts: int, seed: int, pools: bool = False, classes: int = 0,
             class_cov: float = 0.3, policy_name: str = "orloj", variants: int = 0,
             served: bool = False, pool_step: float | None = None,
-            pool_dense: int | None = None) -> dict:
+            pool_dense: int | None = None, price_share: float | None = None) -> dict:
     """One row. `classes` > 0: the queue's requests are spread over that many hint-class
     apps of HINT_APP (means `class_means`, CoV `class_cov`), each with a hint, instead of
     `apps` apps; `policy_name` "sjf-hint": that policy over `mod`'s distributions;
     `served`: orloj as the serving core builds it (UtilityPolicy, priorities=True);
-    `pool_step`, `pool_dense`: orloj's (None: its defaults)."""
+    `pool_step`, `pool_dense`: orloj's (None: its defaults); `price_share`: orloj's with
+    classes (None: the serving core's, HINT_TUNING)."""
     rng = random.Random(seed)
     step_kw = {} if pool_step is None else {"pool_step": pool_step}
     if pool_dense is not None:
@@ -166,6 +169,8 @@ def measure(mod, queue: int, apps: int, bins: int, max_batch: int, decisions: in
             from orloj_rt.serving.hints import HINT_TUNING
 
             step_kw.update(HINT_TUNING)
+            if price_share is not None:
+                step_kw["price_share"] = price_share
         policy = mod.OrlojPolicy(max_batch=max_batch, pools=pools, **step_kw)
     if classes:
         from orloj_rt.serving.hints import class_app
@@ -383,12 +388,14 @@ def hint_classes_main(args) -> int:
                       f"bins={b} ...", end="", file=sys.stderr, flush=True)  # fmt: skip
             row = measure(mod, q, 0, b, args.max_batch, reps, ins, args.seed, pools=True,
                           classes=k, class_cov=args.class_cov, policy_name=policy,
-                          pool_step=args.pool_step, pool_dense=args.pool_dense)  # fmt: skip
+                          pool_step=args.pool_step, pool_dense=args.pool_dense,
+                          price_share=args.price_share)  # fmt: skip
             row.pop("apps")
             rows.append({"policy": policy, "impl": impl,
                          "pools": True if policy == "orloj" else None,
                          "pool_step": args.pool_step if policy == "orloj" else None,
                          "pool_dense": args.pool_dense if policy == "orloj" else None,
+                         "price_share": args.price_share if policy == "orloj" else None,
                          # sjf-hint: the engine whose distributions it reads
                          "distributions": impl if policy == "orloj" else runtime_engine.IMPL,
                          "hint_classes": k, **row})  # fmt: skip
@@ -536,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool-dense", type=int, default=None,
                     help="--hint-classes: orloj's pool_dense, its pooled batch sizes' dense "
                     "start (default: the engine's)")  # fmt: skip
+    ap.add_argument("--price-share", type=float, default=None,
+                    help="--hint-classes: orloj's price share (default: the serving core's "
+                    "with classes, HINT_TUNING; 1: off)")  # fmt: skip
     ap.add_argument("--class-cov", type=float, default=0.3,
                     help="--hint-classes: each class's CoV (default 0.3)")
     ap.add_argument("--variants", type=int, metavar="N",
