@@ -82,6 +82,8 @@ members' apps, so its cost does not grow with the apps seen.
 The defaults, theta = 0.8 and epsilon = 0.1, come from the simulator's sweep
 (docs/results.md): theta 0.7 -> 0.8 trades a few batch members for fewer late ones, and a
 request with less than a 10% chance even alone only takes a worker from better bets.
+With cost-hint classes the serving core sets epsilon 0.02 (`set_epsilon`), which its own
+sweep favoured there (docs/results.md).
 """
 
 from __future__ import annotations
