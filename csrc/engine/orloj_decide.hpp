@@ -912,16 +912,28 @@ class OrlojEngine {
   // (held by `best`, candidate best_i); ties go to the earliest candidate. A candidate's
   // net is at most b p_hi - r E[T] (a mix's E[T] at its lower bound until it is scored),
   // and one scoring below r cannot win (the best's net is (1 - price_share_) r* E[T] > 0):
-  // only the candidates whose bound reaches the best net so far are scored.
+  // the candidates are looked at by decreasing bound, and the pass stops at the first
+  // below the best net so far.
   const Candidate* priced(double now, const Candidate* best, size_t best_i,
                           double* best_score) {
     const double r = price_share_ * *best_score;
     double best_net = best->e_fin - r * best->e_t;
+    by_net_.clear();
     for (size_t i = 0; i < cands_.size(); ++i) {
-      Candidate& c = cands_[i];
+      const Candidate& c = cands_[i];
       if (c.upper < r) continue;
       const double net_hi = c.b * c.p_hi * (1.0 + 1e-9) - r * (c.mixed ? c.e_lo : c.e_t);
-      if (net_hi < best_net || (net_hi == best_net && i > best_i)) continue;
+      if (net_hi < best_net) continue;
+      by_net_.push_back({net_hi, static_cast<uint32_t>(i)});
+    }
+    std::sort(by_net_.begin(), by_net_.end(), [](const std::pair<double, uint32_t>& x,
+                                                 const std::pair<double, uint32_t>& y) {
+      return x.first > y.first || (x.first == y.first && x.second < y.second);
+    });
+    for (const auto& [net_hi, i] : by_net_) {
+      Candidate& c = cands_[i];
+      if (net_hi < best_net) break;
+      if (net_hi == best_net && i > best_i) continue;
       if (!c.scored) {  // its finishes first: a mix's time only if they can win
         count_apps(c);
         c.e_fin = expected_finishes(c, now);
@@ -1206,6 +1218,7 @@ class OrlojEngine {
   static constexpr double kPatienceEwma = 0.1;  // the pure twin's PATIENCE_EWMA
   double patience_ = 0.0;
   double price_share_ = 1.0;  // step 3b's price share (1: off)
+  std::vector<std::pair<double, uint32_t>> by_net_;  // priced(): (bound on net, candidate)
   bool fell_back_ = false;  // the last select() ran the fallback
   bool has_good_ = false;   // a decision has found a candidate at theta
   double last_good_ = 0.0, good_gap_ = std::numeric_limits<double>::infinity();
