@@ -766,6 +766,7 @@ class OrlojEngine {
         in_.push_back(a);
       }
     }
+    note_support();
     Candidate cand{b, cb, static_cast<int>(j), lo, 0.0, 0.0, 0.0, 0.0, false};
     return bound_candidate(cand, pb.buf.data() + lo, now);
   }
@@ -852,6 +853,14 @@ class OrlojEngine {
     for (int i = 0; i < cand.b; ++i)
       if (counts_[m[i].app]++ == 0) in_.push_back(m[i].app);
     std::sort(in_.begin(), in_.end());
+    note_support();
+  }
+
+  // sup_ = the end of the support of in_'s apps: a member's point at or beyond it has
+  // every CDF at exactly 1 (its total weight over itself), so it finishes for certain.
+  void note_support() {
+    sup_ = 0.0;
+    for (int a : in_) sup_ = std::max(sup_, apps_[a]->dist.support_max());
   }
 
   // P(member finishes) in this candidate; count_apps(cand) must be current.
@@ -861,6 +870,7 @@ class OrlojEngine {
   double member_probability(const Member& m, const Candidate& cand, double now,
                             int* bin = nullptr, bool near = false) {
     double x = (m.deadline - now) / cand.cb;
+    if (x >= sup_) return 1.0;  // *bin stays an earlier member's: still a valid start
     const Histogram& d0 = apps_[in_[0]]->dist;  // every app's grid is the policy's one grid
     const int k = bin && *bin >= 0 ? (near ? d0.bin_near(x, *bin) : d0.bin_after(x, *bin))
                                    : d0.bin_of(x);
@@ -1219,6 +1229,7 @@ class OrlojEngine {
   double patience_ = 0.0;
   double price_share_ = 1.0;  // step 3b's price share (1: off)
   std::vector<std::pair<double, uint32_t>> by_net_;  // priced(): (bound on net, candidate)
+  double sup_ = 0.0;  // note_support(): the end of the support of in_'s apps
   bool fell_back_ = false;  // the last select() ran the fallback
   bool has_good_ = false;   // a decision has found a candidate at theta
   double last_good_ = 0.0, good_gap_ = std::numeric_limits<double>::infinity();
