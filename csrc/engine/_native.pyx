@@ -496,7 +496,7 @@ cdef class OrlojPolicy:
 
     cdef OrlojEngine* e
     cdef Inflation _inflation
-    cdef double _theta, _epsilon
+    cdef double _theta
     cdef object _apps  # AppTable (orloj_rt/engine/apps.py), shared with the pure twin
     cdef object _busy_fn
     cdef object _default
@@ -514,11 +514,11 @@ cdef class OrlojPolicy:
                  app_idle_s=DEFAULT_APP_IDLE_S):
         self._inflation = as_inflation(max_batch, alpha, inflation)
         self._theta = check_probability("theta", theta, open_low=True)
-        self._epsilon = check_probability("epsilon", epsilon)
+        cdef double eps = check_probability("epsilon", epsilon)
         cdef vector[int] sizes = pool_ladder(len(self._inflation.c_), pool_dense, pool_step)
         if self.e != NULL:
             del self.e
-        self.e = new OrlojEngine(self._inflation.c_, self._theta, self._epsilon, bool(fallback),
+        self.e = new OrlojEngine(self._inflation.c_, self._theta, eps, bool(fallback),
                                  bool(pools), sizes)
         self.e.set_patience(check_patience(patience))
         self.e.set_price_share(check_price_share(price_share))
@@ -547,7 +547,7 @@ cdef class OrlojPolicy:
 
     @property
     def epsilon(self):
-        return self._epsilon
+        return self.e.epsilon()
 
     @property
     def apps(self):
@@ -851,8 +851,7 @@ cdef class OrlojPolicy:
 
     def set_epsilon(self, epsilon):
         """Step 1's drop threshold from now on (the pure twin's set_epsilon)."""
-        self._epsilon = check_probability("epsilon", epsilon)
-        self.e.set_epsilon(self._epsilon)
+        self.e.set_epsilon(check_probability("epsilon", epsilon))
 
     def set_price_share(self, price_share):
         """Step 3b's price share from now on (1: off; the pure twin's set_price_share)."""

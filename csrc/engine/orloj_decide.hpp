@@ -303,6 +303,7 @@ class OrlojEngine {
   double patience() const { return patience_; }
   // Step 1's epsilon from now on (the pure twin's set_epsilon).
   void set_epsilon(double e) { epsilon_ = e; }
+  double epsilon() const { return epsilon_; }
   // Step 3b's price share, in (0, 1] (the pure twin's): 1 lets the best score win.
   void set_price_share(double k) { price_share_ = k; }
   double price_share() const { return price_share_; }

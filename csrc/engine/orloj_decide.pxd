@@ -34,6 +34,7 @@ cdef extern from "orloj_decide.hpp" namespace "orloj" nogil:
         double patience()
         void set_price_share(double k)
         void set_epsilon(double e)
+        double epsilon()
         double price_share()
         double wake()
         void set_batch_limit(int b)
