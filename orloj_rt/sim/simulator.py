@@ -168,9 +168,11 @@ def simulate(
         now = min(t_arr, t_done, t_wake)
         if now == math.inf:
             break
+        if now < last_event:
+            raise SimulationError(f"the clock went back from {last_event!r} to {now!r}")
         last_event = now
-        if t_wake <= now:
-            wakeup = math.inf
+        if wakeup <= now:  # due now, or passed while every worker was busy (a
+            wakeup = math.inf  # completion then woke the policy): never again
         while running and running[0][0] <= now:
             end, _, w, start, members = heapq.heappop(running)
             for rid in members:
@@ -353,9 +355,11 @@ def simulate_serving(
         now = min(t_arr, t_done, t_wake)
         if now == math.inf:
             break
+        if now < last_event:
+            raise SimulationError(f"the clock went back from {last_event!r} to {now!r}")
         last_event = now
-        if t_wake <= now:
-            wakeup = math.inf
+        if wakeup <= now:  # due now, or passed while every worker was busy (a
+            wakeup = math.inf  # completion then woke the policy): never again
         while running and running[0][0] <= now:  # completions first: they free workers
             end, _, w, start, members, reply, scale = heapq.heappop(running)
             for rid in members:

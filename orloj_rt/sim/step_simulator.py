@@ -160,9 +160,11 @@ def simulate_steps(
         now = min(t_arr, t_end, t_wake)
         if now == math.inf:
             break
+        if now < last_event:
+            raise SimulationError(f"the clock went back from {last_event!r} to {now!r}")
         last_event = now
-        if t_wake <= now:
-            wakeup = math.inf
+        if wakeup <= now:  # due now, or passed while every worker was busy (a
+            wakeup = math.inf  # completion then woke the policy): never again
         at_boundary = []
         while ends and ends[0][0] <= now:
             _, w = heapq.heappop(ends)
@@ -411,9 +413,11 @@ def simulate_serving_steps(
         now = min(t_arr, t_end, t_wake)
         if now == math.inf:
             break
+        if now < last_event:
+            raise SimulationError(f"the clock went back from {last_event!r} to {now!r}")
         last_event = now
-        if t_wake <= now:
-            wakeup = math.inf
+        if wakeup <= now:  # due now, or passed while every worker was busy (a
+            wakeup = math.inf  # completion then woke the policy): never again
         while ends and ends[0][0] <= now:  # step ends: answers, reports, updates applied
             _, w = heapq.heappop(ends)
             b = stepping[w]

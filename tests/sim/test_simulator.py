@@ -131,6 +131,54 @@ def test_a_policy_breaking_the_contract_is_caught():
         simulate(Twice(), [0.0, 0.0], [5.0, 5.0], [1.0, 1.0], ["a", "a"], [1.0])
 
 
+class Holds(Recorder):
+    """Holds request r until `until[r]` (asking to be woken then), one at a time."""
+
+    def __init__(self, until):
+        super().__init__(max_batch=1)
+        self.until = until
+        self.seen: list[float] = []
+
+    def decide(self, now):
+        self.seen.append(now)
+        ready = [r for r in self.queue if now >= self.until.get(r, 0.0)][:1]
+        self.queue = [r for r in self.queue if r not in ready]
+        return Decision(ready, [], [])
+
+    def next_wakeup(self, now):
+        held = [self.until[r] for r in self.queue if r in self.until and now < self.until[r]]
+        return min(held, default=None)
+
+
+def test_a_wakeup_that_passes_while_the_worker_is_busy_does_not_turn_the_clock_back():
+    # r0 is held until 5, but r1 (arrived at 1) keeps the worker busy from 1 to 11; r0
+    # runs then, to 12; r2 (arrived at 11.5) is held until 20. The simulator once went
+    # back to the stale wakeup at 5 and asked the policy then
+    p = Holds({0: 5.0, 2: 20.0})
+    out = simulate(p, [0.0, 1.0, 11.5], [50.0] * 3, [1.0, 10.0, 1.0], ["a"] * 3, [1.0])
+    assert out.finish.tolist() == [12.0, 11.0, 21.0]
+    assert p.seen == sorted(p.seen)
+
+
+def test_through_the_core_every_answer_comes_after_its_request_has_run():
+    """orloj with hint classes waits (patience) and asks to be woken: the serving core's
+    clock never goes back, and no request is answered before arrival + solo time."""
+    from orloj_rt.sim.simulator import simulate_serving
+    from orloj_rt.sim.workloads import generate
+
+    req = generate(WorkloadSpec(solo="bimodal", slo=2.0, load=4.0, hint_cv=0.6,
+                                requests=800, prior_samples=2000))  # fmt: skip
+    trace: list = []
+    out = simulate_serving("orloj", req.arrival, req.deadline, req.solo, req.app,
+                           [1.0 + 0.15 * b for b in range(32)], req.prior, hints=req.hint,
+                           warmup_hints=req.prior_hint, trace=trace)  # fmt: skip
+    times = [args[0] for name, args in trace if name == "dispatch"]
+    assert times == sorted(times)
+    done = out.state == COMPLETED
+    assert done.sum() > 100
+    assert np.all(out.finish[done] >= req.arrival[done] + req.solo[done] - 1e-9)
+
+
 def test_orloj_with_cost_hints_runs_in_the_simulator():
     spec = WorkloadSpec(solo="lognormal", slo=5.0, load=4.0, hint_cv=0.3, **SMALL)
     result = run(SimConfig(spec, policies=("orloj", "orloj+hint", "nexus")))

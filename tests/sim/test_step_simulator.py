@@ -117,6 +117,33 @@ def test_workers_run_their_batches_side_by_side():
     assert out.finish == pytest.approx([0.2, 0.4])
 
 
+def test_a_wakeup_that_passes_while_the_worker_is_busy_does_not_turn_the_clock_back():
+    until = {0: 0.5, 2: 2.0}
+
+    class Holds(Greedy):
+        """Holds request r until `until[r]` (asking to be woken then)."""
+
+        def step_boundary(self, now, running):
+            self.boundaries.append((now, list(running)))
+            free = self._max_batch - len(running)
+            joined = [r for r in self.queue if now >= until.get(r, 0.0)][:free]
+            self.queue = [r for r in self.queue if r not in joined]
+            return StepDecision(joined, [], [])
+
+        def next_wakeup(self, now):
+            return min((until[r] for r in self.queue if r in until and now < until[r]),
+                       default=None)  # fmt: skip
+
+    # r1 (arrived at 0.1) runs ten steps alone to 1.1, past r0's wakeup at 0.5; r0 runs
+    # then, to 1.2; r2 (arrived at 1.15) is held until 2.0
+    p = Holds(max_batch=1)
+    out = simulate_steps(p, [0.0, 0.1, 1.15], [9.0] * 3, [0.1, 1.0, 0.1], ["a"] * 3, [1.0],
+                         step=0.1)  # fmt: skip
+    assert out.finish == pytest.approx([1.2, 1.1, 2.1])
+    seen = [t for t, _ in p.boundaries]
+    assert seen == sorted(seen)
+
+
 def test_requests_left_waiting_for_ever_count_as_dropped():
     class Idle(Greedy):
         def step_boundary(self, now, running):
