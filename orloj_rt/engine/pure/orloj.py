@@ -47,7 +47,7 @@ When a worker is idle at time `now`:
    less than r*. With cost hints (the classes of orloj_rt/serving/hints.py) the best
    rate is often a small batch of the shortest class, while longer classes' requests
    expire: in the simulator with hints of CoV 0.6, k = 0.5 raised orloj's finish rates
-   by up to 0.041 and lowered them by up to 0.013 (docs/results.md). The serving core
+   by up to 0.041 and lowered them by up to 0.015 (docs/results.md). The serving core
    sets k = 0.5 once a request is filed under a hint class; without hints it stays 1
    (k = 0.5 moved plain orloj's simulator figures both ways, docs/results.md).
 
@@ -61,7 +61,7 @@ longer): it waits while E[T] > p x that average and now < the last such decision
 looked at again even if nothing arrives. Where requests differ in law (cost-hint
 classes), the requests below theta are the long ones, and one of them holds the worker
 while short requests that would finish arrive and wait: in the simulator with hints of
-CoV 0.6, waiting (p = 0.5) raised orloj's finish rates by up to 0.089 and lowered them
+CoV 0.6, waiting (p = 0.5) raised orloj's finish rates by up to 0.067 and lowered them
 by up to 0.022 at load 1 (at most 0.005 elsewhere; docs/results.md). 0 (off) is the
 default; the serving core sets 0.5 once a request is filed under a hint class
 (orloj_rt/serving/hints.py). Without hints it is off: there p = 0.5 moved finish rates
