@@ -89,6 +89,16 @@ def checked_requests(arrival, deadline, solo, apps, workers: int):
     return arrival, deadline, solo
 
 
+def next_wakeup_after(now: float, last_event: float, wakeup: float) -> float:
+    """An event loop's step from `last_event` to `now`: raises SimulationError if the clock
+    would go back; returns the policy's wake-up still to come, math.inf if it is due now
+    or passed while every worker was busy (the completion that freed a worker asked the
+    policy then), so that a wake-up never brings the clock back to it."""
+    if now < last_event:
+        raise SimulationError(f"the clock went back from {last_event!r} to {now!r}")
+    return math.inf if wakeup <= now else wakeup
+
+
 def drop_stranded(policy, state: list) -> None:
     """Nothing can happen any more, yet requests wait (a policy that idles without a
     wake-up): they would wait forever, so they count as dropped."""
@@ -168,11 +178,8 @@ def simulate(
         now = min(t_arr, t_done, t_wake)
         if now == math.inf:
             break
-        if now < last_event:
-            raise SimulationError(f"the clock went back from {last_event!r} to {now!r}")
+        wakeup = next_wakeup_after(now, last_event, wakeup)
         last_event = now
-        if wakeup <= now:  # due now, or passed while every worker was busy (a
-            wakeup = math.inf  # completion then woke the policy): never again
         while running and running[0][0] <= now:
             end, _, w, start, members = heapq.heappop(running)
             for rid in members:
@@ -355,11 +362,8 @@ def simulate_serving(
         now = min(t_arr, t_done, t_wake)
         if now == math.inf:
             break
-        if now < last_event:
-            raise SimulationError(f"the clock went back from {last_event!r} to {now!r}")
+        wakeup = next_wakeup_after(now, last_event, wakeup)
         last_event = now
-        if wakeup <= now:  # due now, or passed while every worker was busy (a
-            wakeup = math.inf  # completion then woke the policy): never again
         while running and running[0][0] <= now:  # completions first: they free workers
             end, _, w, start, members, reply, scale = heapq.heappop(running)
             for rid in members:

@@ -49,6 +49,7 @@ from orloj_rt.sim.simulator import (
     SimulationError,
     checked_requests,
     drop_stranded,
+    next_wakeup_after,
     outcome_of,
     submit_arrivals,
 )
@@ -160,11 +161,8 @@ def simulate_steps(
         now = min(t_arr, t_end, t_wake)
         if now == math.inf:
             break
-        if now < last_event:
-            raise SimulationError(f"the clock went back from {last_event!r} to {now!r}")
+        wakeup = next_wakeup_after(now, last_event, wakeup)
         last_event = now
-        if wakeup <= now:  # due now, or passed while every worker was busy (a
-            wakeup = math.inf  # completion then woke the policy): never again
         at_boundary = []
         while ends and ends[0][0] <= now:
             _, w = heapq.heappop(ends)
@@ -413,11 +411,8 @@ def simulate_serving_steps(
         now = min(t_arr, t_end, t_wake)
         if now == math.inf:
             break
-        if now < last_event:
-            raise SimulationError(f"the clock went back from {last_event!r} to {now!r}")
+        wakeup = next_wakeup_after(now, last_event, wakeup)
         last_event = now
-        if wakeup <= now:  # due now, or passed while every worker was busy (a
-            wakeup = math.inf  # completion then woke the policy): never again
         while ends and ends[0][0] <= now:  # step ends: answers, reports, updates applied
             _, w = heapq.heappop(ends)
             b = stepping[w]
