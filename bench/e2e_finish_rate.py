@@ -60,6 +60,11 @@ each class's mean solo time learned so far (`hint_stats` in the JSON). Targets (
 for seq_encoder and generate, where fifo finishes 20-60%, orloj >= 2x fifo, >= 1.5x the
 best of nexus and clockwork, >= 1.1x sjf-hint; for early_exit, orloj no worse than
 orloj-nohint within noise (two binomial standard errors of the difference, at least 0.03).
+Each hinted cell's `reach` bounds every policy's finish rate there: after the warm-up the
+fifo server answers requests of PROBE_WORKS works alone (`probe_floors`), which gives a
+floor under the latency of a request by its work, and `reach` is the share of the cell's
+requests whose floor is within the SLO. A check that asks for more than the reach (or
+more than 1) is out of reach of every policy.
 """
 
 from __future__ import annotations
@@ -110,6 +115,10 @@ HINT_NOISE_STREAM = 15  # appended to a cell's seed key: the noise's own stream
 HINT_TARGET_VS_FIFO = 2.0
 HINT_TARGET_VS_NEXUS_CLOCKWORK = 1.5
 HINT_TARGET_VS_SJF = 1.1
+#: `--hints`: the works probed alone after the warm-up (at quantiles of the model's
+#: requests), each this many times, for each cell's `reach` (`probe_floors`)
+PROBE_WORKS, PROBE_REPEATS, PROBE_DRAW = 24, 3, 4000
+PROBE_SERVER = "fifo"  # probed: its batching learns nothing from the probes
 CONTROL_MIN_TOLERANCE = 0.03  # early_exit: orloj >= orloj-nohint - max(this, 2 SE)
 DEFAULT_MODELS = ("early_exit", "generate")
 
@@ -447,6 +456,54 @@ def step_stats(servers: dict[str, ServerProcess], model: str) -> dict:
     return out
 
 
+def probe_floors(endpoint: str, model: str, seed: int, trace, hints) -> list[tuple[int, float]]:
+    """`--hints`: a floor under the latency of a request, by its work: (work, ms) pairs in
+    increasing work. PROBE_WORKS works at quantiles of PROBE_DRAW of the model's requests
+    (its smallest and largest among them), each request sent PROBE_REPEATS times alone to
+    the idle server; each work's fastest reply, less the smallest work's fastest reply (so
+    the floor leaves out the path through the server and the smallest request's own cost,
+    which a busy server may pay faster than an idle one). A model's cost grows with its
+    work (a longer input, more steps: seq_encoder pads each batch to its longest member,
+    rounded up to a bucket), so a request of work w takes at least the largest floor of
+    the works probed at or below w, alone or in any batch: no policy answers it within an
+    SLO below that floor."""
+    reqs, _, work = workload(model, PROBE_DRAW, 1.0, 60_000.0, seed + 3000, trace, hints)
+    by_work: dict[int, dict] = {}
+    for r, w in zip(reqs, work, strict=True):
+        by_work.setdefault(int(w), r)
+    works = sorted(by_work)
+    picks = sorted({works[round(q * (len(works) - 1))]
+                    for q in np.linspace(0.0, 1.0, PROBE_WORKS)})  # fmt: skip
+    fastest = {}
+    for w in picks:
+        lat = []
+        for _ in range(PROBE_REPEATS):
+            out = run_open_loop(endpoint, [by_work[w]], [0.0], drain_timeout_s=30.0).outcomes[0]
+            if out.status != "ok":
+                raise RuntimeError(f"{model}: the probe of work {w} was answered {out.status}")
+            lat.append(out.latency_s * 1e3)
+        fastest[w] = min(lat)
+    base = fastest[picks[0]]
+    floors, top = [], 0.0
+    for w in picks:  # the largest floor at or below each work (noise can break the order)
+        top = max(top, fastest[w] - base)
+        floors.append((w, top))
+    return floors
+
+
+def reach_of(floors: list[tuple[int, float]] | None, work, slo_ms: float) -> float | None:
+    """The share of requests (by their `work`) whose latency floor (`probe_floors`) is
+    within `slo_ms`: an upper bound on every policy's finish rate in the cell."""
+    if not floors:
+        return None
+    keys = [w for w, _ in floors]
+    ok = 0
+    for w in work:
+        i = int(np.searchsorted(keys, w, side="right")) - 1
+        ok += i < 0 or floors[i][1] <= slo_ms
+    return ok / len(work)
+
+
 def plan_cells(model: str, args, servers, mean_s: float) -> list[tuple]:
     """The cells to run: (slo_ms, rate, slo multiple, load, load unit)."""
     if args.slos or args.rates:  # absolute cells, as asked
@@ -512,11 +569,19 @@ def run_model(model: str, policies, args, repo: Path, trace, log,
         if not args.json:
             print(f"  {model}: mean solo time learned at warm-up {mean_s * 1e3:.2f} ms",
                   flush=True)  # fmt: skip
+        floors = None
+        if args.hints and hints is not None and PROBE_SERVER in servers:
+            floors = probe_floors(servers[PROBE_SERVER].endpoint, model, args.seed, trace,
+                                  hints)  # fmt: skip
+            if not args.json:
+                print(f"  {model}: latency floors alone, ms by work: "
+                      + ", ".join(f"{w}: {f:.2f}" for w, f in floors), flush=True)
         turn = 0
         for slo_ms, rate, mult, load, unit in cells:
             counts = HINT_SWEEPS[model] if args.hints else sweep
             n = args.requests or (counts.quick_requests if args.quick else counts.requests)
-            reqs, times, _ = workload(model, n, rate, slo_ms, args.seed, trace, hints)
+            reqs, times, work = workload(model, n, rate, slo_ms, args.seed, trace, hints)
+            cell_reach = reach_of(floors, work, slo_ms)
             done: dict[str, list] = {p: [] for p in policies}
             # the policies take turns, chunk by chunk, starting with a different one each
             # time: background load that comes and goes hits every policy alike
@@ -534,6 +599,9 @@ def run_model(model: str, policies, args, repo: Path, trace, log,
                          load=load, load_unit=unit, mean_solo_ms=mean_s * 1e3)  # fmt: skip
                 if args.hints:
                     r["hints"] = hints or "none"
+                    if cell_reach is not None:
+                        r["reach"] = cell_reach
+                        r["latency_floors_ms"] = floors
                 if p in classes:
                     r["hint_stats"] = classes[p]
                 rows.append(r)
@@ -768,8 +836,8 @@ def hint_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
         lines += [f"### {m}", "", f"Hints: {HINT_CAPTIONS[kind]}. Mean solo time learned at "
                   f"warm-up {mean:.2f} ms; {n_req} requests a cell.", ""]  # fmt: skip
         head = ("| load | rate /s | SLO / mean solo | SLO ms | " + " | ".join(policies)
-                + " | orloj / fifo | orloj / best of nexus, clockwork | orloj / sjf-hint | "
-                "orloj / orloj-nohint | orloj's classes | target |")
+                + " | reach | orloj / fifo | orloj / best of nexus, clockwork | "
+                "orloj / sjf-hint | orloj / orloj-nohint | orloj's classes | target |")
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for rate, s in cells:
             got = {p: by[(m, s, rate, p)] for p in policies if (m, s, rate, p) in by}
@@ -778,12 +846,16 @@ def hint_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
             nc = max((fr[p] for p in ("nexus", "clockwork") if p in fr), default=None)
             any_row = next(iter(got.values()))
             n = sum(any_row["counts"].values())
+            # no policy finishes more than the requests whose latency floor is within the
+            # SLO (`reach`), nor more than all of them
+            limit = any_row.get("reach", 1.0)
             stats = {p: r["hint_stats"] for p, r in got.items() if "hint_stats" in r}
             v = {"model": m, "slo_ms": s, "rate": rate, "load": any_row["load"],
                  "slo_mult": any_row["slo_mult"], "hints": kind,
                  "finish_rates": fr, "best_nexus_clockwork": nc,
                  "in_fifo_band": f is not None and FIFO_BAND[0] <= f <= FIFO_BAND[1],
-                 "target": None, "met": None, "checks": {}, "hint_stats": stats}  # fmt: skip
+                 "reach": any_row.get("reach"), "target": None, "met": None, "checks": {},
+                 "hint_stats": stats}  # fmt: skip
             if kind != "none" and v["in_fifo_band"] and o is not None:
                 needs = {"vs_fifo": HINT_TARGET_VS_FIFO * f}
                 if nc is not None:
@@ -791,9 +863,9 @@ def hint_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
                 if sj is not None:
                     needs["vs_sjf_hint"] = HINT_TARGET_VS_SJF * sj
                 checks = {k: o >= need for k, need in needs.items()}
-                # a finish rate is at most 1: a check that asks for more is out of reach
-                # of every policy in this cell
-                out_of_reach = [k for k, need in needs.items() if need > 1.0]
+                # a check that asks for more than `limit` is out of reach of every
+                # policy in this cell
+                out_of_reach = [k for k, need in needs.items() if need > limit]
                 met = all(checks.values())
                 in_reach = [k for k, ok in checks.items() if not ok and k not in out_of_reach]
                 v.update(target="hints", checks=checks, met=met, needs=needs,
@@ -811,7 +883,7 @@ def hint_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
                 target = ("**met**" if v["met"] else
                           f"**missed** ({', '.join(reach)})" if reach else "**unreachable**")
                 if out:
-                    target += f"; unreachable: {', '.join(out)} > 1"
+                    target += f"; unreachable: {', '.join(out)} > {limit:.3g}"
             elif v["target"] == "control":
                 target = (f"{'**met**' if v['met'] else '**missed**'} (tolerance "
                           f"{v['tolerance']:.3f})")  # fmt: skip
@@ -820,8 +892,9 @@ def hint_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
             own = stats.get("orloj")
             classes = "-" if own is None else str(own["classes"])
             values = " | ".join(f"{fr[p]:.3f}" if p in fr else "-" for p in policies)
+            bound = "-" if v["reach"] is None else f"{v['reach']:.3f}"
             lines.append(f"| {any_row['load']:.2g} | {rate:g} | {any_row['slo_mult']:.3g} | "
-                         f"{s:g} | {values} | {ratio(o, f)} | {ratio(o, nc)} | "
+                         f"{s:g} | {values} | {bound} | {ratio(o, f)} | {ratio(o, nc)} | "
                          f"{ratio(o, sj)} | {ratio(o, nh)} | {classes} | {target} |")
         lines.append("")
     return lines, verdicts
@@ -882,7 +955,8 @@ def hint_verdict_lines(verdicts: list[dict]) -> list[str]:
         fr = v["finish_rates"]
         if v["target"] == "hints":
             parts = [f"{k} {'met' if ok else 'MISSED'}"
-                     + (f" (unreachable: needs {v['needs'][k]:.3f} > 1)"
+                     + (f" (unreachable: needs {v['needs'][k]:.3f} > "
+                        f"{1.0 if v.get('reach') is None else v['reach']:.3f})"
                         if k in v["unreachable"] else "")
                      for k, ok in v["checks"].items()]  # fmt: skip
             verdict = {"met": "met", "missed": "MISSED"}.get(v["verdict"], "UNREACHABLE")
@@ -900,7 +974,7 @@ def hint_verdict_lines(verdicts: list[dict]) -> list[str]:
                f"{sum(v['verdict'] == 'met' for v in hinted)} of them; out of reach of "
                "every policy in "
                f"{sum(v['verdict'] == 'unreachable' for v in hinted)} (each check missed "
-               "asks for a finish rate above 1); missed in "
+               "asks for a finish rate above 1, or above the cell's reach); missed in "
                f"{sum(v['verdict'] == 'missed' for v in hinted)}")  # fmt: skip
     if control:
         out.append(f"early_exit (no hints): orloj within noise of orloj-nohint or better in "

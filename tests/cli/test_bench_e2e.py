@@ -158,6 +158,32 @@ def test_a_hint_check_that_asks_for_more_than_every_request_is_unreachable(e2e, 
     assert "**missed** (vs_fifo, vs_nexus_clockwork); unreachable: vs_sjf_hint" in md
 
 
+def test_a_cells_reach_counts_the_requests_whose_floor_is_within_the_slo(e2e):
+    floors = [(1, 0.0), (128, 2.0), (129, 9.0), (256, 9.5)]  # as probe_floors gives them
+    # work 100 has the floor of work 1 (the largest probed at or below it), 200 that of 129
+    assert e2e.reach_of(floors, [1, 100, 129, 200, 256], 5.0) == pytest.approx(2 / 5)
+    assert e2e.reach_of(floors, [1, 100, 129, 200, 256], 9.5) == 1.0
+    assert e2e.reach_of(None, [1, 2], 5.0) is None
+
+
+def test_a_hint_check_that_asks_for_more_than_the_cells_reach_is_unreachable(e2e):
+    """1.1 x sjf-hint's 0.78 is 0.858: more than the 0.85 of the cell's requests whose
+    latency floor is within the SLO, so no policy can meet it; 2x fifo (0.8) is in reach
+    and met."""
+    rates = {"orloj": 0.80, "sjf-hint": 0.78, "fifo": 0.4, "nexus": 0.5, "clockwork": 0.5,
+             "orloj-nohint": 0.5}  # fmt: skip
+    data = [{"model": "seq_encoder", "slo_ms": 30, "rate": 1.0, "policy": p,
+             "finish_rate": f, "scheduler_cpu": 0.05, "load": 1.0, "slo_mult": 3.0,
+             "mean_solo_ms": 10.0, "hints": "derived", "reach": 0.85,
+             "counts": {"ok": 400, "dropped": 600}} for p, f in rates.items()]  # fmt: skip
+    lines, verdicts = e2e.hint_table(data, list(e2e.HINT_POLICIES))
+    (v,) = verdicts
+    assert v["reach"] == 0.85 and v["unreachable"] == ["vs_sjf_hint"]
+    assert v["checks"]["vs_fifo"] and v["verdict"] == "unreachable"
+    assert "vs_sjf_hint needs 0.86 > 0.85" in "\n".join(lines)
+    assert "needs 0.858 > 0.850" in "\n".join(e2e.hint_verdict_lines(verdicts))
+
+
 def test_hints_run_end_to_end(tmp_path):
     """`--hints` for real on one tiny generate cell: client hints reach orloj's scheduler,
     which fits hint classes and learns each one's mean solo time; orloj-nohint has none."""
@@ -165,7 +191,7 @@ def test_hints_run_end_to_end(tmp_path):
     import subprocess
 
     r = subprocess.run([sys.executable, str(SCRIPT), "--hints", "--models", "generate",
-                        "--policies", "orloj,orloj-nohint", "--requests", "30",
+                        "--policies", "orloj,orloj-nohint,fifo", "--requests", "30",
                         "--warmup", "70", "--slos", "400", "--rates", "15", "--json",
                         "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -174,10 +200,19 @@ def test_hints_run_end_to_end(tmp_path):
     assert out["mode"] == "hints"
     assert out == json.loads((tmp_path / "results.json").read_text())
     assert "### generate" in (tmp_path / "results.md").read_text()
-    assert {row["policy"] for row in out["rows"]} == {"orloj", "orloj-nohint"}
+    assert {row["policy"] for row in out["rows"]} == {"orloj", "orloj-nohint", "fifo"}
     assert all(0.0 <= row["finish_rate"] <= 1.0 for row in out["rows"])
     (cell,) = out["cells"]
-    assert cell["hints"] == "client" and set(cell["finish_rates"]) == {"orloj", "orloj-nohint"}
+    assert cell["hints"] == "client"
+    assert set(cell["finish_rates"]) == {"orloj", "orloj-nohint", "fifo"}
+    # the fifo server was probed alone after the warm-up: floors in increasing work, the
+    # smallest work's 0, and the cell's reach a share of its requests at least every
+    # policy's finish rate
+    floors = out["details"][0]["latency_floors_ms"]
+    works = [w for w, _ in floors]
+    assert works == sorted(works) and len(works) >= 2 and floors[0][1] == 0.0
+    assert [f for _, f in floors] == sorted(f for _, f in floors)
+    assert max(cell["finish_rates"].values()) <= cell["reach"] <= 1.0
     own, none = cell["hint_stats"]["orloj"], cell["hint_stats"]["orloj-nohint"]
     assert own["hints_seen"] == 100 and own["fits"] >= 1  # the warm-up's 70 + the cell's 30
     assert 2 <= own["classes"] <= 8 and len(own["edges"]) == own["classes"] - 1
