@@ -864,13 +864,12 @@ def hint_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
                     needs["vs_sjf_hint"] = HINT_TARGET_VS_SJF * sj
                 checks = {k: o >= need for k, need in needs.items()}
                 # a check that asks for more than `limit` is out of reach of every
-                # policy in this cell
+                # policy in this cell, and so is the cell's target (all its checks)
                 out_of_reach = [k for k, need in needs.items() if need > limit]
                 met = all(checks.values())
-                in_reach = [k for k, ok in checks.items() if not ok and k not in out_of_reach]
                 v.update(target="hints", checks=checks, met=met, needs=needs,
                          unreachable=out_of_reach,
-                         verdict="met" if met else "missed" if in_reach else "unreachable")
+                         verdict="met" if met else "unreachable" if out_of_reach else "missed")
             elif kind == "none" and o is not None and nh is not None:
                 tol = _binomial_tolerance(o, nh, n)
                 v.update(target="control", tolerance=tol, met=o >= nh - tol,
@@ -878,12 +877,14 @@ def hint_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
             verdicts.append(v)
             if v["target"] == "hints":
                 failed = [k for k, ok in v["checks"].items() if not ok]
-                reach = [k for k in failed if k not in v["unreachable"]]
+                missed = [k for k in failed if k not in v["unreachable"]]
                 out = [f"{k} needs {v['needs'][k]:.2f}" for k in v["unreachable"]]
-                target = ("**met**" if v["met"] else
-                          f"**missed** ({', '.join(reach)})" if reach else "**unreachable**")
+                target = {"met": "**met**", "missed": "**missed**"}.get(v["verdict"],
+                                                                        "**unreachable**")
                 if out:
-                    target += f"; unreachable: {', '.join(out)} > {limit:.3g}"
+                    target += f": {', '.join(out)} > {limit:.3g}"
+                if missed:
+                    target += f"; missed in reach: {', '.join(missed)}"
             elif v["target"] == "control":
                 target = (f"{'**met**' if v['met'] else '**missed**'} (tolerance "
                           f"{v['tolerance']:.3f})")  # fmt: skip
@@ -973,8 +974,8 @@ def hint_verdict_lines(verdicts: list[dict]) -> list[str]:
                f"best of nexus and clockwork and >= {HINT_TARGET_VS_SJF:g}x sjf-hint in "
                f"{sum(v['verdict'] == 'met' for v in hinted)} of them; out of reach of "
                "every policy in "
-               f"{sum(v['verdict'] == 'unreachable' for v in hinted)} (each check missed "
-               "asks for a finish rate above 1, or above the cell's reach); missed in "
+               f"{sum(v['verdict'] == 'unreachable' for v in hinted)} (a check there asks for "
+               "a finish rate above 1, or above the cell's reach); missed in "
                f"{sum(v['verdict'] == 'missed' for v in hinted)}")  # fmt: skip
     if control:
         out.append(f"early_exit (no hints): orloj within noise of orloj-nohint or better in "

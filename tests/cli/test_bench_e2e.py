@@ -132,8 +132,9 @@ def test_hint_verdicts(e2e):
 
 def test_a_hint_check_that_asks_for_more_than_every_request_is_unreachable(e2e, tmp_path):
     """1.1 x sjf-hint's 0.95 is 1.045: no policy finishes more than every request, so a
-    cell missed only there is out of reach; one also missed where in reach is missed.
-    --render-from writes the verdicts again from a run's results.json."""
+    cell that asks for it is out of reach, whatever else it misses (its target is all
+    three checks); one that misses only checks in reach is missed. --render-from writes
+    the verdicts again from a run's results.json."""
     def rows(cell, orloj, sjf):
         rates = {"orloj": orloj, "sjf-hint": sjf, "fifo": 0.4, "nexus": 0.5,
                  "clockwork": 0.5, "orloj-nohint": 0.5}  # fmt: skip
@@ -142,9 +143,9 @@ def test_a_hint_check_that_asks_for_more_than_every_request_is_unreachable(e2e, 
                  "mean_solo_ms": 10.0, "hints": "client",
                  "counts": {"ok": 400, "dropped": 600}} for p, f in rates.items()]  # fmt: skip
 
-    data = rows(30, 0.96, 0.95) + rows(40, 0.70, 0.95)
+    data = rows(30, 0.96, 0.95) + rows(40, 0.70, 0.95) + rows(50, 0.70, 0.80)
     _, verdicts = e2e.hint_table(data, list(e2e.HINT_POLICIES))
-    assert [v["verdict"] for v in verdicts] == ["unreachable", "missed"]
+    assert [v["verdict"] for v in verdicts] == ["unreachable", "unreachable", "missed"]
     assert verdicts[0]["unreachable"] == ["vs_sjf_hint"]
     assert verdicts[0]["needs"]["vs_sjf_hint"] == pytest.approx(1.045)
     saved = tmp_path / "results.json"
@@ -154,8 +155,10 @@ def test_a_hint_check_that_asks_for_more_than_every_request_is_unreachable(e2e, 
     assert e2e.render_from(saved) == 0
     assert json.loads(saved.read_text())["cells"][0]["verdict"] == "unreachable"
     md = (tmp_path / "results.md").read_text()
-    assert "**unreachable**; unreachable: vs_sjf_hint needs 1.04 > 1" in md
-    assert "**missed** (vs_fifo, vs_nexus_clockwork); unreachable: vs_sjf_hint" in md
+    assert "| **unreachable**: vs_sjf_hint needs 1.04 > 1 |" in md
+    assert ("**unreachable**: vs_sjf_hint needs 1.04 > 1; missed in reach: vs_fifo, "
+            "vs_nexus_clockwork |") in md
+    assert "| **missed**; missed in reach: vs_fifo, vs_nexus_clockwork, vs_sjf_hint |" in md
 
 
 def test_a_cells_reach_counts_the_requests_whose_floor_is_within_the_slo(e2e):
@@ -180,7 +183,7 @@ def test_a_hint_check_that_asks_for_more_than_the_cells_reach_is_unreachable(e2e
     (v,) = verdicts
     assert v["reach"] == 0.85 and v["unreachable"] == ["vs_sjf_hint"]
     assert v["checks"]["vs_fifo"] and v["verdict"] == "unreachable"
-    assert "vs_sjf_hint needs 0.86 > 0.85" in "\n".join(lines)
+    assert "**unreachable**: vs_sjf_hint needs 0.86 > 0.85 |" in "\n".join(lines)
     assert "needs 0.858 > 0.850" in "\n".join(e2e.hint_verdict_lines(verdicts))
 
 
