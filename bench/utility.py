@@ -123,9 +123,11 @@ def priorities_cell(job) -> dict:
         m = run_policy(config, name, req)
         out[label] = {"finish_rate": m["finish_rate"], "utility": m["utility"],
                       "tiers": {t: r["finish_rate"] for t, r in m["tiers"].items()}}
-    # the top tier is a Poisson stream of its share of the load, whatever else is served
+    # the top tier is a Poisson stream of its share of the load, whatever else is served;
+    # c(b) as every run above had it (SimConfig's defaults)
     law = sample_solo(spec, np.random.default_rng(BOUND_LAW_SEED), BOUND_LAW_SAMPLES)
-    table = Inflation(config.max_batch, config.batch_alpha).table
+    cell = SimConfig(spec)
+    table = Inflation(cell.max_batch, cell.batch_alpha).table
     bound, se = waiting_finish_rate_bound(law, slo, TARGET_LOAD * TOP_TIER[1], table,
                                           samples=bound_samples,
                                           depth=3 if bound_samples >= BOUND_SAMPLES else 2)
