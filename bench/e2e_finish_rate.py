@@ -463,10 +463,10 @@ def probe_floors(endpoint: str, model: str, seed: int, trace, hints) -> list[tup
     the idle server; each work's fastest reply, less the smallest work's fastest reply (so
     the floor leaves out the path through the server and the smallest request's own cost,
     which a busy server may pay faster than an idle one). A model's cost grows with its
-    work (a longer input, more steps: seq_encoder pads each batch to its longest member,
-    rounded up to a bucket), so a request of work w takes at least the largest floor of
-    the works probed at or below w, alone or in any batch: no policy answers it within an
-    SLO below that floor."""
+    work (a longer input, more steps; seq_encoder pads each batch to its longest member),
+    so a request of work w takes at least the largest floor of the works probed at or
+    below w, alone or in any batch: no policy answers it within an SLO below that
+    floor."""
     reqs, _, work = workload(model, PROBE_DRAW, 1.0, 60_000.0, seed + 3000, trace, hints)
     by_work: dict[int, dict] = {}
     for r, w in zip(reqs, work, strict=True):
