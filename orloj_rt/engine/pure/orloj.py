@@ -65,7 +65,7 @@ CoV 0.6, waiting (p = 0.5) raised orloj's finish rates by up to 0.067 and lowere
 by up to 0.022 at load 1 (at most 0.005 elsewhere; docs/results.md). 0 (off) is the
 default; the serving core sets 0.5 once a request is filed under a hint class
 (orloj_rt/serving/hints.py). Without hints it is off: there p = 0.5 moved finish rates
-by -0.020 to +0.079, a change to every headline figure that has not had its own sweep.
+by -0.028 to +0.015 (docs/results.md), both ways.
 
 `drop_hopeless(now)` is step 1 alone; `evaluate(now)` says what `decide(now)` would
 dispatch after its drops, and its score, without changing the queue (the variant choice
