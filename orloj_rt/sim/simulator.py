@@ -89,13 +89,17 @@ def checked_requests(arrival, deadline, solo, apps, workers: int):
     return arrival, deadline, solo
 
 
-def next_wakeup_after(now: float, last_event: float, wakeup: float) -> float:
-    """An event loop's step from `last_event` to `now`: raises SimulationError if the clock
-    would go back; returns the policy's wake-up still to come, math.inf if it is due now
-    or passed while every worker was busy (the completion that freed a worker asked the
-    policy then), so that a wake-up never brings the clock back to it."""
+def check_clock(now: float, last_event: float) -> None:
+    """An event loop's step from `last_event` to `now`: SimulationError if it goes back."""
     if now < last_event:
         raise SimulationError(f"the clock went back from {last_event!r} to {now!r}")
+
+
+def next_wakeup_after(now: float, last_event: float, wakeup: float) -> float:
+    """`check_clock`, then the policy's wake-up still to come: math.inf if it is due now
+    or passed while every worker was busy (the completion that freed a worker asked the
+    policy then), so that a wake-up never brings the clock back to it."""
+    check_clock(now, last_event)
     return math.inf if wakeup <= now else wakeup
 
 
