@@ -15,7 +15,10 @@ Summary, per workload, over SLO {2, 3, 5, 10} x load {2, 4}: the geometric mean 
 orloj / best baseline (the best of fifo, edf, nexus and clockwork in each cell), its
 minimum, and the geometric mean of orloj / oracle. `bound` is the most that any policy
 without knowledge of solo times can reach (orloj_rt/sim/bounds.py); bound / best says how
-far above the baselines such a policy could go at all.
+far above the baselines such a policy could go at all. With --hint-cv, each summary cell
+also gets `hint bound`, the same for every policy that knows the requests' noisy hints
+(`hinted_finish_rate_bound`; not for the encoder panel, whose hint is exact): the
+summary gives hint bound / best and each hinted policy / hint bound.
 
 Step section (--batching step, issue 8): the model re-forms its batch every --step units
 of solo work (orloj_rt/sim/step_simulator.py). Each cell runs the whole-batch policies as
@@ -63,6 +66,10 @@ from multiprocessing import Pool
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# one BLAS thread per cell process: --jobs processes already use the cores, and threads
+# on top of them spin against each other (the hint bound ran 3x slower on 2 cores)
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 BASELINES = ("fifo", "edf", "nexus", "clockwork")
 DEFAULT_POLICIES = ("orloj", *BASELINES, "oracle")
@@ -120,11 +127,12 @@ def workload_spec(name: str, slo: float, load: float, args):
 
 
 def run_cell(job) -> dict:
-    """One cell: every policy on the same requests, and the non-clairvoyant bound."""
+    """One cell: every policy on the same requests, the non-clairvoyant bound, and in a
+    summary cell with noisy hints the bound on policies that know them."""
     name, slo, load, args = job
     from orloj_rt.engine import IMPL
     from orloj_rt.engine.pure.batch_model import Inflation
-    from orloj_rt.sim.bounds import finish_rate_bound
+    from orloj_rt.sim.bounds import finish_rate_bound, hinted_finish_rate_bound
     from orloj_rt.sim.experiment import SimConfig, run_policy
     from orloj_rt.sim.workloads import generate
 
@@ -145,8 +153,14 @@ def run_cell(job) -> dict:
     table = Inflation(args.max_batch, args.batch_alpha).table
     span = float(requests.arrival[-1]) + slo  # no work after the last deadline counts
     bound = finish_rate_bound(requests.prior, slo, span / len(requests), table, args.workers)
+    hint_bound = None
+    if (spec.hint_cv and args.batching == "whole" and slo in SUMMARY_SLOS
+            and load in SUMMARY_LOADS):  # whole batches only: a step may stop a request
+        hint_bound = hinted_finish_rate_bound(requests.prior, requests.hint, spec.hint_cv, slo,
+                                              requests.arrival, table, workers=args.workers)
     return {"workload": name, "slo": slo, "load": load, "policies": policies,
-            "bound": bound, "seconds": time.perf_counter() - t0, "engine": IMPL}
+            "bound": bound, "hint_bound": hint_bound, "seconds": time.perf_counter() - t0,
+            "engine": IMPL}
 
 
 def run_mix_cell(job) -> dict:
@@ -229,6 +243,13 @@ def summarise(cells: list[dict], contenders: list[str]) -> dict:
         if "orloj" in contenders:
             row["orloj_vs_bound"] = geomean(
                 [ratio(c["policies"]["orloj"]["finish_rate"], c["bound"]) for c in chosen])
+        if all(c.get("hint_bound") is not None for c in chosen):
+            row["hint_bound_vs_best"] = geomean(
+                [ratio(c["hint_bound"], b) for c, b in zip(chosen, best, strict=True)])
+            for p in contenders:
+                if uses_hints(p):
+                    row[p]["geomean_vs_hint_bound"] = geomean(
+                        [ratio(c["policies"][p]["finish_rate"], c["hint_bound"]) for c in chosen])
         out[name] = row
     return out
 
@@ -263,9 +284,11 @@ def check_targets(summary: dict, requests: int) -> list[str]:
         if name not in HIGH_VARIANCE or not o:
             continue
         ok = o["geomean_vs_best"] >= TARGET_HINT_GEOMEAN and o["min_vs_best"] >= TARGET_MIN
+        allows = (f"; the hint bound allows {row['hint_bound_vs_best']:.3f}"
+                  if "hint_bound_vs_best" in row else "")
         lines.append(f"{'PASS' if ok else 'MISS'} {name}: orloj+hint / best baseline geomean "
-                     f">= {TARGET_HINT_GEOMEAN} (got {o['geomean_vs_best']:.3f}) and no cell "
-                     f"below the best baseline (min {o['min_vs_best']:.3f})")
+                     f">= {TARGET_HINT_GEOMEAN} (got {o['geomean_vs_best']:.3f}{allows}) and no "
+                     f"cell below the best baseline (min {o['min_vs_best']:.3f})")
         if "geomean_vs_sjf" in o:
             ok = o["geomean_vs_sjf"] >= TARGET_HINT_OVER_SJF
             lines.append(f"{'PASS' if ok else 'MISS'} {name}: orloj+hint / sjf-hint geomean >= "
@@ -406,9 +429,12 @@ def format_step_tables(cells: list[dict], policies: list[str]) -> str:
 
 def format_summary(summary: dict, contenders: list[str]) -> str:
     sjf = any("geomean_vs_sjf" in r.get(p, {}) for r in summary.values() for p in contenders)
+    hinted = any("hint_bound_vs_best" in r for r in summary.values())
     head = ("| workload | policy | geomean vs best baseline | min vs best | geomean vs oracle "
-            "| bound vs best | orloj vs bound |" + (" vs sjf-hint, geomean | min |" if sjf else ""))
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if sjf else "")]
+            "| bound vs best | orloj vs bound |" + (" vs sjf-hint, geomean | min |" if sjf else "")
+            + (" hint bound vs best | vs hint bound |" if hinted else ""))
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if sjf else "")
+             + ("---:|---:|" if hinted else "")]
     for name, row in summary.items():
         for p in contenders:
             r = row[p]
@@ -418,6 +444,10 @@ def format_summary(summary: dict, contenders: list[str]) -> str:
             if sjf:
                 extra += (f" | {r['geomean_vs_sjf']:.3f} | {r['min_vs_sjf']:.3f}"
                           if "geomean_vs_sjf" in r else " | | ")
+            if hinted:
+                extra += (f" | {row['hint_bound_vs_best']:.3f} | "
+                          f"{r['geomean_vs_hint_bound']:.3f}" if "geomean_vs_hint_bound" in r
+                          else " | | ")
             lines.append(f"| {name} | {p} | {r['geomean_vs_best']:.3f} | "
                          f"{r['min_vs_best']:.3f} | {oracle:.3f} | {extra} |")
     return "\n".join(lines)
@@ -468,7 +498,7 @@ def write_multi_app_csv(path: Path, cells: list[dict]) -> None:
 def write_csv(path: Path, cells: list[dict]) -> None:
     fields = ["workload", "slo", "load", "policy", "finish_rate", "completed", "late",
               "dropped", "ended", "rejected", "p50_latency", "p99_latency", "mean_batch",
-              "bound"]
+              "bound", "hint_bound"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(fields)
@@ -476,18 +506,22 @@ def write_csv(path: Path, cells: list[dict]) -> None:
             for p, m in c["policies"].items():
                 w.writerow([c["workload"], c["slo"], c["load"], p, m["finish_rate"],
                             m["completed"], m["late"], m["dropped"], m["ended"], m["rejected"],
-                            m["p50_latency"], m["p99_latency"], m["mean_batch"], c["bound"]])
+                            m["p50_latency"], m["p99_latency"], m["mean_batch"], c["bound"],
+                            "" if c.get("hint_bound") is None else c["hint_bound"]])
 
 
 def format_tables(cells: list[dict], policies: list[str]) -> str:
     out = []
     for name in sorted({c["workload"] for c in cells}, key=_workload_order):
         out.append(f"### {name}\n")
-        out.append("| SLO | load | " + " | ".join(policies)
-                   + " | bound | best baseline | orloj / best | orloj / oracle |")
-        out.append("|---:|---:|" + "---:|" * len(policies) + "---:|---|---:|---:|")
         rows = sorted((c for c in cells if c["workload"] == name),
                       key=lambda c: (c["slo"], c["load"]))
+        hinted = any(c.get("hint_bound") is not None for c in rows)
+        out.append("| SLO | load | " + " | ".join(policies) + " | bound |"
+                   + (" hint bound |" if hinted else "")
+                   + " best baseline | orloj / best | orloj / oracle |")
+        out.append("|---:|---:|" + "---:|" * len(policies) + "---:|" + ("---:|" if hinted else "")
+                   + "---|---:|---:|")
         for c in rows:
             rates = [c["policies"][p]["finish_rate"] for p in policies]
             bname, bval = best_baseline(c)
@@ -495,10 +529,15 @@ def format_tables(cells: list[dict], policies: list[str]) -> str:
             oracle = c["policies"].get("oracle", {}).get("finish_rate", math.nan)
             out.append(f"| {c['slo']:g} | {c['load']:g} | "
                        + " | ".join(f"{r:.3f}" for r in rates)
-                       + f" | {c['bound']:.3f} | {bname} | {ratio(orloj, bval):.2f} | "
-                       + f"{ratio(orloj, oracle):.2f} |")
+                       + f" | {c['bound']:.3f} |"
+                       + (f" {_fmt(c.get('hint_bound'))} |" if hinted else "")
+                       + f" {bname} | {ratio(orloj, bval):.2f} | {ratio(orloj, oracle):.2f} |")
         out.append("")
     return "\n".join(out)
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.3f}"
 
 
 def plot(out: Path, cells: list[dict], policies: list[str], step: bool = False) -> list[Path]:

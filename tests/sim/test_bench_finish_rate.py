@@ -29,6 +29,12 @@ def test_writes_table_csv_plots_and_summary(tmp_path):
     assert lognormal["orloj+hint"]["geomean_vs_sjf"] > 0
     assert "geomean" in done.stdout and "NOTE" in done.stdout  # too few requests for targets
     assert "orloj+hint / sjf-hint geomean >= 1.15" in done.stdout  # issue 15's targets
+    # the bound on policies that know the hints, in every summary cell (all four here)
+    assert all(0 < c["hint_bound"] <= 1 for c in result["cells"])
+    assert lognormal["hint_bound_vs_best"] > 0
+    assert lognormal["orloj+hint"]["geomean_vs_hint_bound"] > 0
+    assert "geomean_vs_hint_bound" not in lognormal["orloj"]  # orloj has no hints
+    assert "the hint bound allows" in done.stdout
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 * 8  # orloj, orloj+hint, sjf-hint, 4 baselines, oracle
 
@@ -44,6 +50,9 @@ def test_with_hints_the_encoder_workload_joins_the_sweep(tmp_path):
     assert [c["workload"] for c in result["cells"]] == ["static", "bimodal", "lognormal",
                                                         "azure-conv", "encoder"]
     assert "encoder" in result["summary"]
+    # the hint bound needs the hint's noise law: not for the encoder's exact length
+    assert [c["hint_bound"] is None for c in result["cells"]] == [False] * 4 + [True]
+    assert "hint_bound_vs_best" not in result["summary"]["encoder"]
 
 
 def test_step_section(tmp_path):

@@ -1,4 +1,5 @@
-"""The non-clairvoyant bound holds for orloj and the baselines, and not for the oracle."""
+"""The bounds hold for the policies they bound (orloj, the baselines, those given hints),
+and not for the clairvoyant oracle."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import pytest
 
 from orloj_rt.engine.pure.batch_model import Inflation
 from orloj_rt.sim import SimConfig, WorkloadSpec, generate, run
-from orloj_rt.sim.bounds import finish_rate_bound, windowed_finish_rate_bound
+from orloj_rt.sim.bounds import (
+    finish_rate_bound,
+    hinted_finish_rate_bound,
+    windowed_finish_rate_bound,
+)
 
 
 @pytest.mark.parametrize("solo,slo", [("lognormal", 3.0), ("bimodal", 2.0)])
@@ -78,3 +83,67 @@ def test_windowed_bound_holds_for_the_routers():
     assert bound < float(np.mean(law <= 3.0)) - 0.02  # the cell is over what it can finish
     for router in ("p2c", "orloj"):
         assert run_router(cfg, router, rq)["finish_rate"] <= bound + 0.02, router
+
+
+def test_hinted_bound_known_answer():
+    """20 short (0.5) and 20 long (2.0) requests at once, SLO 1.5, hints all but exact:
+    a long one cannot finish even alone, a short one in a pair takes 1.15 x 0.5 and is
+    charged 0.2875 of the 2 x 1.5 worker time, so at most 3 / 0.2875 of the 40 finish.
+    Without hints (the windowed bound) far fewer can: a pair of unknown requests finishes
+    with probability 1/4. A one-point law makes hints say nothing: the windowed bound."""
+    table = [1.0, 1.15]
+    law, weights = [0.5, 2.0], [0.5, 0.5]
+    hints = [0.5] * 20 + [2.0] * 20
+    bound = hinted_finish_rate_bound(law, hints, 0.01, 1.5, [0.0] * 40, table,
+                                     law_weights=weights)
+    assert bound == pytest.approx(3 / 0.2875 / 40, rel=1e-9)
+    assert windowed_finish_rate_bound([0.5, 2.0], 1.5, [0.0] * 40, [1.0], table) < bound / 4
+    same = hinted_finish_rate_bound([1.0] * 8, np.linspace(0.5, 2, 10), 0.6, 1.5, [0.0] * 10,
+                                    table)
+    assert same == pytest.approx(windowed_finish_rate_bound([1.0] * 8, 1.5, [0.0] * 10, [1.0],
+                                                            table), rel=1e-9)
+    with pytest.raises(ValueError, match="hints must be > 0"):
+        hinted_finish_rate_bound(law, [0.0] * 40, 0.6, 1.5, [0.0] * 40, table)
+    with pytest.raises(ValueError, match="one hint per arrival"):
+        hinted_finish_rate_bound(law, hints[:3], 0.6, 1.5, [0.0] * 40, table)
+
+
+def test_hinted_bound_holds_for_policies_given_hints():
+    """An overloaded cell with hints of CoV 0.6: orloj and sjf-hint given the hints, and
+    those without them, stay under the bound (noise allowed); the clairvoyant oracle does
+    not, and the hints lift the bound well above the one without them."""
+    from orloj_rt.sim.experiment import run_policy
+
+    spec = WorkloadSpec(solo="bimodal", slo=2.0, load=4.0, requests=1500, hint_cv=0.6)
+    requests = generate(spec)
+    table = Inflation(32, 0.15).table
+    bound = hinted_finish_rate_bound(requests.prior, requests.hint, 0.6, 2.0, requests.arrival,
+                                     table)
+    config = SimConfig(spec, policies=("orloj+hint", "sjf-hint", "orloj", "nexus", "oracle"))
+    rates = {p: run_policy(config, p, requests)["finish_rate"] for p in config.policies}
+    for name in ("orloj+hint", "sjf-hint", "orloj", "nexus"):
+        assert rates[name] <= bound + 0.02, name  # noise
+    assert rates["oracle"] > bound
+    span = requests.arrival[-1] + 2.0
+    assert bound > 2 * finish_rate_bound(requests.prior, 2.0, span / 1500, table)
+
+
+def test_hinted_bound_terms_match_monte_carlo():
+    """Each request's credit F_j(S / c(b))^b and charge E[min(c(b) M_j, S)] / b, against
+    draws from its posterior law (prior weights times the hint's likelihood)."""
+    from orloj_rt.sim.bounds import _hinted_member_terms
+
+    rng = np.random.default_rng(3)
+    law = np.sort(rng.lognormal(-0.35, 0.83, 300))
+    table = np.asarray(Inflation(6, 0.3).table)
+    cv, slo = 0.6, 2.0
+    credit, charge = _hinted_member_terms(law, np.full(300, 1 / 300), np.array([0.4, 2.5]),
+                                          cv, slo, table)
+    s2 = np.log1p(cv * cv)
+    for j, hint in enumerate((0.4, 2.5)):
+        post = np.exp(-0.5 * ((np.log(hint) - np.log(law) + s2 / 2) / np.sqrt(s2)) ** 2)
+        for i, c in enumerate(table):
+            draws = rng.choice(law, size=(100_000, i + 1), p=post / post.sum()).max(axis=1)
+            assert credit[j, i] == pytest.approx(np.mean(c * draws <= slo), abs=0.01)
+            assert charge[j, i] == pytest.approx(np.mean(np.minimum(c * draws, slo)) / (i + 1),
+                                                 abs=0.01)
