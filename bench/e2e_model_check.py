@@ -42,6 +42,20 @@ once). The simulator draws one sample per batch (`simulate_serving(service=...)`
 batch starts that delay after its dispatch, runs its model time plus the extra, and its
 members are answered the reply delay later. The table then has both gaps, without and
 with it.
+
+With `--hints` (issue 15) it does the same for `bench/e2e_finish_rate.py --hints`: for each
+model there that carries hints (`seq_encoder`, whose hint the server derives: its length,
+exact; `generate`, whose clients send its true output length x LogNormal noise of CoV
+0.6), it times requests as above, keeping each one's work, and simulates that sweep's
+hinted cells with every policy of it (orloj given the hints, as the serving core classes
+them; orloj-nohint; sjf-hint; fifo, nexus and clockwork, which ignore them) and the
+clairvoyant oracle, each request's hint made from its own work. It prints orloj /
+sjf-hint and oracle / sjf-hint beside the hints target's verdict as the simulator sees
+it (in cells where fifo finishes 20-60%: orloj >= 2x fifo, >= 1.5x the best of nexus and
+clockwork and >= 1.1x sjf-hint), and with `--compare` on a `--hints` results.json the
+runtime's orloj / sjf-hint, at the runtime's own rates and SLOs.
+
+    .venv/bin/python bench/e2e_model_check.py --hints --compare docs/results/e2e_hints/results.json
 """
 
 from __future__ import annotations
@@ -60,22 +74,32 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from e2e_finish_rate import (  # noqa: E402
     BASELINES,
+    DEFAULT_MODELS,
     DEFAULT_TRACE,
     FIFO_BAND,
+    HINT_POLICIES,
+    HINT_SWEEPS,
+    HINT_TARGET_VS_FIFO,
+    HINT_TARGET_VS_NEXUS_CLOCKWORK,
+    HINT_TARGET_VS_SJF,
     POLICIES,
     SWEEPS,
     TARGET_VS_FIFO,
+    hint_noise,
 )
 
 SIM_POLICIES = (*POLICIES, "oracle")
+HINT_SIM_POLICIES = (*HINT_POLICIES, "oracle")
+HINTED = ("orloj", "sjf-hint")  # the policies given the hints (orloj-nohint: orloj without)
+HINT_MODELS = tuple(m for m, h in HINT_SWEEPS.items() if h.hint)  # seq_encoder, generate
 SIM_REQUESTS = 4000
 WARMUP_DRAWS = 64  # the warm-up profile's examples, as a worker times them
 SERVICE_WARMUP = 50  # requests a live server answers before its delays are kept
 
 
-def measure(model: str, n: int, seed: int) -> tuple[list[float], np.ndarray, list]:
-    """(c(1..max), solo times in seconds of n drawn requests, the drawn requests' inputs)
-    on this machine."""
+def measure(model: str, n: int, seed: int) -> tuple[list[float], np.ndarray, list, np.ndarray]:
+    """(c(1..max), solo times in seconds of n drawn requests, the drawn requests' inputs,
+    their work: tokens, or NaN where the model has no work figure) on this machine."""
     import torch
 
     from orloj_rt.client.loadgen import read_trace
@@ -99,7 +123,8 @@ def measure(model: str, n: int, seed: int) -> tuple[list[float], np.ndarray, lis
     for d in draws:
         member = [d.inputs[t.name] for t in entry.spec.inputs]
         solo.append(min(runner.timed([member]) for _ in range(2)))
-    return inflation, np.asarray(solo), [d.inputs for d in draws]
+    work = np.asarray([np.nan if d.work is None else d.work for d in draws], dtype=float)
+    return inflation, np.asarray(solo), [d.inputs for d in draws], work
 
 
 def measure_service(model: str, inputs: list, solo: np.ndarray, n: int) -> list:
@@ -158,6 +183,112 @@ def simulate_cell(x: np.ndarray, inflation: list[float], slo: float, load: float
     return rates
 
 
+def simulate_hint_cell(x: np.ndarray, work: np.ndarray, kind: str, inflation: list[float],
+                       slo: float, load: float, seed: int) -> dict:  # fmt: skip
+    """`--hints`: every policy of the hints sweep, and the oracle, on one cell. Each
+    request draws one timed request (its solo time x, in units of their mean, and its
+    work); its hint is that work ("derived": the server's exact length) or the work x
+    LogNormal noise of CoV 0.6 ("client": e2e_finish_rate.hint_noise), in the warm-up's
+    draws too."""
+    from orloj_rt.sim.simulator import simulate_serving
+
+    rng = np.random.default_rng(seed)
+    arrival = np.cumsum(rng.exponential(1.0 / load, SIM_REQUESTS))
+    deadline = arrival + slo
+    idx = rng.integers(0, len(x), SIM_REQUESTS)
+    warm = rng.integers(0, len(x), WARMUP_DRAWS)
+    hints, warm_hints = work[idx], work[warm]
+    if kind == "client":
+        hints = hints * hint_noise(SIM_REQUESTS, [seed, 1])
+        warm_hints = warm_hints * hint_noise(WARMUP_DRAWS, [seed, 2])
+    apps = ["default"] * SIM_REQUESTS
+    rates = {}
+    for name in HINT_SIM_POLICIES:
+        given = name in HINTED
+        out = simulate_serving("orloj" if name == "orloj-nohint" else name, arrival, deadline,
+                               x[idx], apps, inflation, x[warm], workers=1,
+                               hints=hints if given else None,
+                               warmup_hints=warm_hints if given else None,
+                               clairvoyant=name == "oracle")  # fmt: skip
+        rates[name] = out.summary(arrival, deadline)["finish_rate"]
+    return rates
+
+
+def hint_verdict(r: dict) -> str:
+    """The hints target (bench/e2e_finish_rate.py --hints) on simulated finish rates."""
+    if not FIFO_BAND[0] <= r["fifo"] <= FIFO_BAND[1]:
+        return "fifo outside 20-60%"
+    ok = (r["orloj"] >= HINT_TARGET_VS_FIFO * r["fifo"]
+          and r["orloj"] >= HINT_TARGET_VS_NEXUS_CLOCKWORK * max(r["nexus"], r["clockwork"])
+          and r["orloj"] >= HINT_TARGET_VS_SJF * r["sjf-hint"])  # fmt: skip
+    return "**met**" if ok else "**missed**"
+
+
+def ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def hint_rows(model: str, x: np.ndarray, work: np.ndarray, inflation: list[float],
+              mean: float, seen: dict, seed: int) -> list[dict]:  # fmt: skip
+    """`--hints`: the rows of one model's hinted cells (at the runtime's own rates and
+    SLOs where `seen` has the cell)."""
+    sweep = HINT_SWEEPS[model]
+    rows = []
+    for load in sweep.loads:
+        for slo in sweep.slo_mults:
+            rt = seen.get((model, round(slo, 3), round(load, 3)))
+            cell_slo, cell_load = slo, load
+            if rt:  # in this law's units, as in the default sweep (main)
+                cell_slo, cell_load = rt["_slo_ms"] / 1e3 / mean, rt["_rate"] * mean
+            r = simulate_hint_cell(x, work, sweep.hint, inflation, cell_slo, cell_load, seed)
+            row = {"model": model, "slo_mult": slo, "load": load, "hints": sweep.hint, **r,
+                   "orloj_vs_sjf": ratio(r["orloj"], r["sjf-hint"]),
+                   "oracle_vs_sjf": ratio(r["oracle"], r["sjf-hint"]),
+                   "orloj_vs_nexus_clockwork": ratio(r["orloj"], max(r["nexus"],
+                                                                     r["clockwork"])),
+                   "orloj_vs_fifo": ratio(r["orloj"], r["fifo"]),
+                   "target": hint_verdict(r)}  # fmt: skip
+            if rt and "orloj" in rt and "sjf-hint" in rt:
+                row["runtime"] = {p: v for p, v in rt.items() if p[0] != "_"}
+                row["runtime_orloj_vs_sjf"] = ratio(rt["orloj"], rt["sjf-hint"])
+            rows.append(row)
+    return rows
+
+
+def print_hints(out: dict, compare: bool) -> None:
+    """`--hints`: the models, then one table of every hinted cell."""
+    for model, m in out["models"].items():
+        print(f"{model}: mean solo {m['mean_solo_ms']:.2f} ms, CoV {m['solo_cov']:.2f}, "
+              f"c(2) {m['inflation'][1]:.2f}, c({len(m['inflation'])}) {m['inflation'][-1]:.2f}")
+    cols = ["model", "hints", "load", "SLO / mean", *HINT_SIM_POLICIES, "orloj / sjf-hint",
+            "oracle / sjf-hint", "orloj / best of nexus, clockwork", "orloj / fifo"]
+    if compare:
+        cols.append("runtime: orloj / sjf-hint")
+    cols.append("target (simulated)")
+    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    for r in out["rows"]:
+        cells = [r["model"], r["hints"], f"{r['load']:g}", f"{r['slo_mult']:g}",
+                 *(f"{r[p]:.3f}" for p in HINT_SIM_POLICIES), fmt(r["orloj_vs_sjf"]),
+                 fmt(r["oracle_vs_sjf"]), fmt(r["orloj_vs_nexus_clockwork"]),
+                 fmt(r["orloj_vs_fifo"])]  # fmt: skip
+        if compare:
+            cells.append(fmt(r.get("runtime_orloj_vs_sjf")))
+        print("| " + " | ".join(cells + [r["target"]]) + " |")
+    band = [r for r in out["rows"] if r["target"] != "fifo outside 20-60%"]
+    if band:
+        print(f"\ncells where fifo finishes 20-60%: {len(band)}; the hints target met (as "
+              f"simulated) in {sum(r['target'] == '**met**' for r in band)}; there orloj / "
+              f"sjf-hint {min(r['orloj_vs_sjf'] for r in band):.3f}-"
+              f"{max(r['orloj_vs_sjf'] for r in band):.3f}, the clairvoyant oracle / "
+              f"sjf-hint {min(r['oracle_vs_sjf'] for r in band):.3f}-"
+              f"{max(r['oracle_vs_sjf'] for r in band):.3f} (target {HINT_TARGET_VS_SJF})")
+    print(f"\nelapsed {out['elapsed_s']:.0f} s")
+
+
 def runtime_cells(path: Path) -> dict:
     """{(model, slo_mult, load): {policy: finish rate, "_rate": req/s, "_slo_ms": ms}}
     from a results.json."""
@@ -187,7 +318,10 @@ def verdict(r: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="early_exit,generate")
+    ap.add_argument("--models", help="comma-separated (default early_exit,generate; with "
+                    "--hints, the hinted models: " + ",".join(HINT_MODELS) + ")")
+    ap.add_argument("--hints", action="store_true",
+                    help="the --hints sweep's hinted cells, with sjf-hint and orloj-nohint")
     ap.add_argument("--samples", type=int, default=300,
                     help="requests timed solo per model (default 300)")
     ap.add_argument("--seed", type=int, default=0)
@@ -202,13 +336,17 @@ def main() -> int:
     t0 = time.monotonic()
     seen = runtime_cells(args.compare) if args.compare else {}
     out = {"models": {}, "rows": []}
-    for model in args.models.split(","):
-        if model not in SWEEPS:
-            ap.error(f"unknown model {model!r}; choose from {', '.join(SWEEPS)}")
+    models = (args.models or ",".join(HINT_MODELS if args.hints else DEFAULT_MODELS)).split(",")
+    for model in models:
+        if model not in (HINT_MODELS if args.hints else SWEEPS):
+            ap.error(f"unknown model {model!r}; choose from "
+                     f"{', '.join(HINT_MODELS if args.hints else SWEEPS)}")
+        if args.hints and args.service:
+            ap.error("--service is for the default sweep; leave it out with --hints")
         if not args.json:
             print(f"{model}: profiling c(b) and timing {args.samples} requests solo ...",
                   flush=True)  # fmt: skip
-        inflation, solo, inputs = measure(model, args.samples, args.seed)
+        inflation, solo, inputs, work = measure(model, args.samples, args.seed)
         mean = float(solo.mean())
         out["models"][model] = {"inflation": inflation, "mean_solo_ms": mean * 1e3,
                                 "solo_cov": float(solo.std() / mean)}  # fmt: skip
@@ -229,6 +367,9 @@ def main() -> int:
                 "reply_delay_ms": {"median": float(np.median(arr[:, 2]) * 1e3),
                                    "p99": float(np.quantile(arr[:, 2], 0.99) * 1e3)},
             }  # fmt: skip
+        if args.hints:
+            out["rows"] += hint_rows(model, solo / mean, work, inflation, mean, seen, args.seed)
+            continue
         sweep = SWEEPS[model]
         for load in sweep.loads:
             for slo in sweep.slo_mults:
@@ -268,6 +409,9 @@ def main() -> int:
     out["elapsed_s"] = time.monotonic() - t0
     if args.json:
         print(json.dumps(out))
+        return 0
+    if args.hints:
+        print_hints(out, bool(seen))
         return 0
     for model, m in out["models"].items():
         print(f"{model}: mean solo {m['mean_solo_ms']:.2f} ms, CoV {m['solo_cov']:.2f}, "

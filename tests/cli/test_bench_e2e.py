@@ -77,6 +77,32 @@ def test_model_check_simulates_the_sweep_from_measured_models(tmp_path):
     assert all(row["orloj"] <= row["bound"] + 0.05 for row in overloaded)
 
 
+def test_model_check_simulates_the_hinted_cells(tmp_path):
+    """bench/e2e_model_check.py --hints for real: seq_encoder profiled and timed here, its
+    derived (exact length) hints given to orloj and sjf-hint, every hinted cell simulated;
+    under the heaviest load the hints pay (orloj with them finishes more than without)."""
+    import json
+    import subprocess
+
+    script = SCRIPT.parent / "e2e_model_check.py"
+    r = subprocess.run([sys.executable, str(script), "--hints", "--models", "seq_encoder",
+                        "--samples", "40", "--json"], capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    assert len(rows) == 9 and {row["hints"] for row in rows} == {"derived"}
+    for row in rows:
+        assert all(0.0 <= row[p] <= 1.0 for p in ("orloj", "orloj-nohint", "sjf-hint",
+                                                   "fifo", "nexus", "clockwork", "oracle"))
+        assert row["orloj_vs_sjf"] == pytest.approx(row["orloj"] / row["sjf-hint"])
+        assert row["target"] in ("**met**", "**missed**", "fifo outside 20-60%")
+    heavy = next(row for row in rows if row["load"] == 1.5 and row["slo_mult"] == 3.0)
+    assert heavy["orloj"] > heavy["orloj-nohint"]
+    bad = subprocess.run([sys.executable, str(script), "--hints", "--models", "early_exit"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "seq_encoder, generate" in bad.stderr  # no hints there
+
+
 def test_hint_workloads_are_seeded_and_noisy_as_stated(e2e):
     """--hints: generate's client hints are the true length x LogNormal(mean 1, CoV 0.6)
     noise from a stream of their own (the same for every policy); seq_encoder and
