@@ -280,12 +280,14 @@ def print_hints(out: dict, compare: bool) -> None:
         print("| " + " | ".join(cells + [r["target"]]) + " |")
     band = [r for r in out["rows"] if r["target"] != "fifo outside 20-60%"]
     if band:
+        def span(key):
+            vals = [r[key] for r in band if r[key] is not None]
+            return f"{min(vals):.3f}-{max(vals):.3f}" if vals else "-"
+
         print(f"\ncells where fifo finishes 20-60%: {len(band)}; the hints target met (as "
               f"simulated) in {sum(r['target'] == '**met**' for r in band)}; there orloj / "
-              f"sjf-hint {min(r['orloj_vs_sjf'] for r in band):.3f}-"
-              f"{max(r['orloj_vs_sjf'] for r in band):.3f}, the clairvoyant oracle / "
-              f"sjf-hint {min(r['oracle_vs_sjf'] for r in band):.3f}-"
-              f"{max(r['oracle_vs_sjf'] for r in band):.3f} (target {HINT_TARGET_VS_SJF})")
+              f"sjf-hint {span('orloj_vs_sjf')}, the clairvoyant oracle / sjf-hint "
+              f"{span('oracle_vs_sjf')} (target {HINT_TARGET_VS_SJF})")
     print(f"\nelapsed {out['elapsed_s']:.0f} s")
 
 
@@ -336,13 +338,13 @@ def main() -> int:
     t0 = time.monotonic()
     seen = runtime_cells(args.compare) if args.compare else {}
     out = {"models": {}, "rows": []}
+    if args.hints and args.service:
+        ap.error("--service is for the default sweep; leave it out with --hints")
     models = (args.models or ",".join(HINT_MODELS if args.hints else DEFAULT_MODELS)).split(",")
     for model in models:
         if model not in (HINT_MODELS if args.hints else SWEEPS):
             ap.error(f"unknown model {model!r}; choose from "
                      f"{', '.join(HINT_MODELS if args.hints else SWEEPS)}")
-        if args.hints and args.service:
-            ap.error("--service is for the default sweep; leave it out with --hints")
         if not args.json:
             print(f"{model}: profiling c(b) and timing {args.samples} requests solo ...",
                   flush=True)  # fmt: skip
