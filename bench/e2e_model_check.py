@@ -53,7 +53,8 @@ clairvoyant oracle, each request's hint made from its own work. It prints orloj 
 sjf-hint and oracle / sjf-hint beside the hints target's verdict as the simulator sees
 it (in cells where fifo finishes 20-60%: orloj >= 2x fifo, >= 1.5x the best of nexus and
 clockwork and >= 1.1x sjf-hint), and with `--compare` on a `--hints` results.json the
-runtime's orloj / sjf-hint, at the runtime's own rates and SLOs.
+runtime's orloj / sjf-hint, at the runtime's own rates and SLOs. `--loads` simulates
+other loads than the sweep's (e.g. heavier ones, where fifo finishes almost nothing).
 
     .venv/bin/python bench/e2e_model_check.py --hints --compare docs/results/e2e_hints/results.json
 """
@@ -229,12 +230,12 @@ def ratio(a: float, b: float) -> float | None:
 
 
 def hint_rows(model: str, x: np.ndarray, work: np.ndarray, inflation: list[float],
-              mean: float, seen: dict, seed: int) -> list[dict]:  # fmt: skip
+              mean: float, seen: dict, seed: int, loads=None) -> list[dict]:  # fmt: skip
     """`--hints`: the rows of one model's hinted cells (at the runtime's own rates and
-    SLOs where `seen` has the cell)."""
+    SLOs where `seen` has the cell), at `loads` instead of the sweep's if given."""
     sweep = HINT_SWEEPS[model]
     rows = []
-    for load in sweep.loads:
+    for load in loads or sweep.loads:
         for slo in sweep.slo_mults:
             rt = seen.get((model, round(slo, 3), round(load, 3)))
             cell_slo, cell_load = slo, load
@@ -324,6 +325,8 @@ def main() -> int:
                     "--hints, the hinted models: " + ",".join(HINT_MODELS) + ")")
     ap.add_argument("--hints", action="store_true",
                     help="the --hints sweep's hinted cells, with sjf-hint and orloj-nohint")
+    ap.add_argument("--loads", help="with --hints: these loads (comma-separated, in units "
+                    "of the mean solo time) instead of the sweep's, e.g. 1.2,2,4")
     ap.add_argument("--samples", type=int, default=300,
                     help="requests timed solo per model (default 300)")
     ap.add_argument("--seed", type=int, default=0)
@@ -340,6 +343,14 @@ def main() -> int:
     out = {"models": {}, "rows": []}
     if args.hints and args.service:
         ap.error("--service is for the default sweep; leave it out with --hints")
+    if args.loads and not args.hints:
+        ap.error("--loads is for --hints (the default sweep keeps its cells)")
+    try:
+        loads = [float(v) for v in args.loads.split(",")] if args.loads else None
+    except ValueError:
+        ap.error(f"--loads: comma-separated numbers, got {args.loads!r}")
+    if loads is not None and not all(v > 0 for v in loads):
+        ap.error(f"--loads: every load must be > 0, got {args.loads!r}")
     models = (args.models or ",".join(HINT_MODELS if args.hints else DEFAULT_MODELS)).split(",")
     for model in models:
         if model not in (HINT_MODELS if args.hints else SWEEPS):
@@ -370,7 +381,8 @@ def main() -> int:
                                    "p99": float(np.quantile(arr[:, 2], 0.99) * 1e3)},
             }  # fmt: skip
         if args.hints:
-            out["rows"] += hint_rows(model, solo / mean, work, inflation, mean, seen, args.seed)
+            out["rows"] += hint_rows(model, solo / mean, work, inflation, mean, seen, args.seed,
+                                     loads)
             continue
         sweep = SWEEPS[model]
         for load in sweep.loads:

@@ -101,6 +101,12 @@ def test_model_check_simulates_the_hinted_cells(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--hints", "--models", "early_exit"],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "seq_encoder, generate" in bad.stderr  # no hints there
+    for wrong, says in ((["--loads", "2"], "--loads is for --hints"),
+                        (["--hints", "--loads", "2,x"], "comma-separated numbers"),
+                        (["--hints", "--loads", "0"], "must be > 0")):
+        bad = subprocess.run([sys.executable, str(script), *wrong], capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert bad.returncode == 2 and says in bad.stderr, wrong
 
 
 def test_hint_workloads_are_seeded_and_noisy_as_stated(e2e):
