@@ -816,6 +816,17 @@ HINT_CAPTIONS = {
 }
 
 
+def hint_needs(fifo: float, nexus_clockwork: float | None, sjf: float | None) -> dict:
+    """What issue 15's hints target asks of orloj's finish rate in a cell, per check: 2x
+    fifo's, 1.5x the best of nexus and clockwork, 1.1x sjf-hint's (those that ran)."""
+    needs = {"vs_fifo": HINT_TARGET_VS_FIFO * fifo}
+    if nexus_clockwork is not None:
+        needs["vs_nexus_clockwork"] = HINT_TARGET_VS_NEXUS_CLOCKWORK * nexus_clockwork
+    if sjf is not None:
+        needs["vs_sjf_hint"] = HINT_TARGET_VS_SJF * sjf
+    return needs
+
+
 def hint_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
     """`--hints`: a markdown table per model, and one verdict per cell. Targets (issue
     15): where requests carry hints and fifo finishes 20-60%, orloj >= 2x fifo, >= 1.5x
@@ -857,11 +868,7 @@ def hint_table(rows: list[dict], policies) -> tuple[list[str], list[dict]]:
                  "reach": any_row.get("reach"), "target": None, "met": None, "checks": {},
                  "hint_stats": stats}  # fmt: skip
             if kind != "none" and v["in_fifo_band"] and o is not None:
-                needs = {"vs_fifo": HINT_TARGET_VS_FIFO * f}
-                if nc is not None:
-                    needs["vs_nexus_clockwork"] = HINT_TARGET_VS_NEXUS_CLOCKWORK * nc
-                if sj is not None:
-                    needs["vs_sjf_hint"] = HINT_TARGET_VS_SJF * sj
+                needs = hint_needs(f, nc, sj)
                 checks = {k: o >= need for k, need in needs.items()}
                 # a check that asks for more than `limit` is out of reach of every
                 # policy in this cell, and so is the cell's target (all its checks)

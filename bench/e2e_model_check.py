@@ -80,12 +80,11 @@ from e2e_finish_rate import (  # noqa: E402
     FIFO_BAND,
     HINT_POLICIES,
     HINT_SWEEPS,
-    HINT_TARGET_VS_FIFO,
-    HINT_TARGET_VS_NEXUS_CLOCKWORK,
     HINT_TARGET_VS_SJF,
     POLICIES,
     SWEEPS,
     TARGET_VS_FIFO,
+    hint_needs,
     hint_noise,
 )
 
@@ -219,10 +218,8 @@ def hint_verdict(r: dict) -> str:
     """The hints target (bench/e2e_finish_rate.py --hints) on simulated finish rates."""
     if not FIFO_BAND[0] <= r["fifo"] <= FIFO_BAND[1]:
         return "fifo outside 20-60%"
-    ok = (r["orloj"] >= HINT_TARGET_VS_FIFO * r["fifo"]
-          and r["orloj"] >= HINT_TARGET_VS_NEXUS_CLOCKWORK * max(r["nexus"], r["clockwork"])
-          and r["orloj"] >= HINT_TARGET_VS_SJF * r["sjf-hint"])  # fmt: skip
-    return "**met**" if ok else "**missed**"
+    needs = hint_needs(r["fifo"], max(r["nexus"], r["clockwork"]), r["sjf-hint"])
+    return "**met**" if all(r["orloj"] >= n for n in needs.values()) else "**missed**"
 
 
 def ratio(a: float, b: float) -> float | None:
@@ -238,9 +235,7 @@ def hint_rows(model: str, x: np.ndarray, work: np.ndarray, inflation: list[float
     for load in loads or sweep.loads:
         for slo in sweep.slo_mults:
             rt = seen.get((model, round(slo, 3), round(load, 3)))
-            cell_slo, cell_load = slo, load
-            if rt:  # in this law's units, as in the default sweep (main)
-                cell_slo, cell_load = rt["_slo_ms"] / 1e3 / mean, rt["_rate"] * mean
+            cell_slo, cell_load = cell_units(rt, slo, load, mean)
             r = simulate_hint_cell(x, work, sweep.hint, inflation, cell_slo, cell_load, seed)
             row = {"model": model, "slo_mult": slo, "load": load, "hints": sweep.hint, **r,
                    "orloj_vs_sjf": ratio(r["orloj"], r["sjf-hint"]),
@@ -290,6 +285,16 @@ def print_hints(out: dict, compare: bool) -> None:
               f"sjf-hint {span('orloj_vs_sjf')}, the clairvoyant oracle / sjf-hint "
               f"{span('oracle_vs_sjf')} (target {HINT_TARGET_VS_SJF})")
     print(f"\nelapsed {out['elapsed_s']:.0f} s")
+
+
+def cell_units(rt: dict | None, slo: float, load: float, mean: float) -> tuple[float, float]:
+    """(SLO, load) to simulate, in units of the mean solo time timed here (`mean`, s): the
+    nominal cell's, or with a runtime cell `rt` its own rate and SLO in this law's units
+    (its servers set them from the mean they learned at warm-up, which includes their
+    own overheads and so is not the mean timed here)."""
+    if rt:
+        return rt["_slo_ms"] / 1e3 / mean, rt["_rate"] * mean
+    return slo, load
 
 
 def runtime_cells(path: Path) -> dict:
@@ -388,12 +393,7 @@ def main() -> int:
         for load in sweep.loads:
             for slo in sweep.slo_mults:
                 rt = seen.get((model, round(slo, 3), round(load, 3)))
-                cell_slo, cell_load = slo, load
-                if rt:
-                    # the runtime's cell in this law's units: its servers set rate and SLO
-                    # from the mean they learned at warm-up, which includes their own
-                    # overheads and so is not the mean timed here
-                    cell_slo, cell_load = rt["_slo_ms"] / 1e3 / mean, rt["_rate"] * mean
+                cell_slo, cell_load = cell_units(rt, slo, load, mean)
                 r = simulate_cell(solo / mean, inflation, cell_slo, cell_load, args.seed)
                 served = None
                 if service:
